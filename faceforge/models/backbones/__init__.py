@@ -1,0 +1,41 @@
+"""Face-embedding backbones, chosen by name.
+
+>>> from faceforge.models.backbones import build_backbone
+>>> net = build_backbone("iresnet50", embedding_size=512)   # [N,3,112,112] in [-1,1] -> [N,512]
+
+Every backbone accepts ``embedding_size`` (default 512), ``input_size`` (only 112) and
+``dropout`` (default 0.0), exposes ``.embedding_size`` and ``.input_size``, and returns an
+un-normalised fp32 embedding (its final Linear + BatchNorm1d run in fp32 even under autocast).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from faceforge.registry import Registry
+
+from .iresnet import IBasicBlock, IResNet, iresnet18, iresnet34, iresnet50, iresnet100, iresnet200
+from .mobilefacenet import MobileFaceNet, mobilefacenet
+
+BACKBONES: Registry[nn.Module] = Registry("backbone")
+
+BACKBONES.register("mobilefacenet")(mobilefacenet)
+BACKBONES.register("iresnet18")(iresnet18)
+BACKBONES.register("iresnet34")(iresnet34)
+BACKBONES.register("iresnet50")(iresnet50)
+BACKBONES.register("iresnet100")(iresnet100)
+BACKBONES.register("iresnet200")(iresnet200)
+
+
+def build_backbone(name: str, **kwargs) -> nn.Module:
+    """Build a registered backbone; raises KeyError listing the available names for an unknown one."""
+    return BACKBONES.build(name, **kwargs)
+
+
+__all__ = [
+    "BACKBONES",
+    "IBasicBlock",
+    "IResNet",
+    "MobileFaceNet",
+    "build_backbone",
+]

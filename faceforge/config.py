@@ -1,0 +1,231 @@
+"""Training configuration: YAML groups composed with Hydra, validated against a typed schema.
+
+An experiment file lists its groups in a ``defaults`` list (``model``, ``head``, ``data``, ``optim``), each a
+YAML file under ``faceforge/configs/<group>/``; command-line overrides (``optim.lr=0.05``,
+``model=iresnet50``) are applied by Hydra's compose API. The result is merged into the :class:`TrainConfig`
+schema, so an unknown key or a wrong type stops with a message naming the key. ``model`` and ``head``
+take the keyword arguments of the registered constructor chosen by their ``name``, checked against its
+signature.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+PACKAGE_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the key and the fix."""
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/default"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: bf16 on CPUs with bf16 units, fp16 on CUDA)
+    channels_last: bool = True
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    log_every: int = 20
+    save_every_steps: int = 0  # 0: checkpoint at the end of each epoch only
+    max_steps: int = (
+        0  # stop (with a checkpoint) after this many optimiser steps in this process; 0: no limit
+    )
+    resume: str | None = None  # a checkpoint path, or "auto" for <dir>/checkpoints/last.pt if present
+    progress: bool = True
+    deterministic: bool = False
+
+
+@dataclass
+class DataConfig:
+    root: str = "???"
+    list_file: str | None = None  # optional 'path label' list (paths relative to root)
+    exclude_pairs: list[str] = field(default_factory=list)  # LFW pairs files whose people are left out
+    min_images_per_identity: int = 1
+    image_size: int = 112
+    preload: bool = False  # decode every image once into memory (small data sets)
+    num_workers: int = 2
+    batch_size: int = 128
+    augment: dict[str, Any] = field(default_factory=lambda: {"flip": {"p": 0.5}})
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adamw
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 5e-4
+    no_decay_bn_bias: bool = True  # no weight decay on BatchNorm/PReLU parameters and biases
+    epochs: int = 20
+    warmup_epochs: float = 0.0
+    warmup_start_factor: float = 0.0
+    schedule: str = "poly"  # poly | step | cosine | constant
+    power: float = 1.0  # poly
+    milestones: list[float] = field(default_factory=list)  # step: epochs at which lr *= gamma
+    gamma: float = 0.1
+    min_lr: float = 0.0
+    grad_clip: float = 5.0  # max global grad norm; 0 disables
+
+
+@dataclass
+class EvalConfig:
+    pairs: str | None = None  # LFW-format pairs file evaluated after training
+    images: str | None = None  # aligned images for the pairs (default: data.root)
+    flip: bool = True
+    every_epochs: int = 0  # also evaluate every N epochs (0: only at the end)
+    batch_size: int = 128
+
+
+@dataclass
+class TrainConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: dict[str, Any] = field(default_factory=lambda: {"name": "mobilefacenet"})
+    head: dict[str, Any] = field(default_factory=lambda: {"name": "arcface"})
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def _resolve_config_path(config: str) -> tuple[Path, str]:
+    """A YAML path, or the name of a packaged experiment (``faceforge/configs/<name>.yaml``)."""
+    p = Path(config)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        return p.resolve().parent, p.stem
+    packaged = PACKAGE_CONFIGS / f"{config}.yaml"
+    if packaged.is_file():
+        return PACKAGE_CONFIGS, config
+    names = sorted(f.stem for f in PACKAGE_CONFIGS.glob("*.yaml"))
+    raise ConfigError(f"no config '{config}': give a .yaml path or one of the packaged configs {names}")
+
+
+def compose_config(config: str, overrides: list[str] | None = None) -> DictConfig:
+    """Compose ``config`` with ``overrides`` and validate it; returns a read-only DictConfig."""
+    config_dir, name = _resolve_config_path(config)
+    hydra_overrides = [f"hydra.searchpath=[file://{PACKAGE_CONFIGS}]", *(overrides or [])]
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base=None):
+            raw = compose(config_name=name, overrides=hydra_overrides)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(f"cannot compose config '{config}': {exc}") from None
+    raw = OmegaConf.masked_copy(raw, [k for k in raw if k != "hydra"]) if "hydra" in raw else raw
+    return validate_config(raw)
+
+
+def validate_config(raw: DictConfig | dict) -> DictConfig:
+    """Merge into the schema (unknown keys, wrong types -> ConfigError) and check model/head arguments."""
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), raw)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None)
+        raise ConfigError(
+            f"invalid config{f' at {key}' if key else ''}: {exc.msg if hasattr(exc, 'msg') else exc}"
+        ) from None
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(
+            f"config value(s) {missing} must be set, e.g. on the command line: {missing[0]}=..."
+        )
+    from faceforge.models.backbones import BACKBONES
+    from faceforge.models.heads import HEADS
+
+    check_constructor_args("model", cfg.model, BACKBONES, reserved=())
+    check_constructor_args("head", cfg.head, HEADS, reserved=("embedding_size", "num_classes"))
+    _check_choice("run.device", cfg.run.device, ("auto", "cpu", "cuda"))
+    _check_choice("run.precision", cfg.run.precision, ("auto", "fp32", "bf16", "fp16"))
+    _check_choice("optim.name", cfg.optim.name, ("sgd", "adamw"))
+    from faceforge.engine.schedule import SCHEDULES
+
+    _check_choice("optim.schedule", cfg.optim.schedule, tuple(SCHEDULES.names()))
+    from faceforge.data.transforms import AUGMENTATIONS
+
+    for aug, kwargs in (cfg.data.augment or {}).items():
+        if aug not in AUGMENTATIONS:
+            raise ConfigError(
+                f"data.augment: unknown augmentation '{aug}'; available: {AUGMENTATIONS.names()}"
+            )
+        check_kwargs(f"data.augment.{aug}", dict(kwargs or {}), AUGMENTATIONS.get(aug), reserved=())
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r} is not one of {list(choices)}")
+
+
+def check_constructor_args(section: str, node: DictConfig, registry: Any, reserved: tuple[str, ...]) -> None:
+    kwargs = dict(OmegaConf.to_container(node, resolve=True))
+    name = kwargs.pop("name", None)
+    if name is None:
+        raise ConfigError(f"{section}.name is required; choose one of {registry.names()}")
+    if name not in registry:
+        raise ConfigError(f"{section}.name: unknown {registry.kind} '{name}'; available: {registry.names()}")
+    check_kwargs(section, kwargs, registry.get(name), reserved)
+
+
+def check_kwargs(section: str, kwargs: dict[str, Any], ctor: Any, reserved: tuple[str, ...]) -> None:
+    """Check ``kwargs`` against ``ctor``'s signature: no unknown names, values of the annotated types."""
+    target = ctor.__init__ if inspect.isclass(ctor) else ctor
+    sig = inspect.signature(target)
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:
+        hints = {}
+    params = {n: p for n, p in sig.parameters.items() if n not in ("self", *reserved)}
+    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    for key, value in kwargs.items():
+        if key in reserved:
+            raise ConfigError(f"{section}.{key} is set by faceforge itself; remove it from the config")
+        if key not in params:
+            if accepts_any:
+                continue
+            valid = [n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+            raise ConfigError(f"{section}: unknown key '{key}'; valid keys: {valid}")
+        hint = hints.get(key)
+        if hint is not None and not _matches(value, hint):
+            raise ConfigError(f"{section}.{key}={value!r} has the wrong type: expected {_type_name(hint)}")
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin in (list, tuple, typing.Sequence):
+        return isinstance(value, list | tuple)
+    if origin is dict:
+        return isinstance(value, dict)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", str(hint))
+
+
+def to_dict(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

@@ -1,0 +1,160 @@
+"""Training dataset, resumable sampler and collate for aligned face images.
+
+Batches carry uint8 images [N, H, W, 3]; conversion to network input happens once, in
+:class:`faceforge.data.preprocess.Preprocess`, on the training device. Unreadable images are skipped and
+counted (a long job never dies for one bad file); images of the wrong size stop the job with a message,
+because they mean the folder was not aligned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+from tqdm import tqdm
+
+from faceforge.data.image_io import UnreadableImageError, read_image_rgb
+from faceforge.data.samples import Samples
+from faceforge.data.transforms import Compose
+
+
+class WrongImageSizeError(ValueError):
+    pass
+
+
+class FaceDataset(Dataset):
+    """Aligned faces with labels; ``preload=True`` decodes everything into one uint8 array up front."""
+
+    def __init__(
+        self,
+        samples: Samples,
+        augment: Compose | None = None,
+        seed: int = 0,
+        image_size: int = 112,
+        preload: bool = False,
+        progress: bool = True,
+    ) -> None:
+        self.samples = samples
+        self.augment = augment or Compose([])
+        self.seed = int(seed)
+        self.image_size = image_size
+        self.epoch = 0
+        self.preload_skipped: list[str] = []
+        self._cache: np.ndarray | None = None
+        self._ok: np.ndarray | None = None
+        if preload:
+            self._preload(progress)
+
+    def _preload(self, progress: bool) -> None:
+        n, s = len(self.samples), self.image_size
+        cache = np.zeros((n, s, s, 3), dtype=np.uint8)
+        ok = np.ones(n, dtype=bool)
+        for i, path in enumerate(
+            tqdm(self.samples.paths, desc="load images", unit="img", disable=not progress)
+        ):
+            try:
+                cache[i] = self._check(read_image_rgb(path), path)
+            except UnreadableImageError as exc:
+                ok[i] = False
+                self.preload_skipped.append(f"{exc.path}: {exc.reason}")
+        self._cache, self._ok = cache, ok
+
+    def _check(self, img: np.ndarray, path: str) -> np.ndarray:
+        if img.shape[0] != self.image_size or img.shape[1] != self.image_size:
+            raise WrongImageSizeError(
+                f"{path} is {img.shape[1]}x{img.shape[0]}, expected aligned {self.image_size}x{self.image_size} "
+                "faces: align the folder first with 'faceforge align' (or set data.image_size)"
+            )
+        return img
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int, int] | tuple[None, str, int]:
+        path = self.samples.paths[index]
+        if self._cache is not None:
+            if not self._ok[index]:
+                return None, path, index
+            img = self._cache[index]
+        else:
+            try:
+                img = self._check(read_image_rgb(path), path)
+            except UnreadableImageError as exc:
+                return None, f"{exc.path}: {exc.reason}", index
+        rng = np.random.default_rng((self.seed, self.epoch, int(index)))
+        return self.augment(img, rng), int(self.samples.labels[index]), index
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor  # uint8 [N, H, W, 3]
+    labels: torch.Tensor  # int64 [N]
+    indices: torch.Tensor  # int64 [N], dataset indices
+    skipped: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def collate_faces(items: list) -> Batch:
+    """Stack good samples; unreadable ones (``None`` image) are dropped and reported in ``Batch.skipped``."""
+    good = [it for it in items if it[0] is not None]
+    skipped = [it[1] for it in items if it[0] is None]
+    if not good:
+        return Batch(
+            torch.empty(0, 0, 0, 3, dtype=torch.uint8),
+            torch.empty(0, dtype=torch.long),
+            torch.empty(0, dtype=torch.long),
+            skipped,
+        )
+    images = torch.from_numpy(np.stack([it[0] for it in good]))
+    labels = torch.tensor([it[1] for it in good], dtype=torch.long)
+    indices = torch.tensor([it[2] for it in good], dtype=torch.long)
+    return Batch(images, labels, indices, skipped)
+
+
+class ResumableSampler(Sampler[int]):
+    """Shuffled epochs, sharded over ranks, that can start part-way through an epoch.
+
+    Epoch ``e`` uses the permutation of ``torch.Generator().manual_seed(seed + e)``; rank ``r`` of ``w``
+    takes positions r, r+w, ... of it (padded by wrapping so every rank gets the same count, as
+    ``DistributedSampler``). ``start`` skips the first samples of this rank's share, which is how a resumed
+    run continues the exact sample order of an interrupted one.
+    """
+
+    def __init__(
+        self, num_samples: int, seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True
+    ) -> None:
+        if num_samples <= 0:
+            raise ValueError("sampler needs at least one sample")
+        self.num_samples = num_samples
+        self.seed, self.rank, self.world_size, self.shuffle = int(seed), rank, world_size, shuffle
+        self.epoch = 0
+        self.start = 0
+        self.per_rank = -(-num_samples // world_size)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = int(epoch), int(start)
+
+    def _order(self) -> torch.Tensor:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.num_samples, generator=g)
+        else:
+            order = torch.arange(self.num_samples)
+        total = self.per_rank * self.world_size
+        if total > self.num_samples:
+            order = torch.cat([order, order[: total - self.num_samples]])
+        return order[self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._order()[self.start :].tolist())
+
+    def __len__(self) -> int:
+        return self.per_rank - self.start

@@ -1,0 +1,44 @@
+"""Training augmentations on uint8 HWC RGB arrays, chosen by name from config.
+
+Each augmentation takes the image and a ``numpy.random.Generator``; the dataset seeds that generator from
+(seed, epoch, sample index), so augmentation is identical whatever the worker count and after a resume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from faceforge.registry import Registry
+
+Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+AUGMENTATIONS: Registry[Augment] = Registry("augmentation")
+
+
+@AUGMENTATIONS.register("flip")
+class RandomHorizontalFlip:
+    """Mirror the face left-right with probability ``p`` (the only augmentation in the ArcFace recipes)."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"flip probability must lie in [0, 1], got {p}")
+        self.p = p
+
+    def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return np.ascontiguousarray(img[:, ::-1]) if rng.random() < self.p else img
+
+
+class Compose:
+    def __init__(self, augments: Sequence[Augment]) -> None:
+        self.augments = list(augments)
+
+    def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        for aug in self.augments:
+            img = aug(img, rng)
+        return img
+
+
+def build_augmentations(spec: dict[str, dict] | None) -> Compose:
+    """``{"flip": {"p": 0.5}, ...}`` -> Compose, in the given order; ``None``/empty -> identity."""
+    return Compose([AUGMENTATIONS.build(name, **(kw or {})) for name, kw in (spec or {}).items()])

@@ -1,0 +1,57 @@
+"""The Embedder contract and the registry of embedder kinds."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from faceforge.registry import Registry
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """``embed(uint8 RGB aligned faces [N, H, W, 3]) -> float32 [N, D]`` (not normalised)."""
+
+    embedding_size: int
+    input_size: int
+
+    def embed(self, faces: np.ndarray) -> np.ndarray: ...
+
+    def describe(self) -> dict[str, Any]:
+        """Identity and settings of the model, written into result files (kind, file hash, preprocessing)."""
+        ...
+
+
+EMBEDDERS: Registry[Embedder] = Registry("embedder")
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def embedder_from_spec(spec: str, **kwargs: Any) -> Embedder:
+    """``kind:ARG`` (e.g. ``checkpoint:run/model.pt``) or a bare path; ``.pt``/``.pth`` -> checkpoint."""
+    kind, _, arg = spec.partition(":")
+    if kind in EMBEDDERS and arg:
+        return EMBEDDERS.build(kind, source=arg, **kwargs)
+    if kind in EMBEDDERS and not arg:
+        return EMBEDDERS.build(kind, source=None, **kwargs)
+    if spec.endswith((".pt", ".pth")):
+        return EMBEDDERS.build("checkpoint", source=spec, **kwargs)
+    raise ValueError(
+        f"cannot tell which embedder '{spec}' is: use a .pt checkpoint or kind:path with kind in {EMBEDDERS.names()}"
+    )
+
+
+def _register_builtin() -> None:
+    from faceforge.embedders import checkpoint  # noqa: F401
+
+
+_register_builtin()

@@ -1,0 +1,41 @@
+"""Optimisers with the usual face-recognition parameter groups.
+
+Weight decay is not applied to normalisation layers (BatchNorm, PReLU slopes) or biases when
+``no_decay_bn_bias`` is set (TFace ``separate_resnet_bn_paras``); the classifier weight is decayed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+_NO_DECAY_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.PReLU)
+
+
+def parameter_groups(modules: Iterable[nn.Module], weight_decay: float, no_decay_bn_bias: bool) -> list[dict]:
+    decay, no_decay, seen = [], [], set()
+    for module in modules:
+        for sub in module.modules():
+            for name, p in sub.named_parameters(recurse=False):
+                if not p.requires_grad or id(p) in seen:
+                    continue
+                seen.add(id(p))
+                skip = no_decay_bn_bias and (
+                    isinstance(sub, _NO_DECAY_TYPES) or name == "bias" or p.ndim <= 1
+                )
+                (no_decay if skip else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def build_optimizer(modules: Iterable[nn.Module], cfg) -> torch.optim.Optimizer:
+    groups = parameter_groups(modules, cfg.weight_decay, cfg.no_decay_bn_bias)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    raise ValueError(f"unknown optimiser '{cfg.name}' (use sgd or adamw)")

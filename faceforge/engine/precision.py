@@ -1,0 +1,53 @@
+"""Device and mixed-precision choices: bf16 autocast on CPUs with bf16 units, fp16 + GradScaler on CUDA."""
+
+from __future__ import annotations
+
+import contextlib
+from functools import lru_cache
+
+import torch
+
+
+@lru_cache(maxsize=1)
+def cpu_has_bf16() -> bool:
+    """True when oneDNN reports native bf16 support on this CPU (AVX-512 BF16 or AMX).
+
+    Without it bf16 autocast is emulated and several times *slower* than fp32 (measured on an AVX2-only
+    EPYC: 10x slower for a MobileFaceNet-like block), so ``precision=auto`` picks fp32 there.
+    """
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("run.device=cuda but no CUDA device is available (use run.device=cpu)")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    if name != "auto":
+        if name == "fp16" and device.type == "cpu":
+            raise ValueError("fp16 autocast is for CUDA; on CPU use run.precision=bf16 or fp32")
+        return name
+    if device.type == "cuda":
+        return "fp16"
+    return "bf16" if cpu_has_bf16() else "fp32"
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def make_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler | None:
+    """A gradient scaler for fp16 (bf16 has fp32's range and needs none)."""
+    if precision == "fp16":
+        return torch.amp.GradScaler(device.type, growth_interval=100)
+    return None

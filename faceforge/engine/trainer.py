@@ -1,0 +1,400 @@
+"""The one training loop: backbone -> head -> cross-entropy, with checkpoints that resume exactly.
+
+Every step: uint8 batch -> :class:`Preprocess` -> backbone under autocast -> fp32 head -> CE -> backward ->
+gradient clipping -> optimiser step, with the learning rate a pure function of the step
+(:mod:`faceforge.engine.schedule`). Progress (epoch, position in the epoch, step), model, head (with its
+buffers, e.g. CurricularFace ``t``), optimiser, scaler and RNG states go into every checkpoint, and the
+sampler and augmentation are seeded from (seed, epoch, index), so a run stopped mid-epoch and resumed
+gives the same weights as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+import faceforge
+from faceforge.config import to_dict
+from faceforge.data.dataset import FaceDataset, ResumableSampler, collate_faces
+from faceforge.data.preprocess import Preprocess
+from faceforge.data.samples import Samples, read_list_file, scan_image_folder
+from faceforge.data.transforms import build_augmentations
+from faceforge.engine.checkpoint import (
+    FORMAT,
+    VERSION,
+    atomic_torch_save,
+    load_checkpoint,
+    rng_state,
+    set_rng_state,
+)
+from faceforge.engine.optim import build_optimizer
+from faceforge.engine.precision import autocast, make_scaler, resolve_device, resolve_precision
+from faceforge.engine.schedule import ScheduleSpec, learning_rate
+from faceforge.eval.pairs import read_lfw_pairs
+from faceforge.models.backbones import build_backbone
+from faceforge.models.heads import build_head
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def people_in_pairs(pairs_files: list[str]) -> set[str]:
+    names: set[str] = set()
+    for f in pairs_files:
+        for p in read_lfw_pairs(f):
+            names.update((p.name1, p.name2))
+    return names
+
+
+def build_samples(data_cfg: DictConfig) -> Samples:
+    if data_cfg.list_file:
+        return read_list_file(data_cfg.list_file, data_cfg.root)
+    excluded = people_in_pairs(list(data_cfg.exclude_pairs))
+    return scan_image_folder(data_cfg.root, excluded, data_cfg.min_images_per_identity)
+
+
+@dataclass
+class Progress:
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    images_seen: int = 0
+    skipped_images: list[str] = field(default_factory=list)
+
+
+class Trainer:
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(cfg.run.dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.device = resolve_device(cfg.run.device)
+        self.precision = resolve_precision(cfg.run.precision, self.device)
+        if cfg.run.threads > 0:
+            torch.set_num_threads(cfg.run.threads)
+        if cfg.run.deterministic:
+            torch.use_deterministic_algorithms(True)
+        torch.manual_seed(cfg.run.seed)
+
+        self.samples = build_samples(cfg.data)
+        self.preprocess = Preprocess(input_size=cfg.data.image_size)
+        self.dataset = FaceDataset(
+            self.samples,
+            build_augmentations(to_dict(cfg.data.augment) if cfg.data.augment else None),
+            seed=cfg.run.seed,
+            image_size=cfg.data.image_size,
+            preload=cfg.data.preload,
+            progress=cfg.run.progress,
+        )
+        self.sampler = ResumableSampler(len(self.samples), seed=cfg.run.seed)
+        self.steps_per_epoch = len(self.sampler) // cfg.data.batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"data.batch_size={cfg.data.batch_size} is larger than the {len(self.samples)} training images"
+            )
+        self.total_steps = self.steps_per_epoch * cfg.optim.epochs
+
+        model_kwargs = {k: v for k, v in to_dict(cfg.model).items() if k != "name"}
+        self.backbone_meta = {"name": cfg.model.name, "kwargs": model_kwargs}
+        self.backbone = build_backbone(cfg.model.name, **model_kwargs).to(self.device)
+        if cfg.run.channels_last:
+            self.backbone = self.backbone.to(memory_format=torch.channels_last)
+        head_kwargs = {k: v for k, v in to_dict(cfg.head).items() if k != "name"}
+        self.embedding_size = int(self.backbone.embedding_size)
+        self.head = build_head(
+            cfg.head.name,
+            embedding_size=self.embedding_size,
+            num_classes=self.samples.num_classes,
+            **head_kwargs,
+        ).to(self.device)
+        self.optimizer = build_optimizer([self.backbone, self.head], cfg.optim)
+        self.schedule = ScheduleSpec(
+            base_lr=cfg.optim.lr,
+            total_steps=self.total_steps,
+            warmup_steps=round(cfg.optim.warmup_epochs * self.steps_per_epoch),
+            warmup_start_factor=cfg.optim.warmup_start_factor,
+            decay=cfg.optim.schedule,
+            power=cfg.optim.power,
+            milestones=[round(m * self.steps_per_epoch) for m in cfg.optim.milestones],
+            gamma=cfg.optim.gamma,
+            min_lr=cfg.optim.min_lr,
+        )
+        self.scaler = make_scaler(self.device, self.precision)
+        self.progress = Progress()
+        self._writer = None
+
+    # ----------------------------------------------------------------------------------------- checkpoints
+    def meta(self) -> dict[str, Any]:
+        return {
+            "backbone": self.backbone_meta,
+            "embedding_size": self.embedding_size,
+            "preprocess": self.preprocess.to_dict(),
+            "head": {"name": self.cfg.head.name, "num_classes": self.samples.num_classes},
+            "train_config": to_dict(self.cfg),
+            "faceforge_version": faceforge.__version__,
+            "torch_version": torch.__version__,
+        }
+
+    def state(self, full: bool = True) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "format": FORMAT,
+            "version": VERSION,
+            "meta": self.meta(),
+            "backbone": self.backbone.state_dict(),
+            "head": self.head.state_dict(),
+            "progress": {
+                "epoch": self.progress.epoch,
+                "step_in_epoch": self.progress.step_in_epoch,
+                "global_step": self.progress.global_step,
+                "images_seen": self.progress.images_seen,
+                "skipped_images": list(self.progress.skipped_images),
+            },
+        }
+        if full:
+            state["optimizer"] = self.optimizer.state_dict()
+            state["scaler"] = self.scaler.state_dict() if self.scaler is not None else None
+            state["rng"] = rng_state()
+        return state
+
+    def save(self, name: str = "last.pt", full: bool = True) -> Path:
+        return atomic_torch_save(self.state(full), self.ckpt_dir / name)
+
+    def resume(self, path: str | Path) -> None:
+        ckpt = load_checkpoint(path, map_location=self.device)
+        if "optimizer" not in ckpt:
+            raise ValueError(f"{path} holds model weights only; resume needs a training checkpoint (last.pt)")
+        self.backbone.load_state_dict(ckpt["backbone"])
+        self.head.load_state_dict(ckpt["head"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scaler is not None and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        p = ckpt["progress"]
+        self.progress = Progress(
+            p["epoch"], p["step_in_epoch"], p["global_step"], p["images_seen"], list(p["skipped_images"])
+        )
+        set_rng_state(ckpt["rng"])
+        log.info("resumed from %s at epoch %d step %d", path, self.progress.epoch, self.progress.global_step)
+
+    # ---------------------------------------------------------------------------------------------- loop
+    @property
+    def writer(self):
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+        return self._writer
+
+    def _loader(self) -> DataLoader:
+        workers = self.cfg.data.num_workers
+        return DataLoader(
+            self.dataset,
+            batch_size=self.cfg.data.batch_size,
+            sampler=self.sampler,
+            num_workers=workers,
+            collate_fn=collate_faces,
+            drop_last=True,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+            prefetch_factor=4 if workers > 0 else None,
+        )
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+        lr = learning_rate(self.progress.global_step, self.schedule)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        x = self.preprocess(images, self.device)
+        labels = labels.to(self.device, non_blocking=True)
+        self.backbone.train()
+        self.head.train()
+        with autocast(self.device, self.precision):
+            emb = self.backbone(x)
+        out = self.head(emb.float(), labels)
+        loss = F.cross_entropy(out.logits, labels)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"loss is {loss.item()} at step {self.progress.global_step} (lr {lr:.4g}, precision "
+                f"{self.precision}); lower optim.lr, raise optim.warmup_epochs, or use run.precision=fp32. "
+                f"The last good checkpoint is {self.ckpt_dir / 'last.pt'}"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            if self.cfg.optim.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            if self.cfg.optim.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
+            self.optimizer.step()
+        acc = (out.plain_logits.argmax(1) == labels).float().mean().item()
+        return loss.item(), acc
+
+    def fit(self) -> dict[str, Any]:
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+        resume = cfg.run.resume
+        if resume == "auto":
+            resume = str(self.ckpt_dir / "last.pt") if (self.ckpt_dir / "last.pt").is_file() else None
+        if resume:
+            self.resume(resume)
+        self.progress.skipped_images = list(
+            dict.fromkeys(self.progress.skipped_images + self.dataset.preload_skipped)
+        )
+        log.info(
+            "training %s + %s on %d images of %d identities, %d steps/epoch, precision %s",
+            cfg.model.name,
+            cfg.head.name,
+            len(self.samples),
+            self.samples.num_classes,
+            self.steps_per_epoch,
+            self.precision,
+        )
+        steps_this_run = 0
+        t_start = time.perf_counter()
+        history: list[dict[str, float]] = []
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.progress.global_step,
+            desc="train",
+            unit="step",
+            disable=not cfg.run.progress,
+            dynamic_ncols=True,
+        )
+        stopped_early = False
+        while self.progress.epoch < cfg.optim.epochs:
+            epoch = self.progress.epoch
+            self.sampler.set_epoch(epoch, start=self.progress.step_in_epoch * cfg.data.batch_size)
+            self.dataset.set_epoch(epoch)
+            window_loss, window_acc, window_n, t_window = 0.0, 0.0, 0, time.perf_counter()
+            for batch in self._loader():
+                if batch.skipped:
+                    self.progress.skipped_images.extend(batch.skipped)
+                if len(batch) == 0:
+                    continue
+                loss, acc = self.train_step(batch.images, batch.labels)
+                self.progress.global_step += 1
+                self.progress.step_in_epoch += 1
+                self.progress.images_seen += len(batch)
+                steps_this_run += 1
+                window_loss, window_acc, window_n = window_loss + loss, window_acc + acc, window_n + 1
+                bar.update(1)
+                if (
+                    self.progress.global_step % cfg.run.log_every == 0
+                    or self.progress.step_in_epoch == self.steps_per_epoch
+                ):
+                    dt = time.perf_counter() - t_window
+                    ips = window_n * cfg.data.batch_size / max(dt, 1e-9)
+                    rec = {
+                        "step": self.progress.global_step,
+                        "epoch": epoch,
+                        "loss": window_loss / window_n,
+                        "train_top1": window_acc / window_n,
+                        "lr": self.optimizer.param_groups[0]["lr"],
+                        "images_per_s": ips,
+                    }
+                    history.append(rec)
+                    for k in ("loss", "train_top1", "lr", "images_per_s"):
+                        self.writer.add_scalar(f"train/{k}", rec[k], self.progress.global_step)
+                    bar.set_postfix(
+                        ep=epoch,
+                        loss=f"{rec['loss']:.3f}",
+                        top1=f"{rec['train_top1']:.2f}",
+                        lr=f"{rec['lr']:.3g}",
+                        img_s=f"{ips:.0f}",
+                    )
+                    window_loss, window_acc, window_n, t_window = 0.0, 0.0, 0, time.perf_counter()
+                if cfg.run.save_every_steps and self.progress.global_step % cfg.run.save_every_steps == 0:
+                    self.save()
+                if cfg.run.max_steps and steps_this_run >= cfg.run.max_steps:
+                    stopped_early = True
+                    break
+            if stopped_early:
+                break
+            self.progress.epoch += 1
+            self.progress.step_in_epoch = 0
+            self.save()
+            if (
+                cfg.eval.pairs
+                and cfg.eval.every_epochs
+                and self.progress.epoch % cfg.eval.every_epochs == 0
+                and self.progress.epoch < cfg.optim.epochs
+            ):
+                self.evaluate(tag=f"epoch{self.progress.epoch}")
+        bar.close()
+        train_seconds = time.perf_counter() - t_start
+        self.save()
+        report: dict[str, Any] = {
+            "completed": not stopped_early,
+            "progress": {
+                "epoch": self.progress.epoch,
+                "global_step": self.progress.global_step,
+                "images_seen": self.progress.images_seen,
+            },
+            "train_seconds_this_run": train_seconds,
+            "images_per_s_this_run": steps_this_run * cfg.data.batch_size / max(train_seconds, 1e-9),
+            "num_images": len(self.samples),
+            "num_identities": self.samples.num_classes,
+            "precision": self.precision,
+            "skipped_images": {
+                "count": len(self.progress.skipped_images),
+                "files": self.progress.skipped_images[:100],
+            },
+            "data_warnings": self.samples.warnings,
+            "final_train": history[-1] if history else None,
+        }
+        if not stopped_early:
+            model_path = self.save("model.pt", full=False)
+            report["model"] = str(model_path)
+            if cfg.eval.pairs:
+                report["eval"] = self.evaluate(tag="final")
+        (self.run_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
+        if self._writer is not None:
+            self._writer.close()
+        if self.progress.skipped_images:
+            log.warning(
+                "%d unreadable images were skipped (listed in %s)",
+                len(self.progress.skipped_images),
+                self.run_dir / "report.json",
+            )
+        return report
+
+    def evaluate(self, tag: str) -> dict[str, Any]:
+        from faceforge.embedders.checkpoint import CheckpointEmbedder
+        from faceforge.eval.lfw_benchmark import evaluate_pairs
+
+        path = self.save(f"eval_{tag}.pt", full=False) if tag != "final" else self.ckpt_dir / "model.pt"
+        embedder = CheckpointEmbedder(path, device=str(self.device), batch_size=self.cfg.eval.batch_size)
+        images = self.cfg.eval.images or self.cfg.data.root
+        result = evaluate_pairs(
+            embedder,
+            self.cfg.eval.pairs,
+            images,
+            out_dir=self.run_dir / f"eval_{tag}",
+            flip=self.cfg.eval.flip,
+            progress=self.cfg.run.progress,
+        )
+        acc = result["verification"]["accuracy_mean"]
+        self.writer.add_scalar("eval/pairs_accuracy", acc, self.progress.global_step)
+        if tag != "final":
+            path.unlink(missing_ok=True)
+        if not math.isnan(acc):
+            log.info("%s: pairs accuracy %.4f", tag, acc)
+        return result
