@@ -19,7 +19,7 @@ from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 PACKAGE_CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -114,23 +114,49 @@ def _resolve_config_path(config: str) -> tuple[Path, str]:
     raise ConfigError(f"no config '{config}': give a .yaml path or one of the packaged configs {names}")
 
 
+GROUPS = ("model", "head", "data", "optim")
+
+
+def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """Group choices (``model=iresnet50``) go to Hydra; key overrides (``optim.lr=0.05``) are applied after
+    the schema merge, so every schema key can be overridden whether or not the YAML files mention it."""
+    groups, keys = [], []
+    for ov in overrides:
+        key, sep, _ = ov.partition("=")
+        if not sep:
+            raise ConfigError(f"override {ov!r} is not key=value")
+        (groups if key.lstrip("+~") in GROUPS else keys).append(ov)
+    return groups, keys
+
+
 def compose_config(config: str, overrides: list[str] | None = None) -> DictConfig:
     """Compose ``config`` with ``overrides`` and validate it; returns a read-only DictConfig."""
     config_dir, name = _resolve_config_path(config)
-    hydra_overrides = [f"hydra.searchpath=[file://{PACKAGE_CONFIGS}]", *(overrides or [])]
+    group_overrides, key_overrides = split_overrides(list(overrides or []))
+    hydra_overrides = [f"hydra.searchpath=[file://{PACKAGE_CONFIGS}]", *group_overrides]
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base=None):
             raw = compose(config_name=name, overrides=hydra_overrides)
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(f"cannot compose config '{config}': {exc}") from None
     raw = OmegaConf.masked_copy(raw, [k for k in raw if k != "hydra"]) if "hydra" in raw else raw
-    return validate_config(raw)
+    try:
+        dotlist = OmegaConf.from_dotlist(key_overrides)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"cannot parse overrides {key_overrides}: {exc}") from None
+    return validate_config(raw, dotlist)
 
 
-def validate_config(raw: DictConfig | dict) -> DictConfig:
+def validate_config(raw: DictConfig | dict, *more: DictConfig | dict) -> DictConfig:
     """Merge into the schema (unknown keys, wrong types -> ConfigError) and check model/head arguments."""
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), raw)
+        # model/head/augment take the arguments of the constructor chosen by name: open them here and
+        # check them against its signature below, so the message names the valid keys
+        with open_dict(cfg.model), open_dict(cfg.head), open_dict(cfg.data.augment):
+            for extra in more:
+                cfg.merge_with(extra)
+        OmegaConf.resolve(cfg)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None)
         raise ConfigError(

@@ -467,3 +467,12 @@ def test_autocast_bf16_returns_fp32(name, in_dtype, data):
     out.logits.sum().backward()
     assert head.weight.grad.dtype == torch.float32 and torch.isfinite(head.weight.grad).all()
     assert x.grad is not None and x.grad.dtype == in_dtype
+
+
+@pytest.mark.parametrize("name", ["softmax", "normface", "cosface", "arcface", "curricularface"])
+def test_head_moves_between_devices_and_dtypes(name: str) -> None:
+    """nn.Module.to()/float()/double() must work (a head method must not shadow Module internals)."""
+    head = build_head(name, embedding_size=3, num_classes=5)
+    assert head.to("cpu") is head
+    head.double()
+    assert next(head.parameters()).dtype == torch.float64

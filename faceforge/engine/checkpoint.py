@@ -16,7 +16,6 @@ fsynced, then renamed over the target: a crash leaves either the old or the new 
 from __future__ import annotations
 
 import os
-import pickle
 import random
 import tempfile
 from pathlib import Path
@@ -70,9 +69,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"checkpoint not found: {p}")
     try:
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+    except Exception as exc:  # the weights-only unpickler raises many types on foreign or hostile bytes
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [""]
+        why = next((ln for ln in lines if "WeightsUnpickler error" in ln), lines[0])
         raise CheckpointError(
-            f"{p} could not be read as a faceforge checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]}). "
+            f"{p} could not be read as a faceforge checkpoint ({type(exc).__name__}: {why}). "
             "Give a file written by 'faceforge train' (runs/<name>/checkpoints/*.pt); other models are "
             "evaluated through their own embedder (ONNX, dlib)."
         ) from None

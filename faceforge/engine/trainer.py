@@ -145,7 +145,7 @@ class Trainer:
             "head": {"name": self.cfg.head.name, "num_classes": self.samples.num_classes},
             "train_config": to_dict(self.cfg),
             "faceforge_version": faceforge.__version__,
-            "torch_version": torch.__version__,
+            "torch_version": str(torch.__version__),
         }
 
     def state(self, full: bool = True) -> dict[str, Any]:
@@ -313,6 +313,17 @@ class Trainer:
                     history.append(rec)
                     for k in ("loss", "train_top1", "lr", "images_per_s"):
                         self.writer.add_scalar(f"train/{k}", rec[k], self.progress.global_step)
+                    if not cfg.run.progress:
+                        log.info(
+                            "step %d/%d epoch %d loss %.4f top1 %.3f lr %.4g %.1f img/s",
+                            rec["step"],
+                            self.total_steps,
+                            epoch,
+                            rec["loss"],
+                            rec["train_top1"],
+                            rec["lr"],
+                            ips,
+                        )
                     bar.set_postfix(
                         ep=epoch,
                         loss=f"{rec['loss']:.3f}",
@@ -358,7 +369,7 @@ class Trainer:
                 "files": self.progress.skipped_images[:100],
             },
             "data_warnings": self.samples.warnings,
-            "final_train": history[-1] if history else None,
+            "history": history,
         }
         if not stopped_early:
             model_path = self.save("model.pt", full=False)

@@ -182,9 +182,9 @@ class MarginHead(ClassifierHead):
                 f"{head}.apply_margin expects target_cos of shape {list(labels.shape)}, "
                 f"got {list(target_cos.shape)}"
             )
-        return self._apply(cos, labels, target_cos)
+        return self._apply_margin_unchecked(cos, labels, target_cos)
 
-    def _apply(self, cos: Tensor, labels: Tensor, target_cos: Tensor | None) -> Tensor:
+    def _apply_margin_unchecked(self, cos: Tensor, labels: Tensor, target_cos: Tensor | None) -> Tensor:
         """Unchecked ``apply_margin``: builds the per-row target view and calls ``_margin``."""
         with no_autocast(cos.device):
             cos = cos.float()
@@ -213,7 +213,7 @@ class MarginHead(ClassifierHead):
         self.check_inputs(embeddings, labels)
         cos = self.cosine(embeddings)
         with no_autocast(cos.device):
-            logits = self._apply(cos, labels, None) * self.scale
+            logits = self._apply_margin_unchecked(cos, labels, None) * self.scale
             plain = (cos * self.scale).detach()
         return HeadOutput(logits=logits, plain_logits=plain)
 

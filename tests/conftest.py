@@ -1,0 +1,58 @@
+"""Shared fixtures: the real data root and small aligned subsets of real LFW built once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("FACEFORGE_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    root = data_root()
+    if not (root / "lfw" / "images").is_dir():
+        pytest.skip(f"real data not found at {root} (set FACEFORGE_DATA)")
+    return root
+
+
+def _align_people(data_dir: Path, out: Path, people: list[str]) -> Path:
+    from faceforge.data.align_folder import align_folder
+
+    src = data_dir / "lfw" / "images"
+    files = [f for p in people for f in sorted((src / p).glob("*.jpg"))]
+    align_folder(
+        src,
+        data_dir / "lfw" / "landmarks_mtcnn_5pts_250px.csv",
+        out,
+        landmark_offset=(-48, -48),
+        images=files,
+        progress=False,
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def lfw_small(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Aligned 112x112 faces of the 12 LFW people with the most images after the top 3 (about 300 images)."""
+    src = data_dir / "lfw" / "images"
+    counts = sorted(((len(list(p.glob("*.jpg"))), p.name) for p in src.iterdir() if p.is_dir()), reverse=True)
+    people = [name for _, name in counts[3:15]]
+    return _align_people(data_dir, tmp_path_factory.mktemp("lfw_small"), people)
+
+
+@pytest.fixture(scope="session")
+def lfw_devtest_aligned(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Aligned faces of every person in pairsDevTest.txt."""
+    from faceforge.eval.pairs import read_lfw_pairs
+
+    people = sorted(
+        {n for p in read_lfw_pairs(data_dir / "lfw" / "pairsDevTest.txt") for n in (p.name1, p.name2)}
+    )
+    return _align_people(data_dir, tmp_path_factory.mktemp("lfw_devtest"), people)

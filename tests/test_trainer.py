@@ -1,0 +1,122 @@
+"""The training loop on real aligned LFW faces: the loss falls, resume is exact, bad states stop clearly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from faceforge.config import compose_config
+from faceforge.engine.checkpoint import load_checkpoint
+from faceforge.engine.trainer import NonFiniteLossError, Trainer
+
+
+def _list_file(root: Path, out: Path, per_person: int, people: int) -> Path:
+    lines = []
+    for label, person in enumerate(sorted(p for p in root.iterdir() if p.is_dir())[:people]):
+        for f in sorted(person.glob("*.jpg"))[:per_person]:
+            lines.append(f"{f.relative_to(root)} {label}")
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+def _cfg(root: Path, run_dir: Path, *overrides: str):
+    return compose_config(
+        "lfw_mobilefacenet_arcface",
+        [
+            f"data.root={root}",
+            f"run.dir={run_dir}",
+            "run.progress=false",
+            "eval.pairs=null",
+            "model.embedding_size=64",
+            "data.exclude_pairs=[]",
+            "data.preload=false",
+            "data.num_workers=0",
+            "run.threads=2",
+            *overrides,
+        ],
+    )
+
+
+def test_resume_mid_epoch_gives_identical_weights(lfw_small: Path, tmp_path: Path) -> None:
+    """6 steps straight vs 3 steps, stop, resume in a new Trainer, 3 more steps (crossing an epoch)."""
+    lf = _list_file(lfw_small, tmp_path / "train.txt", per_person=4, people=8)  # 32 images, 4 steps/epoch
+    common = [
+        f"data.list_file={lf}",
+        "data.batch_size=8",
+        "optim.epochs=3",
+        "head=curricularface",
+        "data.num_workers=1",
+    ]
+    straight = Trainer(_cfg(lfw_small, tmp_path / "a", *common, "run.max_steps=6"))
+    straight.fit()
+    first = Trainer(_cfg(lfw_small, tmp_path / "b", *common, "run.max_steps=3"))
+    first.fit()
+    assert load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")["progress"]["step_in_epoch"] == 3
+    second = Trainer(_cfg(lfw_small, tmp_path / "b", *common, "run.max_steps=3", "run.resume=auto"))
+    second.fit()
+    a = load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")
+    b = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")
+    assert a["progress"] == b["progress"] and a["progress"]["global_step"] == 6
+    for part in ("backbone", "head"):
+        for k, v in a[part].items():
+            assert torch.equal(v, b[part][k]), f"{part}.{k} differs after resume"
+    assert float(a["head"]["t"]) != 0.0  # the CurricularFace buffer moved and was restored
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert all(torch.equal(sa[i]["momentum_buffer"], sb[i]["momentum_buffer"]) for i in sa)
+
+
+@pytest.mark.slow
+def test_loss_falls_and_run_dir_is_complete(lfw_small: Path, tmp_path: Path) -> None:
+    cfg = _cfg(
+        lfw_small,
+        tmp_path / "run",
+        "data.batch_size=32",
+        "optim.epochs=3",
+        "optim.lr=0.1",
+        "head=cosface",
+        "run.log_every=3",
+        "data.preload=true",
+    )
+    report = Trainer(cfg).fit()
+    losses = [h["loss"] for h in report["history"]]
+    assert len(losses) >= 4
+    assert losses[-1] < losses[0] - 0.5, losses
+    run = tmp_path / "run"
+    assert (run / "config.yaml").is_file() and (run / "report.json").is_file()
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    model = load_checkpoint(run / "checkpoints" / "model.pt")
+    assert "optimizer" not in model
+    meta = model["meta"]
+    assert meta["preprocess"]["colour"] == "RGB" and meta["preprocess"]["mean"] == [0.5, 0.5, 0.5]
+    assert meta["preprocess"]["alignment"] == "arcface_112" and meta["embedding_size"] == 64
+    assert meta["train_config"]["head"]["name"] == "cosface"
+    assert json.loads((run / "report.json").read_text())["skipped_images"]["count"] == 0
+
+
+def test_unreadable_training_images_are_skipped_and_counted(lfw_small: Path, tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    for person in sorted(p for p in lfw_small.iterdir() if p.is_dir())[:3]:
+        (root / person.name).mkdir(parents=True)
+        for f in sorted(person.glob("*.jpg"))[:6]:
+            (root / person.name / f.name).write_bytes(f.read_bytes())
+    bad = next((root).glob("*/*.jpg"))
+    bad.write_bytes(b"\xff\xd8\xff garbage")
+    report = Trainer(_cfg(root, tmp_path / "run", "data.batch_size=6", "optim.epochs=1")).fit()
+    assert report["skipped_images"]["count"] == 1 and bad.name in report["skipped_images"]["files"][0]
+
+
+def test_nan_loss_stops_with_advice(lfw_small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trainer = Trainer(_cfg(lfw_small, tmp_path / "run", "data.batch_size=8", "optim.epochs=1"))
+    real_forward = trainer.head.forward
+
+    def nan_forward(emb, labels):
+        out = real_forward(emb, labels)
+        out.logits.data.fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(trainer.head, "forward", nan_forward)
+    with pytest.raises(NonFiniteLossError, match=r"lower optim\.lr"):
+        trainer.fit()
