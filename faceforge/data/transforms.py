@@ -42,3 +42,7 @@ class Compose:
 def build_augmentations(spec: dict[str, dict] | None) -> Compose:
     """``{"flip": {"p": 0.5}, ...}`` -> Compose, in the given order; ``None``/empty -> identity."""
     return Compose([AUGMENTATIONS.build(name, **(kw or {})) for name, kw in (spec or {}).items()])
+
+
+# more augmentations (low resolution, blur, colour jitter, grey, random erasing) register themselves on import
+from faceforge.data import augment_extra  # noqa: E402, F401
