@@ -1,0 +1,48 @@
+# faceforge: `make demo` runs the end-to-end job on real LFW, `make test` runs the test suite.
+# Both create .venv and install what is needed on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+FACEFORGE_DATA ?= ../shared/data
+export FACEFORGE_DATA
+DEMO_OUT ?= demo_out
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-fast lint format bench clean
+
+$(BIN)/faceforge: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/faceforge
+
+demo: setup
+	$(BIN)/faceforge align --images $(FACEFORGE_DATA)/lfw/images \
+		--landmarks $(FACEFORGE_DATA)/lfw/landmarks_mtcnn_5pts_250px.csv --landmark-offset=-48,-48 \
+		--out $(DEMO_OUT)/lfw_aligned
+	$(BIN)/faceforge train lfw_mobilefacenet_arcface data.root=$(DEMO_OUT)/lfw_aligned \
+		run.dir=$(DEMO_OUT)/run eval.pairs=null
+	$(BIN)/faceforge eval --model $(DEMO_OUT)/run/checkpoints/model.pt \
+		--pairs $(FACEFORGE_DATA)/lfw/pairsDevTest.txt --images $(DEMO_OUT)/lfw_aligned \
+		--json $(DEMO_OUT)/eval/result.json
+
+test: setup
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check faceforge tests benchmarks
+	$(BIN)/ruff format --check faceforge tests benchmarks
+
+format: setup
+	$(BIN)/ruff format faceforge tests benchmarks
+	$(BIN)/ruff check --fix faceforge tests benchmarks
+
+bench: setup
+	$(BIN)/python benchmarks/train_throughput.py --data-root $(DEMO_OUT)/lfw_aligned
+
+clean:
+	rm -rf $(DEMO_OUT) runs eval_out
