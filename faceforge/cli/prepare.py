@@ -1,0 +1,73 @@
+"""``faceforge prepare``: detect, select and align the faces of a photo folder (folder or .rec output)."""
+
+from __future__ import annotations
+
+import argparse
+
+from faceforge.cli.main import command
+
+
+def _add(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--images", required=True, help="folder of photos (ImageFolder <identity>/<photo> or flat)"
+    )
+    p.add_argument("--out", required=True, help="output folder for aligned faces and prepare_report.json")
+    p.add_argument("--detector", default="yunet", help="face detector (default yunet)")
+    p.add_argument(
+        "--detector-model",
+        default=None,
+        metavar="PATH",
+        help="detector model file (default: $FACEFORGE_DATA/models/face_detection_yunet_2026may.onnx)",
+    )
+    p.add_argument(
+        "--select",
+        default="largest",
+        choices=["largest", "central", "all"],
+        help="which face to keep per photo: the largest, the one nearest the centre, or all of them "
+        "(written as <stem>_<k>.jpg)",
+    )
+    p.add_argument(
+        "--format",
+        default="folder",
+        choices=["folder", "rec"],
+        help="folder: aligned JPEGs in the input's layout; rec: also packed into train.rec/.idx",
+    )
+    p.add_argument("--size", type=int, default=112, help="output size in pixels (default 112)")
+    p.add_argument("--min-score", type=float, default=0.7, help="detection score threshold (default 0.7)")
+    p.add_argument("--overwrite", action="store_true", help="redo photos whose outputs already exist")
+    p.add_argument("--no-progress", action="store_true")
+
+
+@command("prepare", "detect, select and align faces in a photo folder (ImageFolder or .rec output)")(_add)
+def run(args: argparse.Namespace) -> int:
+    from faceforge.deploy.detect import DETECTORS
+    from faceforge.deploy.prepare import REPORT_NAME, prepare_folder
+
+    detector = DETECTORS.build(args.detector, model_path=args.detector_model, score_threshold=args.min_score)
+    report = prepare_folder(
+        args.images,
+        args.out,
+        detector,
+        select=args.select,
+        size=args.size,
+        out_format=args.format,
+        min_score=args.min_score,
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
+        detector_name=args.detector,
+    )
+    print(
+        f"aligned {report.faces_written} faces from {report.aligned_images} photos, kept "
+        f"{report.kept_existing} already prepared, skipped {report.skipped} ({len(report.no_face)} without a "
+        f"face, {len(report.unreadable)} unreadable), {len(report.several_faces)} with several faces; "
+        f"report: {args.out}/{REPORT_NAME}"
+    )
+    if report.rec:
+        print(f"wrote {report.rec} ({report.rec_images} images, {report.num_classes} identities)")
+    for f in report.no_face[:10]:
+        print(f"  no face: {f}")
+    for u in report.unreadable[:10]:
+        print(f"  unreadable: {u['file']} ({u['reason']})")
+    for s in report.several_faces[:10]:
+        print(f"  several faces ({s['faces']}), kept the {args.select} one: {s['file']}")
+    return 0

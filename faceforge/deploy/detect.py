@@ -1,0 +1,194 @@
+"""Face detectors that return boxes, scores and 5 landmarks in the ArcFace point order.
+
+Every detector in :data:`DETECTORS` is built as ``DETECTORS.build(name, **options)`` and called on an RGB
+uint8 image (H, W, 3); it returns a list of :class:`Detection`, best score first. Landmarks are in the
+order :mod:`faceforge.data.align` expects: left eye, right eye, nose tip, left mouth corner, right mouth
+corner, where left/right are *image* left/right (the person's right eye comes first).
+
+``yunet`` is OpenCV's ``cv2.FaceDetectorYN`` with the YuNet ONNX model. A row of its output is
+``x, y, w, h``, five landmark ``(x, y)`` pairs, then the score. The model names its points "right eye,
+left eye, nose tip, right mouth corner, left mouth corner" from the person's point of view, so on an upright
+face the first eye and the first mouth corner are the ones on the image's left: checked on real photos
+(``photos/insightface_t1.jpg``, 6 faces; ``photos/skimage_astronaut.png``), the first eye's x is always the
+smaller one. That is already the ArcFace order, so the points are used as they come.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from faceforge.registry import Registry
+
+YUNET_MODEL_NAME = "face_detection_yunet_2026may.onnx"
+
+SELECT_POLICIES = ("largest", "central", "all")
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One face: ``box`` [4] = x1, y1, x2, y2; ``score`` in [0, 1]; ``landmarks`` [5, 2] in ArcFace order."""
+
+    box: np.ndarray
+    score: float
+    landmarks: np.ndarray
+
+    @property
+    def area(self) -> float:
+        return float(max(0.0, self.box[2] - self.box[0]) * max(0.0, self.box[3] - self.box[1]))
+
+    @property
+    def center(self) -> np.ndarray:
+        return np.array([(self.box[0] + self.box[2]) / 2.0, (self.box[1] + self.box[3]) / 2.0])
+
+    def to_dict(self) -> dict:
+        return {
+            "box": [round(float(v), 2) for v in self.box],
+            "score": round(float(self.score), 4),
+            "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in self.landmarks],
+        }
+
+
+FaceDetector = Callable[[np.ndarray], list[Detection]]
+
+DETECTORS: Registry[FaceDetector] = Registry("face detector")
+
+
+def _data_roots() -> list[Path]:
+    roots = []
+    if os.environ.get("FACEFORGE_DATA"):
+        roots.append(Path(os.environ["FACEFORGE_DATA"]))
+    # the shared data folder next to a source checkout (``../shared/data`` from the repository root)
+    roots.append(Path(__file__).resolve().parents[2].parent / "shared" / "data")
+    return roots
+
+
+def default_yunet_model() -> Path:
+    """``$FACEFORGE_DATA/models/<yunet>.onnx`` (or the shared data folder beside the checkout) if it exists."""
+    tried = [root / "models" / YUNET_MODEL_NAME for root in _data_roots()]
+    for path in tried:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(
+        f"YuNet model not found (looked at {', '.join(str(p) for p in tried)}); pass --detector-model "
+        f"PATH (detector_model=...) pointing at {YUNET_MODEL_NAME} from the OpenCV model zoo, or set FACEFORGE_DATA"
+    )
+
+
+def _check_rgb(image: np.ndarray) -> np.ndarray:
+    img = np.asarray(image)
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise ValueError(f"expected an RGB uint8 image of shape (H, W, 3), got {img.dtype} {img.shape}")
+    if img.shape[0] < 2 or img.shape[1] < 2:
+        raise ValueError(f"image of shape {img.shape} is too small to search for faces")
+    return img
+
+
+class YuNetDetector:
+    """``cv2.FaceDetectorYN`` on RGB images; images whose long side exceeds ``max_side`` are searched on a
+    downscaled copy and the results are scaled back to the original pixel coordinates."""
+
+    name = "yunet"
+
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        score_threshold: float = 0.7,
+        nms_threshold: float = 0.3,
+        top_k: int = 5000,
+        max_side: int = 1280,
+    ) -> None:
+        path = Path(model_path) if model_path else default_yunet_model()
+        if not path.is_file():
+            raise FileNotFoundError(f"YuNet model not found: {path} (pass --detector-model PATH)")
+        if not hasattr(cv2, "FaceDetectorYN"):
+            raise RuntimeError(
+                f"this OpenCV build ({cv2.__version__}) has no cv2.FaceDetectorYN; install "
+                "opencv-python-headless>=4.8"
+            )
+        if not 0.0 <= score_threshold <= 1.0:
+            raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
+        if max_side < 32:
+            raise ValueError(f"max_side must be at least 32 pixels, got {max_side}")
+        self.model_path = path
+        self.score_threshold = float(score_threshold)
+        self.max_side = int(max_side)
+        try:
+            self._net = cv2.FaceDetectorYN.create(
+                str(path), "", (320, 320), float(score_threshold), float(nms_threshold), int(top_k)
+            )
+        except cv2.error as exc:
+            raise ValueError(f"{path}: OpenCV could not load it as a YuNet model ({exc})") from None
+        self._lock = threading.Lock()  # setInputSize + detect must not interleave between threads
+
+    def __call__(self, image: np.ndarray) -> list[Detection]:
+        img = _check_rgb(image)
+        h, w = img.shape[:2]
+        scale = min(1.0, self.max_side / max(h, w))
+        bgr = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+        if scale < 1.0:
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
+        dh, dw = bgr.shape[:2]
+        with self._lock:
+            self._net.setInputSize((dw, dh))
+            _, faces = self._net.detect(bgr)
+        if faces is None:
+            return []
+        # map back: the resized image spans the original exactly, so x scales by w/dw and y by h/dh
+        sx, sy = w / dw, h / dh
+        dets = []
+        for row in np.asarray(faces, dtype=np.float64):
+            x, y, bw, bh = row[:4]
+            box = np.array([x * sx, y * sy, (x + bw) * sx, (y + bh) * sy])
+            lmk = row[4:14].reshape(5, 2) * np.array([sx, sy])
+            dets.append(Detection(box=box, score=float(row[14]), landmarks=lmk))
+        dets.sort(key=lambda d: -d.score)
+        return dets
+
+
+@DETECTORS.register("yunet")
+def build_yunet(
+    model_path: str | Path | None = None,
+    score_threshold: float = 0.7,
+    nms_threshold: float = 0.3,
+    top_k: int = 5000,
+    max_side: int = 1280,
+) -> YuNetDetector:
+    return YuNetDetector(model_path, score_threshold, nms_threshold, top_k, max_side)
+
+
+def build_detector(name: str = "yunet", model_path: str | Path | None = None, **options) -> FaceDetector:
+    """Build a registered detector by name; ``model_path`` None means the detector's default model."""
+    return DETECTORS.build(name, model_path=model_path, **options)
+
+
+def select_faces(
+    dets: Sequence[Detection], image_shape: Sequence[int], policy: str = "largest"
+) -> list[Detection]:
+    """Choose the faces to keep from one image's detections.
+
+    ``largest``: the face with the biggest box; ``central``: the face whose box centre is nearest the
+    image centre (ties: the bigger box); ``all``: every face, ordered left to right (then top to bottom),
+    so ``<stem>_<k>`` names follow reading order. Returns an empty list when there is no detection.
+    """
+    if policy not in SELECT_POLICIES:
+        raise ValueError(
+            f"unknown face selection policy {policy!r}; choose one of {', '.join(SELECT_POLICIES)}"
+        )
+    dets = list(dets)
+    if not dets:
+        return []
+    if policy == "all":
+        return sorted(dets, key=lambda d: (float(d.box[0]), float(d.box[1])))
+    if policy == "largest":
+        return [max(dets, key=lambda d: (d.area, d.score))]
+    h, w = image_shape[0], image_shape[1]
+    mid = np.array([w / 2.0, h / 2.0])
+    return [min(dets, key=lambda d: (float(np.linalg.norm(d.center - mid)), -d.area))]

@@ -1,0 +1,216 @@
+"""Detect, select and align the faces of a photo folder: raw photos in, training-ready faces out.
+
+``faceforge prepare --images DIR --out DIR`` runs :func:`prepare_folder`. ``DIR`` is an ImageFolder tree
+(``DIR/<identity>/<photo>``, any depth below the identity) or a flat folder of photos. Each photo is run
+through a face detector (:mod:`faceforge.deploy.detect`), one face is chosen by the selection policy (or
+every face with ``all``) and aligned to the ArcFace template with the detected landmarks.
+
+Outputs:
+
+* ``folder``: ``out/<same relative path>.jpg`` (JPEG q95); with ``all``, ``out/<dir>/<stem>_<k>.jpg`` per
+  face (k in left-to-right order).
+* ``rec``: the aligned JPEGs are kept in ``out/aligned/`` (so an interrupted job resumes) and packed into
+  ``out/train.rec`` + ``out/train.idx`` in insightface's layout; labels are the identity folders that got at
+  least one face, numbered contiguously in sorted order (``out/labels.txt``: ``label<TAB>identity``).
+
+``out/prepare_report.json`` lists photos with no face above ``min_score`` (``no_face``), photos with more
+than one such face when only one is kept (``several_faces``; the chosen face is still written) and photos
+that cannot be decoded (``unreadable``, with the reason). Outputs that already exist are kept, so running
+the same command again resumes an interrupted job.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from faceforge.data.align import TEMPLATE_NAME, template_for_size, warp_face
+from faceforge.data.image_io import UnreadableImageError, is_image_file, read_image_rgb, write_image_rgb
+from faceforge.deploy.detect import SELECT_POLICIES, FaceDetector, select_faces
+
+REPORT_NAME = "prepare_report.json"
+OUT_FORMATS = ("folder", "rec")
+REC_STAGING = "aligned"
+REC_PREFIX = "train"
+
+
+@dataclass
+class PrepareReport:
+    """What a prepare job did; written as JSON in the output folder."""
+
+    images_dir: str
+    out_dir: str
+    detector: str
+    select: str
+    size: int
+    out_format: str
+    min_score: float
+    template: str = TEMPLATE_NAME
+    images: int = 0
+    aligned_images: int = 0
+    faces_written: int = 0
+    kept_existing: int = 0
+    no_face: list[str] = field(default_factory=list)
+    several_faces: list[dict] = field(default_factory=list)
+    unreadable: list[dict[str, str]] = field(default_factory=list)
+    rec: str | None = None
+    idx: str | None = None
+    rec_images: int = 0
+    num_classes: int = 0
+
+    @property
+    def skipped(self) -> int:
+        return len(self.no_face) + len(self.unreadable)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["template_points"] = template_for_size(self.size).tolist()
+        d["skipped"] = self.skipped
+        return d
+
+
+def _find_images(root: Path, skip: Path | None) -> list[Path]:
+    files = []
+    for p in root.rglob("*"):
+        if skip is not None and p.is_relative_to(skip):
+            continue
+        if p.is_file() and is_image_file(p):
+            files.append(p)
+    return sorted(files)
+
+
+def _existing_multi(target_dir: Path, stem: str) -> list[Path]:
+    pattern = re.compile(rf"^{re.escape(stem)}_(\d+)\.jpg$")
+    if not target_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in target_dir.iterdir() if (m := pattern.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def _previous_several(out: Path) -> dict[str, dict]:
+    """``several_faces`` entries of an earlier run, carried over for photos whose outputs are kept."""
+    path = out / REPORT_NAME
+    if not path.is_file():
+        return {}
+    try:
+        entries = json.loads(path.read_text()).get("several_faces", [])
+        return {e["file"]: e for e in entries if isinstance(e, dict) and "file" in e}
+    except (ValueError, AttributeError, TypeError):
+        return {}
+
+
+def prepare_folder(
+    images_dir: str | Path,
+    out_dir: str | Path,
+    detector: FaceDetector,
+    select: str = "largest",
+    size: int = 112,
+    out_format: str = "folder",
+    min_score: float = 0.7,
+    progress: bool = True,
+    overwrite: bool = False,
+    detector_name: str | None = None,
+) -> PrepareReport:
+    """Detect, select and align every photo below ``images_dir`` into ``out_dir``; see the module doc.
+
+    ``detector`` is any callable image -> list of :class:`~faceforge.deploy.detect.Detection` (e.g.
+    ``build_detector("yunet")``); detections scoring below ``min_score`` are ignored.
+    """
+    src, out = Path(images_dir), Path(out_dir)
+    if not src.is_dir():
+        raise FileNotFoundError(f"images directory not found: {src}")
+    if select not in SELECT_POLICIES:
+        raise ValueError(f"unknown --select {select!r}; choose one of {', '.join(SELECT_POLICIES)}")
+    if out_format not in OUT_FORMATS:
+        raise ValueError(f"unknown output format {out_format!r}; choose one of {', '.join(OUT_FORMATS)}")
+    template_for_size(size)  # fail early on a size the template cannot take
+    faces_root = out / REC_STAGING if out_format == "rec" else out
+    base = src.resolve()
+    # an output folder inside the input tree is not input
+    files = _find_images(base, out.resolve() if out.resolve().is_relative_to(base) else None)
+    if not files:
+        raise ValueError(f"no image files found below {src}")
+    if out_format == "rec":
+        loose = [str(p.relative_to(base)) for p in files if len(p.relative_to(base).parts) < 2]
+        if loose:
+            raise ValueError(
+                f"--format rec needs an ImageFolder tree ({src}/<identity>/<photo>) to take labels from, "
+                f"but {len(loose)} photo(s) sit directly in {src}, e.g. {loose[0]}"
+            )
+    name = detector_name or getattr(detector, "name", None) or type(detector).__name__
+    report = PrepareReport(str(src), str(out), name, select, size, out_format, float(min_score))
+    report.images = len(files)
+    previous = _previous_several(out)
+    written: dict[str, list[Path]] = {}  # relative photo path -> its aligned face files
+
+    for path in tqdm(files, desc="prepare", unit="img", disable=not progress):
+        rel = path.relative_to(base)
+        key = rel.as_posix()
+        single = (faces_root / rel).with_suffix(".jpg")
+        if not overwrite:
+            if select == "all":
+                existing = _existing_multi(single.parent, rel.stem)
+            else:
+                existing = [single] if single.exists() else []
+            # with "all", faces are written last-to-first, so face 0 existing means the photo is complete
+            if existing and (select != "all" or existing[0].name == f"{rel.stem}_0.jpg"):
+                report.kept_existing += 1
+                written[key] = existing
+                if key in previous:
+                    report.several_faces.append(previous[key])
+                continue
+        try:
+            img = read_image_rgb(path)
+        except UnreadableImageError as exc:
+            report.unreadable.append({"file": key, "reason": exc.reason})
+            continue
+        dets = [d for d in detector(img) if d.score >= min_score]
+        chosen = select_faces(dets, img.shape, select)
+        if not chosen:
+            report.no_face.append(key)
+            continue
+        if select != "all" and len(dets) > 1:
+            report.several_faces.append({"file": key, "faces": len(dets), "chosen": chosen[0].to_dict()})
+        if select == "all":
+            targets = [single.with_name(f"{rel.stem}_{k}.jpg") for k in range(len(chosen))]
+        else:
+            targets = [single]
+        for target, det in reversed(list(zip(targets, chosen, strict=True))):
+            write_image_rgb(target, warp_face(img, det.landmarks, size))
+        report.aligned_images += 1
+        report.faces_written += len(targets)
+        written[key] = targets
+
+    out.mkdir(parents=True, exist_ok=True)
+    if out_format == "rec":
+        _write_rec(report, out, written)
+    (out / REPORT_NAME).write_text(json.dumps(report.to_dict(), indent=2))
+    return report
+
+
+def _write_rec(report: PrepareReport, out: Path, written: dict[str, list[Path]]) -> None:
+    from faceforge.data.recordio import write_face_rec
+
+    by_identity: dict[str, list[str]] = {}
+    for key in sorted(written):
+        by_identity.setdefault(key.split("/", 1)[0], []).extend(str(p) for p in written[key])
+    identities = sorted(i for i, paths in by_identity.items() if paths)
+    if not identities:
+        raise ValueError(
+            f"no face was aligned below {report.images_dir}, so there is nothing to pack into .rec"
+        )
+    paths: list[str] = []
+    labels: list[int] = []
+    for label, ident in enumerate(identities):
+        paths.extend(by_identity[ident])
+        labels.extend([label] * len(by_identity[ident]))
+    rec, idx = write_face_rec((paths, np.asarray(labels)), out / REC_PREFIX)
+    (out / "labels.txt").write_text("".join(f"{i}\t{name}\n" for i, name in enumerate(identities)))
+    report.rec, report.idx = str(rec), str(idx)
+    report.rec_images = len(paths)
+    report.num_classes = len(identities)
