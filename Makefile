@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 
 $(BIN)/faceforge: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,dlib]'
 	touch $@
 
 setup: $(BIN)/faceforge
@@ -25,7 +25,7 @@ demo: setup
 		run.dir=$(DEMO_OUT)/run eval.pairs=null
 	$(BIN)/faceforge eval --model $(DEMO_OUT)/run/checkpoints/model.pt \
 		--pairs $(FACEFORGE_DATA)/lfw/pairsDevTest.txt --images $(DEMO_OUT)/lfw_aligned \
-		--json $(DEMO_OUT)/eval/result.json
+		--json $(DEMO_OUT)/eval/result.json --cache-dir $(DEMO_OUT)/embedding_cache --html
 
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

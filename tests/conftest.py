@@ -56,3 +56,12 @@ def lfw_devtest_aligned(data_dir: Path, tmp_path_factory: pytest.TempPathFactory
         {n for p in read_lfw_pairs(data_dir / "lfw" / "pairsDevTest.txt") for n in (p.name1, p.name2)}
     )
     return _align_people(data_dir, tmp_path_factory.mktemp("lfw_devtest"), people)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_embedding_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Tests never write to the user's ~/.cache: the embedding cache lives in a session temp folder."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FACEFORGE_CACHE", str(tmp_path_factory.mktemp("embedding_cache")))
+    yield
+    mp.undo()

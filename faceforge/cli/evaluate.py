@@ -1,45 +1,124 @@
-"""``faceforge eval``: verification on an LFW-format pairs file, any embedder."""
+"""``faceforge eval``: one or several benchmarks for any embedder, cached embeddings, JSON + plots + HTML.
+
+faceforge eval --model run/model.pt --pairs pairsDevTest.txt --images aligned/
+faceforge eval --model dlib --benchmark lfw:pairs.txt:aligned --benchmark ident:aligned:1:2 --html
+faceforge eval --compare a/result.json b/result.json --html compare.html
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from faceforge.cli.main import command
 
 
 def _add(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="faceforge checkpoint (.pt) or kind:path")
-    p.add_argument("--pairs", required=True, help="LFW-format pairs file")
-    p.add_argument("--images", required=True, help="folder of aligned faces, <name>/<name>_NNNN.<ext>")
-    p.add_argument("--json", help="result JSON path (default: <out-dir>/result.json)")
+    p.add_argument(
+        "--model", help="faceforge checkpoint (.pt), kind:path, or a registered kind such as 'dlib'"
+    )
+    p.add_argument(
+        "--benchmark",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="repeatable: lfw:PAIRS:IMAGES | bin:FILE | allpairs:IMAGES[:MIN] | ident:IMAGES[:K[:MIN]]",
+    )
+    p.add_argument("--pairs", help="LFW-format pairs file (same as --benchmark lfw:PAIRS:IMAGES)")
+    p.add_argument("--images", help="folder of aligned faces, <name>/<name>_NNNN.<ext> (with --pairs)")
+    p.add_argument("--json", help="also write the result JSON here (default: <out-dir>/result.json only)")
     p.add_argument(
         "--out-dir", help="folder for result.json and plots (default: next to --json, or ./eval_out)"
     )
-    p.add_argument("--ext", default=".jpg", help="image extension in --images (default .jpg)")
+    p.add_argument("--ext", default=".jpg", help="image extension of pairs-file images (default .jpg)")
     p.add_argument("--no-flip", action="store_true", help="embed the original image only (default: flip-sum)")
     p.add_argument("--folds", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--cache-dir",
+        help="embedding cache (default: $FACEFORGE_CACHE or ~/.cache/faceforge/embeddings)",
+    )
+    p.add_argument("--no-cache", action="store_true", help="embed everything, read and write no cache")
+    p.add_argument(
+        "--html",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PATH",
+        help="write an HTML report (default path: <out-dir>/report.html)",
+    )
+    p.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="RESULT_JSON",
+        help="no evaluation: build an HTML comparison of these result.json files (with --html PATH)",
+    )
 
 
-@command("eval", "evaluate a model on a pairs file: 10-fold accuracy, ROC, AUC, EER, TAR@FAR")(_add)
+def _print_record(name: str, rec: dict[str, Any], flip: bool) -> None:
+    s = rec.get("summary", {})
+    if "verification" in rec:
+        v, r = rec["verification"], rec["roc"]
+        tar = r["tar_at_far"]["conservative"]
+        print(
+            f"{name}: accuracy {v['accuracy_mean'] * 100:.2f} +- {v['accuracy_std'] * 100:.2f} % "
+            f"({v['rule']}, {v['n_folds']} folds, flip={'on' if flip else 'off'})"
+        )
+        print(
+            f"  AUC {r['auc']:.4f}  EER {r['eer'] * 100:.2f} %  "
+            + "  ".join(f"TAR@FAR={k} {t['tar'] * 100:.2f} %" for k, t in tar.items())
+        )
+    else:
+        print(
+            f"{name}: "
+            + "  ".join(f"{k} {v * 100:.2f} %" if k != "auc" else f"AUC {v:.4f}" for k, v in s.items())
+        )
+    plots = rec.get("plots") or {}
+    if plots:
+        print("  plots: " + "  ".join(str(p) for p in plots.values()))
+
+
+@command(
+    "eval", "evaluate a model on benchmarks (pairs, .bin, all-pairs, identification) or compare results"
+)(_add)
 def run(args: argparse.Namespace) -> int:
-    from faceforge.embedders import embedder_from_spec
-    from faceforge.eval.lfw_benchmark import evaluate_pairs
+    from faceforge.eval.report_html import load_result, write_html_report
 
+    if args.compare:
+        out_html = Path(args.html) if args.html else Path("eval_compare.html")
+        page = write_html_report([load_result(p) for p in args.compare], out_html)
+        print(f"comparison of {len(args.compare)} result(s): {page}")
+        return 0
+
+    from faceforge.embedders import embedder_from_spec
+    from faceforge.eval.benchmarks import parse_benchmark_spec, run_benchmarks
+    from faceforge.eval.cache import default_cache_dir
+
+    if not args.model:
+        raise ValueError("--model is required (or use --compare RESULT_JSON ...)")
+    if bool(args.pairs) != bool(args.images):
+        raise ValueError("--pairs and --images go together (or use --benchmark lfw:PAIRS:IMAGES)")
+    specs = [parse_benchmark_spec(s) for s in args.benchmark]
+    if args.pairs:
+        specs.insert(0, parse_benchmark_spec(f"lfw:{args.pairs}:{args.images}"))
+    if not specs:
+        raise ValueError("no benchmark: give --benchmark SPEC (repeatable) or --pairs and --images")
     out_dir = (
         Path(args.out_dir) if args.out_dir else (Path(args.json).parent if args.json else Path("eval_out"))
     )
+    cache_dir = None if args.no_cache else (Path(args.cache_dir) if args.cache_dir else default_cache_dir())
     embedder = embedder_from_spec(args.model, device=args.device, batch_size=args.batch_size)
-    result = evaluate_pairs(
+    flip = not args.no_flip
+    result = run_benchmarks(
         embedder,
-        args.pairs,
-        args.images,
-        out_dir=out_dir,
-        flip=not args.no_flip,
+        specs,
+        out_dir,
+        cache_dir=cache_dir,
+        flip=flip,
         n_folds=args.folds,
         image_ext=args.ext,
         batch_size=args.batch_size,
@@ -48,15 +127,17 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2))
-    v, r = result["verification"], result["roc"]
-    tar = r["tar_at_far"]["conservative"]
+    for name, rec in result["benchmarks"].items():
+        _print_record(name, rec, flip)
+    emb = result["embedding"]
     print(
-        f"{Path(args.pairs).name}: accuracy {v['accuracy_mean'] * 100:.2f} +- {v['accuracy_std'] * 100:.2f} % "
-        f"({v['rule']}, {v['n_folds']} folds, flip={'on' if not args.no_flip else 'off'})"
+        f"  embedded {emb['images_embedded']} image(s), {emb['images_from_cache']} from cache ({cache_dir or 'off'})"
     )
-    print(
-        f"  AUC {r['auc']:.4f}  EER {r['eer'] * 100:.2f} %  "
-        + "  ".join(f"TAR@FAR={k} {t['tar'] * 100:.2f} %" for k, t in tar.items())
-    )
-    print(f"  result: {args.json or out_dir / 'result.json'}  ROC: {result['plots']['roc']}")
+    print(f"  result: {args.json or out_dir / 'result.json'}")
+    if args.html is not None:
+        page = write_html_report(
+            [{**result, "_source": str(out_dir / "result.json")}],
+            Path(args.html) if args.html else out_dir / "report.html",
+        )
+        print(f"  report: {page}")
     return 0

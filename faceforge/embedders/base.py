@@ -51,7 +51,7 @@ def embedder_from_spec(spec: str, **kwargs: Any) -> Embedder:
 
 
 def _register_builtin() -> None:
-    from faceforge.embedders import checkpoint  # noqa: F401
+    from faceforge.embedders import checkpoint, dlib_resnet  # noqa: F401
 
 
 _register_builtin()

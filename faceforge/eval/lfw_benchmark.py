@@ -2,7 +2,9 @@
 
 Protocol (named in every result): insightface 10-fold accuracy on squared L2 distances of flip-summed,
 L2-normalised embeddings (thresholds 0:4:0.01, contiguous folds), plus the whole-ROC numbers on cosine
-similarity: AUC, EER and TAR at FAR 1e-3 and 1e-2 under both TAR rules.
+similarity: AUC, EER and TAR at FAR 1e-3 and 1e-2 under both TAR rules. The scoring itself is
+:func:`faceforge.eval.benchmarks.verification_record`, shared with ``faceforge eval --benchmark lfw:...``;
+this entry point embeds without the on-disk cache (used by the trainer, whose model changes every run).
 """
 
 from __future__ import annotations
@@ -13,13 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from faceforge.eval.benchmarks import verification_record
 from faceforge.eval.embedding import embed_paths
 from faceforge.eval.pairs import read_lfw_pairs, resolve_pairs
-from faceforge.eval.plots import plot_roc, plot_score_histogram
-from faceforge.eval.roc import roc, summarize_verification
-from faceforge.eval.verification import kfold_accuracy, val_at_far
 
 
 def file_sha256(path: str | Path) -> str:
@@ -47,16 +45,9 @@ def evaluate_pairs(
     emb, failed = embed_paths(embedder, unique, flip=flip, batch_size=batch_size, progress=progress)
     e1 = emb[[index[str(p)] for p in p1]]
     e2 = emb[[index[str(p)] for p in p2]]
-    valid = ~(np.isnan(e1).any(1) | np.isnan(e2).any(1))
-    if not valid.all():
-        # an unreadable image gets a zero embedding (cosine 0 to anything); such pairs are counted in the
-        # result instead of being dropped, so the pair count never changes silently
-        e1, e2 = np.nan_to_num(e1), np.nan_to_num(e2)
-    cos = np.sum(e1 * e2, axis=1)
-    dist = np.sum((e1 - e2) ** 2, axis=1)
-    kfold = kfold_accuracy(dist, issame, n_folds=n_folds)
-    val = val_at_far(dist, issame, far_target=1e-3, n_folds=n_folds)
-    summary = summarize_verification(cos, issame, fars=fars)
+    plot_dir = Path(out_dir) if out_dir is not None else None
+    if plot_dir is not None:
+        plot_dir.mkdir(parents=True, exist_ok=True)
     model = embedder.describe()
     result: dict[str, Any] = {
         "benchmark": {
@@ -69,48 +60,19 @@ def evaluate_pairs(
             "unreadable_images": failed,
         },
         "model": model,
-        "settings": {
-            "protocol": kfold.rule,
-            "flip": "sum of original and horizontal-flip embeddings" if flip else "none",
-            "normalisation": "L2 after flip-sum",
-            "distance": "squared L2 on normalised embeddings (= 2 - 2 cos)",
-            "roc_score": "cosine similarity",
-            "n_folds": n_folds,
-            "fold_split": "contiguous (KFold, no shuffle)",
-            "threshold_grid": kfold.grid.to_dict(),
-            "threshold_choice": "best accuracy on the other folds, smallest threshold on ties",
-            "tar_rules": {
-                "nearest": "ROC point with FPR closest to the target (insightface IJB)",
-                "conservative": "largest TPR with FPR <= target",
-            },
-            "alignment": model.get("preprocess", {}).get("alignment"),
-            "colour": model.get("preprocess", {}).get("colour"),
-        },
-        "verification": kfold.to_dict(),
-        "val_at_far": val.to_dict(),
-        "roc": summary,
-        "seconds": None,
+        **verification_record(
+            e1,
+            e2,
+            issame,
+            model,
+            flip,
+            n_folds=n_folds,
+            fars=fars,
+            plot_dir=plot_dir,
+            title=Path(pairs_file).name,
+        ),
     }
-    result["verification"]["pairs_with_unreadable_image"] = int((~valid).sum())
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        fpr, tpr, _ = roc(cos, issame)
-        result["plots"] = {
-            "roc": str(
-                plot_roc(
-                    {f"acc {kfold.mean * 100:.2f}%": (fpr, tpr)},
-                    out / "roc.png",
-                    title=f"ROC: {Path(pairs_file).name}",
-                )
-            ),
-            "scores": str(
-                plot_score_histogram(
-                    cos, issame, out / "scores.png", title=f"Cosine scores: {Path(pairs_file).name}"
-                )
-            ),
-        }
     result["seconds"] = time.perf_counter() - t0
-    if out_dir is not None:
-        (Path(out_dir) / "result.json").write_text(json.dumps(result, indent=2))
+    if plot_dir is not None:
+        (plot_dir / "result.json").write_text(json.dumps(result, indent=2))
     return result

@@ -1,0 +1,203 @@
+"""dlib's 128-d ResNet face descriptor as an embedder (a real pretrained reference model and teacher).
+
+Needs the optional extra: ``pip install dlib-bin face-recognition-models`` (``pip install faceforge[dlib]``).
+This module imports without them; building the embedder raises a clear error when they are missing.
+
+Input and alignment.  faceforge hands every embedder ArcFace-aligned 112x112 RGB faces, while dlib's
+network was trained on 150x150 "chips" cut by ``dlib.get_face_chip`` from dlib's own 5-point landmarks
+(eye corners and the bottom of the nose) with 25 % padding, a closer crop than ArcFace's.  Two ways
+to bridge that, both available here (``mode``):
+
+* ``"landmarks"`` (default): pad the aligned face with a replicated border (``border`` x size on each
+  side, default 0.25) so the part of dlib's crop outside the aligned face (below the chin) is not
+  black, run dlib's 5-point shape predictor with a box covering the original aligned crop, and let
+  ``compute_face_descriptor(img, shape)`` cut the chip itself, exactly as dlib does on raw photos.
+* ``"resize"``: resize the 112x112 crop to 150x150 and feed it as a chip directly.  Cheaper, but
+  the face appears smaller and placed differently than in dlib's training chips.
+
+Measured on the first 50 matched + first 50 mismatched LFW DevTest pairs (169 faces, MTCNN
+landmarks, ArcFace alignment, no flip, pairs shuffled with seed 0 before 10 folds):
+
+=====================  =================  ======  =====  ========================
+mode                   10-fold accuracy   AUC     EER    mean cos genuine/impostor
+=====================  =================  ======  =====  ========================
+landmarks, border .25  99.0 +- 3.0 %      1.000   0 %    0.957 / 0.841
+landmarks, border 0    99.0 +- 3.0 %      1.000   0 %    0.956 / 0.841
+resize                 83.0 +- 18.5 %     0.926   18 %   0.955 / 0.913
+=====================  =================  ======  =====  ========================
+
+dlib's chip is a closer crop than ArcFace's 112 crop, so the plain resize shows the network a
+smaller face than it was trained on.  Without a border the chip's lower edge (chin) falls outside
+the aligned crop and is black; the replicated border fills it, at equal accuracy on this subset.
+
+The model files come from the ``face_recognition_models`` package, located without importing it (its ``__init__`` needs ``pkg_resources``, which recent setuptools removed).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from faceforge.embedders.base import EMBEDDERS, file_sha256
+
+INSTALL_HINT = "pip install dlib-bin face-recognition-models   (or: pip install 'faceforge[dlib]')"
+MODES = ("landmarks", "resize")
+CHIP_SIZE = 150
+CHIP_PADDING = 0.25
+
+
+def _require_dlib() -> Any:
+    try:
+        import dlib
+    except ImportError as exc:
+        raise RuntimeError(f"the 'dlib' embedder needs dlib, which is not installed: {INSTALL_HINT}") from exc
+    return dlib
+
+
+def model_files() -> dict[str, Path]:
+    """Paths of dlib's recognition network and 5-point shape predictor inside face_recognition_models."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            f"the 'dlib' embedder needs the face_recognition_models package, which is not installed: {INSTALL_HINT}"
+        )
+    models = Path(next(iter(spec.submodule_search_locations))) / "models"
+    files = {
+        "recognition": models / "dlib_face_recognition_resnet_model_v1.dat",
+        "shape_predictor_5": models / "shape_predictor_5_face_landmarks.dat",
+    }
+    for f in files.values():
+        if not f.is_file():
+            raise RuntimeError(f"dlib model file missing: {f}; reinstall with: {INSTALL_HINT}")
+    return files
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+@EMBEDDERS.register("dlib")
+class DlibResNetEmbedder:
+    """``embed(uint8 RGB aligned [N, 112, 112, 3]) -> float32 [N, 128]`` with dlib's ResNet.
+
+    Args:
+        source: ignored (``--model dlib`` passes ``None``); accepted so the registry can build it.
+        mode: ``"landmarks"`` or ``"resize"`` (module docstring).
+        border: replicated border added around the face in ``landmarks`` mode, as a fraction of its size.
+        input_size: side of the aligned faces this embedder accepts (default 112).
+        batch_size: faces per dlib call.
+        device, precision: accepted for CLI compatibility; dlib runs on the CPU in fp32.
+    """
+
+    embedding_size = 128
+
+    def __init__(
+        self,
+        source: str | None = None,
+        mode: str = "landmarks",
+        border: float = 0.25,
+        input_size: int = 112,
+        batch_size: int = 32,
+        device: str = "auto",
+        precision: str = "fp32",
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"dlib embedder mode must be one of {MODES}, got {mode!r}")
+        if source not in (None, "", "default"):
+            raise ValueError(f"the dlib embedder takes no model path (got {source!r}); use '--model dlib'")
+        self._dlib = _require_dlib()
+        self.files = model_files()
+        self.mode = mode
+        self.border = float(border)
+        self.input_size = int(input_size)
+        self.batch_size = int(batch_size)
+        self.net = self._dlib.face_recognition_model_v1(str(self.files["recognition"]))
+        self.predictor = self._dlib.shape_predictor(str(self.files["shape_predictor_5"]))
+        self._sha: dict[str, str] | None = None
+
+    def _prepare(self, face: np.ndarray) -> tuple[np.ndarray, Any]:
+        if self.mode == "resize":
+            chip = cv2.resize(face, (CHIP_SIZE, CHIP_SIZE), interpolation=cv2.INTER_CUBIC)
+            return np.ascontiguousarray(chip), None
+        h, w = face.shape[:2]
+        pad = round(self.border * max(h, w))
+        img = cv2.copyMakeBorder(face, pad, pad, pad, pad, cv2.BORDER_REPLICATE) if pad else face
+        img = np.ascontiguousarray(img)
+        box = self._dlib.rectangle(pad, pad, pad + w - 1, pad + h - 1)
+        return img, self.predictor(img, box)
+
+    def landmarks(self, faces: np.ndarray) -> np.ndarray:
+        """dlib's 5 points ``[N, 5, 2]`` found on the (bordered) faces, in the faces' own coordinates."""
+        out = np.zeros((len(faces), 5, 2), dtype=np.float32)
+        for i, face in enumerate(faces):
+            h, w = face.shape[:2]
+            pad = round(self.border * max(h, w))
+            img = np.ascontiguousarray(
+                cv2.copyMakeBorder(face, pad, pad, pad, pad, cv2.BORDER_REPLICATE) if pad else face
+            )
+            shape = self.predictor(img, self._dlib.rectangle(pad, pad, pad + w - 1, pad + h - 1))
+            out[i] = [(shape.part(j).x - pad, shape.part(j).y - pad) for j in range(5)]
+        return out
+
+    def embed(self, faces: np.ndarray) -> np.ndarray:
+        faces = np.asarray(faces)
+        if faces.ndim != 4 or faces.shape[-1] != 3 or faces.dtype != np.uint8:
+            raise ValueError(f"expected uint8 RGB faces [N, H, W, 3], got {faces.dtype} {faces.shape}")
+        out = np.zeros((len(faces), self.embedding_size), dtype=np.float32)
+        for start in range(0, len(faces), self.batch_size):
+            chunk = faces[start : start + self.batch_size]
+            prepared = [self._prepare(f) for f in chunk]
+            if self.mode == "resize":
+                desc = self.net.compute_face_descriptor([img for img, _ in prepared])
+            else:
+                dets = []
+                for _, shape in prepared:
+                    d = self._dlib.full_object_detections()
+                    d.append(shape)
+                    dets.append(d)
+                desc = [
+                    v[0]
+                    for v in self.net.compute_face_descriptor(
+                        [img for img, _ in prepared], dets, 0, CHIP_PADDING
+                    )
+                ]
+            out[start : start + len(chunk)] = np.asarray([np.asarray(v) for v in desc], dtype=np.float32)
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        if self._sha is None:
+            self._sha = {k: file_sha256(p) for k, p in self.files.items()}
+        return {
+            "kind": "dlib",
+            "network": "dlib_face_recognition_resnet_model_v1 (ResNet-29, 128-d)",
+            "sha256": self._sha["recognition"],
+            "shape_predictor_sha256": self._sha["shape_predictor_5"] if self.mode == "landmarks" else None,
+            "packages": {
+                "dlib": getattr(self._dlib, "__version__", None),
+                "dlib-bin": _version("dlib-bin"),
+                "face-recognition-models": _version("face-recognition-models"),
+            },
+            "embedding_size": self.embedding_size,
+            "mode": self.mode,
+            "border": self.border if self.mode == "landmarks" else None,
+            "preprocess": {
+                "alignment": "arcface_112",
+                "colour": "RGB",
+                "input_size": self.input_size,
+                "dlib_chip": (
+                    f"5-point shape predictor on the aligned face (+{self.border:g} replicated border), "
+                    f"dlib chip {CHIP_SIZE}px, padding {CHIP_PADDING}"
+                    if self.mode == "landmarks"
+                    else f"aligned face resized to {CHIP_SIZE}x{CHIP_SIZE} (bicubic) and used as the chip"
+                ),
+            },
+            "path": str(self.files["recognition"]),
+        }

@@ -1,0 +1,203 @@
+"""A self-contained HTML report of one or several evaluation runs (``result.json`` files).
+
+Plots are embedded as base64 PNG, so the page can be mailed or archived alone.  With several runs a
+comparison table per benchmark puts the headline numbers side by side (best value in bold).
+Understands run records from :func:`faceforge.eval.benchmarks.run_benchmarks` and the older
+single-benchmark records of :func:`faceforge.eval.lfw_benchmark.evaluate_pairs`.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["load_result", "normalise_run", "write_html_report"]
+
+#: metrics where smaller is better (everything else: larger is better)
+LOWER_IS_BETTER = ("eer", "accuracy_std")
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1400px}
+table{border-collapse:collapse;margin:.5em 0 1em}
+td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right;font-variant-numeric:tabular-nums}
+th{background:#f3f3f3}td.k,th.k{text-align:left}
+.plots img{max-width:420px;margin:.2em;border:1px solid #eee}
+details{margin:.3em 0 1em}pre{background:#f8f8f8;padding:.5em;overflow-x:auto;font-size:85%}
+.muted{color:#777}
+"""
+
+
+def load_result(path: str | Path) -> dict[str, Any]:
+    """Read a ``result.json``; remembers its folder so relative plot paths resolve."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"result file not found: {p}")
+    try:
+        data = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{p} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{p} does not hold an evaluation result")
+    data["_source"] = str(p)
+    return data
+
+
+def _legacy_summary(rec: dict[str, Any]) -> dict[str, float]:
+    v, r = rec.get("verification", {}), rec.get("roc", {})
+    out = {"accuracy": v.get("accuracy_mean"), "accuracy_std": v.get("accuracy_std")}
+    if "val_at_far" in rec:
+        out["val@far=1e-3"] = rec["val_at_far"].get("val_mean")
+    out.update(auc=r.get("auc"), eer=r.get("eer"))
+    for k, t in r.get("tar_at_far", {}).get("conservative", {}).items():
+        out[f"tar@far={k}"] = t.get("tar")
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def normalise_run(result: dict[str, Any]) -> dict[str, Any]:
+    """Return a run record with a ``benchmarks`` mapping (wrapping an old single-benchmark record)."""
+    if "benchmarks" in result:
+        return result
+    if "verification" not in result:
+        raise ValueError(f"{result.get('_source', 'result')}: neither a run record nor a pairs result")
+    bench = result.get("benchmark", {})
+    name = f"lfw:{Path(bench.get('pairs_file', 'pairs')).stem}"
+    rec = dict(result)
+    rec.setdefault("name", name)
+    rec.setdefault("kind", "lfw")
+    rec.setdefault("summary", _legacy_summary(result))
+    return {**result, "benchmarks": {name: rec}}
+
+
+def _run_label(run: dict[str, Any], i: int) -> str:
+    m = run.get("model", {})
+    sha = str(m.get("sha256") or "")[:8]
+    src = run.get("_source")
+    where = f" ({Path(src).parent.name}/{Path(src).name})" if src else ""
+    return f"#{i + 1} {m.get('kind', 'model')}{' ' + sha if sha else ''}{where}"
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool) or v is None:
+        return html.escape(str(v))
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
+    return html.escape(str(v))
+
+
+def _img(path: str | None, run: dict[str, Any]) -> str:
+    if not path:
+        return ""
+    p = Path(path)
+    candidates = [p]
+    if run.get("_source") and not p.is_absolute():
+        base = Path(run["_source"]).parent
+        candidates += [base / p, base / p.parent.name / p.name]
+    for c in candidates:
+        if c.is_file():
+            data = base64.b64encode(c.read_bytes()).decode()
+            return f'<img alt="{html.escape(c.name)}" src="data:image/png;base64,{data}">'
+    return f'<span class="muted">plot missing: {html.escape(str(path))}</span>'
+
+
+def _kv_table(d: dict[str, Any]) -> str:
+    rows = "".join(
+        f'<tr><td class="k">{html.escape(str(k))}</td><td class="k">'
+        + (
+            f"<pre>{html.escape(json.dumps(v, indent=1, default=str))}</pre>"
+            if isinstance(v, dict | list)
+            else _fmt(v)
+        )
+        + "</td></tr>"
+        for k, v in d.items()
+    )
+    return f"<table>{rows}</table>"
+
+
+def _best(values: list[Any], metric: str) -> Any:
+    nums = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+    if len(nums) < 2:
+        return None
+    return min(nums) if metric in LOWER_IS_BETTER else max(nums)
+
+
+def _comparison(name: str, runs: list[dict[str, Any]], labels: list[str]) -> str:
+    recs = [r["benchmarks"].get(name) for r in runs]
+    metrics: list[str] = []
+    for rec in recs:
+        for k in (rec or {}).get("summary", {}):
+            if k not in metrics:
+                metrics.append(k)
+    head = '<tr><th class="k">metric</th>' + "".join(f"<th>{html.escape(lb)}</th>" for lb in labels) + "</tr>"
+    body = ""
+    for m in metrics:
+        vals = [(rec or {}).get("summary", {}).get(m) for rec in recs]
+        best = _best(vals, m)
+        cells = "".join(
+            f"<td>{'<b>' + _fmt(v) + '</b>' if best is not None and v == best else ('' if v is None else _fmt(v))}</td>"
+            for v in vals
+        )
+        body += f'<tr><td class="k">{html.escape(m)}</td>{cells}</tr>'
+    return f"<table>{head}{body}</table>"
+
+
+def write_html_report(
+    results: Sequence[dict[str, Any]], out_html: str | Path, title: str = "faceforge evaluation"
+) -> Path:
+    """Write one self-contained HTML page for one or several run records; returns its path.
+
+    Sections: the runs (model and run settings), then one section per benchmark name found in any
+    run, with a side-by-side table of the headline numbers (best in bold when there are several runs),
+    each run's dataset description and settings, and its plots.
+    """
+    if not results:
+        raise ValueError("no results to report")
+    runs = [normalise_run(r) for r in results]
+    labels = [_run_label(r, i) for i, r in enumerate(runs)]
+    names: list[str] = []
+    for r in runs:
+        for n in r["benchmarks"]:
+            if n not in names:
+                names.append(n)
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"]
+    parts.append(f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>")
+    parts.append("<h2>Runs</h2>")
+    for lb, r in zip(labels, runs, strict=True):
+        parts.append(f"<h3>{html.escape(lb)}</h3>")
+        meta = {"created": r.get("created"), "source": r.get("_source"), "seconds": r.get("seconds")}
+        parts.append(_kv_table({k: v for k, v in meta.items() if v is not None}))
+        parts.append("<details><summary>model</summary>" + _kv_table(r.get("model", {})) + "</details>")
+        if r.get("embedding"):
+            parts.append(
+                "<details><summary>embedding pass</summary>" + _kv_table(r["embedding"]) + "</details>"
+            )
+    for name in names:
+        parts.append(f"<h2>{html.escape(name)}</h2>")
+        parts.append(_comparison(name, runs, labels))
+        for lb, r in zip(labels, runs, strict=True):
+            rec = r["benchmarks"].get(name)
+            if rec is None:
+                continue
+            if len(runs) > 1:
+                parts.append(f"<h3>{html.escape(name)} - {html.escape(lb)}</h3>")
+            if rec.get("spec"):
+                parts.append(f"<p>spec: <code>{html.escape(rec['spec'])}</code></p>")
+            parts.append(
+                "<details><summary>dataset</summary>" + _kv_table(rec.get("benchmark", {})) + "</details>"
+            )
+            parts.append(
+                "<details open><summary>settings</summary>"
+                + _kv_table(rec.get("settings", {}))
+                + "</details>"
+            )
+            plots = rec.get("plots") or {}
+            if plots:
+                parts.append('<div class="plots">' + "".join(_img(p, r) for p in plots.values()) + "</div>")
+    parts.append("</body></html>")
+    out = Path(out_html)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(parts), encoding="utf-8")
+    return out
