@@ -49,8 +49,12 @@ class RunConfig:
 
 @dataclass
 class DataConfig:
-    root: str = "???"
-    list_file: str | None = None  # optional 'path label' list (paths relative to root)
+    root: str = "???"  # folder/list: the image tree; rec: base of a relative data.rec; tfr_index: shard root
+    # folder | list | rec | tfr_index (see faceforge.data.build); folder with list_file set reads the list
+    format: str = "folder"
+    list_file: str | None = None  # 'path label' list (paths relative to root); format=list, or folder + this
+    rec: str | None = None  # format=rec: insightface/MXNet '.rec' path or '<prefix>' of <prefix>.rec/.idx
+    index_file: str | None = None  # format=tfr_index: TFace index 'tfr_name tfr_index offset label'
     exclude_pairs: list[str] = field(default_factory=list)  # LFW pairs files whose people are left out
     min_images_per_identity: int = 1
     image_size: int = 112
@@ -175,6 +179,7 @@ def validate_config(raw: DictConfig | dict, *more: DictConfig | dict) -> DictCon
     _check_choice("run.device", cfg.run.device, ("auto", "cpu", "cuda"))
     _check_choice("run.precision", cfg.run.precision, ("auto", "fp32", "bf16", "fp16"))
     _check_choice("optim.name", cfg.optim.name, ("sgd", "adamw"))
+    _check_data_format(cfg.data)
     from faceforge.engine.schedule import SCHEDULES
 
     _check_choice("optim.schedule", cfg.optim.schedule, tuple(SCHEDULES.names()))
@@ -188,6 +193,23 @@ def validate_config(raw: DictConfig | dict, *more: DictConfig | dict) -> DictCon
         check_kwargs(f"data.augment.{aug}", dict(kwargs or {}), AUGMENTATIONS.get(aug), reserved=())
     OmegaConf.set_readonly(cfg, True)
     return cfg
+
+
+def _check_data_format(data: DictConfig) -> None:
+    """data.format and the key each format needs (data.list_file, data.rec, data.index_file)."""
+    _check_choice("data.format", data.format, ("folder", "list", "rec", "tfr_index"))
+    needs = {"list": ("list_file", "a 'path label' list file"), "rec": ("rec", "a .rec path or prefix"),
+             "tfr_index": ("index_file", "a TFace index file")}  # fmt: skip
+    if data.format in needs:
+        key, what = needs[data.format]
+        if not data[key]:
+            raise ConfigError(f"data.format={data.format} needs data.{key} ({what}): add data.{key}=...")
+    if data.format in ("rec", "tfr_index") and data.exclude_pairs:
+        raise ConfigError(
+            f"data.exclude_pairs cannot be applied with data.format={data.format}: records carry label "
+            "numbers, not person names; set data.exclude_pairs=[] (leave those people out when writing "
+            "the records)"
+        )
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:

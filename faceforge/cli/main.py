@@ -7,30 +7,39 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from faceforge.registry import Registry
 
-# each command module registers (add_arguments, run) under its name
-COMMANDS: Registry[tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = (
-    Registry("command")
-)
+
+@dataclass(frozen=True)
+class Command:
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    help: str
+
+
+COMMANDS: Registry[Command] = Registry("command")
 
 
 def command(name: str, help: str):
-    """Register ``run(args) -> int`` with its ``add_arguments(parser)`` as ``faceforge <name>``."""
+    """Register ``run(args) -> int`` with its ``add_arguments(parser)`` as ``faceforge <name>``.
 
-    def deco(add_arguments: Callable[[argparse.ArgumentParser], None]):
+    Used as ``@command("align", "...")(add_arguments)`` on the command's ``run`` function.
+    """
+
+    def with_arguments(add_arguments: Callable[[argparse.ArgumentParser], None]):
         def with_run(run: Callable[[argparse.Namespace], int]):
-            COMMANDS.register(name)(lambda: (add_arguments, run, help))
+            COMMANDS.register(name)(lambda: Command(add_arguments, run, help))
             return run
 
         return with_run
 
-    return deco
+    return with_arguments
 
 
 def _load_commands() -> None:
-    from faceforge.cli import align, embed, evaluate, train  # noqa: F401
+    from faceforge.cli import align, embed, evaluate, prepare, train  # noqa: F401
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,10 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS.names():
-        add_arguments, run, help_text = COMMANDS.get(name)()
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        add_arguments(p)
-        p.set_defaults(_run=run)
+        cmd = COMMANDS.build(name)
+        p = sub.add_parser(name, help=cmd.help, description=cmd.help)
+        cmd.add_arguments(p)
+        p.set_defaults(_run=cmd.run)
     return parser
 
 

@@ -8,7 +8,7 @@ because they mean the folder was not aligned.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,7 +26,12 @@ class WrongImageSizeError(ValueError):
 
 
 class FaceDataset(Dataset):
-    """Aligned faces with labels; ``preload=True`` decodes everything into one uint8 array up front."""
+    """Aligned faces with labels; ``preload=True`` decodes everything into one uint8 array up front.
+
+    Images are read by ``read(index)`` (default: decode the file ``samples.paths[index]``); record formats
+    pass their own reader and use ``samples.paths`` only to name images in messages. ``read`` returns RGB
+    uint8 or raises :class:`UnreadableImageError`.
+    """
 
     def __init__(
         self,
@@ -36,8 +41,10 @@ class FaceDataset(Dataset):
         image_size: int = 112,
         preload: bool = False,
         progress: bool = True,
+        read: Callable[[int], np.ndarray] | None = None,
     ) -> None:
         self.samples = samples
+        self.read = read if read is not None else self._read_file
         self.augment = augment or Compose([])
         self.seed = int(seed)
         self.image_size = image_size
@@ -52,15 +59,19 @@ class FaceDataset(Dataset):
         n, s = len(self.samples), self.image_size
         cache = np.zeros((n, s, s, 3), dtype=np.uint8)
         ok = np.ones(n, dtype=bool)
-        for i, path in enumerate(
-            tqdm(self.samples.paths, desc="load images", unit="img", disable=not progress)
-        ):
+        for i in tqdm(range(n), desc="load images", unit="img", disable=not progress):
             try:
-                cache[i] = self._check(read_image_rgb(path), path)
+                cache[i] = self._load(i)
             except UnreadableImageError as exc:
                 ok[i] = False
                 self.preload_skipped.append(f"{exc.path}: {exc.reason}")
         self._cache, self._ok = cache, ok
+
+    def _read_file(self, index: int) -> np.ndarray:
+        return read_image_rgb(self.samples.paths[index])
+
+    def _load(self, index: int) -> np.ndarray:
+        return self._check(self.read(index), self.samples.paths[index])
 
     def _check(self, img: np.ndarray, path: str) -> np.ndarray:
         if img.shape[0] != self.image_size or img.shape[1] != self.image_size:
@@ -77,14 +88,13 @@ class FaceDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int, int] | tuple[None, str, int]:
-        path = self.samples.paths[index]
         if self._cache is not None:
             if not self._ok[index]:
-                return None, path, index
+                return None, self.samples.paths[index], index
             img = self._cache[index]
         else:
             try:
-                img = self._check(read_image_rgb(path), path)
+                img = self._load(index)
             except UnreadableImageError as exc:
                 return None, f"{exc.path}: {exc.reason}", index
         rng = np.random.default_rng((self.seed, self.epoch, int(index)))

@@ -26,10 +26,9 @@ from tqdm import tqdm
 
 import faceforge
 from faceforge.config import to_dict
-from faceforge.data.dataset import FaceDataset, ResumableSampler, collate_faces
+from faceforge.data.build import build_dataset
+from faceforge.data.dataset import ResumableSampler, collate_faces
 from faceforge.data.preprocess import Preprocess
-from faceforge.data.samples import Samples, read_list_file, scan_image_folder
-from faceforge.data.transforms import build_augmentations
 from faceforge.engine.checkpoint import (
     FORMAT,
     VERSION,
@@ -41,7 +40,6 @@ from faceforge.engine.checkpoint import (
 from faceforge.engine.optim import build_optimizer
 from faceforge.engine.precision import autocast, make_scaler, resolve_device, resolve_precision
 from faceforge.engine.schedule import ScheduleSpec, learning_rate
-from faceforge.eval.pairs import read_lfw_pairs
 from faceforge.models.backbones import build_backbone
 from faceforge.models.heads import build_head
 
@@ -50,21 +48,6 @@ log = logging.getLogger(__name__)
 
 class NonFiniteLossError(RuntimeError):
     pass
-
-
-def people_in_pairs(pairs_files: list[str]) -> set[str]:
-    names: set[str] = set()
-    for f in pairs_files:
-        for p in read_lfw_pairs(f):
-            names.update((p.name1, p.name2))
-    return names
-
-
-def build_samples(data_cfg: DictConfig) -> Samples:
-    if data_cfg.list_file:
-        return read_list_file(data_cfg.list_file, data_cfg.root)
-    excluded = people_in_pairs(list(data_cfg.exclude_pairs))
-    return scan_image_folder(data_cfg.root, excluded, data_cfg.min_images_per_identity)
 
 
 @dataclass
@@ -89,16 +72,9 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
         torch.manual_seed(cfg.run.seed)
 
-        self.samples = build_samples(cfg.data)
+        # any data.format (folder, list, rec, tfr_index): a FaceDataset and the Samples describing it
+        self.dataset, self.samples = build_dataset(cfg.data, seed=cfg.run.seed, progress=cfg.run.progress)
         self.preprocess = Preprocess(input_size=cfg.data.image_size)
-        self.dataset = FaceDataset(
-            self.samples,
-            build_augmentations(to_dict(cfg.data.augment) if cfg.data.augment else None),
-            seed=cfg.run.seed,
-            image_size=cfg.data.image_size,
-            preload=cfg.data.preload,
-            progress=cfg.run.progress,
-        )
         self.sampler = ResumableSampler(len(self.samples), seed=cfg.run.seed)
         self.steps_per_epoch = len(self.sampler) // cfg.data.batch_size
         if self.steps_per_epoch == 0:
