@@ -50,7 +50,8 @@ def limit_rate(trainer: Trainer, batch_size: int, steps: int) -> float:
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (batch_size, 112, 112, 3), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, trainer.samples.num_classes, (batch_size,), generator=g)
-    trainer.train_step(images, labels)  # warm-up (oneDNN primitive creation)
+    for _ in range(2):  # warm-up (oneDNN primitive creation, allocator)
+        trainer.train_step(images, labels)
     t0 = time.perf_counter()
     for _ in range(steps):
         trainer.train_step(images, labels)
@@ -59,8 +60,9 @@ def limit_rate(trainer: Trainer, batch_size: int, steps: int) -> float:
 
 def end_to_end_rate(trainer: Trainer, steps: int) -> float:
     it = iter(trainer._loader())
-    batch = next(it)  # warm-up; includes worker start-up, excluded from the timing
-    trainer.train_step(batch.images, batch.labels)
+    for _ in range(2):  # warm-up, as for the limit; includes worker start-up, excluded from the timing
+        batch = next(it)
+        trainer.train_step(batch.images, batch.labels)
     n, t0 = 0, time.perf_counter()
     for _ in range(steps):
         batch = next(it)
@@ -75,7 +77,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "train_throughput.json")
     ap.add_argument(
         "--backbones",
-        default="mobilefacenet:1:64:8,iresnet50:0:32:3",
+        default="mobilefacenet:1:64:12,iresnet50:0:32:3",
         help="name:mobilefacenet_scale(0=n/a):batch:steps, comma separated",
     )
     args = ap.parse_args()
@@ -93,20 +95,23 @@ def main() -> None:
         if name == "mobilefacenet":
             row["mobilefacenet_scale"] = int(scale)
         trainer = None
+        limits = []
         for label, overrides in data_settings.items():
-            cfg = compose_config("lfw_mobilefacenet_arcface", base + overrides)
-            trainer = Trainer(cfg)
-            if "limit_images_per_s" not in row:
-                row["limit_images_per_s"] = limit_rate(trainer, int(bs), int(steps))
+            trainer = Trainer(compose_config("lfw_mobilefacenet_arcface", base + overrides))
+            if not limits:
+                limits.append(limit_rate(trainer, int(bs), int(steps)))
                 row["precision"] = trainer.precision
-            rate = end_to_end_rate(trainer, int(steps))
-            row["end_to_end"][label] = {
-                "images_per_s": rate,
-                "ratio_to_limit": rate / row["limit_images_per_s"],
-            }
+            row["end_to_end"][label] = {"images_per_s": end_to_end_rate(trainer, int(steps))}
+        # the limit is measured before and after the end-to-end runs and the larger value is used, so
+        # drift (thermal, cache, other load) can only lower the reported ratio
+        limits.append(limit_rate(trainer, int(bs), int(steps)))
+        row["limit_images_per_s_measurements"] = limits
+        row["limit_images_per_s"] = max(limits)
+        for label, rec in row["end_to_end"].items():
+            rec["ratio_to_limit"] = rec["images_per_s"] / row["limit_images_per_s"]
             print(
-                f"{name}: {label}: {rate:.1f} img/s, limit {row['limit_images_per_s']:.1f} img/s, "
-                f"ratio {rate / row['limit_images_per_s']:.2f}",
+                f"{name}: {label}: {rec['images_per_s']:.1f} img/s, limit {row['limit_images_per_s']:.1f} "
+                f"img/s, ratio {rec['ratio_to_limit']:.2f}",
                 flush=True,
             )
         results.append(row)
