@@ -13,6 +13,7 @@ PYTEST_ARGS ?=
 $(BIN)/faceforge: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,dlib]'
+	$(BIN)/faceforge fetch mtcnn
 	touch $@
 
 setup: $(BIN)/faceforge

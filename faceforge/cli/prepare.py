@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 
 from faceforge.cli.main import command
 
@@ -12,12 +13,25 @@ def _add(p: argparse.ArgumentParser) -> None:
         "--images", required=True, help="folder of photos (ImageFolder <identity>/<photo> or flat)"
     )
     p.add_argument("--out", required=True, help="output folder for aligned faces and prepare_report.json")
-    p.add_argument("--detector", default="yunet", help="face detector (default yunet)")
+    p.add_argument(
+        "--detector",
+        default="yunet",
+        help="face detector: yunet (OpenCV, fast), mtcnn (PyTorch; `faceforge fetch mtcnn` first) or dlib "
+        "(HOG + 68 points; add --detector-option model=cnn for dlib's CNN)",
+    )
+    p.add_argument(
+        "--detector-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra detector option, repeatable (e.g. min_face=40 for mtcnn, upsample=0 for dlib)",
+    )
     p.add_argument(
         "--detector-model",
         default=None,
         metavar="PATH",
-        help="detector model file (default: $FACEFORGE_DATA/models/face_detection_yunet_2026may.onnx)",
+        help="detector model file or folder (yunet default: $FACEFORGE_DATA/models/face_detection_yunet_2026may.onnx; "
+        "mtcnn: the folder with pnet/rnet/onet.pt; dlib: face_recognition_models' models folder)",
     )
     p.add_argument(
         "--select",
@@ -33,9 +47,27 @@ def _add(p: argparse.ArgumentParser) -> None:
         help="folder: aligned JPEGs in the input's layout; rec: also packed into train.rec/.idx",
     )
     p.add_argument("--size", type=int, default=112, help="output size in pixels (default 112)")
-    p.add_argument("--min-score", type=float, default=0.7, help="detection score threshold (default 0.7)")
+    p.add_argument(
+        "--min-score",
+        type=float,
+        default=None,
+        help="detection score threshold in [0, 1] (default: the detector's own, 0.7 for yunet and mtcnn, 0.5 for dlib)",
+    )
     p.add_argument("--overwrite", action="store_true", help="redo photos whose outputs already exist")
     p.add_argument("--no-progress", action="store_true")
+
+
+def _parse_options(items: list[str]) -> dict[str, object]:
+    """``KEY=VALUE`` strings to a dict; values are parsed as YAML scalars (numbers, booleans, strings)."""
+    import yaml
+
+    options: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--detector-option {item!r} is not KEY=VALUE")
+        options[key.strip()] = yaml.safe_load(value)
+    return options
 
 
 @command("prepare", "detect, select and align faces in a photo folder (ImageFolder or .rec output)")(_add)
@@ -43,7 +75,18 @@ def run(args: argparse.Namespace) -> int:
     from faceforge.deploy.detect import DETECTORS
     from faceforge.deploy.prepare import REPORT_NAME, prepare_folder
 
-    detector = DETECTORS.build(args.detector, model_path=args.detector_model, score_threshold=args.min_score)
+    options = _parse_options(args.detector_option)
+    if args.min_score is not None:
+        options["score_threshold"] = args.min_score
+    builder = DETECTORS.get(args.detector)
+    valid = set(inspect.signature(builder).parameters) - {"model_path"}
+    unknown = sorted(set(options) - valid)
+    if unknown:
+        raise ValueError(
+            f"unknown --detector-option {', '.join(unknown)} for {args.detector}; valid: {', '.join(sorted(valid))}"
+        )
+    detector = builder(model_path=args.detector_model, **options)
+    min_score = args.min_score if args.min_score is not None else detector.default_min_score
     report = prepare_folder(
         args.images,
         args.out,
@@ -51,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         select=args.select,
         size=args.size,
         out_format=args.format,
-        min_score=args.min_score,
+        min_score=min_score,
         progress=not args.no_progress,
         overwrite=args.overwrite,
         detector_name=args.detector,

@@ -95,6 +95,7 @@ class YuNetDetector:
     downscaled copy and the results are scaled back to the original pixel coordinates."""
 
     name = "yunet"
+    default_min_score = 0.7
 
     def __init__(
         self,
@@ -192,3 +193,7 @@ def select_faces(
     h, w = image_shape[0], image_shape[1]
     mid = np.array([w / 2.0, h / 2.0])
     return [min(dets, key=lambda d: (float(np.linalg.norm(d.center - mid)), -d.area))]
+
+
+# the other built-in detectors register themselves on import; they need DETECTORS defined above
+from faceforge.deploy import dlib_detector, mtcnn  # noqa: E402,F401

@@ -59,14 +59,19 @@ def _require_dlib() -> Any:
     return dlib
 
 
-def model_files() -> dict[str, Path]:
-    """Paths of dlib's recognition network and 5-point shape predictor inside face_recognition_models."""
+def models_folder() -> Path:
+    """The ``models`` folder of the installed face_recognition_models package (found without importing it)."""
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError(
-            f"the 'dlib' embedder needs the face_recognition_models package, which is not installed: {INSTALL_HINT}"
+            f"dlib's models need the face_recognition_models package, which is not installed: {INSTALL_HINT}"
         )
-    models = Path(next(iter(spec.submodule_search_locations))) / "models"
+    return Path(next(iter(spec.submodule_search_locations))) / "models"
+
+
+def model_files() -> dict[str, Path]:
+    """Paths of dlib's recognition network and 5-point shape predictor inside face_recognition_models."""
+    models = models_folder()
     files = {
         "recognition": models / "dlib_face_recognition_resnet_model_v1.dat",
         "shape_predictor_5": models / "shape_predictor_5_face_landmarks.dat",
