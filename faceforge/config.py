@@ -36,6 +36,7 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: bf16 on CPUs with bf16 units, fp16 on CUDA)
     channels_last: bool = True
+    ddp_fp16_compress: bool = False  # CUDA + torchrun: fp16 gradient compression hook on the DDP backbone
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     log_every: int = 20
     save_every_steps: int = 0  # 0: checkpoint at the end of each epoch only
@@ -175,7 +176,10 @@ def validate_config(raw: DictConfig | dict, *more: DictConfig | dict) -> DictCon
     from faceforge.models.heads import HEADS
 
     check_constructor_args("model", cfg.model, BACKBONES, reserved=())
-    check_constructor_args("head", cfg.head, HEADS, reserved=("embedding_size", "num_classes"))
+    head_layout = {k: cfg.head[k] for k in HEAD_LAYOUT_KEYS if k in cfg.head}
+    head_args = OmegaConf.create({k: v for k, v in to_dict(cfg.head).items() if k not in HEAD_LAYOUT_KEYS})
+    check_constructor_args("head", head_args, HEADS, reserved=("embedding_size", "num_classes"))
+    _check_head_layout(head_layout)
     _check_choice("run.device", cfg.run.device, ("auto", "cpu", "cuda"))
     _check_choice("run.precision", cfg.run.precision, ("auto", "fp32", "bf16", "fp16"))
     _check_choice("optim.name", cfg.optim.name, ("sgd", "adamw"))
@@ -193,6 +197,19 @@ def validate_config(raw: DictConfig | dict, *more: DictConfig | dict) -> DictCon
         check_kwargs(f"data.augment.{aug}", dict(kwargs or {}), AUGMENTATIONS.get(aug), reserved=())
     OmegaConf.set_readonly(cfg, True)
     return cfg
+
+
+HEAD_LAYOUT_KEYS = ("sharded", "sample_rate")
+"""Head keys that choose how the classifier is laid out over ranks, not arguments of the head itself."""
+
+
+def _check_head_layout(layout: dict[str, Any]) -> None:
+    sharded = layout.get("sharded", False)
+    if not isinstance(sharded, bool):
+        raise ConfigError(f"head.sharded={sharded!r} has the wrong type: expected bool")
+    rate = layout.get("sample_rate", 1.0)
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0.0 < float(rate) <= 1.0:
+        raise ConfigError(f"head.sample_rate={rate!r} must be a number in (0, 1] (Partial FC rate; 1 = off)")
 
 
 def _check_data_format(data: DictConfig) -> None:

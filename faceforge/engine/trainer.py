@@ -19,16 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import faceforge
-from faceforge.config import to_dict
+from faceforge.config import HEAD_LAYOUT_KEYS, to_dict
 from faceforge.data.build import build_dataset
 from faceforge.data.dataset import ResumableSampler, collate_faces
 from faceforge.data.preprocess import Preprocess
+from faceforge.engine import distributed as D
 from faceforge.engine.checkpoint import (
     FORMAT,
     VERSION,
@@ -42,6 +42,7 @@ from faceforge.engine.precision import autocast, make_scaler, resolve_device, re
 from faceforge.engine.schedule import ScheduleSpec, learning_rate
 from faceforge.models.backbones import build_backbone
 from faceforge.models.heads import build_head
+from faceforge.models.heads.criterion import LocalCriterion, ShardedCriterion, shard_range
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,9 @@ class Trainer:
         self.run_dir = Path(cfg.run.dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.device = resolve_device(cfg.run.device)
+        self.dist = D.init_distributed(self.device.type)
+        if self.device.type == "cuda" and self.dist.enabled:
+            self.device = torch.device("cuda", self.dist.local_rank)
         self.precision = resolve_precision(cfg.run.precision, self.device)
         if cfg.run.threads > 0:
             torch.set_num_threads(cfg.run.threads)
@@ -75,11 +79,14 @@ class Trainer:
         # any data.format (folder, list, rec, tfr_index): a FaceDataset and the Samples describing it
         self.dataset, self.samples = build_dataset(cfg.data, seed=cfg.run.seed, progress=cfg.run.progress)
         self.preprocess = Preprocess(input_size=cfg.data.image_size)
-        self.sampler = ResumableSampler(len(self.samples), seed=cfg.run.seed)
+        self.sampler = ResumableSampler(
+            len(self.samples), seed=cfg.run.seed, rank=self.dist.rank, world_size=self.dist.world_size
+        )
         self.steps_per_epoch = len(self.sampler) // cfg.data.batch_size
         if self.steps_per_epoch == 0:
             raise ValueError(
-                f"data.batch_size={cfg.data.batch_size} is larger than the {len(self.samples)} training images"
+                f"data.batch_size={cfg.data.batch_size} (per rank) is larger than the {len(self.sampler)} "
+                f"training images this rank gets ({len(self.samples)} over {self.dist.world_size} ranks)"
             )
         self.total_steps = self.steps_per_epoch * cfg.optim.epochs
 
@@ -88,14 +95,35 @@ class Trainer:
         self.backbone = build_backbone(cfg.model.name, **model_kwargs).to(self.device)
         if cfg.run.channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
-        head_kwargs = {k: v for k, v in to_dict(cfg.head).items() if k != "name"}
+        head_kwargs = {k: v for k, v in to_dict(cfg.head).items() if k not in ("name", *HEAD_LAYOUT_KEYS)}
+        sample_rate = float(cfg.head.get("sample_rate", 1.0))
+        self.sharded = bool(cfg.head.get("sharded", False)) or sample_rate < 1.0
         self.embedding_size = int(self.backbone.embedding_size)
+        num_classes = self.samples.num_classes
+        if self.sharded:
+            start, end = shard_range(num_classes, self.dist.rank, self.dist.world_size)
+            if end <= start:
+                raise ValueError(f"{num_classes} classes cannot be sharded over {self.dist.world_size} ranks")
+            num_classes = end - start
+        # a sharded head initialises only its own block (N(0, 0.01), like the full head)
         self.head = build_head(
-            cfg.head.name,
-            embedding_size=self.embedding_size,
-            num_classes=self.samples.num_classes,
-            **head_kwargs,
+            cfg.head.name, embedding_size=self.embedding_size, num_classes=num_classes, **head_kwargs
         ).to(self.device)
+        self.criterion = (
+            ShardedCriterion(self.head, self.samples.num_classes, sample_rate)
+            if self.sharded
+            else LocalCriterion(self.head)
+        )
+        self.model = self.backbone
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DDP(self.backbone, device_ids=ids, broadcast_buffers=True)
+            if self.device.type == "cuda" and cfg.run.ddp_fp16_compress:
+                from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+                self.model.register_comm_hook(None, default_hooks.fp16_compress_hook)
         self.optimizer = build_optimizer([self.backbone, self.head], cfg.optim)
         self.schedule = ScheduleSpec(
             base_lr=cfg.optim.lr,
@@ -130,7 +158,7 @@ class Trainer:
             "version": VERSION,
             "meta": self.meta(),
             "backbone": self.backbone.state_dict(),
-            "head": self.head.state_dict(),
+            "head": self.criterion.full_state_dict(),
             "progress": {
                 "epoch": self.progress.epoch,
                 "step_in_epoch": self.progress.step_in_epoch,
@@ -140,21 +168,54 @@ class Trainer:
             },
         }
         if full:
-            state["optimizer"] = self.optimizer.state_dict()
+            state["optimizer"] = self._optimizer_state(consolidate=True)
             state["scaler"] = self.scaler.state_dict() if self.scaler is not None else None
             state["rng"] = rng_state()
         return state
 
     def save(self, name: str = "last.pt", full: bool = True) -> Path:
-        return atomic_torch_save(self.state(full), self.ckpt_dir / name)
+        """Every rank takes part (a sharded head is gathered); rank 0 writes one consolidated file."""
+        state = self.state(full)
+        path = self.ckpt_dir / name
+        if self.dist.is_main:
+            atomic_torch_save(state, path)
+        D.barrier()
+        return path
+
+    def _sharded_param_ids(self) -> set[int]:
+        return {id(self.head.weight)} if self.sharded else set()
+
+    def _optimizer_state(self, consolidate: bool) -> dict[str, Any]:
+        """The optimiser state with per-class state of the sharded head weight gathered to all classes."""
+        state = self.optimizer.state_dict()
+        if not (self.sharded and consolidate):
+            return state
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        idx = next(i for i, p in enumerate(params) if p is self.head.weight)
+        # state_dict() shares the per-parameter dicts with the live optimiser: replace, never mutate
+        per = state["state"][idx] = dict(state["state"].get(idx, {}))
+        for k, v in list(per.items()):
+            if torch.is_tensor(v) and v.shape == self.head.weight.shape:
+                per[k] = self.criterion.gather_rows(v)
+        return state
+
+    def _load_optimizer_state(self, state: dict[str, Any]) -> None:
+        if self.sharded:
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            idx = next(i for i, p in enumerate(params) if p is self.head.weight)
+            per = state["state"][idx] = dict(state["state"].get(idx, {}))
+            for k, v in list(per.items()):
+                if torch.is_tensor(v) and v.dim() == 2 and v.shape[1] == self.head.weight.shape[1]:
+                    per[k] = self.criterion.take_rows(v)
+        self.optimizer.load_state_dict(state)
 
     def resume(self, path: str | Path) -> None:
         ckpt = load_checkpoint(path, map_location=self.device)
         if "optimizer" not in ckpt:
             raise ValueError(f"{path} holds model weights only; resume needs a training checkpoint (last.pt)")
         self.backbone.load_state_dict(ckpt["backbone"])
-        self.head.load_state_dict(ckpt["head"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.criterion.load_full_state_dict(ckpt["head"])
+        self._load_optimizer_state(ckpt["optimizer"])
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         p = ckpt["progress"]
@@ -196,36 +257,69 @@ class Trainer:
         self.backbone.train()
         self.head.train()
         with autocast(self.device, self.precision):
-            emb = self.backbone(x)
-        out = self.head(emb.float(), labels)
-        loss = F.cross_entropy(out.logits, labels)
-        if not torch.isfinite(loss):
+            emb = self.model(x)
+        out = self.criterion(emb.float(), labels)
+        loss = out.loss
+        # the logged loss and accuracy are global-batch means (a local head's are averaged over ranks)
+        logged = torch.stack([loss.detach(), out.top1]).float()
+        if not self.sharded:
+            D.all_reduce(logged).div_(self.dist.world_size)
+        if not torch.isfinite(logged[0]):
             raise NonFiniteLossError(
-                f"loss is {loss.item()} at step {self.progress.global_step} (lr {lr:.4g}, precision "
+                f"loss is {logged[0].item()} at step {self.progress.global_step} (lr {lr:.4g}, precision "
                 f"{self.precision}); lower optim.lr, raise optim.warmup_epochs, or use run.precision=fp32. "
                 f"The last good checkpoint is {self.ckpt_dir / 'last.pt'}"
             )
         self.optimizer.zero_grad(set_to_none=True)
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
+            self._sync_head_grads()
             self.scaler.unscale_(self.optimizer)
-            if self.cfg.optim.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
+            self._clip_gradients()
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             loss.backward()
-            if self.cfg.optim.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
+            self._sync_head_grads()
+            self._clip_gradients()
             self.optimizer.step()
-        acc = (out.plain_logits.argmax(1) == labels).float().mean().item()
-        return loss.item(), acc
+        return float(logged[0]), float(logged[1])
+
+    def _sync_head_grads(self) -> None:
+        """A replicated (non-sharded) head is not inside DDP: average its gradients over ranks here."""
+        if self.sharded or not self.dist.enabled:
+            return
+        for p in self.head.parameters():
+            if p.grad is not None:
+                D.all_reduce(p.grad).div_(self.dist.world_size)
+
+    def _clip_gradients(self) -> None:
+        """Clip by the global gradient norm; a sharded head's blocks add their squared norms over ranks."""
+        max_norm = self.cfg.optim.grad_clip
+        if max_norm <= 0:
+            return
+        sharded_ids = self._sharded_param_ids()
+        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        sq = torch.zeros(2, dtype=torch.float64, device=self.device)
+        for p in params:
+            sq[1 if id(p) in sharded_ids else 0] += p.grad.detach().double().pow(2).sum()
+        if self.sharded:
+            shard_sq = sq[1:].clone()
+            D.all_reduce(shard_sq)
+            sq[1] = shard_sq[0]
+        total = float(sq.sum().sqrt())
+        coef = max_norm / (total + 1e-6)
+        if coef < 1.0:
+            for p in params:
+                p.grad.detach().mul_(coef)
 
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+        main = self.dist.is_main
+        world = self.dist.world_size
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
         resume = cfg.run.resume
         if resume == "auto":
             resume = str(self.ckpt_dir / "last.pt") if (self.ckpt_dir / "last.pt").is_file() else None
@@ -235,13 +329,16 @@ class Trainer:
             dict.fromkeys(self.progress.skipped_images + self.dataset.preload_skipped)
         )
         log.info(
-            "training %s + %s on %d images of %d identities, %d steps/epoch, precision %s",
+            "training %s + %s on %d images of %d identities, %d steps/epoch, precision %s, %d rank(s), "
+            "head %s",
             cfg.model.name,
             cfg.head.name,
             len(self.samples),
             self.samples.num_classes,
             self.steps_per_epoch,
             self.precision,
+            world,
+            "sharded" if self.sharded else "replicated",
         )
         steps_this_run = 0
         t_start = time.perf_counter()
@@ -251,7 +348,7 @@ class Trainer:
             initial=self.progress.global_step,
             desc="train",
             unit="step",
-            disable=not cfg.run.progress,
+            disable=not (cfg.run.progress and main),
             dynamic_ncols=True,
         )
         stopped_early = False
@@ -268,7 +365,7 @@ class Trainer:
                 loss, acc = self.train_step(batch.images, batch.labels)
                 self.progress.global_step += 1
                 self.progress.step_in_epoch += 1
-                self.progress.images_seen += len(batch)
+                self.progress.images_seen += len(batch) * world
                 steps_this_run += 1
                 window_loss, window_acc, window_n = window_loss + loss, window_acc + acc, window_n + 1
                 bar.update(1)
@@ -277,7 +374,7 @@ class Trainer:
                     or self.progress.step_in_epoch == self.steps_per_epoch
                 ):
                     dt = time.perf_counter() - t_window
-                    ips = window_n * cfg.data.batch_size / max(dt, 1e-9)
+                    ips = window_n * cfg.data.batch_size * world / max(dt, 1e-9)
                     rec = {
                         "step": self.progress.global_step,
                         "epoch": epoch,
@@ -287,9 +384,10 @@ class Trainer:
                         "images_per_s": ips,
                     }
                     history.append(rec)
-                    for k in ("loss", "train_top1", "lr", "images_per_s"):
-                        self.writer.add_scalar(f"train/{k}", rec[k], self.progress.global_step)
-                    if not cfg.run.progress:
+                    if main:
+                        for k in ("loss", "train_top1", "lr", "images_per_s"):
+                            self.writer.add_scalar(f"train/{k}", rec[k], self.progress.global_step)
+                    if not cfg.run.progress and main:
                         log.info(
                             "step %d/%d epoch %d loss %.4f top1 %.3f lr %.4g %.1f img/s",
                             rec["step"],
@@ -336,7 +434,12 @@ class Trainer:
                 "images_seen": self.progress.images_seen,
             },
             "train_seconds_this_run": train_seconds,
-            "images_per_s_this_run": steps_this_run * cfg.data.batch_size / max(train_seconds, 1e-9),
+            "images_per_s_this_run": steps_this_run * cfg.data.batch_size * world / max(train_seconds, 1e-9),
+            "world_size": world,
+            "head_layout": {
+                "sharded": self.sharded,
+                "sample_rate": float(cfg.head.get("sample_rate", 1.0)),
+            },
             "num_images": len(self.samples),
             "num_identities": self.samples.num_classes,
             "precision": self.precision,
@@ -352,7 +455,8 @@ class Trainer:
             report["model"] = str(model_path)
             if cfg.eval.pairs:
                 report["eval"] = self.evaluate(tag="final")
-        (self.run_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
+        if main:
+            (self.run_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
         if self._writer is not None:
             self._writer.close()
         if self.progress.skipped_images:
@@ -368,6 +472,9 @@ class Trainer:
         from faceforge.eval.lfw_benchmark import evaluate_pairs
 
         path = self.save(f"eval_{tag}.pt", full=False) if tag != "final" else self.ckpt_dir / "model.pt"
+        if not self.dist.is_main:  # rank 0 evaluates the consolidated model; the others wait
+            D.barrier()
+            return {}
         embedder = CheckpointEmbedder(path, device=str(self.device), batch_size=self.cfg.eval.batch_size)
         images = self.cfg.eval.images or self.cfg.data.root
         result = evaluate_pairs(
@@ -384,4 +491,5 @@ class Trainer:
             path.unlink(missing_ok=True)
         if not math.isnan(acc):
             log.info("%s: pairs accuracy %.4f", tag, acc)
+        D.barrier()
         return result
