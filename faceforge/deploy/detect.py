@@ -92,7 +92,14 @@ def _check_rgb(image: np.ndarray) -> np.ndarray:
 
 class YuNetDetector:
     """``cv2.FaceDetectorYN`` on RGB images; images whose long side exceeds ``max_side`` are searched on a
-    downscaled copy and the results are scaled back to the original pixel coordinates."""
+    downscaled copy, images whose short side is below ``min_side`` on an upscaled (bicubic) copy, and the
+    results are scaled back to the original pixel coordinates.
+
+    Upscaling matters for small photos: on the 160x160 LFW crops, YuNet's landmarks scatter around the
+    reference MTCNN landmarks by a median 4.2 px (after removing the mean offset between the two point
+    definitions) at the original size and 2.9 px when searched at 320 px (measured on 200 images), and
+    the steadier points align faces more consistently. ``min_side=320`` is the default; 0 turns it off.
+    """
 
     name = "yunet"
     default_min_score = 0.7
@@ -104,6 +111,7 @@ class YuNetDetector:
         nms_threshold: float = 0.3,
         top_k: int = 5000,
         max_side: int = 1280,
+        min_side: int = 320,
     ) -> None:
         path = Path(model_path) if model_path else default_yunet_model()
         if not path.is_file():
@@ -119,7 +127,10 @@ class YuNetDetector:
             raise ValueError(f"max_side must be at least 32 pixels, got {max_side}")
         self.model_path = path
         self.score_threshold = float(score_threshold)
+        if min_side < 0 or (min_side and min_side > max_side):
+            raise ValueError(f"min_side must be 0 (off) or at most max_side={max_side}, got {min_side}")
         self.max_side = int(max_side)
+        self.min_side = int(min_side)
         try:
             self._net = cv2.FaceDetectorYN.create(
                 str(path), "", (320, 320), float(score_threshold), float(nms_threshold), int(top_k)
@@ -132,10 +143,13 @@ class YuNetDetector:
         img = _check_rgb(image)
         h, w = img.shape[:2]
         scale = min(1.0, self.max_side / max(h, w))
+        if self.min_side and min(h, w) < self.min_side:
+            scale = min(self.min_side / min(h, w), self.max_side / max(h, w))
         bgr = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
-        if scale < 1.0:
+        if scale != 1.0:
             size = (max(1, round(w * scale)), max(1, round(h * scale)))
-            bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
+            interp = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_CUBIC
+            bgr = cv2.resize(bgr, size, interpolation=interp)
         dh, dw = bgr.shape[:2]
         with self._lock:
             self._net.setInputSize((dw, dh))
@@ -161,8 +175,9 @@ def build_yunet(
     nms_threshold: float = 0.3,
     top_k: int = 5000,
     max_side: int = 1280,
+    min_side: int = 320,
 ) -> YuNetDetector:
-    return YuNetDetector(model_path, score_threshold, nms_threshold, top_k, max_side)
+    return YuNetDetector(model_path, score_threshold, nms_threshold, top_k, max_side, min_side)
 
 
 def build_detector(name: str = "yunet", model_path: str | Path | None = None, **options) -> FaceDetector:
