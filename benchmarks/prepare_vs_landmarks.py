@@ -44,7 +44,9 @@ def train_and_eval(name: str, faces: Path, out: Path, overrides: list[str], reus
     saved = out / f"summary_{name}.json"
     if reuse and saved.is_file():
         return json.loads(saved.read_text())
-    t_train = run(["train", RECIPE, f"data.root={faces}", f"run.dir={run_dir}", "eval.pairs=null", *overrides])
+    t_train = run(
+        ["train", RECIPE, f"data.root={faces}", f"run.dir={run_dir}", "eval.pairs=null", *overrides]
+    )
     t_eval = run(
         [
             "eval",
@@ -86,7 +88,9 @@ def main() -> None:
     ap.add_argument(
         "--reuse", action="store_true", help="keep a run whose summary_<name>.json exists in --out"
     )
-    ap.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "prepare_vs_landmarks.json")
+    ap.add_argument(
+        "--json", type=Path, default=REPO / "benchmarks" / "results" / "prepare_vs_landmarks.json"
+    )
     ap.add_argument("overrides", nargs="*", help="training overrides for both runs (key=value)")
     args = ap.parse_args()
     out = args.out

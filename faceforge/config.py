@@ -37,6 +37,7 @@ class RunConfig:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: bf16 on CPUs with bf16 units, fp16 on CUDA)
     channels_last: bool = True
     ddp_fp16_compress: bool = False  # CUDA + torchrun: fp16 gradient compression hook on the DDP backbone
+    gradient_checkpointing: bool = False  # recompute backbone blocks in backward (IResNet family)
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     log_every: int = 20
     save_every_steps: int = 0  # 0: checkpoint at the end of each epoch only
@@ -84,6 +85,9 @@ class OptimConfig:
     gamma: float = 0.1
     min_lr: float = 0.0
     grad_clip: float = 5.0  # max global grad norm; 0 disables
+    # split each data.batch_size batch into this many micro-batches whose gradients add up before one
+    # optimiser step: the same effective batch with 1/k of the activation memory
+    accumulate_steps: int = 1
 
 
 @dataclass

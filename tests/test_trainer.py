@@ -120,3 +120,14 @@ def test_nan_loss_stops_with_advice(lfw_small: Path, tmp_path: Path, monkeypatch
     monkeypatch.setattr(trainer.head, "forward", nan_forward)
     with pytest.raises(NonFiniteLossError, match=r"lower optim\.lr"):
         trainer.fit()
+
+
+def test_gradient_accumulation_and_its_bad_settings(lfw_small: Path, tmp_path: Path) -> None:
+    lf = _list_file(lfw_small, tmp_path / "train.txt", per_person=4, people=8)
+    common = [f"data.list_file={lf}", "data.batch_size=8", "optim.epochs=1", "run.max_steps=2"]
+    report = Trainer(_cfg(lfw_small, tmp_path / "acc", *common, "optim.accumulate_steps=2")).fit()
+    assert report["progress"]["global_step"] == 2 and all(h["loss"] > 0 for h in report["history"])
+    with pytest.raises(ValueError, match=r"accumulate_steps=3 must be >= 1 and divide data\.batch_size=8"):
+        Trainer(_cfg(lfw_small, tmp_path / "bad", *common, "optim.accumulate_steps=3"))
+    with pytest.raises(ValueError, match="gradient_checkpointing"):
+        Trainer(_cfg(lfw_small, tmp_path / "gc", *common, "run.gradient_checkpointing=true"))

@@ -10,6 +10,7 @@ gives the same weights as one that never stopped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -95,6 +96,19 @@ class Trainer:
         self.backbone = build_backbone(cfg.model.name, **model_kwargs).to(self.device)
         if cfg.run.channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
+        if cfg.run.gradient_checkpointing:
+            if not hasattr(self.backbone, "set_gradient_checkpointing"):
+                raise ValueError(
+                    f"run.gradient_checkpointing=true is not supported by model {cfg.model.name}; "
+                    "use an IResNet backbone or set run.gradient_checkpointing=false"
+                )
+            self.backbone.set_gradient_checkpointing(True)
+        self.accumulate = int(cfg.optim.accumulate_steps)
+        if self.accumulate < 1 or cfg.data.batch_size % self.accumulate:
+            raise ValueError(
+                f"optim.accumulate_steps={self.accumulate} must be >= 1 and divide data.batch_size="
+                f"{cfg.data.batch_size} (each batch is split into that many equal micro-batches)"
+            )
         head_kwargs = {k: v for k, v in to_dict(cfg.head).items() if k not in ("name", *HEAD_LAYOUT_KEYS)}
         sample_rate = float(cfg.head.get("sample_rate", 1.0))
         self.sharded = bool(cfg.head.get("sharded", False)) or sample_rate < 1.0
@@ -256,30 +270,40 @@ class Trainer:
         labels = labels.to(self.device, non_blocking=True)
         self.backbone.train()
         self.head.train()
-        with autocast(self.device, self.precision):
-            emb = self.model(x)
-        out = self.criterion(emb.float(), labels)
-        loss = out.loss
-        # the logged loss and accuracy are global-batch means (a local head's are averaged over ranks)
-        logged = torch.stack([loss.detach(), out.top1]).float()
-        if not self.sharded:
-            D.all_reduce(logged).div_(self.dist.world_size)
-        if not torch.isfinite(logged[0]):
-            raise NonFiniteLossError(
-                f"loss is {logged[0].item()} at step {self.progress.global_step} (lr {lr:.4g}, precision "
-                f"{self.precision}); lower optim.lr, raise optim.warmup_epochs, or use run.precision=fp32. "
-                f"The last good checkpoint is {self.ckpt_dir / 'last.pt'}"
-            )
         self.optimizer.zero_grad(set_to_none=True)
+        k = self.accumulate
+        logged = torch.zeros(2, device=self.device)
+        for i, (xs, ys) in enumerate(zip(x.chunk(k), labels.chunk(k), strict=True)):
+            last = i == k - 1
+            # DDP all-reduces backbone gradients only on the last micro-batch
+            sync = contextlib.nullcontext() if last or not self.dist.enabled else self.model.no_sync()
+            with sync:
+                with autocast(self.device, self.precision):
+                    emb = self.model(xs)
+                out = self.criterion(emb.float(), ys)
+                loss = out.loss / k
+                # logged loss and accuracy are global-batch means (a local head's are averaged over ranks)
+                part = torch.stack([out.loss.detach(), out.top1.to(out.loss.device)]).float()
+                if not self.sharded:
+                    D.all_reduce(part).div_(self.dist.world_size)
+                logged += part / k
+                if not torch.isfinite(part[0]):
+                    raise NonFiniteLossError(
+                        f"loss is {part[0].item()} at step {self.progress.global_step} (lr {lr:.4g}, "
+                        f"precision {self.precision}); lower optim.lr, raise optim.warmup_epochs, or use "
+                        f"run.precision=fp32. The last good checkpoint is {self.ckpt_dir / 'last.pt'}"
+                    )
+                if self.scaler is not None:
+                    self.scaler.scale(loss).backward()
+                else:
+                    loss.backward()
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
             self._sync_head_grads()
             self.scaler.unscale_(self.optimizer)
             self._clip_gradients()
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            loss.backward()
             self._sync_head_grads()
             self._clip_gradients()
             self.optimizer.step()

@@ -14,7 +14,17 @@ from torch import nn
 
 from faceforge.registry import Registry
 
-from .iresnet import IBasicBlock, IResNet, iresnet18, iresnet34, iresnet50, iresnet100, iresnet200
+from .iresnet import (
+    IBasicBlock,
+    IResNet,
+    iresnet18,
+    iresnet34,
+    iresnet50,
+    iresnet100,
+    iresnet200,
+    iresnet_se50,
+    iresnet_se100,
+)
 from .mobilefacenet import MobileFaceNet, mobilefacenet
 
 BACKBONES: Registry[nn.Module] = Registry("backbone")
@@ -25,6 +35,8 @@ BACKBONES.register("iresnet34")(iresnet34)
 BACKBONES.register("iresnet50")(iresnet50)
 BACKBONES.register("iresnet100")(iresnet100)
 BACKBONES.register("iresnet200")(iresnet200)
+BACKBONES.register("iresnet_se50")(iresnet_se50)
+BACKBONES.register("iresnet_se100")(iresnet_se100)
 
 
 def build_backbone(name: str, **kwargs) -> nn.Module:

@@ -10,6 +10,15 @@ Layout (``backbones/iresnet.py`` in arcface_torch; TFace ``IR_*`` uses the same 
   statistics are learned.
 
 Stage depths: r18 [2,2,2,2], r34 [3,4,6,3], r50 [3,4,14,3], r100 [3,13,30,3], r200 [6,26,60,6].
+
+SE variants (``iresnet_se50``, ``iresnet_se100``; TFace's ``IR_SE_50``/``IR_SE_101``, the CurricularFace and
+MTLFace backbones): every residual unit ends with squeeze-and-excitation (Hu et al., CVPR 2018) before the
+shortcut is added, ``y <- y * sigmoid(W2 relu(W1 avgpool(y)))`` with 1x1 convs, no bias, reduction 16, as
+TFace's ``SEModule``. The rest of the unit is the same BN-conv-BN-PReLU-conv-BN residual as IResNet.
+
+Gradient checkpointing (``set_gradient_checkpointing(True)``, ``run.gradient_checkpointing=true``) recomputes
+each residual unit in the backward pass instead of storing its activations: less memory for large
+backbones at about one extra forward of compute.
 With 512-d embeddings r50 has about 43.6M parameters and r100 about 65.2M. Module names match
 arcface_torch, so its r18-r100 checkpoints load with ``load_state_dict(strict=True)``.
 
@@ -26,6 +35,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 __all__ = [
     "IBasicBlock",
@@ -37,6 +47,8 @@ __all__ = [
     "iresnet50",
     "iresnet100",
     "iresnet200",
+    "iresnet_se50",
+    "iresnet_se100",
     "no_autocast",
 ]
 
@@ -81,13 +93,27 @@ def _conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_ch, out_ch, kernel_size=3, stride=stride, padding=1, bias=False)
 
 
+class SEModule(nn.Module):
+    """Squeeze-and-excitation: ``x * sigmoid(fc2(relu(fc1(avgpool(x)))))``, 1x1 convs without bias."""
+
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        self.avg_pool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(channels, channels // reduction, kernel_size=1, bias=False)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc2 = nn.Conv2d(channels // reduction, channels, kernel_size=1, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(self.fc2(self.relu(self.fc1(self.avg_pool(x)))))
+
+
 class IBasicBlock(nn.Module):
-    """Residual unit: BN -> conv3x3 -> BN -> PReLU -> conv3x3(stride) -> BN, plus shortcut.
+    """Residual unit: BN -> conv3x3 -> BN -> PReLU -> conv3x3(stride) -> BN [-> SE], plus shortcut.
 
     The shortcut is the identity, or conv1x1(stride) + BN when the shape changes.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int = 1) -> None:
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 1, se: bool = False) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_ch, eps=1e-5)
         self.conv1 = _conv3x3(in_ch, out_ch)
@@ -95,6 +121,7 @@ class IBasicBlock(nn.Module):
         self.prelu = nn.PReLU(out_ch)
         self.conv2 = _conv3x3(out_ch, out_ch, stride)
         self.bn3 = nn.BatchNorm2d(out_ch, eps=1e-5)
+        self.se = SEModule(out_ch) if se else None
         self.downsample: nn.Module | None = None
         if stride != 1 or in_ch != out_ch:
             self.downsample = nn.Sequential(
@@ -105,6 +132,8 @@ class IBasicBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
         y = self.bn3(self.conv2(self.prelu(self.bn2(self.conv1(self.bn1(x))))))
+        if self.se is not None:
+            y = self.se(y)
         return y + shortcut
 
 
@@ -133,6 +162,7 @@ class IResNet(nn.Module):
         input_size: int = 112,
         dropout: float = 0.0,
         name: str = "iresnet",
+        se: bool = False,
     ) -> None:
         super().__init__()
         check_backbone_args(name, embedding_size, input_size, dropout)
@@ -142,6 +172,8 @@ class IResNet(nn.Module):
         self.embedding_size = embedding_size
         self.input_size = input_size
         self.layers_per_stage = tuple(int(n) for n in layers)
+        self.se = bool(se)
+        self.gradient_checkpointing = False
 
         self.conv1 = _conv3x3(3, 64)
         self.bn1 = nn.BatchNorm2d(64, eps=1e-5)
@@ -149,8 +181,8 @@ class IResNet(nn.Module):
         in_ch = 64
         stages = []
         for out_ch, depth in zip(self.stage_channels, self.layers_per_stage, strict=True):
-            blocks = [IBasicBlock(in_ch, out_ch, stride=2)]
-            blocks += [IBasicBlock(out_ch, out_ch) for _ in range(depth - 1)]
+            blocks = [IBasicBlock(in_ch, out_ch, stride=2, se=se)]
+            blocks += [IBasicBlock(out_ch, out_ch, se=se) for _ in range(depth - 1)]
             stages.append(nn.Sequential(*blocks))
             in_ch = out_ch
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
@@ -172,10 +204,18 @@ class IResNet(nn.Module):
         # Frozen unit scale on the embedding BN (arcface_torch): the output norm is set by the FC only.
         self.features.weight.requires_grad_(False)
 
+    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
+        self.gradient_checkpointing = bool(enabled)
+
     def forward_features(self, x: Tensor) -> Tensor:
         """Return the [N, 512, 7, 7] map after the final BN2d (runs under the caller's autocast)."""
         x = self.prelu(self.bn1(self.conv1(x)))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for block in stage:
+                if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                    x = checkpoint(block, x, use_reentrant=False)
+                else:
+                    x = block(x)
         return self.bn2(x)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -187,17 +227,19 @@ class IResNet(nn.Module):
         return x
 
     def extra_repr(self) -> str:
-        return f"layers={list(self.layers_per_stage)}, embedding_size={self.embedding_size}"
+        se = ", se=True" if self.se else ""
+        return f"layers={list(self.layers_per_stage)}, embedding_size={self.embedding_size}{se}"
 
 
-def _make(name: str, layers: tuple[int, int, int, int]):
+def _make(name: str, layers: tuple[int, int, int, int], se: bool = False):
     def factory(embedding_size: int = 512, input_size: int = 112, dropout: float = 0.0) -> IResNet:
         return IResNet(
-            layers, embedding_size=embedding_size, input_size=input_size, dropout=dropout, name=name
+            layers, embedding_size=embedding_size, input_size=input_size, dropout=dropout, name=name, se=se
         )
 
     factory.__name__ = factory.__qualname__ = name
-    factory.__doc__ = f"{name}: IResNet with stage depths {list(layers)} (see :class:`IResNet`)."
+    kind = "IResNet with squeeze-and-excitation" if se else "IResNet"
+    factory.__doc__ = f"{name}: {kind} with stage depths {list(layers)} (see :class:`IResNet`)."
     return factory
 
 
@@ -206,3 +248,5 @@ iresnet34 = _make("iresnet34", (3, 4, 6, 3))
 iresnet50 = _make("iresnet50", (3, 4, 14, 3))
 iresnet100 = _make("iresnet100", (3, 13, 30, 3))
 iresnet200 = _make("iresnet200", (6, 26, 60, 6))
+iresnet_se50 = _make("iresnet_se50", (3, 4, 14, 3), se=True)
+iresnet_se100 = _make("iresnet_se100", (3, 13, 30, 3), se=True)
