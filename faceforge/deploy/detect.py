@@ -95,10 +95,11 @@ class YuNetDetector:
     downscaled copy, images whose short side is below ``min_side`` on an upscaled (bicubic) copy, and the
     results are scaled back to the original pixel coordinates.
 
-    Upscaling matters for small photos: on the 160x160 LFW crops, YuNet's landmarks scatter around the
-    reference MTCNN landmarks by a median 4.2 px (after removing the mean offset between the two point
-    definitions) at the original size and 2.9 px when searched at 320 px (measured on 200 images), and
-    the steadier points align faces more consistently. ``min_side=320`` is the default; 0 turns it off.
+    Upscaling steadies the landmarks on small photos: on the 160x160 LFW crops, YuNet's points scatter
+    around the reference MTCNN landmarks by a median 4.2 px (after removing the mean offset between the two
+    point definitions) at the original size and 2.9 px when searched at 320 px (200 images). It did not
+    raise accuracy in the one training run each we made (benchmarks/prepare_vs_landmarks.py: 80.4 % at the
+    original size, 78.6 % at 320 px, within the noise of 1,000 pairs), so the default is 0 (off).
     """
 
     name = "yunet"
@@ -111,7 +112,7 @@ class YuNetDetector:
         nms_threshold: float = 0.3,
         top_k: int = 5000,
         max_side: int = 1280,
-        min_side: int = 320,
+        min_side: int = 0,
     ) -> None:
         path = Path(model_path) if model_path else default_yunet_model()
         if not path.is_file():
@@ -175,7 +176,7 @@ def build_yunet(
     nms_threshold: float = 0.3,
     top_k: int = 5000,
     max_side: int = 1280,
-    min_side: int = 320,
+    min_side: int = 0,
 ) -> YuNetDetector:
     return YuNetDetector(model_path, score_threshold, nms_threshold, top_k, max_side, min_side)
 
