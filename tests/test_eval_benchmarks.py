@@ -254,3 +254,44 @@ def test_cli_benchmarks_html_and_compare(lfw_small: Path, tmp_path: Path, monkey
 
     assert main(["eval", "--model", "fake-colour", "--benchmark", "bogus:x"]) == 2
     assert "unknown kind" in capsys.readouterr().err
+
+
+def test_quality_benchmark_uses_embedding_norms(lfw_small: Path, tmp_path: Path) -> None:
+    from faceforge.eval.allpairs import threshold_at_rate
+
+    people = sorted(p.name for p in lfw_small.iterdir() if p.is_dir())[:6]
+    lines = ["6"]
+    lines += [f"{n}\t1\t2" for n in people]
+    lines += [f"{a}\t1\t{b}\t2" for a, b in itertools.pairwise([*people, people[0]])]
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("\n".join(lines) + "\n")
+    emb = ColourEmbedder()
+    res = run_benchmarks(emb, [f"quality:{pairs}:{lfw_small}"], tmp_path / "out", flip=False, progress=False)
+    rec = res["benchmarks"]["quality:pairs"]
+    assert (
+        rec["settings"]["quality"].startswith("L2 norm")
+        and rec["settings"]["pair_quality"] == "min of the two images"
+    )
+    fixed, recomputed = rec["quality"]["fixed"], rec["quality"]["recomputed"]
+    # by hand: cosine scores and min-norm pair qualities from the same (unflipped) embeddings
+    p1 = [lfw_small / n / f"{n}_0001.jpg" for n in people] + [lfw_small / a / f"{a}_0001.jpg" for a in people]
+    p2 = [lfw_small / n / f"{n}_0002.jpg" for n in people] + [
+        lfw_small / b / f"{b}_0002.jpg" for b in [*people[1:], people[0]]
+    ]
+    from faceforge.data.image_io import read_image_rgb
+
+    r1 = ColourEmbedder().embed(np.stack([read_image_rgb(p) for p in p1])).astype(np.float64)
+    r2 = ColourEmbedder().embed(np.stack([read_image_rgb(p) for p in p2])).astype(np.float64)
+    n1, n2 = np.linalg.norm(r1, axis=1), np.linalg.norm(r2, axis=1)
+    cos = np.sum(r1 / n1[:, None] * r2 / n2[:, None], axis=1)
+    y = np.array([True] * 6 + [False] * 6)
+    thr, _ = threshold_at_rate(cos[~y], 0.1)
+    assert fixed["curves"]["0.1"]["fnmr"][0] == pytest.approx(np.mean(cos[y] < thr))
+    # rejecting 15 % of the 12 pairs drops floor(1.8) = 1 pair, the lowest min-norm one; threshold kept
+    i = fixed["reject_fractions"].index(0.15)
+    keep = np.argsort(np.minimum(n1, n2), kind="stable")[1:]
+    gen = cos[keep][y[keep]]
+    assert fixed["curves"]["0.1"]["fnmr"][i] == pytest.approx(np.mean(gen < thr))
+    assert recomputed["curves"]["0.1"]["fnmr"][0] == fixed["curves"]["0.1"]["fnmr"][0]
+    assert Path(rec["plots"]["erc"]).is_file()
+    assert any(k.startswith("area_under_erc") for k in rec["summary"])

@@ -75,7 +75,10 @@ def _print_record(name: str, rec: dict[str, Any], flip: bool) -> None:
     else:
         print(
             f"{name}: "
-            + "  ".join(f"{k} {v * 100:.2f} %" if k != "auc" else f"AUC {v:.4f}" for k, v in s.items())
+            + "  ".join(
+                f"{k} n/a" if v is None else f"{k} {v * 100:.2f} %" if k != "auc" else f"AUC {v:.4f}"
+                for k, v in s.items()
+            )
         )
     plots = rec.get("plots") or {}
     if plots:
@@ -83,7 +86,8 @@ def _print_record(name: str, rec: dict[str, Any], flip: bool) -> None:
 
 
 @command(
-    "eval", "evaluate a model on benchmarks (pairs, .bin, all-pairs, identification) or compare results"
+    "eval",
+    "evaluate a model on benchmarks (pairs, .bin, all-pairs, identification, quality) or compare results",
 )(_add)
 def run(args: argparse.Namespace) -> int:
     from faceforge.eval.report_html import load_result, write_html_report

@@ -14,6 +14,11 @@ Benchmark specs (``kind:ARG[:ARG...]``):
   (default 1) in the gallery, the rest are mated probes; identities with at most ``K`` images are
   non-mated probes; only identities with at least ``MIN`` images (default 1) take part.  CMC rank
   1/5/10 and DIR at FPIR 0.01 / 0.1 (:mod:`faceforge.eval.identification`).
+* ``quality:PAIRS:IMAGES`` - quality error-versus-reject on an LFW-format pairs file: image quality is
+  the L2 norm of the raw (flip-summed) embedding, as MagFace reads it; pair quality is the smaller of
+  the two; FNMR at FMR 1e-1 and 1e-2 as the lowest-quality pairs are rejected, with the threshold fixed
+  on all pairs (ISO/IEC 29794-1) and re-set per reject level (MagFace / CR-FIQA), both named, with the
+  area under each curve (:func:`faceforge.eval.quality.erc`).
 
 Embeddings are flip-summed (optional) and L2-normalised; all image files needed by the folder-based
 benchmarks are embedded in one pass.  Every record names its protocol, settings, the model's
@@ -68,7 +73,9 @@ KINDS = {
     "bin": "bin:FILE",
     "allpairs": "allpairs:IMAGES[:MIN_IMAGES_PER_ID]",
     "ident": "ident:IMAGES[:K[:MIN_IMAGES_PER_ID]]",
+    "quality": "quality:PAIRS:IMAGES",
 }
+QUALITY_FMRS = (1e-1, 1e-2)
 RESULT_FORMAT = "faceforge-eval/1"
 
 
@@ -110,11 +117,11 @@ def parse_benchmark_spec(spec: str) -> BenchmarkSpec:
         raise BenchmarkSpecError(spec, f"missing arguments, expected {KINDS[kind]}")
     if kind == "bin":
         return BenchmarkSpec("bin", (rest,), spec=spec, name=f"bin:{Path(rest).stem}")
-    if kind == "lfw":
+    if kind in ("lfw", "quality"):
         pairs, sep, images = rest.partition(":")
         if not sep or not pairs or not images:
-            raise BenchmarkSpecError(spec, "expected lfw:PAIRS:IMAGES (a pairs file and an image folder)")
-        return BenchmarkSpec("lfw", (pairs, images), spec=spec, name=f"lfw:{Path(pairs).stem}")
+            raise BenchmarkSpecError(spec, f"expected {kind}:PAIRS:IMAGES (a pairs file and an image folder)")
+        return BenchmarkSpec(kind, (pairs, images), spec=spec, name=f"{kind}:{Path(pairs).stem}")
     parts = rest.split(":")
     if kind == "allpairs":
         parts, nums = _trailing_ints(parts, 1, spec)
@@ -135,7 +142,7 @@ def parse_benchmark_spec(spec: str) -> BenchmarkSpec:
 
 
 def _check_exists(b: BenchmarkSpec) -> None:
-    if b.kind == "lfw":
+    if b.kind in ("lfw", "quality"):
         if not Path(b.paths[0]).is_file():
             raise FileNotFoundError(f"{b.spec}: pairs file not found: {b.paths[0]}")
         if not Path(b.paths[1]).is_dir():
@@ -407,6 +414,47 @@ def _embed_bin(
     return emb, np.asarray(issame, dtype=bool), failed, sha
 
 
+def _quality_record(
+    e1: np.ndarray,
+    e2: np.ndarray,
+    q1: np.ndarray,
+    q2: np.ndarray,
+    issame: np.ndarray,
+    plot_dir: Path | None,
+    title: str,
+) -> dict[str, Any]:
+    from faceforge.eval.plots import plot_erc
+    from faceforge.eval.quality import erc
+
+    ok = ~(np.isnan(e1).any(1) | np.isnan(e2).any(1))
+    cos = np.sum(e1[ok] * e2[ok], axis=1)
+    y = np.asarray(issame, dtype=bool)[ok]
+    res = {
+        mode: erc(cos, y, q1[ok], q2[ok], fmrs=QUALITY_FMRS, mode=mode) for mode in ("fixed", "recomputed")
+    }
+    key = f"{QUALITY_FMRS[-1]:g}"
+    summary: dict[str, Any] = {}
+    for mode, r in res.items():
+        fnmr = r["curves"][key]["fnmr"]
+        i20 = int(np.argmin(np.abs(np.asarray(r["reject_fractions"]) - 0.2)))
+        summary[f"fnmr@fmr={key} reject 0 ({mode})"] = fnmr[0]
+        summary[f"fnmr@fmr={key} reject 20% ({mode})"] = fnmr[i20]
+        summary[f"area_under_erc@fmr={key} ({mode})"] = r["area_under_erc"][key]
+    out: dict[str, Any] = {
+        "quality": res,
+        "summary": summary,
+        "pairs_with_unreadable_image": int((~ok).sum()),
+    }
+    if plot_dir is not None:
+        curves = {
+            f"FMR {f} ({mode})": (r["reject_fractions"], r["curves"][f]["fnmr"])
+            for mode, r in res.items()
+            for f in r["curves"]
+        }
+        out["plots"] = {"erc": str(plot_erc(curves, plot_dir / "erc.png", title=f"ERC: {title}"))}
+    return out
+
+
 def run_benchmarks(
     embedder: Any,
     specs: Sequence[str | BenchmarkSpec],
@@ -446,7 +494,7 @@ def run_benchmarks(
     all_paths: dict[str, int] = {}
     for b in parsed:
         plan: dict[str, Any] = {}
-        if b.kind == "lfw":
+        if b.kind in ("lfw", "quality"):
             pairs = read_lfw_pairs(b.paths[0])
             p1, p2, issame = resolve_pairs(pairs, b.paths[1], ext=image_ext)
             plan.update(p1=[str(p) for p in p1], p2=[str(p) for p in p2], issame=issame, n_pairs=len(pairs))
@@ -465,7 +513,7 @@ def run_benchmarks(
     # 2. one embedding pass over every image file
     t0 = time.perf_counter()
     path_list = list(all_paths)
-    emb_all, failed_all = (
+    raw_all, failed_all = (
         cached_embed_paths(
             embedder,
             path_list,
@@ -474,10 +522,14 @@ def run_benchmarks(
             batch_size=batch_size,
             progress=progress,
             stats=stats,
+            normalize=False,
         )
         if path_list
         else (np.zeros((0, embedder.embedding_size), np.float32), [])
     )
+    # raw norms feed the quality protocol; every other protocol uses the L2-normalised embeddings
+    norms_all = np.linalg.norm(raw_all, axis=1)
+    emb_all = raw_all / np.maximum(norms_all, 1e-12)[:, None]
     embed_seconds = time.perf_counter() - t0
 
     def rows(paths: Sequence[str]) -> np.ndarray:
@@ -517,6 +569,38 @@ def run_benchmarks(
                 title=name,
             )
             rec.update(v)
+        elif b.kind == "quality":
+            pairs_file, images = b.paths
+            rec["benchmark"] = {
+                "kind": "lfw-pairs",
+                "pairs_file": str(pairs_file),
+                "pairs_sha256": file_sha256(pairs_file),
+                "images_dir": str(images),
+                "images_sha256": folder_checksum(images, [Path(p) for p in plan["unique_files"]]),
+                "images_checksum_rule": "sha256 of sorted 'relative path<TAB>size' lines of the images used",
+                "n_pairs": plan["n_pairs"],
+                "unreadable_images": failed_in(plan["unique_files"]),
+            }
+            q1 = norms_all[[all_paths[p] for p in plan["p1"]]]
+            q2 = norms_all[[all_paths[p] for p in plan["p2"]]]
+            rec.update(
+                _quality_record(rows(plan["p1"]), rows(plan["p2"]), q1, q2, plan["issame"], plot_dir, name)
+            )
+            rec["settings"] = {
+                "protocol": "error-versus-reject",
+                "quality": "L2 norm of the raw embedding (flip sum when flip is on)",
+                "pair_quality": "min of the two images",
+                "score": "cosine similarity",
+                "flip": _flip_text(flip),
+                "fmrs": list(QUALITY_FMRS),
+                "threshold_modes": {
+                    "fixed": "threshold set once on all pairs (ISO/IEC 29794-1)",
+                    "recomputed": "threshold re-set on the remaining pairs per reject level (MagFace, CR-FIQA)",
+                },
+                "alignment": model.get("preprocess", {}).get("alignment"),
+                "colour": model.get("preprocess", {}).get("colour"),
+                "unreadable_images": "pairs left out",
+            }
         elif b.kind == "bin":
             emb, issame, failed, sha = _embed_bin(
                 embedder, Path(b.paths[0]), flip, cache_dir, batch_size, progress, stats

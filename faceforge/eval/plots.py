@@ -107,3 +107,36 @@ def plot_score_histogram(
     finally:
         plt.close(fig)
     return out
+
+
+def plot_erc(
+    curves: Mapping[str, tuple[ArrayLike, ArrayLike]],
+    out_png: StrPath,
+    title: str = "Error versus reject",
+) -> Path:
+    """Plot error-versus-reject curves (FNMR against the fraction of lowest-quality pairs rejected).
+
+    Args:
+        curves: ``{label: (reject_fractions, fnmr)}``, e.g. from :func:`faceforge.eval.quality.erc`
+            (``None`` values are skipped).
+        out_png: output file; parent directories are created.
+    """
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 5), dpi=100)
+    try:
+        for label, (x, y) in curves.items():
+            xs = np.asarray(x, dtype=np.float64)
+            ys = np.array([np.nan if v is None else v for v in y], dtype=np.float64)
+            ax.plot(xs, ys, marker="o", markersize=3, label=label, linewidth=1.5)
+        ax.set_xlabel("Fraction of pairs rejected (lowest pair quality first)")
+        ax.set_ylabel("FNMR")
+        ax.set_title(title)
+        ax.grid(True, linestyle=":", linewidth=0.5)
+        if curves:
+            ax.legend(loc="upper right")
+        fig.tight_layout()
+        fig.savefig(out)
+    finally:
+        plt.close(fig)
+    return out
