@@ -9,7 +9,16 @@ from torch import nn
 
 from faceforge.models.backbones import BACKBONES, IResNet, MobileFaceNet, build_backbone
 
-ALL_NAMES = ["iresnet100", "iresnet18", "iresnet200", "iresnet34", "iresnet50", "mobilefacenet"]
+ALL_NAMES = [
+    "iresnet100",
+    "iresnet18",
+    "iresnet200",
+    "iresnet34",
+    "iresnet50",
+    "iresnet_se100",
+    "iresnet_se50",
+    "mobilefacenet",
+]
 
 
 @pytest.fixture(autouse=True)
