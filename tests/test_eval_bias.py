@@ -66,3 +66,43 @@ def test_zero_error_group_gives_no_ratio():
     # threshold > .1: group a FMR 0, group b FMR 1 -> ratio undefined
     assert r["groups"]["a"]["fmr"] == 0.0 and r["groups"]["b"]["fmr"] == 1.0
     assert r["fmr_ratio"] is None
+
+
+def test_impostor_differential_by_hand() -> None:
+    from faceforge.eval.bias import impostor_differential
+
+    # 10 impostor scores; target FMR 0.2 allows 2 false matches: threshold just above the 3rd highest (0.8)
+    scores = [0.9, 0.8, 0.7, 0.6, 0.5, 0.85, 0.1, 0.2, 0.3, 0.4]
+    groups = ["a"] * 5 + ["b"] * 5
+    r = impostor_differential(scores, groups, target_fmr=0.2)
+    assert r["threshold"] == np.nextafter(0.8, np.inf)
+    # accepted: 0.9 (a) and 0.85 (b): FMR_a = 1/5, FMR_b = 1/5
+    assert r["groups"]["a"]["fmr"] == pytest.approx(0.2) and r["groups"]["b"]["fmr"] == pytest.approx(0.2)
+    assert r["overall_fmr"] == pytest.approx(0.2) and r["fmr_ratio"] == pytest.approx(1.0)
+    r = impostor_differential([0.9, 0.8, 0.7, 0.1, 0.2, 0.3], ["a"] * 3 + ["b"] * 3, target_fmr=1 / 3)
+    assert r["groups"]["a"]["fmr"] == pytest.approx(2 / 3) and r["groups"]["b"]["fmr"] == 0.0
+    assert r["fmr_ratio"] is None and r["worst_group"] == "a" and r["best_group"] == "b"
+
+
+def test_within_group_pairs_and_utkface_labellers() -> None:
+    from faceforge.eval.bias import GROUP_LABELLERS, within_group_impostor_pairs
+
+    i, j, g = within_group_impostor_pairs(np.array(["x", "y", "x", "x", "y"]))
+    pairs = sorted(zip(i.tolist(), j.tolist(), g.tolist(), strict=True))
+    assert pairs == [(0, 2, "x"), (0, 3, "x"), (1, 4, "y"), (2, 3, "x")]
+    i, j, g = within_group_impostor_pairs(np.array(["x"] * 100), max_pairs_per_group=50, seed=3)
+    assert len(i) == 50 and bool((i < j).all())
+    name = "34_1_2_20170116174525125.jpg.chip.jpg"
+    assert GROUP_LABELLERS.get("utkface-gender")(name) == "female"
+    assert GROUP_LABELLERS.get("utkface-race")(name) == "Asian"
+    assert GROUP_LABELLERS.get("utkface-age")(name) == "20-39"
+    assert GROUP_LABELLERS.get("utkface-race")("not_a_utkface_name.jpg") is None
+
+
+def test_bias_spec_names_the_labellers() -> None:
+    from faceforge.eval.benchmarks import BenchmarkSpecError, parse_benchmark_spec
+
+    s = parse_benchmark_spec("bias:data/utk:aligned:utkface-race")
+    assert (s.kind, s.paths, s.name) == ("bias", ("data/utk:aligned", "utkface-race"), "bias:utkface-race")
+    with pytest.raises(BenchmarkSpecError, match="utkface-gender"):
+        parse_benchmark_spec("bias:data/utk:eyes")

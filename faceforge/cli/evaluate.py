@@ -76,7 +76,13 @@ def _print_record(name: str, rec: dict[str, Any], flip: bool) -> None:
         print(
             f"{name}: "
             + "  ".join(
-                f"{k} n/a" if v is None else f"{k} {v * 100:.2f} %" if k != "auc" else f"AUC {v:.4f}"
+                f"{k} n/a"
+                if v is None
+                else f"AUC {v:.4f}"
+                if k == "auc"
+                else f"{k} x{v:.2f}"
+                if "ratio" in k
+                else f"{k} {v * 100:.3g} %"
                 for k, v in s.items()
             )
         )

@@ -19,6 +19,10 @@ Benchmark specs (``kind:ARG[:ARG...]``):
   the two; FNMR at FMR 1e-1 and 1e-2 as the lowest-quality pairs are rejected, with the threshold fixed
   on all pairs (ISO/IEC 29794-1) and re-set per reject level (MagFace / CR-FIQA), both named, with the
   area under each curve (:func:`faceforge.eval.quality.erc`).
+* ``bias:IMAGES:LABELLER`` - demographic differential on a folder without identity labels: groups from
+  the file names by a registered labeller (``utkface-gender``, ``utkface-race``, ``utkface-age``), every
+  within-group pair an impostor pair (up to 200k sampled per group), one global threshold for FMR 1e-3
+  and the per-group FMR with the worst/best ratio (:func:`faceforge.eval.bias.impostor_differential`).
 
 Embeddings are flip-summed (optional) and L2-normalised; all image files needed by the folder-based
 benchmarks are embedded in one pass.  Every record names its protocol, settings, the model's
@@ -74,7 +78,10 @@ KINDS = {
     "allpairs": "allpairs:IMAGES[:MIN_IMAGES_PER_ID]",
     "ident": "ident:IMAGES[:K[:MIN_IMAGES_PER_ID]]",
     "quality": "quality:PAIRS:IMAGES",
+    "bias": "bias:IMAGES:LABELLER",
 }
+BIAS_TARGET_FMR = 1e-3
+BIAS_MAX_PAIRS_PER_GROUP = 200_000
 QUALITY_FMRS = (1e-1, 1e-2)
 RESULT_FORMAT = "faceforge-eval/1"
 
@@ -123,6 +130,15 @@ def parse_benchmark_spec(spec: str) -> BenchmarkSpec:
             raise BenchmarkSpecError(spec, f"expected {kind}:PAIRS:IMAGES (a pairs file and an image folder)")
         return BenchmarkSpec(kind, (pairs, images), spec=spec, name=f"{kind}:{Path(pairs).stem}")
     parts = rest.split(":")
+    if kind == "bias":
+        from faceforge.eval.bias import GROUP_LABELLERS
+
+        if len(parts) < 2 or parts[-1] not in GROUP_LABELLERS:
+            raise BenchmarkSpecError(
+                spec, f"expected bias:IMAGES:LABELLER with LABELLER one of {GROUP_LABELLERS.names()}"
+            )
+        folder = ":".join(parts[:-1])
+        return BenchmarkSpec("bias", (folder, parts[-1]), spec=spec, name=f"bias:{parts[-1]}")
     if kind == "allpairs":
         parts, nums = _trailing_ints(parts, 1, spec)
         folder = ":".join(parts)
@@ -195,6 +211,26 @@ def folder_checksum(root: str | Path, files: Sequence[Path]) -> str:
 # --------------------------------------------------------------------------------------------
 # plots that plots.py does not have
 # --------------------------------------------------------------------------------------------
+def _plot_group_bars(diff: dict[str, Any], out_png: Path, title: str) -> Path:
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    names = list(diff["groups"])
+    vals = [diff["groups"][k]["fmr"] for k in names]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    try:
+        ax.bar(names, vals, color="tab:red")
+        ax.axhline(
+            diff["target_fmr"], color="k", linestyle=":", label=f"overall target {diff['target_fmr']:g}"
+        )
+        ax.set_ylabel("FMR at the global threshold")
+        ax.set_title(f"Per-group FMR: {title}")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out_png)
+    finally:
+        plt.close(fig)
+    return out_png
+
+
 def plot_cmc(cmc: Sequence[float], out_png: str | Path, title: str = "CMC") -> Path:
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -499,6 +535,18 @@ def run_benchmarks(
             p1, p2, issame = resolve_pairs(pairs, b.paths[1], ext=image_ext)
             plan.update(p1=[str(p) for p in p1], p2=[str(p) for p in p2], issame=issame, n_pairs=len(pairs))
             files = sorted(set(plan["p1"]) | set(plan["p2"]))
+        elif b.kind == "bias":
+            from faceforge.eval.bias import GROUP_LABELLERS
+
+            label_of = GROUP_LABELLERS.get(b.paths[1])
+            every = sorted(f for f in Path(b.paths[0]).rglob("*") if f.is_file() and is_image_file(f))
+            named = [(f, label_of(f.name)) for f in every]
+            kept = [(str(f), g) for f, g in named if g is not None]
+            if not kept:
+                raise ValueError(f"{b.spec}: no file name under {b.paths[0]} gives a group with {b.paths[1]}")
+            files = [f for f, _ in kept]
+            plan.update(files=files, groups=np.array([g for _, g in kept], dtype=object), every=every)
+            plan["unlabelled"] = len(every) - len(kept)
         elif b.kind in ("allpairs", "ident"):
             fl, labels, every = list_identity_folder(b.paths[0], b.min_images)
             files = [str(f) for f in fl]
@@ -601,6 +649,46 @@ def run_benchmarks(
                 "colour": model.get("preprocess", {}).get("colour"),
                 "unreadable_images": "pairs left out",
             }
+        elif b.kind == "bias":
+            from faceforge.eval.bias import impostor_differential, within_group_impostor_pairs
+
+            emb = rows(plan["files"])
+            ok = ~np.isnan(emb).any(1)
+            groups = plan["groups"][ok]
+            i, j, pair_groups = within_group_impostor_pairs(groups, BIAS_MAX_PAIRS_PER_GROUP, seed=0)
+            e = emb[ok]
+            scores = np.einsum("ij,ij->i", e[i], e[j])
+            diff = impostor_differential(scores, pair_groups, BIAS_TARGET_FMR)
+            rec["benchmark"] = {
+                "kind": "groups-from-file-names",
+                "images_dir": str(b.paths[0]),
+                "images_sha256": folder_checksum(b.paths[0], plan["every"]),
+                "labeller": b.paths[1],
+                "n_images": len(plan["files"]),
+                "n_images_without_group": plan["unlabelled"],
+                "unreadable_images": failed_in(plan["files"]),
+                "images_per_group": {str(k): int(np.count_nonzero(groups == k)) for k in np.unique(groups)},
+            }
+            rec["bias"] = diff
+            rec["summary"] = {
+                "overall_fmr": diff["overall_fmr"],
+                **{f"fmr {k}": v["fmr"] for k, v in diff["groups"].items()},
+            }
+            rec["summary"]["fmr_ratio_worst_best"] = diff["fmr_ratio"]
+            rec["settings"] = {
+                "protocol": diff["protocol"],
+                "pairs": f"within-group pairs, all or {BIAS_MAX_PAIRS_PER_GROUP} sampled per group (seed 0)",
+                "identity_assumption": "no identity labels: every pair counted as an impostor pair",
+                "threshold_rule": f"one global threshold, FMR <= {BIAS_TARGET_FMR} on all pairs pooled",
+                "score": "cosine similarity",
+                "flip": _flip_text(flip),
+                "alignment": model.get("preprocess", {}).get("alignment"),
+                "colour": model.get("preprocess", {}).get("colour"),
+            }
+            if plot_dir is not None:
+                rec["plots"] = {
+                    "fmr_by_group": str(_plot_group_bars(diff, plot_dir / "fmr_by_group.png", name))
+                }
         elif b.kind == "bin":
             emb, issame, failed, sha = _embed_bin(
                 embedder, Path(b.paths[0]), flip, cache_dir, batch_size, progress, stats

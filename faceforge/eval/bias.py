@@ -29,8 +29,16 @@ from numpy.typing import ArrayLike
 
 from faceforge.eval.allpairs import threshold_at_rate
 from faceforge.eval.verification import kfold_accuracy
+from faceforge.registry import Registry
 
-__all__ = ["RFW_GRID", "differential_performance", "per_group_kfold_accuracy"]
+__all__ = [
+    "GROUP_LABELLERS",
+    "RFW_GRID",
+    "differential_performance",
+    "impostor_differential",
+    "per_group_kfold_accuracy",
+    "within_group_impostor_pairs",
+]
 
 #: The correct squared-L2 grid (insightface ``calculate_roc``): ``np.arange(0, 4, 0.01)``.
 RFW_GRID: tuple[float, float, float] = (0.0, 4.0, 0.01)
@@ -122,3 +130,106 @@ def differential_performance(
         out[f"{key}_worst_group"] = max(vals, key=lambda k: vals[k])
         out[f"{key}_best_group"] = min(vals, key=lambda k: vals[k])
     return out
+
+
+# ------------------------------------------------------------------------------------------------------
+# impostor-only differentials (data sets without identity labels, such as UTKFace)
+# ------------------------------------------------------------------------------------------------------
+GROUP_LABELLERS: Registry = Registry("group labeller")
+"""``name -> (file name -> group label or None)``: how a data set's file names give demographic groups."""
+
+UTKFACE_GENDER = {0: "male", 1: "female"}
+UTKFACE_RACE = {0: "White", 1: "Black", 2: "Asian", 3: "Indian", 4: "Other"}
+AGE_BANDS = ((0, 19, "0-19"), (20, 39, "20-39"), (40, 59, "40-59"), (60, 200, "60+"))
+
+
+def _utkface_fields(name: str) -> tuple[int, int, int] | None:
+    parts = name.split("_")
+    if len(parts) < 4 or not all(p.isdigit() for p in parts[:3]):
+        return None
+    return int(parts[0]), int(parts[1]), int(parts[2])
+
+
+@GROUP_LABELLERS.register("utkface-gender")
+def utkface_gender(name: str) -> str | None:
+    """UTKFace ``<age>_<gender>_<race>_<timestamp>...``: gender 0 male, 1 female."""
+    f = _utkface_fields(name)
+    return UTKFACE_GENDER.get(f[1]) if f else None
+
+
+@GROUP_LABELLERS.register("utkface-race")
+def utkface_race(name: str) -> str | None:
+    """UTKFace race field: 0 White, 1 Black, 2 Asian, 3 Indian, 4 Other."""
+    f = _utkface_fields(name)
+    return UTKFACE_RACE.get(f[2]) if f else None
+
+
+@GROUP_LABELLERS.register("utkface-age")
+def utkface_age(name: str) -> str | None:
+    """UTKFace age field in bands 0-19, 20-39, 40-59, 60+."""
+    f = _utkface_fields(name)
+    if not f:
+        return None
+    return next(label for lo, hi, label in AGE_BANDS if lo <= f[0] <= hi)
+
+
+def within_group_impostor_pairs(
+    groups: ArrayLike, max_pairs_per_group: int = 200_000, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs ``(i, j)``, ``i < j``, of different images in the same group: every such pair when a group
+    has at most ``max_pairs_per_group`` of them, else that many drawn uniformly (seeded, with
+    replacement of the draw but never ``i == j``). Returns index arrays and each pair's group."""
+    g = np.asarray(groups)
+    rng = np.random.default_rng(seed)
+    out_i, out_j, out_g = [], [], []
+    for label in sorted(np.unique(g).tolist()):
+        idx = np.flatnonzero(g == label)
+        n = idx.size
+        if n < 2:
+            continue
+        total = n * (n - 1) // 2
+        if total <= max_pairs_per_group:
+            a, b = np.triu_indices(n, k=1)
+        else:
+            a = rng.integers(0, n, max_pairs_per_group)
+            b = rng.integers(0, n - 1, max_pairs_per_group)
+            b = b + (b >= a)  # uniform over the other n - 1 images
+            a, b = np.minimum(a, b), np.maximum(a, b)
+        out_i.append(idx[a])
+        out_j.append(idx[b])
+        out_g.append(np.full(a.size, label, dtype=object))
+    if not out_i:
+        raise ValueError("no group has two images, so there are no within-group pairs")
+    return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_g)
+
+
+def impostor_differential(scores: ArrayLike, groups: ArrayLike, target_fmr: float = 1e-3) -> dict[str, Any]:
+    """Per-group FMR of within-group impostor pairs at one global threshold (data without identities).
+
+    Every pair is taken as an impostor pair (different people; UTKFace has no identity labels, so
+    repeated people count as impostors and slightly raise the FMR of their group). The threshold ``t``
+    is set on all pairs pooled for ``FMR = target_fmr`` (:func:`threshold_at_rate`), then
+    ``FMR_g = #{s >= t in group g} / n_g``, with ``fmr_ratio = max_g FMR_g / min_g FMR_g`` (``None`` if
+    the best group has no false match), as NIST FRVT's demographic FMR comparisons do.
+    """
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    g, names = _groups(groups, s.size)
+    if s.size == 0:
+        raise ValueError("no pairs")
+    thr, overall = threshold_at_rate(s, target_fmr)
+    per = {}
+    for k in names:
+        m = g == k
+        n = int(m.sum())
+        per[str(k)] = {"fmr": float(np.count_nonzero(s[m] >= thr) / n), "n_impostor": n}
+    fmrs = [v["fmr"] for v in per.values()]
+    return {
+        "protocol": "within-group impostor FMR at one global threshold",
+        "target_fmr": float(target_fmr),
+        "threshold": float(thr),
+        "overall_fmr": float(overall),
+        "groups": per,
+        "fmr_ratio": _ratio(fmrs),
+        "worst_group": max(per, key=lambda k: per[k]["fmr"]),
+        "best_group": min(per, key=lambda k: per[k]["fmr"]),
+    }
