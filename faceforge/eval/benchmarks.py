@@ -450,6 +450,22 @@ def _embed_bin(
     return emb, np.asarray(issame, dtype=bool), failed, sha
 
 
+def _pairs_benchmark_info(b: BenchmarkSpec, plan: dict[str, Any], unreadable: list[str]) -> dict[str, Any]:
+    """Dataset description of a pairs-file benchmark (``lfw``, ``quality``), with checksums."""
+    pairs_file, images = b.paths
+    return {
+        "kind": "lfw-pairs",
+        "pairs_file": str(pairs_file),
+        "pairs_sha256": file_sha256(pairs_file),
+        "images_dir": str(images),
+        "images_sha256": folder_checksum(images, [Path(p) for p in plan["unique_files"]]),
+        "images_checksum_rule": "sha256 of sorted 'relative path<TAB>size' lines of the images used",
+        "n_pairs": plan["n_pairs"],
+        "n_images": len(plan["unique_files"]),
+        "unreadable_images": unreadable,
+    }
+
+
 def _quality_record(
     e1: np.ndarray,
     e2: np.ndarray,
@@ -594,18 +610,7 @@ def run_benchmarks(
         plot_dir = out / _slug(name) if out is not None else None
         rec: dict[str, Any] = {"name": name, "spec": b.spec, "kind": b.kind}
         if b.kind == "lfw":
-            pairs_file, images = b.paths
-            rec["benchmark"] = {
-                "kind": "lfw-pairs",
-                "pairs_file": str(pairs_file),
-                "pairs_sha256": file_sha256(pairs_file),
-                "images_dir": str(images),
-                "images_sha256": folder_checksum(images, [Path(p) for p in plan["unique_files"]]),
-                "images_checksum_rule": "sha256 of sorted 'relative path<TAB>size' lines of the images used",
-                "n_pairs": plan["n_pairs"],
-                "n_images": len(plan["unique_files"]),
-                "unreadable_images": failed_in(plan["unique_files"]),
-            }
+            rec["benchmark"] = _pairs_benchmark_info(b, plan, failed_in(plan["unique_files"]))
             v = verification_record(
                 rows(plan["p1"]),
                 rows(plan["p2"]),
@@ -618,17 +623,7 @@ def run_benchmarks(
             )
             rec.update(v)
         elif b.kind == "quality":
-            pairs_file, images = b.paths
-            rec["benchmark"] = {
-                "kind": "lfw-pairs",
-                "pairs_file": str(pairs_file),
-                "pairs_sha256": file_sha256(pairs_file),
-                "images_dir": str(images),
-                "images_sha256": folder_checksum(images, [Path(p) for p in plan["unique_files"]]),
-                "images_checksum_rule": "sha256 of sorted 'relative path<TAB>size' lines of the images used",
-                "n_pairs": plan["n_pairs"],
-                "unreadable_images": failed_in(plan["unique_files"]),
-            }
+            rec["benchmark"] = _pairs_benchmark_info(b, plan, failed_in(plan["unique_files"]))
             q1 = norms_all[[all_paths[p] for p in plan["p1"]]]
             q2 = norms_all[[all_paths[p] for p in plan["p2"]]]
             rec.update(
