@@ -44,6 +44,17 @@ class ColourEmbedder:
         }
 
 
+def _ring_pairs(root: Path, out: Path, n: int) -> tuple[Path, list[str]]:
+    """An LFW pairs file over the first ``n`` people of ``root``: image 1 vs 2 of each person (matched),
+    then each person's image 1 vs the next person's image 2 (mismatched, wrapping round)."""
+    people = sorted(p.name for p in root.iterdir() if p.is_dir())[:n]
+    lines = [str(n)]
+    lines += [f"{p}\t1\t2" for p in people]
+    lines += [f"{a}\t1\t{b}\t2" for a, b in itertools.pairwise([*people, people[0]])]
+    out.write_text("\n".join(lines) + "\n")
+    return out, people
+
+
 def _face(seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (112, 112, 3), dtype=np.uint8)
 
@@ -213,12 +224,7 @@ def test_cli_benchmarks_html_and_compare(lfw_small: Path, tmp_path: Path, monkey
 
     # registered for this test only
     monkeypatch.setitem(EMBEDDERS._items, "fake-colour", lambda source=None, **kw: ColourEmbedder())
-    people = sorted(p.name for p in lfw_small.iterdir() if p.is_dir())[:4]
-    lines = ["4"]
-    lines += [f"{n}\t1\t2" for n in people]
-    lines += [f"{a}\t1\t{b}\t2" for a, b in itertools.pairwise([*people, people[0]])]
-    pairs = tmp_path / "pairs.txt"
-    pairs.write_text("\n".join(lines) + "\n")
+    pairs, _ = _ring_pairs(lfw_small, tmp_path / "pairs.txt", 4)
     monkeypatch.setenv("FACEFORGE_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "cli"
     argv = ["eval", "--model", "fake-colour", "--pairs", str(pairs), "--images", str(lfw_small)]
@@ -259,12 +265,7 @@ def test_cli_benchmarks_html_and_compare(lfw_small: Path, tmp_path: Path, monkey
 def test_quality_benchmark_uses_embedding_norms(lfw_small: Path, tmp_path: Path) -> None:
     from faceforge.eval.allpairs import threshold_at_rate
 
-    people = sorted(p.name for p in lfw_small.iterdir() if p.is_dir())[:6]
-    lines = ["6"]
-    lines += [f"{n}\t1\t2" for n in people]
-    lines += [f"{a}\t1\t{b}\t2" for a, b in itertools.pairwise([*people, people[0]])]
-    pairs = tmp_path / "pairs.txt"
-    pairs.write_text("\n".join(lines) + "\n")
+    pairs, people = _ring_pairs(lfw_small, tmp_path / "pairs.txt", 6)
     emb = ColourEmbedder()
     res = run_benchmarks(emb, [f"quality:{pairs}:{lfw_small}"], tmp_path / "out", flip=False, progress=False)
     rec = res["benchmarks"]["quality:pairs"]

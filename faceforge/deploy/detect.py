@@ -90,6 +90,21 @@ def _check_rgb(image: np.ndarray) -> np.ndarray:
     return img
 
 
+def resize_for_search(image: np.ndarray, max_side: int, min_side: int = 0) -> tuple[np.ndarray, float, float]:
+    """The copy of ``image`` a detector searches: downscaled (area) so the long side is at most ``max_side``,
+    or upscaled (bicubic) so the short side reaches ``min_side`` (0: never), and the factors ``(sx, sy)``
+    that map its pixel coordinates back onto the original (the copy spans the original exactly)."""
+    h, w = image.shape[:2]
+    scale = min(1.0, max_side / max(h, w))
+    if min_side and min(h, w) < min_side:
+        scale = min(min_side / min(h, w), max_side / max(h, w))
+    if scale != 1.0:
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        interp = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_CUBIC
+        image = cv2.resize(image, size, interpolation=interp)
+    return image, w / image.shape[1], h / image.shape[0]
+
+
 class YuNetDetector:
     """``cv2.FaceDetectorYN`` on RGB images; images whose long side exceeds ``max_side`` are searched on a
     downscaled copy, images whose short side is below ``min_side`` on an upscaled (bicubic) copy, and the
@@ -141,24 +156,14 @@ class YuNetDetector:
         self._lock = threading.Lock()  # setInputSize + detect must not interleave between threads
 
     def __call__(self, image: np.ndarray) -> list[Detection]:
-        img = _check_rgb(image)
-        h, w = img.shape[:2]
-        scale = min(1.0, self.max_side / max(h, w))
-        if self.min_side and min(h, w) < self.min_side:
-            scale = min(self.min_side / min(h, w), self.max_side / max(h, w))
+        img, sx, sy = resize_for_search(_check_rgb(image), self.max_side, self.min_side)
         bgr = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
-        if scale != 1.0:
-            size = (max(1, round(w * scale)), max(1, round(h * scale)))
-            interp = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_CUBIC
-            bgr = cv2.resize(bgr, size, interpolation=interp)
         dh, dw = bgr.shape[:2]
         with self._lock:
             self._net.setInputSize((dw, dh))
             _, faces = self._net.detect(bgr)
         if faces is None:
             return []
-        # map back: the resized image spans the original exactly, so x scales by w/dw and y by h/dh
-        sx, sy = w / dw, h / dh
         dets = []
         for row in np.asarray(faces, dtype=np.float64):
             x, y, bw, bh = row[:4]

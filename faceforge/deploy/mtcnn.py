@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from faceforge.deploy.detect import DETECTORS, Detection, _check_rgb
+from faceforge.deploy.detect import DETECTORS, Detection, _check_rgb, resize_for_search
 from faceforge.deploy.model_files import find_model_dir
 
 
@@ -278,14 +278,7 @@ class MTCNNDetector:
         return boxes[order], prob[order], points[order]
 
     def __call__(self, image: np.ndarray) -> list[Detection]:
-        img = _check_rgb(image)
-        h, w = img.shape[:2]
-        scale = min(1.0, self.max_side / max(h, w))
-        if scale < 1.0:
-            img = cv2.resize(
-                img, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
-            )
-        sx, sy = w / img.shape[1], h / img.shape[0]
+        img, sx, sy = resize_for_search(_check_rgb(image), self.max_side)
         boxes, probs, points = self._stage3(img, self._stage2(img, self._stage1(img)))
         dets = []
         for box, p, pts in zip(boxes, probs, points, strict=True):

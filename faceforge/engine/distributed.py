@@ -80,14 +80,6 @@ def all_gather_cat(t: Tensor) -> Tensor:
     return torch.cat(parts)
 
 
-def broadcast_object(obj: object, src: int = 0) -> object:
-    if not current().enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
 class _GatherWithGrad(torch.autograd.Function):
     """Forward: concatenate every rank's [b, D] rows. Backward: sum the gradients of this rank's rows
     over all ranks (each rank's loss used every row), times ``grad_scale``."""

@@ -184,10 +184,11 @@ class ShardedCriterion(nn.Module):
             D.all_reduce(target)  # each row's target cosine lives on exactly one rank
             logits = self.head.apply_margin(cos, sub_labels, target_cos=target) * self.head.scale
             loss = _DistSoftmaxCE.apply(logits, sub_labels)
-            top1 = self._top1(cos.detach(), sub_labels, index)
+            top1 = self._top1(cos.detach(), sub_labels)
         return LossOutput(loss, top1)
 
-    def _top1(self, cos: Tensor, sub_labels: Tensor, index: Tensor | None) -> Tensor:
+    def _top1(self, cos: Tensor, sub_labels: Tensor) -> Tensor:
+        """Global top-1 of the margin-free cosines: a row is a hit on the rank holding its best class."""
         best = cos.max(dim=1)
         global_best = best.values.clone()
         D.all_reduce(global_best, D.dist.ReduceOp.MAX)
