@@ -24,7 +24,9 @@ def _add(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="SPEC",
-        help="repeatable: lfw:PAIRS:IMAGES | bin:FILE | allpairs:IMAGES[:MIN] | ident:IMAGES[:K[:MIN]]",
+        help="repeatable: lfw:PAIRS:IMAGES | bin:FILE | quality:PAIRS:IMAGES | allpairs:IMAGES[:MIN] | "
+        "ident:IMAGES[:K[:MIN]] | bias:IMAGES:LABELLER | fgnet:IMAGES | cacdvs:PAIRS:IMAGES | "
+        "agegap:PAIRS:IMAGES | ijb:DIR[:N0D1]",
     )
     p.add_argument("--pairs", help="LFW-format pairs file (same as --benchmark lfw:PAIRS:IMAGES)")
     p.add_argument("--images", help="folder of aligned faces, <name>/<name>_NNNN.<ext> (with --pairs)")
@@ -93,7 +95,8 @@ def _print_record(name: str, rec: dict[str, Any], flip: bool) -> None:
 
 @command(
     "eval",
-    "evaluate a model on benchmarks (pairs, .bin, all-pairs, identification, quality) or compare results",
+    "evaluate a model on benchmarks (pairs, .bin, all-pairs, identification, quality, bias, age, IJB) "
+    "or compare results",
 )(_add)
 def run(args: argparse.Namespace) -> int:
     from faceforge.eval.report_html import load_result, write_html_report

@@ -3,25 +3,21 @@
 Protocol (named in every result): insightface 10-fold accuracy on squared L2 distances of flip-summed,
 L2-normalised embeddings (thresholds 0:4:0.01, contiguous folds), plus the whole-ROC numbers on cosine
 similarity: AUC, EER and TAR at FAR 1e-3 and 1e-2 under both TAR rules. The scoring itself is
-:func:`faceforge.eval.benchmarks.verification_record`, shared with ``faceforge eval --benchmark lfw:...``;
+:func:`faceforge.eval.kinds.pairs.verification_record`, shared with ``faceforge eval --benchmark lfw:...``;
 this entry point embeds without the on-disk cache (used by the trainer, whose model changes every run).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
 from typing import Any
 
-from faceforge.eval.benchmarks import verification_record
 from faceforge.eval.embedding import embed_paths
+from faceforge.eval.kinds.base import file_sha256
+from faceforge.eval.kinds.pairs import verification_record
 from faceforge.eval.pairs import read_lfw_pairs, resolve_pairs
-
-
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def evaluate_pairs(

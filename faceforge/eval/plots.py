@@ -6,9 +6,11 @@ plots render on headless machines and in CI.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -18,9 +20,24 @@ import matplotlib.pyplot as plt
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["plot_roc", "plot_score_histogram"]
+__all__ = ["plot_cmc", "plot_erc", "plot_group_bars", "plot_roc", "plot_score_histogram", "saved_figure"]
 
 StrPath = str | os.PathLike[str]
+
+
+@contextlib.contextmanager
+def saved_figure(out_png: StrPath, figsize: tuple[float, float] = (6, 5)) -> Iterator[Any]:
+    """``with saved_figure(path) as ax:`` draw on ``ax``; on exit the figure is laid out, written to
+    ``path`` (parent folders created) and closed, also when drawing fails."""
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=figsize, dpi=100)
+    try:
+        yield ax
+        fig.tight_layout()
+        fig.savefig(out)
+    finally:
+        plt.close(fig)
 
 
 def plot_roc(
@@ -39,10 +56,7 @@ def plot_roc(
     Returns:
         The path written.
     """
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6, 5), dpi=100)
-    try:
+    with saved_figure(out_png) as ax:
         smallest = 1.0
         for label, (fpr, tpr) in curves.items():
             x = np.asarray(fpr, dtype=np.float64)
@@ -60,11 +74,7 @@ def plot_roc(
         ax.grid(True, which="both", linestyle=":", linewidth=0.5)
         if curves:
             ax.legend(loc="lower right")
-        fig.tight_layout()
-        fig.savefig(out)
-    finally:
-        plt.close(fig)
-    return out
+    return Path(out_png)
 
 
 def plot_score_histogram(
@@ -83,11 +93,8 @@ def plot_score_histogram(
     y = np.asarray(labels).astype(bool).ravel()
     if s.shape != y.shape:
         raise ValueError(f"{s.size} scores but {y.size} labels")
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
     edges = np.histogram_bin_edges(s, bins=bins) if s.size else bins
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    try:
+    with saved_figure(out_png, figsize=(6, 4)) as ax:
         for mask, name, color in ((y, "genuine", "tab:green"), (~y, "impostor", "tab:red")):
             if mask.any():
                 ax.hist(
@@ -102,11 +109,7 @@ def plot_score_histogram(
         ax.set_ylabel("density")
         ax.set_title(title)
         ax.legend(loc="upper left")
-        fig.tight_layout()
-        fig.savefig(out)
-    finally:
-        plt.close(fig)
-    return out
+    return Path(out_png)
 
 
 def plot_erc(
@@ -121,10 +124,7 @@ def plot_erc(
             (``None`` values are skipped).
         out_png: output file; parent directories are created.
     """
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6, 5), dpi=100)
-    try:
+    with saved_figure(out_png) as ax:
         for label, (x, y) in curves.items():
             xs = np.asarray(x, dtype=np.float64)
             ys = np.array([np.nan if v is None else v for v in y], dtype=np.float64)
@@ -135,8 +135,38 @@ def plot_erc(
         ax.grid(True, linestyle=":", linewidth=0.5)
         if curves:
             ax.legend(loc="upper right")
-        fig.tight_layout()
-        fig.savefig(out)
-    finally:
-        plt.close(fig)
-    return out
+    return Path(out_png)
+
+
+def plot_cmc(cmc: Sequence[float], out_png: StrPath, title: str = "CMC") -> Path:
+    """Cumulative match characteristic: identification rate against rank (log rank axis beyond 20)."""
+    with saved_figure(out_png, figsize=(6, 4)) as ax:
+        ranks = np.arange(1, len(cmc) + 1)
+        ax.plot(ranks, np.asarray(cmc, dtype=np.float64), marker="o", markersize=3, linewidth=1.5)
+        ax.set_xlabel("rank")
+        ax.set_ylabel("identification rate")
+        ax.set_ylim(0.0, 1.01)
+        if len(cmc) > 20:
+            ax.set_xscale("log")
+        ax.set_title(title)
+        ax.grid(True, which="both", linestyle=":", linewidth=0.5)
+    return Path(out_png)
+
+
+def plot_group_bars(
+    values: Mapping[str, float | None],
+    out_png: StrPath,
+    title: str,
+    ylabel: str,
+    reference: tuple[float, str] | None = None,
+) -> Path:
+    """One bar per group (``None`` drawn as 0), with an optional horizontal reference line."""
+    names = list(values)
+    with saved_figure(out_png, figsize=(6, 4)) as ax:
+        ax.bar(names, [values[k] or 0.0 for k in names], color="tab:red")
+        if reference is not None:
+            ax.axhline(reference[0], color="k", linestyle=":", label=reference[1])
+            ax.legend()
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+    return Path(out_png)

@@ -1,0 +1,188 @@
+"""What every benchmark kind shares: the spec, the run context, the kind interface and its registry.
+
+A kind (``lfw``, ``bin``, ``ijb``, ...) is a class registered in :data:`BENCHMARK_KINDS` that
+
+1. parses the arguments of its spec (``kind:ARG[:ARG...]``) into a :class:`BenchmarkSpec`;
+2. checks that its files exist (before any image is embedded);
+3. plans which aligned image files it needs, so all folder-based benchmarks of a run share one
+   embedding pass through the cache;
+4. runs its protocol on the embeddings and returns its record (``benchmark`` with checksums,
+   ``settings``, ``summary``, the protocol output and ``plots``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from faceforge.data.image_io import is_image_file
+from faceforge.registry import Registry
+
+__all__ = [
+    "BENCHMARK_KINDS",
+    "BenchmarkKind",
+    "BenchmarkSpec",
+    "BenchmarkSpecError",
+    "RunContext",
+    "file_sha256",
+    "flip_text",
+    "folder_checksum",
+    "list_identity_folder",
+]
+
+
+class BenchmarkKind:
+    """Base class of a benchmark kind; subclasses set ``name`` and ``usage`` and override the steps."""
+
+    name: ClassVar[str] = ""
+    usage: ClassVar[str] = ""
+
+    def parse(self, spec: str, rest: str) -> BenchmarkSpec:
+        raise NotImplementedError  # every registered kind overrides this
+
+    def check(self, b: BenchmarkSpec) -> None:
+        """Raise ``FileNotFoundError`` naming the spec and the missing file or folder."""
+
+    def plan(self, b: BenchmarkSpec, image_ext: str) -> dict[str, Any]:
+        """Read lists; ``unique_files`` are the aligned images to embed in the run's shared pass."""
+        return {"unique_files": []}
+
+    def run(
+        self, b: BenchmarkSpec, plan: dict[str, Any], ctx: RunContext, plot_dir: Path | None
+    ) -> dict[str, Any]:
+        raise NotImplementedError  # every registered kind overrides this
+
+
+BENCHMARK_KINDS: Registry[BenchmarkKind] = Registry("benchmark kind")
+
+
+def accepted_forms() -> str:
+    return "; ".join(BENCHMARK_KINDS.get(n)().usage for n in BENCHMARK_KINDS.ordered_names())
+
+
+class BenchmarkSpecError(ValueError):
+    """A benchmark spec that cannot be parsed; the message shows the accepted forms."""
+
+    def __init__(self, spec: str, reason: str) -> None:
+        super().__init__(f"bad benchmark spec {spec!r}: {reason} (accepted: {accepted_forms()})")
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    kind: str
+    paths: tuple[str, ...]
+    k: int = 1
+    min_images: int = 1
+    spec: str = ""
+    name: str = field(default="", compare=False)
+    options: tuple[tuple[str, str], ...] = ()
+
+    def option(self, key: str, default: str) -> str:
+        return dict(self.options).get(key, default)
+
+
+@dataclass
+class RunContext:
+    """What a kind's ``run`` may use: the model, the run's settings, and the shared embedding pass."""
+
+    embedder: Any
+    model: dict[str, Any]
+    flip: bool
+    n_folds: int
+    cache_dir: Any
+    batch_size: int
+    progress: bool
+    stats: dict[str, int]
+    name: str
+    rows: Callable[[Sequence[str]], np.ndarray]  # L2-normalised embeddings of planned files (NaN: unreadable)
+    norms: Callable[[Sequence[str]], np.ndarray]  # norms of the raw (flip-summed) embeddings
+    failed_in: Callable[[Sequence[str]], list[str]]  # unreadable files among these, with reasons
+
+    def preprocess_settings(self) -> dict[str, Any]:
+        pre = self.model.get("preprocess", {})
+        return {"flip": flip_text(self.flip), "alignment": pre.get("alignment"), "colour": pre.get("colour")}
+
+
+def flip_text(flip: bool) -> str:
+    return "sum of original and horizontal-flip embeddings" if flip else "none"
+
+
+def trailing_ints(parts: list[str], max_n: int, spec: str) -> tuple[list[str], list[int]]:
+    """Split off up to ``max_n`` trailing integer fields (paths themselves may contain ':')."""
+    nums: list[int] = []
+    while parts and len(nums) < max_n and len(parts) > 1 and parts[-1].strip().lstrip("-").isdigit():
+        nums.insert(0, int(parts.pop()))
+    for v in nums:
+        if v < 1:
+            raise BenchmarkSpecError(spec, f"numbers must be >= 1, got {v}")
+    return parts, nums
+
+
+def two_paths(kind: str, spec: str, rest: str, what: str) -> tuple[str, str]:
+    """``A:B`` where ``B`` (an image folder) may itself contain ':'."""
+    a, sep, b = rest.partition(":")
+    if not sep or not a or not b:
+        raise BenchmarkSpecError(spec, f"expected {kind}:{what}")
+    return a, b
+
+
+def require_file(b: BenchmarkSpec, path: str, what: str) -> None:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{b.spec}: {what} not found: {path}")
+
+
+def require_dir(b: BenchmarkSpec, path: str, what: str = "image folder") -> None:
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"{b.spec}: {what} not found: {path}")
+
+
+# --------------------------------------------------------------------------------------------
+# data checksums and folders
+# --------------------------------------------------------------------------------------------
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def list_identity_folder(root: str | Path, min_images: int = 1) -> tuple[list[Path], list[str], list[Path]]:
+    """Image files of ``root/<identity>/<file>`` (sorted), their identities, and every image found.
+
+    Identities with fewer than ``min_images`` images are left out of the first two lists.
+    """
+    root = Path(root)
+    files: list[Path] = []
+    labels: list[str] = []
+    every: list[Path] = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        imgs = sorted(f for f in d.iterdir() if f.is_file() and is_image_file(f))
+        every += imgs
+        if len(imgs) >= min_images:
+            files += imgs
+            labels += [d.name] * len(imgs)
+    if not files:
+        raise ValueError(f"no identity sub-folders with >= {min_images} images under {root}")
+    return files, labels, every
+
+
+def folder_checksum(root: str | Path, files: Sequence[Path]) -> str:
+    """sha256 of the sorted ``relative/path<TAB>size`` lines of ``files`` under ``root``."""
+    root = Path(root)
+    lines = sorted(f"{f.relative_to(root).as_posix()}\t{f.stat().st_size}" for f in files)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+CHECKSUM_RULE_USED = "sha256 of sorted 'relative path<TAB>size' lines of the images used"
+CHECKSUM_RULE_ALL = "sha256 of sorted 'relative path<TAB>size' lines of every image in the folder"
+
+
+def images_in(root: str | Path) -> list[Path]:
+    """Every image file under ``root`` (recursive, sorted)."""
+    return sorted(f for f in Path(root).rglob("*") if f.is_file() and is_image_file(f))

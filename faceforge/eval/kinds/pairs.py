@@ -1,0 +1,301 @@
+"""Pair-based kinds: ``lfw:PAIRS:IMAGES``, ``bin:FILE`` and ``quality:PAIRS:IMAGES``.
+
+* ``lfw`` - an LFW-format pairs file over a folder of aligned faces: insightface 10-fold accuracy on
+  squared L2 distances, VAL@FAR 1e-3, and the whole-ROC numbers on cosine similarity;
+* ``bin`` - an insightface ``.bin`` verification set (faces ``2i`` and ``2i+1`` form pair ``i``),
+  the same protocol as ``lfw``;
+* ``quality`` - error-versus-reject on an LFW-format pairs file: image quality is the L2 norm of the
+  raw (flip-summed) embedding, as MagFace reads it; pair quality is the smaller of the two; FNMR at
+  FMR 1e-1 and 1e-2 as the lowest-quality pairs are rejected, with the threshold fixed on all pairs
+  (ISO/IEC 29794-1) and re-set per reject level (MagFace / CR-FIQA), both named, with the area under
+  each curve (:func:`faceforge.eval.quality.erc`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from faceforge.data.binset import load_bin
+from faceforge.data.image_io import UnreadableImageError, decode_image_rgb
+from faceforge.eval.cache import cached_embed, member_key
+from faceforge.eval.kinds.base import (
+    BENCHMARK_KINDS,
+    CHECKSUM_RULE_USED,
+    BenchmarkKind,
+    BenchmarkSpec,
+    RunContext,
+    file_sha256,
+    flip_text,
+    folder_checksum,
+    require_dir,
+    require_file,
+    two_paths,
+)
+from faceforge.eval.pairs import read_lfw_pairs, resolve_pairs
+from faceforge.eval.plots import plot_erc, plot_roc, plot_score_histogram
+from faceforge.eval.roc import roc, summarize_verification
+from faceforge.eval.verification import kfold_accuracy, val_at_far
+
+__all__ = ["QUALITY_FMRS", "verification_record"]
+
+QUALITY_FMRS = (1e-1, 1e-2)
+
+
+def verification_record(
+    e1: np.ndarray,
+    e2: np.ndarray,
+    issame: np.ndarray,
+    model: dict[str, Any],
+    flip: bool,
+    n_folds: int = 10,
+    fars: tuple[float, ...] = (1e-3, 1e-2),
+    plot_dir: Path | None = None,
+    title: str = "",
+) -> dict[str, Any]:
+    """The pairs protocol of :func:`faceforge.eval.lfw_benchmark.evaluate_pairs` on given embeddings.
+
+    Pairs with an unreadable image (NaN rows) get zero embeddings (cosine 0) and are counted.
+    """
+    valid = ~(np.isnan(e1).any(1) | np.isnan(e2).any(1))
+    if not valid.all():
+        e1, e2 = np.nan_to_num(e1), np.nan_to_num(e2)
+    cos = np.sum(e1 * e2, axis=1)
+    dist = np.sum((e1 - e2) ** 2, axis=1)
+    kfold = kfold_accuracy(dist, issame, n_folds=n_folds)
+    val = val_at_far(dist, issame, far_target=1e-3, n_folds=n_folds)
+    summary = summarize_verification(cos, issame, fars=fars)
+    rec: dict[str, Any] = {
+        "settings": {
+            "protocol": kfold.rule,
+            "flip": flip_text(flip),
+            "normalisation": "L2 after flip-sum",
+            "distance": "squared L2 on normalised embeddings (= 2 - 2 cos)",
+            "roc_score": "cosine similarity",
+            "n_folds": n_folds,
+            "fold_split": "contiguous (KFold, no shuffle)",
+            "threshold_grid": kfold.grid.to_dict(),
+            "threshold_choice": "best accuracy on the other folds, smallest threshold on ties",
+            "tar_rules": {
+                "nearest": "ROC point with FPR closest to the target (insightface IJB)",
+                "conservative": "largest TPR with FPR <= target",
+            },
+            "alignment": model.get("preprocess", {}).get("alignment"),
+            "colour": model.get("preprocess", {}).get("colour"),
+        },
+        "verification": kfold.to_dict(),
+        "val_at_far": val.to_dict(),
+        "roc": summary,
+    }
+    rec["verification"]["pairs_with_unreadable_image"] = int((~valid).sum())
+    cons = summary["tar_at_far"]["conservative"]
+    rec["summary"] = {
+        "accuracy": kfold.mean,
+        "accuracy_std": kfold.std,
+        "val@far=1e-3": val.val_mean,
+        "auc": summary["auc"],
+        "eer": summary["eer"],
+        **{f"tar@far={k}": v["tar"] for k, v in cons.items()},
+    }
+    if plot_dir is not None:
+        fpr, tpr, _ = roc(cos, issame)
+        rec["plots"] = {
+            "roc": str(
+                plot_roc(
+                    {f"acc {kfold.mean * 100:.2f}%": (fpr, tpr)}, plot_dir / "roc.png", title=f"ROC: {title}"
+                )
+            ),
+            "scores": str(
+                plot_score_histogram(cos, issame, plot_dir / "scores.png", title=f"Cosine scores: {title}")
+            ),
+        }
+    return rec
+
+
+class _PairsFileKind(BenchmarkKind):
+    """``KIND:PAIRS:IMAGES``: an LFW-format pairs file over a folder of aligned faces."""
+
+    def parse(self, spec: str, rest: str) -> BenchmarkSpec:
+        pairs, images = two_paths(self.name, spec, rest, "PAIRS:IMAGES (a pairs file and an image folder)")
+        return BenchmarkSpec(self.name, (pairs, images), spec=spec, name=f"{self.name}:{Path(pairs).stem}")
+
+    def check(self, b: BenchmarkSpec) -> None:
+        require_file(b, b.paths[0], "pairs file")
+        require_dir(b, b.paths[1])
+
+    def plan(self, b: BenchmarkSpec, image_ext: str) -> dict[str, Any]:
+        pairs = read_lfw_pairs(b.paths[0])
+        p1, p2, issame = resolve_pairs(pairs, b.paths[1], ext=image_ext)
+        plan: dict[str, Any] = {
+            "p1": [str(p) for p in p1],
+            "p2": [str(p) for p in p2],
+            "issame": issame,
+            "n_pairs": len(pairs),
+        }
+        plan["unique_files"] = sorted(set(plan["p1"]) | set(plan["p2"]))
+        return plan
+
+    @staticmethod
+    def info(b: BenchmarkSpec, plan: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
+        """Dataset description with checksums."""
+        pairs_file, images = b.paths
+        return {
+            "kind": "lfw-pairs",
+            "pairs_file": str(pairs_file),
+            "pairs_sha256": file_sha256(pairs_file),
+            "images_dir": str(images),
+            "images_sha256": folder_checksum(images, [Path(p) for p in plan["unique_files"]]),
+            "images_checksum_rule": CHECKSUM_RULE_USED,
+            "n_pairs": plan["n_pairs"],
+            "n_images": len(plan["unique_files"]),
+            "unreadable_images": ctx.failed_in(plan["unique_files"]),
+        }
+
+
+@BENCHMARK_KINDS.register("lfw")
+class LfwPairsKind(_PairsFileKind):
+    name = "lfw"
+    usage = "lfw:PAIRS:IMAGES"
+
+    def run(
+        self, b: BenchmarkSpec, plan: dict[str, Any], ctx: RunContext, plot_dir: Path | None
+    ) -> dict[str, Any]:
+        rec = {"benchmark": self.info(b, plan, ctx)}
+        rec.update(
+            verification_record(
+                ctx.rows(plan["p1"]),
+                ctx.rows(plan["p2"]),
+                plan["issame"],
+                ctx.model,
+                ctx.flip,
+                ctx.n_folds,
+                plot_dir=plot_dir,
+                title=ctx.name,
+            )
+        )
+        return rec
+
+
+@BENCHMARK_KINDS.register("bin")
+class BinKind(BenchmarkKind):
+    name = "bin"
+    usage = "bin:FILE"
+
+    def parse(self, spec: str, rest: str) -> BenchmarkSpec:
+        return BenchmarkSpec("bin", (rest,), spec=spec, name=f"bin:{Path(rest).stem}")
+
+    def check(self, b: BenchmarkSpec) -> None:
+        require_file(b, b.paths[0], ".bin file")
+
+    def run(
+        self, b: BenchmarkSpec, plan: dict[str, Any], ctx: RunContext, plot_dir: Path | None
+    ) -> dict[str, Any]:
+        path = Path(b.paths[0])
+        sha = file_sha256(path)
+        blobs, issame_list = load_bin(path)
+        keys = [member_key(sha, i) for i in range(len(blobs))]
+
+        def load(i: int) -> tuple[str | None, Callable[[], tuple[np.ndarray | None, str]]]:
+            def decode() -> tuple[np.ndarray | None, str]:
+                where = f"{path}[image {i}]"
+                try:
+                    return decode_image_rgb(blobs[i], where), where
+                except UnreadableImageError as exc:
+                    return None, f"{exc.path}: {exc.reason}"
+
+            return keys[i], decode
+
+        emb, failed = cached_embed(
+            ctx.embedder,
+            len(blobs),
+            keys,
+            load,
+            flip=ctx.flip,
+            cache_dir=ctx.cache_dir,
+            batch_size=ctx.batch_size,
+            progress=ctx.progress,
+            stats=ctx.stats,
+        )
+        issame = np.asarray(issame_list, dtype=bool)
+        rec: dict[str, Any] = {
+            "benchmark": {
+                "kind": "insightface-bin",
+                "bin_file": str(path),
+                "bin_sha256": sha,
+                "n_pairs": int(issame.size),
+                "n_images": len(emb),
+                "unreadable_images": failed,
+            }
+        }
+        rec.update(
+            verification_record(
+                emb[0::2],
+                emb[1::2],
+                issame,
+                ctx.model,
+                ctx.flip,
+                ctx.n_folds,
+                plot_dir=plot_dir,
+                title=ctx.name,
+            )
+        )
+        return rec
+
+
+@BENCHMARK_KINDS.register("quality")
+class QualityKind(_PairsFileKind):
+    name = "quality"
+    usage = "quality:PAIRS:IMAGES"
+
+    def run(
+        self, b: BenchmarkSpec, plan: dict[str, Any], ctx: RunContext, plot_dir: Path | None
+    ) -> dict[str, Any]:
+        from faceforge.eval.quality import erc
+
+        e1, e2 = ctx.rows(plan["p1"]), ctx.rows(plan["p2"])
+        q1, q2 = ctx.norms(plan["p1"]), ctx.norms(plan["p2"])
+        ok = ~(np.isnan(e1).any(1) | np.isnan(e2).any(1))
+        cos = np.sum(e1[ok] * e2[ok], axis=1)
+        y = np.asarray(plan["issame"], dtype=bool)[ok]
+        res = {
+            mode: erc(cos, y, q1[ok], q2[ok], fmrs=QUALITY_FMRS, mode=mode)
+            for mode in ("fixed", "recomputed")
+        }
+        key = f"{QUALITY_FMRS[-1]:g}"
+        summary: dict[str, Any] = {}
+        for mode, r in res.items():
+            fnmr = r["curves"][key]["fnmr"]
+            i20 = int(np.argmin(np.abs(np.asarray(r["reject_fractions"]) - 0.2)))
+            summary[f"fnmr@fmr={key} reject 0 ({mode})"] = fnmr[0]
+            summary[f"fnmr@fmr={key} reject 20% ({mode})"] = fnmr[i20]
+            summary[f"area_under_erc@fmr={key} ({mode})"] = r["area_under_erc"][key]
+        rec: dict[str, Any] = {
+            "benchmark": self.info(b, plan, ctx),
+            "quality": res,
+            "summary": summary,
+            "pairs_with_unreadable_image": int((~ok).sum()),
+            "settings": {
+                "protocol": "error-versus-reject",
+                "quality": "L2 norm of the raw embedding (flip sum when flip is on)",
+                "pair_quality": "min of the two images",
+                "score": "cosine similarity",
+                "fmrs": list(QUALITY_FMRS),
+                "threshold_modes": {
+                    "fixed": "threshold set once on all pairs (ISO/IEC 29794-1)",
+                    "recomputed": "threshold re-set on the remaining pairs per reject level (MagFace, CR-FIQA)",
+                },
+                **ctx.preprocess_settings(),
+                "unreadable_images": "pairs left out",
+            },
+        }
+        if plot_dir is not None:
+            curves = {
+                f"FMR {f} ({mode})": (r["reject_fractions"], r["curves"][f]["fnmr"])
+                for mode, r in res.items()
+                for f in r["curves"]
+            }
+            rec["plots"] = {"erc": str(plot_erc(curves, plot_dir / "erc.png", title=f"ERC: {ctx.name}"))}
+        return rec
