@@ -94,6 +94,9 @@ class OptimConfig:
 class EvalConfig:
     pairs: str | None = None  # LFW-format pairs file evaluated after training
     images: str | None = None  # aligned images for the pairs (default: data.root)
+    # more benchmarks, as 'faceforge eval --benchmark' specs (lfw:PAIRS:IMAGES, bin:FILE, allpairs:IMAGES,
+    # ident:IMAGES:K:MIN, ijb:DIR, ...); their summary numbers go to tensorboard as eval/<name>/<number>
+    benchmarks: list[str] = field(default_factory=list)
     flip: bool = True
     every_epochs: int = 0  # also evaluate every N epochs (0: only at the end)
     batch_size: int = 128

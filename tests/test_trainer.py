@@ -131,3 +131,31 @@ def test_gradient_accumulation_and_its_bad_settings(lfw_small: Path, tmp_path: P
         Trainer(_cfg(lfw_small, tmp_path / "bad", *common, "optim.accumulate_steps=3"))
     with pytest.raises(ValueError, match="gradient_checkpointing"):
         Trainer(_cfg(lfw_small, tmp_path / "gc", *common, "run.gradient_checkpointing=true"))
+
+
+def test_periodic_evaluation_on_several_benchmarks(lfw_small: Path, tmp_path: Path) -> None:
+    """eval.benchmarks run every epoch and at the end; each summary number reaches tensorboard."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    lf = _list_file(lfw_small, tmp_path / "train.txt", per_person=4, people=8)
+    cfg = _cfg(
+        lfw_small,
+        tmp_path / "run",
+        f"data.list_file={lf}",
+        "data.batch_size=16",
+        "optim.epochs=2",
+        "eval.every_epochs=1",
+        f"eval.benchmarks=[allpairs:{lfw_small}:2,ident:{lfw_small}:1:2]",
+    )
+    report = Trainer(cfg).fit()
+    final = report["eval"]["benchmarks"]
+    name_all, name_id = f"allpairs:{lfw_small.name}", f"ident:{lfw_small.name}"
+    assert 0.0 <= final[name_all]["auc"] <= 1.0 and 0.0 <= final[name_id]["rank-1"] <= 1.0
+    assert (tmp_path / "run" / "eval_epoch1" / "benchmarks" / "result.json").is_file()
+    acc = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    auc = acc.Scalars(f"eval/{name_all}/auc")
+    assert [e.step for e in auc] == [2, 4]  # after epoch 1 (2 steps) and at the end
+    assert f"eval/{name_id}/rank-1" in tags
+    assert auc[-1].value == pytest.approx(final[name_all]["auc"])

@@ -441,7 +441,7 @@ class Trainer:
             self.progress.step_in_epoch = 0
             self.save()
             if (
-                cfg.eval.pairs
+                (cfg.eval.pairs or cfg.eval.benchmarks)
                 and cfg.eval.every_epochs
                 and self.progress.epoch % cfg.eval.every_epochs == 0
                 and self.progress.epoch < cfg.optim.epochs
@@ -477,7 +477,7 @@ class Trainer:
         if not stopped_early:
             model_path = self.save("model.pt", full=False)
             report["model"] = str(model_path)
-            if cfg.eval.pairs:
+            if cfg.eval.pairs or cfg.eval.benchmarks:
                 report["eval"] = self.evaluate(tag="final")
         if main:
             (self.run_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
@@ -492,28 +492,55 @@ class Trainer:
         return report
 
     def evaluate(self, tag: str) -> dict[str, Any]:
+        """Evaluate the consolidated model on ``eval.pairs`` and every ``eval.benchmarks`` spec (rank 0).
+
+        Returns the pairs result (as :func:`faceforge.eval.lfw_benchmark.evaluate_pairs`) with, when
+        benchmarks are configured, ``benchmarks``: ``{name: summary}``; every summary number is logged
+        to tensorboard as ``eval/<benchmark name>/<number name>``.
+        """
         from faceforge.embedders.checkpoint import CheckpointEmbedder
-        from faceforge.eval.lfw_benchmark import evaluate_pairs
 
         path = self.save(f"eval_{tag}.pt", full=False) if tag != "final" else self.ckpt_dir / "model.pt"
         if not self.dist.is_main:  # rank 0 evaluates the consolidated model; the others wait
             D.barrier()
             return {}
         embedder = CheckpointEmbedder(path, device=str(self.device), batch_size=self.cfg.eval.batch_size)
-        images = self.cfg.eval.images or self.cfg.data.root
-        result = evaluate_pairs(
-            embedder,
-            self.cfg.eval.pairs,
-            images,
-            out_dir=self.run_dir / f"eval_{tag}",
-            flip=self.cfg.eval.flip,
-            progress=self.cfg.run.progress,
-        )
-        acc = result["verification"]["accuracy_mean"]
-        self.writer.add_scalar("eval/pairs_accuracy", acc, self.progress.global_step)
+        step = self.progress.global_step
+        result: dict[str, Any] = {}
+        if self.cfg.eval.pairs:
+            from faceforge.eval.lfw_benchmark import evaluate_pairs
+
+            result = evaluate_pairs(
+                embedder,
+                self.cfg.eval.pairs,
+                self.cfg.eval.images or self.cfg.data.root,
+                out_dir=self.run_dir / f"eval_{tag}",
+                flip=self.cfg.eval.flip,
+                progress=self.cfg.run.progress,
+            )
+            acc = result["verification"]["accuracy_mean"]
+            self.writer.add_scalar("eval/pairs_accuracy", acc, step)
+            if not math.isnan(acc):
+                log.info("%s: pairs accuracy %.4f", tag, acc)
+        if self.cfg.eval.benchmarks:
+            from faceforge.eval.benchmarks import run_benchmarks
+
+            run = run_benchmarks(
+                embedder,
+                list(self.cfg.eval.benchmarks),
+                out_dir=self.run_dir / f"eval_{tag}" / "benchmarks",
+                cache_dir=None,  # the model changes every evaluation
+                flip=self.cfg.eval.flip,
+                batch_size=self.cfg.eval.batch_size,
+                progress=self.cfg.run.progress,
+            )
+            result["benchmarks"] = {name: rec["summary"] for name, rec in run["benchmarks"].items()}
+            for name, summary in result["benchmarks"].items():
+                for key, value in summary.items():
+                    if isinstance(value, int | float) and math.isfinite(value):
+                        self.writer.add_scalar(f"eval/{name}/{key}", value, step)
+                log.info("%s: %s %s", tag, name, {k: v for k, v in summary.items() if v is not None})
         if tag != "final":
             path.unlink(missing_ok=True)
-        if not math.isnan(acc):
-            log.info("%s: pairs accuracy %.4f", tag, acc)
         D.barrier()
         return result
