@@ -11,6 +11,7 @@ signature.
 from __future__ import annotations
 
 import inspect
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -103,6 +104,32 @@ class EvalConfig:
 
 
 @dataclass
+class TeacherConfig:
+    model: str = "???"  # an embedder: a faceforge checkpoint (.pt), an ONNX file (.onnx) or dlib
+    name: str | None = None  # label in logs and reports (default teacher<i>)
+    flip: bool = False  # teacher target = embedding of the face plus its mirror image (2x teacher time)
+    options: dict[str, Any] = field(default_factory=dict)  # extra embedder arguments (e.g. device)
+
+
+@dataclass
+class DistillConfig:
+    """Knowledge distillation (faceforge.distill.engine); ``method: null`` trains with the head alone."""
+
+    method: str | None = None  # feature_l2 | cosine | rkd | sp | ekd | liaad | ddl
+    weight: float = 1.0  # total loss = margin loss + weight * distillation loss
+    options: dict[str, Any] = field(default_factory=dict)  # arguments of the objective (see its docstring)
+    teachers: list[TeacherConfig] = field(default_factory=list)
+    cache_dir: str | None = None  # teacher-embedding cache (default: the eval cache); "none" disables it
+    projection: str = "auto"  # auto | linear | none: learned student->teacher map for feature losses, liaad
+    unlabelled_root: str | None = None  # aligned faces without identities, used by the distillation term only
+    balanced_k: int = 4  # ekd: images per identity in the identity-balanced half of each batch
+    hard: dict[str, Any] = field(
+        default_factory=lambda: {"lowres": {"min_scale": 0.15, "max_scale": 0.4, "p": 1.0}}
+    )  # ddl: augmentations (by name) that turn each easy image into its hard twin
+    hard_margin: bool = True  # ddl: the margin loss also trains on the hard branch
+
+
+@dataclass
 class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
     model: dict[str, Any] = field(default_factory=lambda: {"name": "mobilefacenet"})
@@ -110,6 +137,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 def _resolve_config_path(config: str) -> tuple[Path, str]:
@@ -126,7 +154,7 @@ def _resolve_config_path(config: str) -> tuple[Path, str]:
     raise ConfigError(f"no config '{config}': give a .yaml path or one of the packaged configs {names}")
 
 
-GROUPS = ("model", "head", "data", "optim")
+GROUPS = ("model", "head", "data", "optim", "method")
 
 
 def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
@@ -152,15 +180,27 @@ def compose_config(config: str, overrides: list[str] | None = None) -> DictConfi
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(f"cannot compose config '{config}': {exc}") from None
     raw = OmegaConf.masked_copy(raw, [k for k in raw if k != "hydra"]) if "hydra" in raw else raw
+    # keys through a list element (distill.teachers.1.model=...) cannot be merged as a dotlist config
+    # (a dict would meet a list): they are applied one by one after the merge
+    indexed = [ov for ov in key_overrides if any(p.isdigit() for p in ov.partition("=")[0].split("."))]
+    plain = [ov for ov in key_overrides if ov not in indexed]
     try:
-        dotlist = OmegaConf.from_dotlist(key_overrides)
+        dotlist = OmegaConf.from_dotlist(plain)
+        updates = [
+            (ov.partition("=")[0], OmegaConf.from_dotlist([f"v={ov.partition('=')[2]}"]).v) for ov in indexed
+        ]
     except OmegaConfBaseException as exc:
         raise ConfigError(f"cannot parse overrides {key_overrides}: {exc}") from None
-    return validate_config(raw, dotlist)
+    return validate_config(raw, dotlist, updates=updates)
 
 
-def validate_config(raw: DictConfig | dict, *more: DictConfig | dict) -> DictConfig:
-    """Merge into the schema (unknown keys, wrong types -> ConfigError) and check model/head arguments."""
+def validate_config(
+    raw: DictConfig | dict, *more: DictConfig | dict, updates: list[tuple[str, Any]] | None = None
+) -> DictConfig:
+    """Merge into the schema (unknown keys, wrong types -> ConfigError) and check model/head arguments.
+
+    ``updates``: ``(dotted key, value)`` pairs set after the merge (keys that index into lists).
+    """
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), raw)
         # model/head/augment take the arguments of the constructor chosen by name: open them here and
@@ -168,13 +208,18 @@ def validate_config(raw: DictConfig | dict, *more: DictConfig | dict) -> DictCon
         with open_dict(cfg.model), open_dict(cfg.head), open_dict(cfg.data.augment):
             for extra in more:
                 cfg.merge_with(extra)
+            for key, value in updates or []:
+                if OmegaConf.select(cfg, key.rpartition(".")[0], default=None) is None:
+                    raise ConfigError(f"override {key}={value}: there is no {key.rpartition('.')[0]} to set")
+                OmegaConf.update(cfg, key, value, merge=True)
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None)
         raise ConfigError(
             f"invalid config{f' at {key}' if key else ''}: {exc.msg if hasattr(exc, 'msg') else exc}"
         ) from None
-    missing = sorted(OmegaConf.missing_keys(cfg))
+    # list elements as the command line writes them: distill.teachers.1.model, not distill.teachers[1].model
+    missing = sorted(re.sub(r"\[(\d+)\]", r".\1", k) for k in OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(
             f"config value(s) {missing} must be set, e.g. on the command line: {missing[0]}=..."

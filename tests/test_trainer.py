@@ -135,9 +135,16 @@ def test_gradient_accumulation_and_its_bad_settings(lfw_small: Path, tmp_path: P
 
 def test_periodic_evaluation_on_several_benchmarks(lfw_small: Path, tmp_path: Path) -> None:
     """eval.benchmarks run every epoch and at the end; each summary number reaches tensorboard."""
+    import shutil
+
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     lf = _list_file(lfw_small, tmp_path / "train.txt", per_person=4, people=8)
+    held_out = tmp_path / "held_out"  # 4 images of each of the 4 people not trained on
+    for person in sorted(p for p in lfw_small.iterdir() if p.is_dir())[8:]:
+        (held_out / person.name).mkdir(parents=True)
+        for f in sorted(person.glob("*.jpg"))[:4]:
+            shutil.copy(f, held_out / person.name / f.name)
     cfg = _cfg(
         lfw_small,
         tmp_path / "run",
@@ -145,11 +152,11 @@ def test_periodic_evaluation_on_several_benchmarks(lfw_small: Path, tmp_path: Pa
         "data.batch_size=16",
         "optim.epochs=2",
         "eval.every_epochs=1",
-        f"eval.benchmarks=[allpairs:{lfw_small}:2,ident:{lfw_small}:1:2]",
+        f"eval.benchmarks=[allpairs:{held_out}:2,ident:{held_out}:1:2]",
     )
     report = Trainer(cfg).fit()
     final = report["eval"]["benchmarks"]
-    name_all, name_id = f"allpairs:{lfw_small.name}", f"ident:{lfw_small.name}"
+    name_all, name_id = "allpairs:held_out", "ident:held_out"
     assert 0.0 <= final[name_all]["auc"] <= 1.0 and 0.0 <= final[name_id]["rank-1"] <= 1.0
     assert (tmp_path / "run" / "eval_epoch1" / "benchmarks" / "result.json").is_file()
     acc = EventAccumulator(str(tmp_path / "run" / "tensorboard"))

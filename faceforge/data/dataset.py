@@ -84,6 +84,14 @@ class FaceDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def image(self, index: int) -> np.ndarray:
+        """The aligned face of ``index`` without augmentation (raises ``UnreadableImageError``)."""
+        if self._cache is not None:
+            if not self._ok[index]:
+                raise UnreadableImageError(self.samples.paths[index], "unreadable (see the preload report)")
+            return self._cache[index]
+        return self._load(index)
+
     def __len__(self) -> int:
         return len(self.samples)
 

@@ -29,6 +29,7 @@ from faceforge.config import HEAD_LAYOUT_KEYS, to_dict
 from faceforge.data.build import build_dataset
 from faceforge.data.dataset import ResumableSampler, collate_faces
 from faceforge.data.preprocess import Preprocess
+from faceforge.distill.engine import Distillation, StepInputs
 from faceforge.engine import distributed as D
 from faceforge.engine.checkpoint import (
     FORMAT,
@@ -43,7 +44,7 @@ from faceforge.engine.precision import autocast, make_scaler, resolve_device, re
 from faceforge.engine.schedule import ScheduleSpec, learning_rate
 from faceforge.models.backbones import build_backbone
 from faceforge.models.heads import build_head
-from faceforge.models.heads.criterion import LocalCriterion, ShardedCriterion, shard_range
+from faceforge.models.heads.criterion import LocalCriterion, LossOutput, ShardedCriterion, shard_range
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +81,33 @@ class Trainer:
         # any data.format (folder, list, rec, tfr_index): a FaceDataset and the Samples describing it
         self.dataset, self.samples = build_dataset(cfg.data, seed=cfg.run.seed, progress=cfg.run.progress)
         self.preprocess = Preprocess(input_size=cfg.data.image_size)
+        # labels of every dataset row: the labelled samples, then unlabelled faces (-1) for distillation
+        self.labels_all = self.samples.labels
+        if cfg.distill.method:
+            self._join_unlabelled()
+        self.distill: Distillation | None = None
+        self.batch_sampler = None
+        if cfg.distill.method:
+            self.batch_sampler = Distillation.batch_sampler_for(
+                cfg.distill.method,
+                int(cfg.distill.balanced_k),
+                self.labels_all,
+                cfg.data.batch_size,
+                cfg.run.seed,
+                self.dist.rank,
+                self.dist.world_size,
+            )
         self.sampler = ResumableSampler(
-            len(self.samples), seed=cfg.run.seed, rank=self.dist.rank, world_size=self.dist.world_size
+            len(self.dataset), seed=cfg.run.seed, rank=self.dist.rank, world_size=self.dist.world_size
         )
-        self.steps_per_epoch = len(self.sampler) // cfg.data.batch_size
+        if self.batch_sampler is not None:
+            self.steps_per_epoch = len(self.batch_sampler)
+        else:
+            self.steps_per_epoch = len(self.sampler) // cfg.data.batch_size
         if self.steps_per_epoch == 0:
             raise ValueError(
                 f"data.batch_size={cfg.data.batch_size} (per rank) is larger than the {len(self.sampler)} "
-                f"training images this rank gets ({len(self.samples)} over {self.dist.world_size} ranks)"
+                f"training images this rank gets ({len(self.dataset)} over {self.dist.world_size} ranks)"
             )
         self.total_steps = self.steps_per_epoch * cfg.optim.epochs
 
@@ -138,7 +158,10 @@ class Trainer:
                 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
                 self.model.register_comm_hook(None, default_hooks.fp16_compress_hook)
-        self.optimizer = build_optimizer([self.backbone, self.head], cfg.optim)
+        if cfg.distill.method:
+            self._build_distillation()
+        trained = [self.backbone, self.head] + ([self.distill] if self.distill is not None else [])
+        self.optimizer = build_optimizer(trained, cfg.optim)
         self.schedule = ScheduleSpec(
             base_lr=cfg.optim.lr,
             total_steps=self.total_steps,
@@ -154,6 +177,64 @@ class Trainer:
         self.progress = Progress()
         self._writer = None
 
+    # ---------------------------------------------------------------------------------------- distillation
+    def _join_unlabelled(self) -> None:
+        """``distill.unlabelled_root``: aligned faces without identities join the data with label -1."""
+        cfg = self.cfg
+        root = cfg.distill.unlabelled_root
+        if not root:
+            return
+        if cfg.distill.method in ("ddl", "ekd"):
+            raise ValueError(
+                f"distill.method={cfg.distill.method} needs identity labels: remove distill.unlabelled_root"
+            )
+        if self.sharded_requested():
+            raise ValueError(
+                "distill.unlabelled_root needs a replicated head (head.sharded=false, sample_rate=1)"
+            )
+        import numpy as np
+
+        from faceforge.data.dataset import FaceDataset
+        from faceforge.data.samples import Samples
+        from faceforge.distill.engine import JoinedFaces, scan_unlabelled
+
+        files = scan_unlabelled(root)
+        extra = FaceDataset(
+            Samples(files, np.zeros(len(files), dtype=np.int64), ["unlabelled"]),
+            augment=self.dataset.augment,
+            seed=cfg.run.seed,
+            image_size=cfg.data.image_size,
+            preload=cfg.data.preload,
+            progress=cfg.run.progress,
+        )
+        self.dataset = JoinedFaces(self.dataset, extra)
+        self.labels_all = np.concatenate([self.samples.labels, np.full(len(files), -1, dtype=np.int64)])
+        log.info("distillation: %d unlabelled faces from %s join the training data", len(files), root)
+
+    def sharded_requested(self) -> bool:
+        return bool(self.cfg.head.get("sharded", False)) or float(self.cfg.head.get("sample_rate", 1.0)) < 1.0
+
+    def _build_distillation(self) -> None:
+        cfg = self.cfg
+        if cfg.distill.method in ("ddl", "ekd") and self.accumulate != 1:
+            raise ValueError(
+                f"distill.method={cfg.distill.method} builds structured batches: set optim.accumulate_steps=1"
+            )
+        # rank 0 fills the teacher cache first; the other ranks then read it
+        if self.dist.enabled and not self.dist.is_main:
+            D.barrier()
+        self.distill = Distillation(
+            cfg.distill,
+            student_dim=self.embedding_size,
+            labels=self.labels_all,
+            num_classes=self.samples.num_classes,
+            dataset=self.dataset,
+            seed=cfg.run.seed,
+            progress=cfg.run.progress and self.dist.is_main,
+        ).to(self.device)
+        if self.dist.enabled and self.dist.is_main:
+            D.barrier()
+
     # ----------------------------------------------------------------------------------------- checkpoints
     def meta(self) -> dict[str, Any]:
         return {
@@ -161,6 +242,7 @@ class Trainer:
             "embedding_size": self.embedding_size,
             "preprocess": self.preprocess.to_dict(),
             "head": {"name": self.cfg.head.name, "num_classes": self.samples.num_classes},
+            "distill": self.distill.describe() if self.distill is not None else None,
             "train_config": to_dict(self.cfg),
             "faceforge_version": faceforge.__version__,
             "torch_version": str(torch.__version__),
@@ -173,6 +255,7 @@ class Trainer:
             "meta": self.meta(),
             "backbone": self.backbone.state_dict(),
             "head": self.criterion.full_state_dict(),
+            "distill": self.distill.state_dict() if self.distill is not None else None,
             "progress": {
                 "epoch": self.progress.epoch,
                 "step_in_epoch": self.progress.step_in_epoch,
@@ -229,6 +312,12 @@ class Trainer:
             raise ValueError(f"{path} holds model weights only; resume needs a training checkpoint (last.pt)")
         self.backbone.load_state_dict(ckpt["backbone"])
         self.criterion.load_full_state_dict(ckpt["head"])
+        if self.distill is not None:
+            if not ckpt.get("distill"):
+                raise ValueError(
+                    f"{path} was trained without distillation; it cannot resume a distillation run"
+                )
+            self.distill.load_state_dict(ckpt["distill"])
         self._load_optimizer_state(ckpt["optimizer"])
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
@@ -250,48 +339,84 @@ class Trainer:
 
     def _loader(self) -> DataLoader:
         workers = self.cfg.data.num_workers
+        batching: dict[str, Any] = (
+            {"batch_sampler": self.batch_sampler}
+            if self.batch_sampler is not None
+            else {"batch_size": self.cfg.data.batch_size, "sampler": self.sampler, "drop_last": True}
+        )
         return DataLoader(
             self.dataset,
-            batch_size=self.cfg.data.batch_size,
-            sampler=self.sampler,
             num_workers=workers,
             collate_fn=collate_faces,
-            drop_last=True,
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
             prefetch_factor=4 if workers > 0 else None,
+            **batching,
         )
 
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    def _set_epoch(self, epoch: int, step_in_epoch: int) -> None:
+        if self.batch_sampler is not None:
+            self.batch_sampler.set_epoch(epoch, start_batch=step_in_epoch)
+        else:
+            self.sampler.set_epoch(epoch, start=step_in_epoch * self.cfg.data.batch_size)
+
+    def train_step(
+        self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None
+    ) -> tuple[float, float]:
+        """One optimiser step on a uint8 batch; returns the (global-batch mean) margin loss and top-1.
+
+        With distillation, ``indices`` (dataset rows) select the teacher targets; the distillation
+        term's numbers are kept in ``self.last_distill_logs``.
+        """
         lr = learning_rate(self.progress.global_step, self.schedule)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        extra_images = None
+        if self.distill is not None:
+            if indices is None:
+                raise ValueError("distillation needs the dataset indices of the batch")
+            self.distill.step_counter = self.progress.global_step
+            extra_images = self.distill.extra_images(images, indices)
         x = self.preprocess(images, self.device)
+        x_extra = self.preprocess(extra_images, self.device) if extra_images is not None else None
         labels = labels.to(self.device, non_blocking=True)
+        idx = indices if indices is not None else torch.arange(len(labels))
         self.backbone.train()
         self.head.train()
+        if self.distill is not None:
+            self.distill.train()
         self.optimizer.zero_grad(set_to_none=True)
         k = self.accumulate
         logged = torch.zeros(2, device=self.device)
-        for i, (xs, ys) in enumerate(zip(x.chunk(k), labels.chunk(k), strict=True)):
+        self.last_distill_logs: dict[str, float] = {}
+        chunks = zip(x.chunk(k), labels.chunk(k), idx.chunk(k), strict=True)
+        for i, (xs, ys, ids) in enumerate(chunks):
             last = i == k - 1
             # DDP all-reduces backbone gradients only on the last micro-batch
             sync = contextlib.nullcontext() if last or not self.dist.enabled else self.model.no_sync()
             with sync:
+                # DDL's hard twins go through the same forward pass as the batch (one DDP forward per step)
                 with autocast(self.device, self.precision):
-                    emb = self.model(xs)
-                out = self.criterion(emb.float(), ys)
-                loss = out.loss / k
+                    emb = self.model(xs if x_extra is None else torch.cat([xs, x_extra]))
+                emb = emb.float()
+                emb, extra_emb = (emb, None) if x_extra is None else (emb[: len(xs)], emb[len(xs) :])
+                if self.distill is None:
+                    out = self.criterion(emb, ys)
+                    total = out.loss
+                else:
+                    out, total = self._distill_losses(emb, extra_emb, ys, ids, k)
+                loss = total / k
                 # logged loss and accuracy are global-batch means (a local head's are averaged over ranks)
                 part = torch.stack([out.loss.detach(), out.top1.to(out.loss.device)]).float()
                 if not self.sharded:
                     D.all_reduce(part).div_(self.dist.world_size)
                 logged += part / k
-                if not torch.isfinite(part[0]):
+                if not torch.isfinite(part[0]) or not torch.isfinite(total.detach()):
                     raise NonFiniteLossError(
-                        f"loss is {part[0].item()} at step {self.progress.global_step} (lr {lr:.4g}, "
-                        f"precision {self.precision}); lower optim.lr, raise optim.warmup_epochs, or use "
-                        f"run.precision=fp32. The last good checkpoint is {self.ckpt_dir / 'last.pt'}"
+                        f"loss is {part[0].item()} (total with distillation {total.item()}) at step "
+                        f"{self.progress.global_step} (lr {lr:.4g}, precision {self.precision}); lower optim.lr, "
+                        f"raise optim.warmup_epochs, lower distill.weight, or use run.precision=fp32. The last "
+                        f"good checkpoint is {self.ckpt_dir / 'last.pt'}"
                     )
                 if self.scaler is not None:
                     self.scaler.scale(loss).backward()
@@ -309,11 +434,42 @@ class Trainer:
             self.optimizer.step()
         return float(logged[0]), float(logged[1])
 
+    def _distill_losses(
+        self,
+        emb: torch.Tensor,
+        extra: torch.Tensor | None,
+        labels: torch.Tensor,
+        indices: torch.Tensor,
+        k: int,
+    ) -> tuple[LossOutput, torch.Tensor]:
+        """Margin loss on the rows the method trains the head with, plus the distillation term."""
+        assert self.distill is not None
+        rows = self.distill.margin_rows(len(labels), labels)
+        if bool(rows.all()):
+            out = self.criterion(emb, labels)
+        elif bool(rows.any()):
+            out = self.criterion(emb[rows], labels[rows])
+        else:  # a batch of unlabelled faces only
+            out = LossOutput(emb.sum() * 0.0, torch.zeros((), device=emb.device))
+        kd = self.distill(StepInputs(emb, labels, indices, extra, margin=self.criterion))
+        total = out.loss + kd.loss
+        logs = {"distill_loss": float(kd.loss.detach()), **(kd.logs or {})}
+        if kd.extra_margin is not None:
+            total = total + kd.extra_margin
+            logs["hard_margin_loss"] = float(kd.extra_margin.detach())
+        for key, v in logs.items():
+            self.last_distill_logs[key] = self.last_distill_logs.get(key, 0.0) + v / k
+        return out, total
+
     def _sync_head_grads(self) -> None:
-        """A replicated (non-sharded) head is not inside DDP: average its gradients over ranks here."""
-        if self.sharded or not self.dist.enabled:
+        """A replicated (non-sharded) head and the distillation parameters (projections) are not inside DDP:
+        average their gradients over ranks here."""
+        if not self.dist.enabled:
             return
-        for p in self.head.parameters():
+        params = [] if self.sharded else list(self.head.parameters())
+        if self.distill is not None:
+            params += list(self.distill.parameters())
+        for p in params:
             if p.grad is not None:
                 D.all_reduce(p.grad).div_(self.dist.world_size)
 
@@ -378,15 +534,18 @@ class Trainer:
         stopped_early = False
         while self.progress.epoch < cfg.optim.epochs:
             epoch = self.progress.epoch
-            self.sampler.set_epoch(epoch, start=self.progress.step_in_epoch * cfg.data.batch_size)
+            self._set_epoch(epoch, self.progress.step_in_epoch)
             self.dataset.set_epoch(epoch)
             window_loss, window_acc, window_n, t_window = 0.0, 0.0, 0, time.perf_counter()
+            window_kd: dict[str, float] = {}
             for batch in self._loader():
                 if batch.skipped:
                     self.progress.skipped_images.extend(batch.skipped)
                 if len(batch) == 0:
                     continue
-                loss, acc = self.train_step(batch.images, batch.labels)
+                loss, acc = self.train_step(batch.images, batch.labels, batch.indices)
+                for key, v in self.last_distill_logs.items():
+                    window_kd[key] = window_kd.get(key, 0.0) + v
                 self.progress.global_step += 1
                 self.progress.step_in_epoch += 1
                 self.progress.images_seen += len(batch) * world
@@ -406,10 +565,11 @@ class Trainer:
                         "train_top1": window_acc / window_n,
                         "lr": self.optimizer.param_groups[0]["lr"],
                         "images_per_s": ips,
+                        **{key: v / window_n for key, v in window_kd.items()},
                     }
                     history.append(rec)
                     if main:
-                        for k in ("loss", "train_top1", "lr", "images_per_s"):
+                        for k in ("loss", "train_top1", "lr", "images_per_s", *window_kd):
                             self.writer.add_scalar(f"train/{k}", rec[k], self.progress.global_step)
                     if not cfg.run.progress and main:
                         log.info(
@@ -430,6 +590,7 @@ class Trainer:
                         img_s=f"{ips:.0f}",
                     )
                     window_loss, window_acc, window_n, t_window = 0.0, 0.0, 0, time.perf_counter()
+                    window_kd = {}
                 if cfg.run.save_every_steps and self.progress.global_step % cfg.run.save_every_steps == 0:
                     self.save()
                 if cfg.run.max_steps and steps_this_run >= cfg.run.max_steps:

@@ -1,0 +1,187 @@
+"""Distillation in the training loop on real aligned LFW faces with dlib's ResNet as the teacher.
+
+Short smoke runs of every method from its packaged config (``method=<name>``), the teacher cache, the
+batches each method needs, unlabelled faces, exact resume with EKD's buffers, and clear errors.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from faceforge.config import ConfigError, compose_config
+from faceforge.distill.engine import complete_pairs
+from faceforge.engine.checkpoint import load_checkpoint
+from faceforge.engine.trainer import Trainer
+
+pytest.importorskip("dlib")
+
+
+def _list_file(root: Path, out: Path, per_person: int, people: int) -> Path:
+    lines = []
+    for label, person in enumerate(sorted(p for p in root.iterdir() if p.is_dir())[:people]):
+        for f in sorted(person.glob("*.jpg"))[:per_person]:
+            lines.append(f"{f.relative_to(root)} {label}")
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+@pytest.fixture(scope="module")
+def small(lfw_small: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """32 labelled faces (8 people x 4), 8 faces of 2 other people as an unlabelled flat folder, and a
+    teacher cache shared by the module's runs."""
+    tmp = tmp_path_factory.mktemp("distill")
+    people = sorted(p for p in lfw_small.iterdir() if p.is_dir())
+    unl = tmp / "unlabelled"
+    unl.mkdir()
+    for person in people[8:10]:
+        for f in sorted(person.glob("*.jpg"))[:4]:
+            shutil.copy(f, unl / f.name)
+    return {
+        "root": lfw_small,
+        "list": _list_file(lfw_small, tmp / "train.txt", per_person=4, people=8),
+        "unlabelled": unl,
+        "cache": tmp / "teacher_cache",
+    }
+
+
+def _cfg(small: dict[str, Path], run_dir: Path, *overrides: str):
+    return compose_config(
+        "lfw_mobilefacenet_arcface",
+        [
+            f"data.root={small['root']}",
+            f"data.list_file={small['list']}",
+            f"run.dir={run_dir}",
+            f"distill.cache_dir={small['cache']}",
+            "run.progress=false",
+            "eval.pairs=null",
+            "model.embedding_size=64",
+            "data.exclude_pairs=[]",
+            "data.num_workers=0",
+            "data.batch_size=16",
+            "run.threads=2",
+            "run.precision=fp32",
+            *overrides,
+        ],
+    )
+
+
+@pytest.mark.parametrize("method", ["feature_l2", "cosine", "rkd", "sp", "ekd", "ddl"])
+def test_each_method_trains_from_its_config(small: dict[str, Path], tmp_path: Path, method: str) -> None:
+    trainer = Trainer(
+        _cfg(small, tmp_path / method, f"method={method}", "run.max_steps=2", "run.log_every=1")
+    )
+    report = trainer.fit()
+    hist = report["history"]
+    assert len(hist) == 2
+    for rec in hist:
+        assert np.isfinite(rec["loss"]) and np.isfinite(rec["distill_loss"])
+    ckpt = load_checkpoint(tmp_path / method / "checkpoints" / "last.pt")
+    meta = ckpt["meta"]["distill"]
+    assert meta["method"] == method
+    if method == "ddl":
+        assert meta["teachers"] == [] and "ddl_kl_neg" in hist[0] and "hard_margin_loss" in hist[0]
+        # P x 2 identity batches: 8 identities of 2 images
+        assert trainer.steps_per_epoch == 1
+    else:
+        (teacher,) = meta["teachers"]
+        assert teacher["dim"] == 128 and teacher["model"]["kind"] == "dlib" and teacher["valid_rows"] == 32
+    if method in ("feature_l2", "cosine"):
+        # 64-d student, 128-d teacher: a learned projection, trained and saved with the student
+        w = ckpt["distill"]["projections.0.weight"]
+        assert tuple(w.shape) == (128, 64)
+        assert tuple(meta["projections"][0]) == (64, 128)
+    if method == "ekd":
+        # random half (margin loss) + identity-balanced half; EMA thresholds moved and were saved
+        assert trainer.steps_per_epoch == 4
+        assert float(ckpt["distill"]["loss.s_anchor"].abs().sum()) > 0
+
+
+def test_teacher_cache_is_reused(small: dict[str, Path], tmp_path: Path) -> None:
+    a = Trainer(_cfg(small, tmp_path / "a", "method=cosine"))
+    b = Trainer(_cfg(small, tmp_path / "b", "method=cosine"))
+    assert b.distill.tables[0].computed == 0  # every image came from the cache
+    assert torch.equal(a.distill.tables[0].embeddings, b.distill.tables[0].embeddings)
+    norms = b.distill.tables[0].embeddings.norm(dim=1)
+    assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
+    # a teacher target is the teacher's embedding of that very image
+    emb = b.distill.tables[0].embeddings
+    same = (emb[0] @ emb[1]).item()  # two images of person 0
+    other = (emb[0] @ emb[4]).item()  # person 0 vs person 1
+    assert same > other
+
+
+def test_liaad_with_a_faceforge_teacher_and_unlabelled_faces(small: dict[str, Path], tmp_path: Path) -> None:
+    first = Trainer(_cfg(small, tmp_path / "t2", "optim.epochs=1"))
+    first.fit()
+    teacher2 = tmp_path / "t2" / "checkpoints" / "model.pt"
+    cfg = _cfg(
+        small,
+        tmp_path / "liaad",
+        "method=liaad",
+        f"distill.teachers.1.model={teacher2}",
+        f"distill.unlabelled_root={small['unlabelled']}",
+        "run.log_every=1",
+    )
+    trainer = Trainer(cfg)
+    assert len(trainer.dataset) == 40 and int((trainer.labels_all < 0).sum()) == 8
+    dims = [t.dim for t in trainer.distill.tables]
+    assert dims == [128, 64]  # dlib and the 64-d faceforge teacher, one projection each
+    report = trainer.fit()
+    rec = report["history"][-1]
+    # confidence attention over the two teachers: weights per teacher, summing to 1
+    assert rec["attention_general"] + rec["attention_age_invariant"] == pytest.approx(1.0, abs=1e-5)
+    assert np.isfinite(rec["distill_loss"])
+
+
+def test_unlabelled_rows_skip_the_margin_loss(small: dict[str, Path], tmp_path: Path) -> None:
+    cfg = _cfg(small, tmp_path / "u", "method=cosine", f"distill.unlabelled_root={small['unlabelled']}")
+    trainer = Trainer(cfg)
+    seen: list[torch.Tensor] = []
+    original = trainer.criterion.forward
+    trainer.criterion.forward = lambda emb, labels: (seen.append(labels), original(emb, labels))[1]  # type: ignore[method-assign]
+    imgs = torch.from_numpy(np.stack([trainer.dataset.image(i) for i in (0, 1, 35, 36)]))
+    labels = torch.tensor([0, 0, -1, -1])
+    trainer.train_step(imgs, labels, torch.tensor([0, 1, 35, 36]))
+    assert seen[0].tolist() == [0, 0]  # only the labelled rows reached the head
+    assert trainer.last_distill_logs["distill_loss"] > 0
+
+
+def test_ekd_run_resumes_exactly(small: dict[str, Path], tmp_path: Path) -> None:
+    common = ["method=ekd", "optim.epochs=2"]
+    straight = Trainer(_cfg(small, tmp_path / "a", *common, "run.max_steps=5"))
+    straight.fit()
+    Trainer(_cfg(small, tmp_path / "b", *common, "run.max_steps=3")).fit()
+    Trainer(_cfg(small, tmp_path / "b", *common, "run.max_steps=2", "run.resume=auto")).fit()
+    a = load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")
+    b = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")
+    assert a["progress"]["global_step"] == b["progress"]["global_step"] == 5
+    for part in ("backbone", "head", "distill"):
+        for k, v in a[part].items():
+            assert torch.equal(v, b[part][k]), f"{part}.{k} differs after resume"
+
+
+def test_complete_pairs_by_hand() -> None:
+    # rows: (7,7) ok, (3,4) broken, (5,5) ok, (7,7) repeats label 7 -> both 7-pairs dropped, (9) odd tail
+    labels = torch.tensor([7, 7, 3, 4, 5, 5, 7, 7, 9])
+    assert complete_pairs(labels).tolist() == [4, 5]
+    assert complete_pairs(torch.tensor([1, 1, 2, 2])).tolist() == [0, 1, 2, 3]
+
+
+def test_bad_distillation_configs_are_named(small: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"distill\.teachers\.1\.model"):
+        _cfg(small, tmp_path / "x", "method=liaad")
+    with pytest.raises(ValueError, match="uses no teacher"):
+        Trainer(_cfg(small, tmp_path / "x", "method=ddl", "distill.teachers=[{model: dlib}]"))
+    with pytest.raises(ValueError, match=r"needs distill\.teachers"):
+        Trainer(_cfg(small, tmp_path / "x", "method=rkd", "distill.teachers=[]"))
+    with pytest.raises(ValueError, match="projection"):
+        Trainer(_cfg(small, tmp_path / "x", "method=cosine", "distill.projection=none"))
+    with pytest.raises(ValueError, match="odd"):
+        Trainer(_cfg(small, tmp_path / "x", "method=ddl", "data.batch_size=15"))
+    with pytest.raises(ValueError, match="needs identity labels"):
+        Trainer(_cfg(small, tmp_path / "x", "method=ekd", f"distill.unlabelled_root={small['unlabelled']}"))
