@@ -40,7 +40,7 @@ def _align_people(data_dir: Path, out: Path, people: list[str]) -> Path:
 
 @pytest.fixture(scope="session")
 def lfw_small(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Aligned 112x112 faces of the 12 LFW people with the most images after the top 3 (about 300 images)."""
+    """Aligned 112x112 faces of the 12 LFW people with the most images after the top 3 (791 images)."""
     src = data_dir / "lfw" / "images"
     counts = sorted(((len(list(p.glob("*.jpg"))), p.name) for p in src.iterdir() if p.is_dir()), reverse=True)
     people = [name for _, name in counts[3:15]]

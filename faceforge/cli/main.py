@@ -39,7 +39,7 @@ def command(name: str, help: str):
 
 
 def _load_commands() -> None:
-    from faceforge.cli import align, embed, evaluate, fetch, prepare, train  # noqa: F401
+    from faceforge.cli import align, embed, evaluate, export, fetch, prepare, train  # noqa: F401
 
 
 def build_parser() -> argparse.ArgumentParser:

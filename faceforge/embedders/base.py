@@ -37,7 +37,7 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def embedder_from_spec(spec: str, **kwargs: Any) -> Embedder:
-    """``kind:ARG`` (e.g. ``checkpoint:run/model.pt``) or a bare path; ``.pt``/``.pth`` -> checkpoint."""
+    """``kind:ARG`` (e.g. ``checkpoint:run/model.pt``) or a bare path; ``.pt``/``.pth`` -> checkpoint, ``.onnx`` -> onnx."""
     kind, _, arg = spec.partition(":")
     if kind in EMBEDDERS and arg:
         return EMBEDDERS.build(kind, source=arg, **kwargs)
@@ -45,13 +45,16 @@ def embedder_from_spec(spec: str, **kwargs: Any) -> Embedder:
         return EMBEDDERS.build(kind, source=None, **kwargs)
     if spec.endswith((".pt", ".pth")):
         return EMBEDDERS.build("checkpoint", source=spec, **kwargs)
+    if spec.lower().endswith(".onnx"):
+        return EMBEDDERS.build("onnx", source=spec, **kwargs)
     raise ValueError(
-        f"cannot tell which embedder '{spec}' is: use a .pt checkpoint or kind:path with kind in {EMBEDDERS.names()}"
+        f"cannot tell which embedder '{spec}' is: use a .pt checkpoint, an .onnx file or kind:path with kind in "
+        f"{EMBEDDERS.names()}"
     )
 
 
 def _register_builtin() -> None:
-    from faceforge.embedders import checkpoint, dlib_resnet  # noqa: F401
+    from faceforge.embedders import checkpoint, dlib_resnet, onnx_model  # noqa: F401
 
 
 _register_builtin()
