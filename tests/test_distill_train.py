@@ -70,6 +70,7 @@ def _cfg(small: dict[str, Path], run_dir: Path, *overrides: str):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["feature_l2", "cosine", "rkd", "sp", "ekd", "ddl"])
 def test_each_method_trains_from_its_config(small: dict[str, Path], tmp_path: Path, method: str) -> None:
     trainer = Trainer(
@@ -115,6 +116,7 @@ def test_teacher_cache_is_reused(small: dict[str, Path], tmp_path: Path) -> None
     assert same > other
 
 
+@pytest.mark.slow
 def test_liaad_with_a_faceforge_teacher_and_unlabelled_faces(small: dict[str, Path], tmp_path: Path) -> None:
     first = Trainer(_cfg(small, tmp_path / "t2", "optim.epochs=1"))
     first.fit()
@@ -151,6 +153,7 @@ def test_unlabelled_rows_skip_the_margin_loss(small: dict[str, Path], tmp_path: 
     assert trainer.last_distill_logs["distill_loss"] > 0
 
 
+@pytest.mark.slow
 def test_ekd_run_resumes_exactly(small: dict[str, Path], tmp_path: Path) -> None:
     common = ["method=ekd", "optim.epochs=2"]
     straight = Trainer(_cfg(small, tmp_path / "a", *common, "run.max_steps=5"))
@@ -185,3 +188,19 @@ def test_bad_distillation_configs_are_named(small: dict[str, Path], tmp_path: Pa
         Trainer(_cfg(small, tmp_path / "x", "method=ddl", "data.batch_size=15"))
     with pytest.raises(ValueError, match="needs identity labels"):
         Trainer(_cfg(small, tmp_path / "x", "method=ekd", f"distill.unlabelled_root={small['unlabelled']}"))
+
+
+def test_class_centroids_by_hand() -> None:
+    from faceforge.distill.teachers import TeacherTable, class_centroids, image_key
+
+    emb = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.6, 0.8]])
+    table = TeacherTable("t", emb, torch.tensor([True, True, True, False]), {}, None, 0)
+    # class 0: rows 0 and 1 -> mean (0.5, 0.5) -> (0.707, 0.707); class 1: row 2 only (row 3 invalid);
+    # class 2: no row -> zero vector; label -1 (unlabelled) is ignored
+    c = class_centroids(table, np.array([0, 0, 1, 1]), 3)
+    assert torch.allclose(c, torch.tensor([[0.70710677, 0.70710677], [1.0, 0.0], [0.0, 0.0]]))
+    a = np.zeros((4, 4, 3), np.uint8)
+    b = a.copy()
+    b[0, 0, 0] = 1
+    assert image_key(a) == image_key(a.copy()) != image_key(b)
+    assert image_key(a) != image_key(np.zeros((2, 8, 3), np.uint8))  # same bytes, other shape
