@@ -83,3 +83,23 @@ def test_dlib_rejects_a_model_path() -> None:
 
     with pytest.raises(ValueError, match="takes no model path"):
         embedder_from_spec("dlib:some/file.dat")
+
+
+def test_dlib_face_box_options(aligned_faces: dict[str, np.ndarray]) -> None:
+    """The predictor's box: dlib's detector on the aligned face, the typical box when it finds none."""
+    _need_dlib()
+    from faceforge.embedders.dlib_resnet import ALIGNED_FACE_BOX, DlibResNetEmbedder
+
+    detect, fixed = DlibResNetEmbedder(box="detect"), DlibResNetEmbedder(box="fixed")
+    assert detect.describe()["box"] == "detect" and fixed.describe()["box"] == "fixed"
+    # a flat grey image has no face: "detect" falls back to the fixed box, point for point
+    blank = np.full((1, 112, 112, 3), 128, np.uint8)
+    assert np.array_equal(detect.landmarks(blank), fixed.landmarks(blank))
+    # on a real face the detector's box is where ALIGNED_FACE_BOX says (within a few pixels)
+    face = aligned_faces["Colin_Powell_0001"]
+    img, pad = detect._bordered(face)
+    box = detect._box(img, pad, 112, 112)
+    got = np.array([box.left(), box.top(), box.right(), box.bottom()]) - pad
+    assert np.abs(got - np.array(ALIGNED_FACE_BOX) * 112).max() < 12, got
+    with pytest.raises(ValueError, match="box must be one of"):
+        DlibResNetEmbedder(box="whole")

@@ -18,7 +18,8 @@ every head.  How a method is fed is a *step kind* (registry :data:`STEP_KINDS`):
   one head (hard images keep their identities; TFace's separate per-branch heads exist because its
   easy and hard sets are different datasets).
 
-Batches (``batch_sampler``): ``ddl`` uses identity-balanced P x 2 batches; ``ekd`` uses TFace's
+Batches (``batch_sampler``): ``ddl`` uses identity-balanced P x 2 batches (as many steps per epoch as a
+shuffled pass over the images); ``ekd`` uses TFace's
 composition, a uniformly random half plus an identity-balanced half (``distill.balanced_k`` images
 per identity), with the margin loss on the random half only and the distillation on all of it; the
 others use the trainer's shuffled sampler.  Unlabelled faces (``distill.unlabelled_root``, e.g.
@@ -316,7 +317,12 @@ class Distillation(nn.Module):
                 raise ValueError(
                     f"ddl batches are P identities x 2 images: data.batch_size={batch_size} is odd"
                 )
-            return IdentityBalancedBatchSampler(labels, batch_size // 2, 2, seed, rank, world, min_images=2)
+            # as many steps per epoch as a shuffled pass over the images (one pass over the identities
+            # would be len(identities) / (P * world) steps, a fraction of the data)
+            steps = max(1, len(labels) // (batch_size * world))
+            return IdentityBalancedBatchSampler(
+                labels, batch_size // 2, 2, seed, rank, world, batches_per_epoch=steps, min_images=2
+            )
         if method == "ekd":
             half, k = batch_size // 2, balanced_k
             if batch_size % 2 or half % k:

@@ -10,7 +10,8 @@ to bridge that, both available here (``mode``):
 
 * ``"landmarks"`` (default): pad the aligned face with a replicated border (``border`` x size on each
   side, default 0.25) so the part of dlib's crop outside the aligned face (below the chin) is not
-  black, run dlib's 5-point shape predictor with a box covering the original aligned crop, and let
+  black, run dlib's 5-point shape predictor with the face box dlib's own detector finds on the
+  aligned face (``box``; the predictor was trained on such boxes), and let
   ``compute_face_descriptor(img, shape)`` cut the chip itself, exactly as dlib does on raw photos.
 * ``"resize"``: resize the 112x112 crop to 150x150 and feed it as a chip directly.  Cheaper, but
   the face appears smaller and placed differently than in dlib's training chips.
@@ -47,6 +48,10 @@ from faceforge.embedders.base import EMBEDDERS, file_sha256
 
 INSTALL_HINT = "pip install dlib-bin face-recognition-models   (or: pip install 'faceforge[dlib]')"
 MODES = ("landmarks", "resize")
+BOXES = ("detect", "fixed", "crop")
+#: where dlib's frontal detector puts the face box on an ArcFace-aligned crop, as fractions of its
+#: size (x0, y0, x1, y1): measured on LFW DevTest faces, about (8, 28)-(98, 115) at 112 px
+ALIGNED_FACE_BOX = (8 / 112, 28 / 112, 98 / 112, 115 / 112)
 CHIP_SIZE = 150
 CHIP_PADDING = 0.25
 
@@ -96,6 +101,8 @@ class DlibResNetEmbedder:
     Args:
         source: ignored (``--model dlib`` passes ``None``); accepted so the registry can build it.
         mode: ``"landmarks"`` or ``"resize"`` (module docstring).
+        box: face box for the 5-point predictor in ``landmarks`` mode: ``"detect"`` (dlib's detector on
+            the aligned face, typical box as fallback), ``"fixed"`` or ``"crop"`` (see :meth:`_box`).
         border: replicated border added around the face in ``landmarks`` mode, as a fraction of its size.
         input_size: side of the aligned faces this embedder accepts (default 112).
         batch_size: faces per dlib call.
@@ -113,9 +120,13 @@ class DlibResNetEmbedder:
         batch_size: int = 32,
         device: str = "auto",
         precision: str = "fp32",
+        box: str = "detect",
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"dlib embedder mode must be one of {MODES}, got {mode!r}")
+        if box not in BOXES:
+            raise ValueError(f"dlib embedder box must be one of {BOXES}, got {box!r}")
+        self.box = box
         if source not in (None, "", "default"):
             raise ValueError(f"the dlib embedder takes no model path (got {source!r}); use '--model dlib'")
         self._dlib = _require_dlib()
@@ -126,29 +137,53 @@ class DlibResNetEmbedder:
         self.batch_size = int(batch_size)
         self.net = self._dlib.face_recognition_model_v1(str(self.files["recognition"]))
         self.predictor = self._dlib.shape_predictor(str(self.files["shape_predictor_5"]))
+        self._detector = self._dlib.get_frontal_face_detector() if box == "detect" else None
         self._sha: dict[str, str] | None = None
+
+    def _box(self, img: np.ndarray, pad: int, w: int, h: int) -> Any:
+        """The face box handed to the 5-point predictor, in the bordered image.
+
+        The predictor was trained on boxes from dlib's frontal detector, which on an ArcFace-aligned
+        crop sits lower and tighter than the crop itself.  ``box="detect"`` runs that detector on the
+        bordered face and keeps the detection nearest the centre, falling back to the typical box;
+        ``box="fixed"`` always uses the typical box (:data:`ALIGNED_FACE_BOX`, measured on LFW).
+        ``box="crop"`` (the behaviour before this option) hands over the whole crop: measured on
+        pairsDevTest without flip, 96.5 % against 98.2 % with the detector box.
+        """
+        if self.box == "crop":
+            return self._dlib.rectangle(pad, pad, pad + w - 1, pad + h - 1)
+        if self.box == "detect":
+            dets = list(self._detector(img, 0))
+            if dets:
+                cx, cy = pad + w / 2, pad + h / 2
+                d = min(dets, key=lambda r: (r.center().x - cx) ** 2 + (r.center().y - cy) ** 2)
+                return d
+        x0, y0, x1, y1 = ALIGNED_FACE_BOX
+        return self._dlib.rectangle(
+            pad + round(x0 * w), pad + round(y0 * h), pad + round(x1 * w), pad + round(y1 * h)
+        )
+
+    def _bordered(self, face: np.ndarray) -> tuple[np.ndarray, int]:
+        h, w = face.shape[:2]
+        pad = round(self.border * max(h, w))
+        img = cv2.copyMakeBorder(face, pad, pad, pad, pad, cv2.BORDER_REPLICATE) if pad else face
+        return np.ascontiguousarray(img), pad
 
     def _prepare(self, face: np.ndarray) -> tuple[np.ndarray, Any]:
         if self.mode == "resize":
             chip = cv2.resize(face, (CHIP_SIZE, CHIP_SIZE), interpolation=cv2.INTER_CUBIC)
             return np.ascontiguousarray(chip), None
         h, w = face.shape[:2]
-        pad = round(self.border * max(h, w))
-        img = cv2.copyMakeBorder(face, pad, pad, pad, pad, cv2.BORDER_REPLICATE) if pad else face
-        img = np.ascontiguousarray(img)
-        box = self._dlib.rectangle(pad, pad, pad + w - 1, pad + h - 1)
-        return img, self.predictor(img, box)
+        img, pad = self._bordered(face)
+        return img, self.predictor(img, self._box(img, pad, w, h))
 
     def landmarks(self, faces: np.ndarray) -> np.ndarray:
         """dlib's 5 points ``[N, 5, 2]`` found on the (bordered) faces, in the faces' own coordinates."""
         out = np.zeros((len(faces), 5, 2), dtype=np.float32)
         for i, face in enumerate(faces):
             h, w = face.shape[:2]
-            pad = round(self.border * max(h, w))
-            img = np.ascontiguousarray(
-                cv2.copyMakeBorder(face, pad, pad, pad, pad, cv2.BORDER_REPLICATE) if pad else face
-            )
-            shape = self.predictor(img, self._dlib.rectangle(pad, pad, pad + w - 1, pad + h - 1))
+            img, pad = self._bordered(face)
+            shape = self.predictor(img, self._box(img, pad, w, h))
             out[i] = [(shape.part(j).x - pad, shape.part(j).y - pad) for j in range(5)]
         return out
 
@@ -192,6 +227,7 @@ class DlibResNetEmbedder:
             },
             "embedding_size": self.embedding_size,
             "mode": self.mode,
+            "box": self.box if self.mode == "landmarks" else None,
             "border": self.border if self.mode == "landmarks" else None,
             "preprocess": {
                 "alignment": "arcface_112",
