@@ -86,8 +86,8 @@ def test_each_method_trains_from_its_config(small: dict[str, Path], tmp_path: Pa
     assert meta["method"] == method
     if method == "ddl":
         assert meta["teachers"] == [] and "ddl_kl_neg" in hist[0] and "hard_margin_loss" in hist[0]
-        # P x 2 identity batches: 8 identities of 2 images
-        assert trainer.steps_per_epoch == 1
+        # P x 2 identity batches (8 identities of 2 images), as many steps as a pass over 32 images
+        assert trainer.steps_per_epoch == 2
     else:
         (teacher,) = meta["teachers"]
         assert teacher["dim"] == 128 and teacher["model"]["kind"] == "dlib" and teacher["valid_rows"] == 32
