@@ -218,7 +218,13 @@ def test_eval_cli_runs_age_kinds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
     angles, lines = _four_pairs(tmp_path / "img")
     (tmp_path / "cacd.txt").write_text("\n".join(lines) + "\n")
-    monkeypatch.setitem(base.EMBEDDERS._items, "fake-angle", lambda source=None, **kw: AngleEmbedder(angles))
+    got: dict[str, Any] = {}
+
+    def build(source: str | None = None, **kw: Any) -> AngleEmbedder:
+        got.update(kw)
+        return AngleEmbedder(angles)
+
+    monkeypatch.setitem(base.EMBEDDERS._items, "fake-angle", build)
     out = tmp_path / "out"
     rc = main(
         [
@@ -231,6 +237,10 @@ def test_eval_cli_runs_age_kinds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
             str(out),
             "--folds",
             "2",
+            "--model-option",
+            "box=fixed",
+            "--model-option",
+            "input_size=112",
             "--no-progress",
             "--html",
         ]
@@ -239,3 +249,4 @@ def test_eval_cli_runs_age_kinds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     result = json.loads((out / "result.json").read_text())
     assert result["benchmarks"]["cacdvs:cacd"]["summary"]["accuracy"] == pytest.approx(0.75)
     assert (out / "report.html").is_file()
+    assert got["box"] == "fixed" and got["input_size"] == 112  # --model-option values reach the embedder

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from faceforge.cli.main import command
+from faceforge.cli.main import command, parse_key_values
 
 
 def _add(p: argparse.ArgumentParser) -> None:
@@ -37,6 +37,14 @@ def _add(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ext", default=".jpg", help="image extension of pairs-file images (default .jpg)")
     p.add_argument("--no-flip", action="store_true", help="embed the original image only (default: flip-sum)")
     p.add_argument("--folds", type=int, default=10)
+    p.add_argument(
+        "--model-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra embedder argument, repeatable (e.g. box=fixed or input_size=224 for dlib; mean=127.5 for "
+        "a foreign .onnx)",
+    )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
@@ -124,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
         Path(args.out_dir) if args.out_dir else (Path(args.json).parent if args.json else Path("eval_out"))
     )
     cache_dir = None if args.no_cache else (Path(args.cache_dir) if args.cache_dir else default_cache_dir())
-    embedder = embedder_from_spec(args.model, device=args.device, batch_size=args.batch_size)
+    options = parse_key_values(args.model_option, "--model-option")
+    embedder = embedder_from_spec(args.model, device=args.device, batch_size=args.batch_size, **options)
     flip = not args.no_flip
     result = run_benchmarks(
         embedder,

@@ -38,6 +38,19 @@ def command(name: str, help: str):
     return with_arguments
 
 
+def parse_key_values(items: list[str], flag: str) -> dict[str, object]:
+    """``KEY=VALUE`` strings to a dict; values are parsed as YAML scalars (numbers, booleans, strings)."""
+    import yaml
+
+    options: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{flag} {item!r} is not KEY=VALUE")
+        options[key.strip()] = yaml.safe_load(value)
+    return options
+
+
 def _load_commands() -> None:
     from faceforge.cli import align, embed, evaluate, export, fetch, prepare, train  # noqa: F401
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import inspect
 
-from faceforge.cli.main import command
+from faceforge.cli.main import command, parse_key_values
 
 
 def _add(p: argparse.ArgumentParser) -> None:
@@ -57,25 +57,12 @@ def _add(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
-def _parse_options(items: list[str]) -> dict[str, object]:
-    """``KEY=VALUE`` strings to a dict; values are parsed as YAML scalars (numbers, booleans, strings)."""
-    import yaml
-
-    options: dict[str, object] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--detector-option {item!r} is not KEY=VALUE")
-        options[key.strip()] = yaml.safe_load(value)
-    return options
-
-
 @command("prepare", "detect, select and align faces in a photo folder (ImageFolder or .rec output)")(_add)
 def run(args: argparse.Namespace) -> int:
     from faceforge.deploy.detect import DETECTORS
     from faceforge.deploy.prepare import REPORT_NAME, prepare_folder
 
-    options = _parse_options(args.detector_option)
+    options = parse_key_values(args.detector_option, "--detector-option")
     if args.min_score is not None:
         options["score_threshold"] = args.min_score
     builder = DETECTORS.get(args.detector)
