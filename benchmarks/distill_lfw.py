@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import shutil
@@ -195,6 +196,7 @@ def main() -> None:
     ap.add_argument("--teacher-cache", default=None, help="teacher embedding cache (default <out>/cache)")
     ap.add_argument("--reuse", action="store_true", help="keep rows whose results exist")
     args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(args.teacher_cache) if args.teacher_cache else out / "cache"
