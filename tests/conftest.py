@@ -47,6 +47,22 @@ def lfw_small(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _align_people(data_dir, tmp_path_factory.mktemp("lfw_small"), people)
 
 
+def _write_list_file(root: Path, out: Path, per_person: int, people: int) -> Path:
+    lines = []
+    for label, person in enumerate(sorted(p for p in root.iterdir() if p.is_dir())[:people]):
+        for f in sorted(person.glob("*.jpg"))[:per_person]:
+            lines.append(f"{f.relative_to(root)} {label}")
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+@pytest.fixture(scope="session")
+def list_file():
+    """``list_file(root, out, per_person, people)``: a ``path label`` list of the first ``people`` identity
+    folders of ``root``, ``per_person`` images each."""
+    return _write_list_file
+
+
 @pytest.fixture(scope="session")
 def lfw_devtest_aligned(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Aligned faces of every person in pairsDevTest.txt."""

@@ -21,17 +21,8 @@ from faceforge.engine.trainer import Trainer
 pytest.importorskip("dlib")
 
 
-def _list_file(root: Path, out: Path, per_person: int, people: int) -> Path:
-    lines = []
-    for label, person in enumerate(sorted(p for p in root.iterdir() if p.is_dir())[:people]):
-        for f in sorted(person.glob("*.jpg"))[:per_person]:
-            lines.append(f"{f.relative_to(root)} {label}")
-    out.write_text("\n".join(lines) + "\n")
-    return out
-
-
 @pytest.fixture(scope="module")
-def small(lfw_small: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def small(lfw_small: Path, tmp_path_factory: pytest.TempPathFactory, list_file) -> dict[str, Path]:
     """32 labelled faces (8 people x 4), 8 faces of 2 other people as an unlabelled flat folder, and a
     teacher cache shared by the module's runs."""
     tmp = tmp_path_factory.mktemp("distill")
@@ -43,7 +34,7 @@ def small(lfw_small: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
             shutil.copy(f, unl / f.name)
     return {
         "root": lfw_small,
-        "list": _list_file(lfw_small, tmp / "train.txt", per_person=4, people=8),
+        "list": list_file(lfw_small, tmp / "train.txt", per_person=4, people=8),
         "unlabelled": unl,
         "cache": tmp / "teacher_cache",
     }

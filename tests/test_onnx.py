@@ -23,10 +23,10 @@ from faceforge.cli.main import main
 from faceforge.data.image_io import read_image_rgb
 from faceforge.data.preprocess import Preprocess
 from faceforge.embedders import embedder_from_spec
-from faceforge.embedders.base import file_sha256
 from faceforge.embedders.checkpoint import CheckpointEmbedder
 from faceforge.embedders.onnx_model import OnnxEmbedder
 from faceforge.engine.checkpoint import FORMAT, VERSION, atomic_torch_save
+from faceforge.hashing import file_sha256
 from faceforge.models.backbones import build_backbone
 
 onnx = pytest.importorskip("onnx")

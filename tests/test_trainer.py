@@ -13,15 +13,6 @@ from faceforge.engine.checkpoint import load_checkpoint
 from faceforge.engine.trainer import NonFiniteLossError, Trainer
 
 
-def _list_file(root: Path, out: Path, per_person: int, people: int) -> Path:
-    lines = []
-    for label, person in enumerate(sorted(p for p in root.iterdir() if p.is_dir())[:people]):
-        for f in sorted(person.glob("*.jpg"))[:per_person]:
-            lines.append(f"{f.relative_to(root)} {label}")
-    out.write_text("\n".join(lines) + "\n")
-    return out
-
-
 def _cfg(root: Path, run_dir: Path, *overrides: str):
     return compose_config(
         "lfw_mobilefacenet_arcface",
@@ -40,9 +31,9 @@ def _cfg(root: Path, run_dir: Path, *overrides: str):
     )
 
 
-def test_resume_mid_epoch_gives_identical_weights(lfw_small: Path, tmp_path: Path) -> None:
+def test_resume_mid_epoch_gives_identical_weights(lfw_small: Path, tmp_path: Path, list_file) -> None:
     """6 steps straight vs 3 steps, stop, resume in a new Trainer, 3 more steps (crossing an epoch)."""
-    lf = _list_file(lfw_small, tmp_path / "train.txt", per_person=4, people=8)  # 32 images, 4 steps/epoch
+    lf = list_file(lfw_small, tmp_path / "train.txt", per_person=4, people=8)  # 32 images, 4 steps/epoch
     common = [
         f"data.list_file={lf}",
         "data.batch_size=8",
@@ -122,8 +113,8 @@ def test_nan_loss_stops_with_advice(lfw_small: Path, tmp_path: Path, monkeypatch
         trainer.fit()
 
 
-def test_gradient_accumulation_and_its_bad_settings(lfw_small: Path, tmp_path: Path) -> None:
-    lf = _list_file(lfw_small, tmp_path / "train.txt", per_person=4, people=8)
+def test_gradient_accumulation_and_its_bad_settings(lfw_small: Path, tmp_path: Path, list_file) -> None:
+    lf = list_file(lfw_small, tmp_path / "train.txt", per_person=4, people=8)
     common = [f"data.list_file={lf}", "data.batch_size=8", "optim.epochs=1", "run.max_steps=2"]
     report = Trainer(_cfg(lfw_small, tmp_path / "acc", *common, "optim.accumulate_steps=2")).fit()
     assert report["progress"]["global_step"] == 2 and all(h["loss"] > 0 for h in report["history"])
@@ -133,13 +124,13 @@ def test_gradient_accumulation_and_its_bad_settings(lfw_small: Path, tmp_path: P
         Trainer(_cfg(lfw_small, tmp_path / "gc", *common, "run.gradient_checkpointing=true"))
 
 
-def test_periodic_evaluation_on_several_benchmarks(lfw_small: Path, tmp_path: Path) -> None:
+def test_periodic_evaluation_on_several_benchmarks(lfw_small: Path, tmp_path: Path, list_file) -> None:
     """eval.benchmarks run every epoch and at the end; each summary number reaches tensorboard."""
     import shutil
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    lf = _list_file(lfw_small, tmp_path / "train.txt", per_person=4, people=8)
+    lf = list_file(lfw_small, tmp_path / "train.txt", per_person=4, people=8)
     held_out = tmp_path / "held_out"  # 4 images of each of the 4 people not trained on
     for person in sorted(p for p in lfw_small.iterdir() if p.is_dir())[8:]:
         (held_out / person.name).mkdir(parents=True)

@@ -41,7 +41,7 @@ import torch
 
 import faceforge
 from faceforge.data.preprocess import Preprocess
-from faceforge.embedders.base import file_sha256
+from faceforge.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 

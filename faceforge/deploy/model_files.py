@@ -15,7 +15,6 @@ its three state-dict files are taken out of it.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import shutil
@@ -25,6 +24,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from faceforge.hashing import file_sha256
 from faceforge.registry import Registry
 
 
@@ -67,14 +67,6 @@ def models_dir() -> Path:
     """``$FACEFORGE_MODELS`` if set, else ``~/.cache/faceforge/models``."""
     env = os.environ.get("FACEFORGE_MODELS")
     return Path(env) if env else Path.home() / ".cache" / "faceforge" / "models"
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _package_dir(archive: ModelArchive) -> Path | None:

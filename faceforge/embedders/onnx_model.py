@@ -28,7 +28,8 @@ import torch
 
 from faceforge.data.align import TEMPLATE_NAME
 from faceforge.data.preprocess import Preprocess
-from faceforge.embedders.base import EMBEDDERS, file_sha256
+from faceforge.embedders.base import EMBEDDERS
+from faceforge.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from faceforge.data.image_io import is_image_file
+from faceforge.hashing import file_sha256
 from faceforge.registry import Registry
 
 __all__ = [
@@ -144,14 +145,6 @@ def require_dir(b: BenchmarkSpec, path: str, what: str = "image folder") -> None
 # --------------------------------------------------------------------------------------------
 # data checksums and folders
 # --------------------------------------------------------------------------------------------
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def list_identity_folder(root: str | Path, min_images: int = 1) -> tuple[list[Path], list[str], list[Path]]:
     """Image files of ``root/<identity>/<file>`` (sorted), their identities, and every image found.
 
