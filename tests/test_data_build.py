@@ -61,7 +61,13 @@ def test_rec_config_trains_two_steps(lfw_small: Path, lfw_rec: Path, tmp_path: P
     assert trainer.head.weight.shape[0] == folder.num_classes
     losses: list[float] = []
     step = trainer.train_step
-    trainer.train_step = lambda images, labels: losses.append(step(images, labels)[0]) or (losses[-1], 0.0)
+    trainer.train_step = lambda images, labels, indices: (
+        losses.append(step(images, labels, indices)[0])
+        or (
+            losses[-1],
+            0.0,
+        )
+    )
     report = trainer.fit()
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
     assert report["progress"]["global_step"] == 2

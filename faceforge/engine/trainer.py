@@ -174,6 +174,7 @@ class Trainer:
             min_lr=cfg.optim.min_lr,
         )
         self.scaler = make_scaler(self.device, self.precision)
+        self.last_distill_logs: dict[str, float] = {}  # numbers of the last step's distillation term
         self.progress = Progress()
         self._writer = None
 
@@ -388,7 +389,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         k = self.accumulate
         logged = torch.zeros(2, device=self.device)
-        self.last_distill_logs: dict[str, float] = {}
+        self.last_distill_logs = {}
         chunks = zip(x.chunk(k), labels.chunk(k), idx.chunk(k), strict=True)
         for i, (xs, ys, ids) in enumerate(chunks):
             last = i == k - 1
