@@ -126,6 +126,7 @@ class DistillConfig:
     hard: dict[str, Any] = field(
         default_factory=lambda: {"lowres": {"min_scale": 0.15, "max_scale": 0.4, "p": 1.0}}
     )  # ddl: augmentations (by name) that turn each easy image into its hard twin
+    hard_images: str | None = None  # ddl: real hard photos per identity (folder or 'path identity' list)
     hard_margin: bool = True  # ddl: the margin loss also trains on the hard branch
 
 

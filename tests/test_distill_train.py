@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -91,6 +92,47 @@ def test_each_method_trains_from_its_config(small: dict[str, Path], tmp_path: Pa
         # random half (margin loss) + identity-balanced half; EMA thresholds moved and were saved
         assert trainer.steps_per_epoch == 4
         assert float(ckpt["distill"]["loss.s_anchor"].abs().sum()) > 0
+
+
+@pytest.mark.slow
+def test_ddl_with_hard_photos_from_a_list(small: dict[str, Path], tmp_path: Path) -> None:
+    """Hard twins are real photos: other images of the same 8 people shrunk to 24 px, listed with
+    their identities (the training labels); one person's only hard photo is unreadable."""
+    root = small["root"]
+    lines = []
+    for label, person in enumerate(sorted(p for p in root.iterdir() if p.is_dir())[:8]):
+        for f in sorted(person.glob("*.jpg"))[4:7]:  # not among the 4 training images per person
+            low = cv2.resize(
+                cv2.resize(cv2.imread(str(f)), (24, 24), interpolation=cv2.INTER_AREA), (112, 112)
+            )
+            out = tmp_path / "hard" / person.name / f.name
+            out.parent.mkdir(parents=True, exist_ok=True)
+            if label == 0:
+                bad = out
+                out.write_bytes(b"truncated")
+                lines.append(f"hard/{person.name}/{f.name} 0")
+                break
+            cv2.imwrite(str(out), low)
+            lines.append(f"hard/{person.name}/{f.name} {label}")
+    lines.append("hard/nobody.jpg 99")  # an identity that is not in the training data
+    (tmp_path / "hard.txt").write_text("\n".join(lines) + "\n")
+    trainer = Trainer(
+        _cfg(
+            small,
+            tmp_path / "run",
+            "method=ddl",
+            f"distill.hard_images={tmp_path / 'hard.txt'}",
+            "run.max_steps=2",
+            "run.log_every=1",
+        )
+    )
+    report = trainer.fit()
+    assert all(np.isfinite(r["distill_loss"]) for r in report["history"])
+    hard = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["meta"]["distill"]["hard_images"]
+    assert hard["identities_covered"] == 8 and hard["images"] == 22 and hard["unknown_identities"] == 1
+    # every P x 2 batch holds all 8 people: 14 rows of real hard photos, person 0's 2 rows degraded
+    assert hard["drawn"] == 2 * 14 and hard["degraded"] == 2 * 2
+    assert hard["skipped"] == [str(bad)]
 
 
 def test_teacher_cache_is_reused(small: dict[str, Path], tmp_path: Path) -> None:

@@ -14,7 +14,8 @@ every head.  How a method is fed is a *step kind* (registry :data:`STEP_KINDS`):
   its class centroid in that teacher's space (unlabelled images: equal confidence).
 * ``self`` (``ddl``): no teacher.  Batches hold P identities x 2 images; the hard branch is the same
   batch degraded on the fly by ``distill.hard`` (augmentations by name, default continuous random low
-  resolution), embedded by the same network.  The margin loss is applied to both branches with the
+  resolution), or real hard photos of the same identities from ``distill.hard_images`` (a folder or a
+  list; :mod:`faceforge.distill.hard_pool`), embedded by the same network.  The margin loss is applied to both branches with the
   one head (hard images keep their identities; TFace's separate per-branch heads exist because its
   easy and hard sets are different datasets).
 
@@ -32,7 +33,7 @@ over the global batch as TFace's all-gather does).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,7 @@ from torch.utils.data import Dataset
 from faceforge.data.image_io import is_image_file
 from faceforge.data.transforms import build_augmentations
 from faceforge.distill.ddl import branches_from_pairs
+from faceforge.distill.hard_pool import HardPool
 from faceforge.distill.registry import DISTILL_LOSSES
 from faceforge.distill.teachers import (
     TeacherTable,
@@ -211,6 +213,7 @@ class Distillation(nn.Module):
         seed: int,
         progress: bool,
         embedder_factory: Callable[[str, dict[str, Any]], Any] | None = None,
+        classes: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         from faceforge.config import to_dict
@@ -257,7 +260,23 @@ class Distillation(nn.Module):
         self.centroids: list[Tensor] | None = None
         if self.kind == "multi_teacher" and self.loss.attention_name == "confidence":
             self.centroids = [class_centroids(t, labels, num_classes) for t in self.tables]
-        self.hard = build_augmentations(to_dict(cfg.hard)) if self.kind == "self" else None
+        self.row_labels = np.asarray(labels)
+        self.hard = build_augmentations(to_dict(cfg.hard)) if self.kind == "self" and cfg.hard else None
+        self.hard_pool: HardPool | None = None
+        hard_images = cfg.hard_images
+        if hard_images:
+            if self.kind != "self":
+                raise ValueError(
+                    f"distill.hard_images is for ddl's hard branch, not distill.method={self.method}"
+                )
+            if classes is None:
+                raise ValueError("distill.hard_images needs the training identity names (classes)")
+            self.hard_pool = HardPool(hard_images, classes, self.hard)
+        if self.kind == "self" and self.hard is None and self.hard_pool is None:
+            raise ValueError(
+                f"distill.method={self.method} needs hard samples: a degradation in distill.hard "
+                "(e.g. {lowres: {}}) or real hard images in distill.hard_images"
+            )
         self.hard_margin = bool(cfg.hard_margin)
         self.balanced_k = int(cfg.balanced_k)
 
@@ -291,6 +310,7 @@ class Distillation(nn.Module):
             "step_kind": self.kind,
             "weight": self.weight,
             "projections": [tuple(p.weight.shape[::-1]) for p in self.projections],
+            "hard_images": self.hard_pool.describe() if self.hard_pool is not None else None,
             "teachers": [
                 {
                     "name": t.name,
@@ -344,8 +364,14 @@ class Distillation(nn.Module):
     def extra_images(self, images: Tensor, indices: Tensor) -> Tensor | None:
         """Images embedded in the same forward pass as the batch: DDL's hard twins, seeded by
         ``(seed, step_counter, dataset index)`` so a resumed run degrades exactly like an unbroken one."""
-        if self.hard is None:
+        if self.kind != "self":
             return None
+        if self.hard_pool is not None:
+            idx = indices.numpy()
+            twins = self.hard_pool.twins(
+                images.numpy(), self.row_labels[idx], idx, self.seed, self.step_counter
+            )
+            return torch.from_numpy(twins)
         out = [
             self.hard(img, np.random.default_rng((self.seed, self.step_counter, int(i))))
             for img, i in zip(images.numpy(), indices.tolist(), strict=True)

@@ -232,6 +232,7 @@ class Trainer:
             dataset=self.dataset,
             seed=cfg.run.seed,
             progress=cfg.run.progress and self.dist.is_main,
+            classes=self.samples.classes,
         ).to(self.device)
         if self.dist.enabled and self.dist.is_main:
             D.barrier()
