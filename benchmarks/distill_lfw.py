@@ -16,7 +16,9 @@ Columns:
 - the same on 24 px versions of those images (shrunk to 24x24 with INTER_AREA, resized back to 112x112
   bilinearly);
 - parameters, CPU embeddings/s (batch 32, flip off, this machine's threads) next to the teacher's,
-  training time.
+  measured for the teacher and every row back to back at the end of the run (so ``--rows "" --reuse``
+  re-measures them on a quiet machine), training time (wall clock, includes anything else the
+  machine was doing).
 
     python benchmarks/distill_lfw.py [--out benchmarks_out/distill_lfw] [--epochs 3] [--rows scratch,ekd]
         [--unlabelled benchmarks_out/utk_aligned] [--reuse]
@@ -213,7 +215,6 @@ def main() -> None:
     if "teacher" not in result:
         dlib = embedder_from_spec("dlib")
         teacher = evaluate(dlib, full, low, pairs_file, out / "eval" / "teacher", eval_cache)
-        teacher["embeddings_per_s"] = embed_speed(dlib, speed_faces[:64], repeats=1)
         # dlib stores float32 weights: the file size / 4 bounds the parameter count (a few header bytes aside)
         teacher["params"] = Path(dlib.files["recognition"]).stat().st_size // 4
         teacher["params_rule"] = "size of dlib_face_recognition_resnet_model_v1.dat / 4 bytes (approximate)"
@@ -231,14 +232,20 @@ def main() -> None:
         emb = embedder_from_spec(str(model_path), batch_size=32)
         r = evaluate(emb, full, low, pairs_file, out / "eval" / name, eval_cache)
         r["params"] = sum(p.numel() for p in emb.model.parameters())
-        r["embeddings_per_s"] = embed_speed(emb, speed_faces)
-        r["speedup_vs_teacher"] = r["embeddings_per_s"] / teacher["embeddings_per_s"]
         r["accuracy_vs_teacher"] = r["pairs_accuracy"] / teacher["pairs_accuracy"]
         r["seconds"] = seconds
         r["training"] = info
         rows[name] = r
         result["rows"] = rows
         saved.write_text(json.dumps(result, indent=2, default=str))  # after every row: nothing is lost
+
+    # speeds last, back to back in one pass, so each ratio compares two runs on the same (quiet) machine
+    teacher["embeddings_per_s"] = embed_speed(embedder_from_spec("dlib"), speed_faces[:64], repeats=1)
+    for name, r in rows.items():
+        emb = embedder_from_spec(str(out / "rows" / name / "checkpoints" / "model.pt"), batch_size=32)
+        r["embeddings_per_s"] = embed_speed(emb, speed_faces)
+        r["speedup_vs_teacher"] = r["embeddings_per_s"] / teacher["embeddings_per_s"]
+    saved.write_text(json.dumps(result, indent=2, default=str))
 
     best = max(rows, key=lambda k: rows[k]["pairs_accuracy"]) if rows else None
     result["targets"] = {
