@@ -128,6 +128,7 @@ class DistillConfig:
     )  # ddl: augmentations (by name) that turn each easy image into its hard twin
     hard_images: str | None = None  # ddl: real hard photos per identity (folder or 'path identity' list)
     hard_margin: bool = True  # ddl: the margin loss also trains on the hard branch
+    gather: bool = True  # rkd/sp/ekd/ddl on the batch gathered from every rank (TFace); false: per rank
 
 
 @dataclass

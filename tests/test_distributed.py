@@ -201,3 +201,41 @@ def test_two_process_ddp_training_on_lfw_then_resume_in_one(lfw_small: Path, tmp
     after = load_checkpoint(run / "checkpoints" / "last.pt")
     assert after["progress"]["epoch"] == 4 and after["progress"]["global_step"] > steps
     assert not torch.equal(after["head"]["weight"], last["head"]["weight"])
+
+
+@pytest.fixture(scope="module")
+def distill_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    out = tmp_path_factory.mktemp("distill_gather")
+    torchrun(2, str(WORKERS / "distill_gather_worker.py"), str(out))
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+@pytest.mark.parametrize("method", ["rkd", "sp", "ekd", "ddl"])
+def test_relation_distillation_sees_the_global_batch(distill_ranks: list[dict], method: str) -> None:
+    """Every rank computes the term of the whole batch; each rank's row gradients are world x the
+    single-process gradients of those rows, so DDP's average gives the parameters the exact gradient."""
+    ref = distill_ranks[0]["reference"][method]
+    rows = {"sp": ([0, 1, 2, 3, 4, 5], [6, 7])}.get(method, ([0, 1, 2, 3], [4, 5, 6, 7]))
+    for rank, res in enumerate(distill_ranks):
+        r = res[method]
+        assert r["global_batch"] is True
+        torch.testing.assert_close(r["loss"], ref["loss"], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(r["grad"], 2 * ref["grad"][rows[rank]], rtol=1e-4, atol=1e-6)
+        if method == "ddl":
+            torch.testing.assert_close(
+                r["extra_grad"], 2 * ref["extra_grad"][rows[rank]], rtol=1e-4, atol=1e-6
+            )
+    assert float(ref["grad"].abs().sum()) > 0
+
+
+def test_per_sample_and_per_rank_distillation_stay_local(distill_ranks: list[dict]) -> None:
+    for res in distill_ranks:
+        assert res["feature_l2"]["global_batch"] is False and res["rkd_per_rank"]["global_batch"] is False
+    # feature matching is a mean over rows: the two ranks' terms average to the global one
+    ref = distill_ranks[0]["reference"]["feature_l2"]["loss"]
+    mean = (distill_ranks[0]["feature_l2"]["loss"] + distill_ranks[1]["feature_l2"]["loss"]) / 2
+    torch.testing.assert_close(mean, ref, rtol=1e-5, atol=1e-6)
+    # rkd per rank sees half the relations: a different term from the global one
+    assert not torch.allclose(
+        distill_ranks[0]["rkd_per_rank"]["loss"], distill_ranks[0]["reference"]["rkd"]["loss"]
+    )

@@ -26,8 +26,13 @@ per identity), with the margin loss on the random half only and the distillation
 others use the trainer's shuffled sampler.  Unlabelled faces (``distill.unlabelled_root``, e.g.
 UTKFace) join the data with label -1: they feed the distillation term only.
 
-Distributed runs compute the distillation term on each rank's batch (relations are per-rank, not
-over the global batch as TFace's all-gather does).
+Distributed runs: the relation objectives (``rkd``, ``sp``, ``ekd``, ``ddl``; :data:`GATHERED`) see the
+global batch, as TFace's all-gather does: embeddings (with gradient), labels and indices of every rank
+are concatenated and each rank computes the same term.  Backward sums each rank's row gradients over the
+ranks (``world`` x the gradient of the term) and DDP then averages over ranks, so the parameters get
+exactly the gradient of the global term; EKD's EMA thresholds move identically on every rank.
+``distill.gather=false`` keeps the term per rank.  Per-sample objectives (feature matching, LIAAD)
+need no gather.  DDL's margin loss on the hard branch stays per rank, like the main margin loss.
 """
 
 from __future__ import annotations
@@ -62,6 +67,8 @@ __all__ = ["STEP_KINDS", "Distillation", "JoinedFaces", "StepInputs", "scan_unla
 #: which step kind feeds each objective (objectives not listed are teacher-based)
 METHOD_STEP_KIND = {"ddl": "self", "liaad": "multi_teacher"}
 FEATURE_LOSSES = frozenset({"feature_l2", "cosine"})
+#: objectives over within-batch relations: computed on the batch gathered from every rank
+GATHERED = frozenset({"rkd", "sp", "ekd", "ddl"})
 
 
 @dataclass
@@ -188,11 +195,23 @@ def _self_step(d: Distillation, s: StepInputs) -> DistillOutput:
         return DistillOutput(zero, logs={"distill_raw": 0.0})
     easy_b, hard_b = branches_from_pairs(s.embeddings[rows], s.extra[rows], s.labels[rows])
     kd = d.loss(easy_b, hard_b)
-    extra = s.margin(s.extra, s.labels).loss if d.hard_margin else None
     logs = {"distill_raw": float(kd.detach())}
     for k, v in (getattr(d.loss, "last_terms", None) or {}).items():
         logs[f"ddl_{k}"] = float(v)
-    return DistillOutput(d.weight * kd, extra_margin=extra, logs=logs)
+    return DistillOutput(d.weight * kd, logs=logs)
+
+
+def gather_inputs(s: StepInputs) -> StepInputs:
+    """The step inputs of every rank concatenated in rank order (embeddings with gradient)."""
+    from faceforge.engine import distributed as D
+
+    return StepInputs(
+        embeddings=D.gather_rows(s.embeddings, with_grad=True),
+        labels=D.gather_rows(s.labels),
+        indices=D.gather_rows(s.indices.to(s.labels.device)),
+        extra=None if s.extra is None else D.gather_rows(s.extra, with_grad=True),
+        margin=s.margin,
+    )
 
 
 class Distillation(nn.Module):
@@ -279,6 +298,7 @@ class Distillation(nn.Module):
             )
         self.hard_margin = bool(cfg.hard_margin)
         self.balanced_k = int(cfg.balanced_k)
+        self.gather = bool(cfg.gather)
 
     # ------------------------------------------------------------------------------------------ set-up
     @staticmethod
@@ -311,6 +331,7 @@ class Distillation(nn.Module):
             "weight": self.weight,
             "projections": [tuple(p.weight.shape[::-1]) for p in self.projections],
             "hard_images": self.hard_pool.describe() if self.hard_pool is not None else None,
+            "global_batch": self.gather and self.method in GATHERED,
             "teachers": [
                 {
                     "name": t.name,
@@ -379,8 +400,23 @@ class Distillation(nn.Module):
         return torch.from_numpy(np.stack(out))
 
     def forward(self, s: StepInputs) -> DistillOutput:
-        """The distillation term of one batch."""
-        return STEP_KINDS.get(self.kind)(self, s)
+        """The distillation term of one batch (of the global batch for :data:`GATHERED` objectives)."""
+        from faceforge.engine import distributed as D
+
+        hard_margin = None
+        if self.kind == "self":
+            if s.extra is None:
+                raise RuntimeError(
+                    "ddl needs the hard branch: the trainer must embed extra_images() with the batch"
+                )
+            if self.hard_margin:  # per rank, like the margin loss of the easy images
+                hard_margin = s.margin(s.extra, s.labels).loss
+        if self.gather and self.method in GATHERED and D.current().enabled:
+            s = gather_inputs(s)
+        out = STEP_KINDS.get(self.kind)(self, s)
+        if hard_margin is not None:
+            out.extra_margin = hard_margin
+        return out
 
 
 def scan_unlabelled(root: str) -> list[str]:

@@ -105,3 +105,19 @@ def gather_with_grad(x: Tensor, grad_scale: float = 1.0) -> Tensor:
     if not current().enabled:
         return x
     return _GatherWithGrad.apply(x, grad_scale)
+
+
+def gather_rows(x: Tensor, with_grad: bool = False) -> Tensor:
+    """Concatenate every rank's rows along dim 0 when ranks hold different numbers of rows (a batch
+    that lost unreadable images): pad to the largest count, gather, drop the padding.  ``with_grad``
+    sends gradients back as :func:`gather_with_grad` does.  Identity in one process."""
+    ctx = current()
+    if not ctx.enabled:
+        return x
+    n = torch.tensor([x.shape[0]], device=x.device)
+    counts = all_gather_cat(n).tolist()
+    most = max(counts)
+    padded = x if x.shape[0] == most else torch.cat([x, x.new_zeros((most - x.shape[0], *x.shape[1:]))])
+    full = gather_with_grad(padded) if with_grad else all_gather_cat(padded)
+    keep = torch.cat([torch.arange(r * most, r * most + c, device=x.device) for r, c in enumerate(counts)])
+    return full[keep]
