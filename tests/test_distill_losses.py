@@ -409,8 +409,9 @@ def test_ddl_identical_branches_give_zero_kl() -> None:
     easy, _ = ddl_branches(seed=20)
     loss_fn = DDLLoss()
     loss = loss_fn(easy, DDLBranch(easy.normal.clone(), easy.pos_a.clone(), easy.pos_b.clone()))
-    assert float(loss_fn.last_terms["kl_pos"]) == 0.0
-    assert float(loss_fn.last_terms["kl_neg"]) == 0.0
+    # zero up to float rounding: the two histograms come from separate (threaded) reductions
+    assert abs(float(loss_fn.last_terms["kl_pos"])) < 1e-7
+    assert abs(float(loss_fn.last_terms["kl_neg"])) < 1e-7
     pe, ne = ref_branch(easy)
     close(loss, 0.5 * 4 * (sum(ne) / len(ne) - sum(pe) / len(pe)))
 
