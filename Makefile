@@ -29,7 +29,7 @@ demo: setup
 		--json $(DEMO_OUT)/eval/result.json --cache-dir $(DEMO_OUT)/embedding_cache --html
 
 test: setup
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=10 $(PYTEST_ARGS)
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
