@@ -120,7 +120,8 @@ def test_partial_fc_keeps_positives_and_remaps_labels(two_ranks: list[dict]) -> 
 
 def test_head_saved_on_two_ranks_continues_identically_on_one(two_ranks: list[dict]) -> None:
     saved = two_ranks[0]["saved"]
-    torch.testing.assert_close(saved["head"]["weight"], two_ranks[1]["saved"]["head"]["weight"])
+    # the consolidated head is gathered on rank 0 only: rank 1 never holds the whole matrix
+    assert two_ranks[1]["saved"]["head"]["weight"] is None and two_ranks[1]["saved"]["momentum"] is None
     assert saved["head"]["weight"].shape == (10, 16) and saved["momentum"].shape == (10, 16)
     # one process resumes from the consolidated state and runs the same two global batches
     head = build_head("curricularface", embedding_size=16, num_classes=10, scale=16.0, margin=0.5)

@@ -76,7 +76,7 @@ def main(out: Path) -> None:
         if step == 3:
             mom = opt.state[crit.head.weight]["momentum_buffer"]
             results["saved"] = {
-                "head": {k: v.clone() for k, v in crit.full_state_dict().items()},  # t changes in place
+                "head": {k: None if v is None else v.clone() for k, v in crit.full_state_dict().items()},
                 "momentum": crit.gather_rows(mom),
             }
         opt.zero_grad()

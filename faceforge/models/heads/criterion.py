@@ -198,16 +198,21 @@ class ShardedCriterion(nn.Module):
         return hit.clamp(max=1.0).mean()
 
     # ---------------------------------------------------------------------------------------- checkpoints
-    def gather_rows(self, t: Tensor) -> Tensor:
-        """Concatenate this rank's block of per-class rows with the other ranks' blocks (all ranks get it)."""
+    def gather_rows(self, t: Tensor, dst: int = 0) -> Tensor | None:
+        """This rank's block of per-class rows joined with the other ranks' blocks, on rank ``dst`` only
+        (the others get ``None`` and never hold the whole ``[C, ...]`` matrix; checkpoints are written
+        by rank 0)."""
         if self.world_size == 1:
             return t.detach().clone()
         size = shard_range(self.num_classes, 0, self.world_size)
         size = size[1] - size[0]  # rank 0 holds the largest block
         padded = torch.zeros((size, *t.shape[1:]), dtype=t.dtype, device=t.device)
         padded[: t.shape[0]] = t.detach()
-        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
-        D.dist.all_gather(parts, padded)
+        is_dst = D.current().rank == dst
+        parts = [torch.empty_like(padded) for _ in range(self.world_size)] if is_dst else None
+        D.dist.gather(padded, parts, dst=dst)
+        if not is_dst:
+            return None
         blocks = []
         for r, p in enumerate(parts):
             s, e = shard_range(self.num_classes, r, self.world_size)
