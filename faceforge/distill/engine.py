@@ -187,8 +187,7 @@ def complete_pairs(labels: Tensor) -> Tensor:
 
 @STEP_KINDS.register("self")
 def _self_step(d: Distillation, s: StepInputs) -> DistillOutput:
-    if s.extra is None:
-        raise RuntimeError("ddl needs the hard branch: the trainer must embed extra_images() with the batch")
+    assert s.extra is not None  # checked by Distillation.forward
     rows = complete_pairs(s.labels)
     if rows.numel() < 4:  # fewer than two identities: no negatives, skip this batch's term
         zero = s.embeddings.sum() * 0.0

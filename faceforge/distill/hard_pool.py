@@ -100,6 +100,7 @@ class HardPool:
                 "distill.hard_images: %d identities are not training identities, ignored", len(unknown)
             )
         self.skipped: list[str] = []
+        self._bad: set[str] = set()
         self.drawn = 0
         self.degraded = 0
 
@@ -131,12 +132,14 @@ class HardPool:
         return out
 
     def _read(self, path: str, shape: tuple[int, ...]) -> np.ndarray | None:
+        if path in self._bad:  # known unreadable: not read again at every draw
+            return None
         try:
             img = read_image_rgb(path)
         except (UnreadableImageError, FileNotFoundError) as exc:
-            if path not in self.skipped:
-                self.skipped.append(path)
-                log.warning("distill.hard_images: skipping %s (%s)", path, exc)
+            self._bad.add(path)
+            self.skipped.append(path)
+            log.warning("distill.hard_images: skipping %s (%s)", path, exc)
             return None
         if img.shape != tuple(shape):
             raise ValueError(
