@@ -204,11 +204,12 @@ def gather_inputs(s: StepInputs) -> StepInputs:
     """The step inputs of every rank concatenated in rank order (embeddings with gradient)."""
     from faceforge.engine import distributed as D
 
+    counts = D.row_counts(s.labels.shape[0], s.labels.device)  # one exchange for the whole batch
     return StepInputs(
-        embeddings=D.gather_rows(s.embeddings, with_grad=True),
-        labels=D.gather_rows(s.labels),
-        indices=D.gather_rows(s.indices.to(s.labels.device)),
-        extra=None if s.extra is None else D.gather_rows(s.extra, with_grad=True),
+        embeddings=D.gather_rows(s.embeddings, with_grad=True, counts=counts),
+        labels=D.gather_rows(s.labels, counts=counts),
+        indices=D.gather_rows(s.indices.to(s.labels.device), counts=counts),
+        extra=None if s.extra is None else D.gather_rows(s.extra, with_grad=True, counts=counts),
         margin=s.margin,
     )
 
@@ -382,8 +383,9 @@ class Distillation(nn.Module):
         return keep
 
     def extra_images(self, images: Tensor, indices: Tensor) -> Tensor | None:
-        """Images embedded in the same forward pass as the batch: DDL's hard twins, seeded by
-        ``(seed, step_counter, dataset index)`` so a resumed run degrades exactly like an unbroken one."""
+        """Images embedded in the same forward pass as the batch: DDL's hard twins, degraded with seed
+        ``(seed, step_counter, dataset index)`` or drawn from the hard pool with seed
+        ``(seed, step_counter, label)``, so a resumed run gets exactly what an unbroken one would."""
         if self.kind != "self":
             return None
         if self.hard_pool is not None:

@@ -107,17 +107,25 @@ def gather_with_grad(x: Tensor, grad_scale: float = 1.0) -> Tensor:
     return _GatherWithGrad.apply(x, grad_scale)
 
 
-def gather_rows(x: Tensor, with_grad: bool = False) -> Tensor:
+def row_counts(n: int, device: torch.device | str = "cpu") -> list[int]:
+    """How many rows each rank holds (``[n]`` in one process)."""
+    if not current().enabled:
+        return [n]
+    return all_gather_cat(torch.tensor([n], device=device)).tolist()
+
+
+def gather_rows(x: Tensor, with_grad: bool = False, counts: list[int] | None = None) -> Tensor:
     """Concatenate every rank's rows along dim 0 when ranks hold different numbers of rows (a batch
     that lost unreadable images): pad to the largest count, gather, drop the padding.  ``with_grad``
-    sends gradients back as :func:`gather_with_grad` does.  Identity in one process."""
-    ctx = current()
-    if not ctx.enabled:
+    sends gradients back as :func:`gather_with_grad` does; ``counts`` (from :func:`row_counts`) saves
+    the exchange of row counts when several tensors of one batch are gathered.  Identity in one process."""
+    if not current().enabled:
         return x
-    n = torch.tensor([x.shape[0]], device=x.device)
-    counts = all_gather_cat(n).tolist()
+    counts = counts if counts is not None else row_counts(x.shape[0], x.device)
     most = max(counts)
     padded = x if x.shape[0] == most else torch.cat([x, x.new_zeros((most - x.shape[0], *x.shape[1:]))])
     full = gather_with_grad(padded) if with_grad else all_gather_cat(padded)
+    if all(c == most for c in counts):
+        return full
     keep = torch.cat([torch.arange(r * most, r * most + c, device=x.device) for r, c in enumerate(counts)])
     return full[keep]
