@@ -46,6 +46,10 @@ class RunConfig:
         0  # stop (with a checkpoint) after this many optimiser steps in this process; 0: no limit
     )
     resume: str | None = None  # a checkpoint path, or "auto" for <dir>/checkpoints/last.pt if present
+    # fine-tuning: start from the weights of a faceforge checkpoint (model.pt or last.pt); the optimiser,
+    # schedule, progress and distillation modules start fresh. run.resume, when it applies, wins.
+    init: str | None = None
+    init_head: bool = True  # also take the head's weights (same head and number of classes needed)
     progress: bool = True
     deterministic: bool = False
 

@@ -157,3 +157,58 @@ def test_periodic_evaluation_on_several_benchmarks(lfw_small: Path, tmp_path: Pa
     assert [e.step for e in auc] == [2, 4]  # after epoch 1 (2 steps) and at the end
     assert f"eval/{name_id}/rank-1" in tags
     assert auc[-1].value == pytest.approx(final[name_all]["auc"])
+
+
+def test_init_from_checkpoint_copies_weights_and_starts_fresh(
+    lfw_small: Path, tmp_path: Path, list_file
+) -> None:
+    """run.init: the new run starts at step 0 with the checkpoint's weights; mismatches stop clearly."""
+    lf = list_file(lfw_small, tmp_path / "train.txt", per_person=4, people=8)
+    common = [f"data.list_file={lf}", "data.batch_size=8", "optim.epochs=1"]
+    Trainer(_cfg(lfw_small, tmp_path / "a", *common)).fit()  # 4 steps, then model.pt
+    src = load_checkpoint(tmp_path / "a" / "checkpoints" / "model.pt")
+    tuned = Trainer(
+        _cfg(lfw_small, tmp_path / "b", *common, f"run.init={tmp_path / 'a/checkpoints/model.pt'}")
+    )
+    assert tuned.progress.global_step == 0
+    for k, v in src["backbone"].items():
+        assert torch.equal(v, tuned.backbone.state_dict()[k]), k
+    assert torch.equal(src["head"]["weight"], tuned.head.weight.detach())
+    fresh = Trainer(_cfg(lfw_small, tmp_path / "c", *common))
+    assert not torch.equal(src["head"]["weight"], fresh.head.weight.detach())
+    # a fresh head for another label space keeps the backbone
+    no_head = Trainer(
+        _cfg(
+            lfw_small,
+            tmp_path / "d",
+            *common,
+            f"run.init={tmp_path / 'a/checkpoints/last.pt'}",
+            "run.init_head=false",
+        )
+    )
+    assert torch.equal(no_head.head.weight.detach(), fresh.head.weight.detach())
+    kept = no_head.backbone.state_dict()
+    assert all(torch.equal(v, kept[k]) for k, v in src["backbone"].items())
+    lf2 = list_file(lfw_small, tmp_path / "train2.txt", per_person=4, people=6)
+    with pytest.raises(ValueError, match=r"run\.init_head=false"):
+        Trainer(
+            _cfg(
+                lfw_small,
+                tmp_path / "e",
+                f"data.list_file={lf2}",
+                "data.batch_size=8",
+                f"run.init={tmp_path / 'a/checkpoints/model.pt'}",
+            )
+        )
+    with pytest.raises(ValueError, match="set model= and its options"):
+        Trainer(
+            _cfg(
+                lfw_small,
+                tmp_path / "f",
+                *common,
+                "model.embedding_size=32",
+                f"run.init={tmp_path / 'a/checkpoints/model.pt'}",
+            )
+        )
+    with pytest.raises(ValueError, match="checkpoint not found"):
+        Trainer(_cfg(lfw_small, tmp_path / "g", *common, f"run.init={tmp_path / 'missing.pt'}"))

@@ -34,6 +34,7 @@ from faceforge.engine import distributed as D
 from faceforge.engine.checkpoint import (
     FORMAT,
     VERSION,
+    CheckpointError,
     atomic_torch_save,
     load_checkpoint,
     rng_state,
@@ -148,6 +149,8 @@ class Trainer:
             if self.sharded
             else LocalCriterion(self.head)
         )
+        if cfg.run.init:
+            self.init_from(cfg.run.init, head=bool(cfg.run.init_head))
         self.model = self.backbone
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -307,6 +310,42 @@ class Trainer:
                 if torch.is_tensor(v) and v.dim() == 2 and v.shape[1] == self.head.weight.shape[1]:
                     per[k] = self.criterion.take_rows(v)
         self.optimizer.load_state_dict(state)
+
+    def init_from(self, path: str | Path, head: bool = True) -> None:
+        """``run.init``: copy backbone (and head) weights from a faceforge checkpoint, e.g. to fine-tune.
+
+        Only weights are taken; optimiser state, schedule, progress and any distillation modules start
+        fresh. The backbone must be the same architecture; the head must have the same kind and number of
+        classes (``run.init_head=false`` keeps a fresh head, e.g. for new identities).
+        """
+        ckpt = load_checkpoint(path, map_location=self.device)
+        meta = ckpt["meta"]
+        theirs = meta.get("backbone", {})
+        mismatch = (
+            f"run.init={path} holds a {theirs.get('name')} backbone with {theirs.get('kwargs')}, but this run "
+            f"builds {self.backbone_meta['name']} with {self.backbone_meta['kwargs']}: set model= and its "
+            "options to match the checkpoint"
+        )
+        if theirs.get("name") != self.backbone_meta["name"]:
+            raise CheckpointError(mismatch)
+        try:
+            self.backbone.load_state_dict(ckpt["backbone"])
+        except RuntimeError as exc:  # missing/unexpected keys or other shapes (e.g. embedding_size)
+            raise CheckpointError(f"{mismatch} ({str(exc).splitlines()[0]})") from None
+        if head:
+            their_head = meta.get("head", {})
+            if (
+                their_head.get("name") != self.cfg.head.name
+                or their_head.get("num_classes") != self.samples.num_classes
+                or "head" not in ckpt
+            ):
+                raise CheckpointError(
+                    f"run.init={path} has a {their_head.get('name')} head over {their_head.get('num_classes')} "
+                    f"classes; this run trains a {self.cfg.head.name} head over {self.samples.num_classes}: "
+                    "set run.init_head=false to start the head fresh"
+                )
+            self.criterion.load_full_state_dict(ckpt["head"])
+        log.info("initialised %s from %s", "backbone and head" if head else "backbone", path)
 
     def resume(self, path: str | Path) -> None:
         ckpt = load_checkpoint(path, map_location=self.device)
