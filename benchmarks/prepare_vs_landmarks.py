@@ -12,6 +12,7 @@ Each model is evaluated on pairsDevTest with faces made the same way as its trai
 times; the issue's target is a difference of at most 1 point.
 
     python benchmarks/prepare_vs_landmarks.py [--out benchmarks_out/prepare_vs_landmarks] [--detector yunet]
+        [--detector-option landmarks=dlib68 --name yunet_dlib68 --json FILE] [--reuse]
 """
 
 from __future__ import annotations
@@ -83,6 +84,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks_out" / "prepare_vs_landmarks")
     ap.add_argument("--detector", default="yunet")
     ap.add_argument(
+        "--name", default=None, help="name of the prepare run and its folders (default: the detector's)"
+    )
+    ap.add_argument(
         "--detector-option", action="append", default=[], metavar="KEY=VALUE", help="passed to prepare"
     )
     ap.add_argument(
@@ -96,7 +100,8 @@ def main() -> None:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
 
-    lm_faces, pr_faces = out / "faces_landmarks", out / f"faces_{args.detector}"
+    name = args.name or args.detector
+    lm_faces, pr_faces = out / "faces_landmarks", out / f"faces_{name}"
     t_align = run(
         [
             "align",
@@ -117,9 +122,9 @@ def main() -> None:
 
     runs = {
         "landmarks": train_and_eval("landmarks", lm_faces, out, args.overrides, args.reuse),
-        args.detector: train_and_eval(args.detector, pr_faces, out, args.overrides, args.reuse),
+        name: train_and_eval(name, pr_faces, out, args.overrides, args.reuse),
     }
-    acc_lm, acc_pr = accuracy(runs["landmarks"]), accuracy(runs[args.detector])
+    acc_lm, acc_pr = accuracy(runs["landmarks"]), accuracy(runs[name])
     summary = {
         "benchmark": "prepare_vs_landmarks",
         "recipe": RECIPE,
@@ -135,7 +140,7 @@ def main() -> None:
             if k in ("images", "aligned_images", "faces_written", "no_face", "several_faces", "unreadable")
         },
         "accuracy_landmarks": acc_lm,
-        f"accuracy_{args.detector}": acc_pr,
+        f"accuracy_{name}": acc_pr,
         "difference_points": round(100 * (acc_pr - acc_lm), 2),
         "target": "prepare within 1 point of landmarks",
         "runs": runs,

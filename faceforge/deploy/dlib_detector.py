@@ -99,3 +99,42 @@ def build_dlib(
     upsample: int = 1,
 ) -> DlibDetector:
     return DlibDetector(model_path, model, score_threshold, upsample)
+
+
+#: dlib's HOG rectangle relative to a YuNet box of width w and height h: centre shifted by (DX w, DY h),
+#: size (SW w, SH h). Medians over 593 LFW photos (160x160) in which both detectors found the central face.
+YUNET_TO_DLIB_RECT = {"dx": -0.010, "dy": 0.052, "sw": 1.057, "sh": 0.801}
+
+
+class Dlib68Landmarks:
+    """Five ArcFace points from dlib's 68-point shape predictor, started from another detector's box.
+
+    A shape predictor (Kazemi and Sullivan 2014, dlib's iBUG 300-W model) regresses the 68 points from a
+    box; it was trained on dlib's HOG boxes, so a box of another detector is first mapped onto the HOG
+    box it corresponds to (``rect``, e.g. :data:`YUNET_TO_DLIB_RECT`). On 600 LFW photos the resulting
+    points lie a mean 1.6 px (median 1.1 px; 112 px frame, the constant offset between the point
+    definitions removed) from the MTCNN landmarks that ship with LFW, against 4.6 px for YuNet's own
+    points and 1.3 px for dlib's own detector plus the predictor.
+    """
+
+    def __init__(self, rect: dict[str, float], model_path: str | Path | None = None) -> None:
+        from faceforge.embedders.dlib_resnet import _require_dlib, models_folder
+
+        self._dlib = _require_dlib()
+        folder = Path(model_path) if model_path else models_folder()
+        predictor = folder / "shape_predictor_68_face_landmarks.dat"
+        if not predictor.is_file():
+            raise FileNotFoundError(f"dlib 68-point shape predictor not found: {predictor}")
+        self.rect = dict(rect)
+        self._predictor = self._dlib.shape_predictor(str(predictor))
+        self._lock = threading.Lock()
+
+    def __call__(self, image: np.ndarray, box: np.ndarray) -> np.ndarray:
+        """``image``: RGB uint8; ``box``: x0, y0, x1, y1 of the other detector -> (5, 2) points."""
+        x0, y0, x1, y1 = (float(v) for v in box)
+        w, h = x1 - x0, y1 - y0
+        cx, cy = (x0 + x1) / 2 + self.rect["dx"] * w, (y0 + y1) / 2 + self.rect["dy"] * h
+        hw, hh = self.rect["sw"] * w / 2, self.rect["sh"] * h / 2
+        rect = self._dlib.rectangle(round(cx - hw), round(cy - hh), round(cx + hw) - 1, round(cy + hh) - 1)
+        with self._lock:
+            return _points5(self._predictor(np.ascontiguousarray(image), rect))
