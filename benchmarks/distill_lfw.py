@@ -7,8 +7,11 @@ identities (e.g. UTKFace after ``faceforge prepare``) that feed only the distill
 
 Rows: the student with ArcFace only; + each baseline (feature L2, cosine, RKD, SP); + EKD; + LIAAD
 (teachers: dlib and the ArcFace-only student of the first row, the "second teacher trained by
-faceforge"); + DDL with low-resolution hard samples (no teacher).  ``--rows ddl_easy_margin`` adds DDL
-with the margin loss on the easy images only (``distill.hard_margin=false``).
+faceforge"); + DDL with low-resolution hard samples (no teacher). Variant rows (``--rows NAME``, see
+``VARIANTS``): ``ddl_easy_margin`` (DDL with the margin loss on the easy images only);
+``scratch_finetune`` and ``ddl_finetune`` (the ArcFace-only student trained ``--finetune-epochs`` more at
+lr 0.01, with ArcFace alone or with DDL: DDL as TFace uses it, to fine-tune a trained student);
+``rkd_unlabelled`` (RKD with the ``--unlabelled`` faces).
 
 Columns:
 - pairsDevTest accuracy (insightface 10-fold; no flip test-time augmentation for any model, which halves
@@ -37,7 +40,7 @@ import platform
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -55,16 +58,29 @@ RECIPE = "lfw_mobilefacenet_arcface"
 ROWS = ["scratch", "feature_l2", "cosine", "rkd", "sp", "ekd", "liaad", "ddl"]
 #: fine-tuning rows start from the ArcFace-only student (run.init) and train --finetune-epochs more
 FINETUNE = ["optim.lr=0.01", "optim.warmup_epochs=0"]
-#: extra rows (not run by default): name -> (method, overrides, starts from the scratch row's weights)
-VARIANTS: dict[str, tuple[str, list[str], bool]] = {
-    "ddl_easy_margin": ("ddl", ["distill.hard_margin=false"], False),
-    "scratch_finetune": ("scratch", FINETUNE, True),
-    "ddl_finetune": ("ddl", FINETUNE, True),
+#: methods whose distillation term can use faces without identities (--unlabelled)
+TAKES_UNLABELLED = ("feature_l2", "cosine", "rkd", "sp", "liaad")
+
+
+class Variant(NamedTuple):
+    method: str
+    overrides: list[str]
+    init_from_scratch_row: bool = False  # fine-tune the scratch row's model (run.init)
+    unlabelled: bool = False  # needs --unlabelled; the default rows take it whenever it is given
+
+
+#: extra rows (not run by default)
+VARIANTS: dict[str, Variant] = {
+    "ddl_easy_margin": Variant("ddl", ["distill.hard_margin=false"]),
+    "scratch_finetune": Variant("scratch", FINETUNE, init_from_scratch_row=True),
+    "ddl_finetune": Variant("ddl", FINETUNE, init_from_scratch_row=True),
+    "rkd_unlabelled": Variant("rkd", [], unlabelled=True),
 }
 LABELS = {
     "scratch": "ArcFace only",
     "scratch_finetune": "ArcFace only, fine-tuned further",
     "ddl_finetune": "ArcFace only, fine-tuned with DDL",
+    "rkd_unlabelled": "+ rkd, unlabelled faces too",
 }
 LOW_RES = 24
 
@@ -151,7 +167,11 @@ def train_row(
     finetune_epochs: int,
 ) -> tuple[Path, float, dict[str, Any]]:
     run_dir = out / "rows" / name
-    method, extra, from_scratch_row = VARIANTS.get(name, (name, [], False))
+    method, extra, from_scratch_row, wants_unlabelled = VARIANTS.get(name, Variant(name, []))
+    if wants_unlabelled and not unlabelled:
+        raise SystemExit(f"row {name} distils on unlabelled faces: give --unlabelled DIR")
+    # default rows take --unlabelled when their method can; variant rows only when they ask for it
+    use_unlabelled = wants_unlabelled or (name not in VARIANTS and method in TAKES_UNLABELLED)
     if from_scratch_row:
         if not scratch_model.is_file():
             raise SystemExit(f"row {name} fine-tunes the scratch row: run --rows scratch first")
@@ -170,7 +190,7 @@ def train_row(
     overrides += extra
     if name == "liaad":
         overrides.append(f"distill.teachers.1.model={scratch_model}")
-    if unlabelled and name in ("feature_l2", "cosine", "rkd", "sp", "liaad"):
+    if unlabelled and use_unlabelled:
         overrides.append(f"distill.unlabelled_root={unlabelled}")
     t0 = time.perf_counter()
     trainer = Trainer(compose_config(RECIPE, overrides))
@@ -265,9 +285,14 @@ def main() -> None:
     # speeds last, back to back in one pass, so each ratio compares two runs on the same (quiet) machine
     teacher["embeddings_per_s"] = embed_speed(embedder_from_spec("dlib"), speed_faces[:64], repeats=1)
     for name, r in rows.items():
-        emb = embedder_from_spec(str(out / "rows" / name / "checkpoints" / "model.pt"), batch_size=32)
+        model = out / "rows" / name / "checkpoints" / "model.pt"
+        if not model.is_file():  # a row kept from an earlier run whose files are gone: keep its figures
+            r["speed_measured"] = "in an earlier run (its model file is not in --out)"
+            continue
+        emb = embedder_from_spec(str(model), batch_size=32)
         r["embeddings_per_s"] = embed_speed(emb, speed_faces)
         r["speedup_vs_teacher"] = r["embeddings_per_s"] / teacher["embeddings_per_s"]
+        r["speed_measured"] = "this run, back to back with the teacher"
     saved.write_text(json.dumps(result, indent=2, default=str))
 
     best = max(rows, key=lambda k: rows[k]["pairs_accuracy"]) if rows else None
@@ -282,7 +307,7 @@ def main() -> None:
             name: r[f"allpairs_{LOW_RES}px_tar@far=1e-3"]
             > rows["scratch"][f"allpairs_{LOW_RES}px_tar@far=1e-3"]
             for name, r in rows.items()
-            if name.startswith("ddl") and "scratch" in rows
+            if name.startswith("ddl") and "scratch" in rows and not VARIANTS.get(name, Variant(name, []))[2]
         },
         # the fair test of DDL as TFace uses it: fine-tuning vs ArcFace fine-tuning for as many epochs
         "ddl_finetune_beats_scratch_finetune_on_24px": (
@@ -300,7 +325,7 @@ def main() -> None:
             "overrides": FINETUNE,
             "init": "the scratch row's model.pt",
         },
-        "unlabelled": args.unlabelled,
+        "unlabelled": "per row: training.overrides holds distill.unlabelled_root when a row used it",
         "low_resolution": f"{LOW_RES}x{LOW_RES} (INTER_AREA) then back to 112 (bilinear)",
         "speed": "batch 32, flip off, best of repeats; teacher: dlib in landmarks mode (shape predictor + chip)",
         "torch_threads": torch.get_num_threads(),
