@@ -120,7 +120,9 @@ class YuNetDetector:
 
     ``landmarks="dlib68"`` replaces YuNet's five points by those of dlib's 68-point shape predictor run on
     the YuNet box (:class:`faceforge.deploy.dlib_detector.Dlib68Landmarks`; needs ``faceforge[dlib]``):
-    on LFW their scatter around the MTCNN reference drops from 4.6 px to 1.6 px (mean, 112 px frame).
+    on LFW their scatter around the MTCNN reference drops from 4.6 px to 1.6 px (mean, 112 px frame), and
+    the demo recipe trained on faces prepared this way scores 83.4 % on pairsDevTest against 84.2 % with the
+    shipped landmarks (means of five training seeds; the seed alone moves one run by about 2 points).
     """
 
     name = "yunet"
