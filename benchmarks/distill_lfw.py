@@ -11,8 +11,9 @@ faceforge"); + DDL with low-resolution hard samples (no teacher). Variant rows (
 ``VARIANTS``): ``ddl_easy_margin`` (DDL with the margin loss on the easy images only);
 ``scratch_finetune`` and ``ddl_finetune`` (the ArcFace-only student trained ``--finetune-epochs`` more at
 lr 0.01, with ArcFace alone or with DDL: DDL as TFace uses it, to fine-tune a trained student);
-``rkd_unlabelled`` (RKD with the ``--unlabelled`` faces); ``scratch_long`` and ``rkd_long`` (ArcFace alone
-and + RKD, trained ``--long-epochs``: how far the gap to the teacher closes with more training).
+``rkd_unlabelled`` (RKD with the ``--unlabelled`` faces). Any row name with the suffix ``_<N>ep`` (e.g.
+``rkd_6ep``, ``scratch_12ep``) trains that row for N epochs instead of ``--epochs``: how far the gap to the
+teacher closes with more training.
 
 Columns:
 - pairsDevTest accuracy (insightface 10-fold; no flip test-time augmentation for any model, which halves
@@ -41,6 +42,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import time
 from pathlib import Path
@@ -71,7 +73,6 @@ class Variant(NamedTuple):
     overrides: list[str]
     init_from_scratch_row: bool = False  # fine-tune the scratch row's model (run.init)
     unlabelled: bool = False  # needs --unlabelled; the default rows take it whenever it is given
-    long: bool = False  # trains --long-epochs instead of --epochs
 
 
 #: extra rows (not run by default)
@@ -80,18 +81,25 @@ VARIANTS: dict[str, Variant] = {
     "scratch_finetune": Variant("scratch", FINETUNE, init_from_scratch_row=True),
     "ddl_finetune": Variant("ddl", FINETUNE, init_from_scratch_row=True),
     "rkd_unlabelled": Variant("rkd", [], unlabelled=True),
-    "scratch_long": Variant("scratch", [], long=True),
-    "rkd_long": Variant("rkd", [], long=True),
 }
 LABELS = {
     "scratch": "ArcFace only",
     "scratch_finetune": "ArcFace only, fine-tuned further",
     "ddl_finetune": "ArcFace only, fine-tuned with DDL",
     "rkd_unlabelled": "+ rkd, unlabelled faces too",
-    "scratch_long": "ArcFace only, {epochs} epochs",
-    "rkd_long": "+ rkd, {epochs} epochs",
 }
 LOW_RES = 24
+#: a row name ending in _<N>ep trains that row for N epochs (rkd_6ep: RKD for 6 epochs)
+EPOCHS_SUFFIX = re.compile(r"^(?P<row>.+)_(?P<epochs>[1-9][0-9]*)ep$")
+
+
+def split_row(name: str) -> tuple[str, int | None]:
+    """``"rkd_6ep"`` -> ``("rkd", 6)``; ``"rkd"`` -> ``("rkd", None)``; unknown rows stop with the list."""
+    m = EPOCHS_SUFFIX.match(name)
+    base, epochs = (m["row"], int(m["epochs"])) if m else (name, None)
+    if base not in ROWS and base not in VARIANTS:
+        raise SystemExit(f"unknown row {name!r}: rows are {ROWS + list(VARIANTS)}, optionally with _<N>ep")
+    return base, epochs
 
 
 def align_lfw(out: Path) -> Path:
@@ -193,20 +201,19 @@ def train_row(
     teacher_cache: Path,
     scratch_model: Path,
     finetune_epochs: int,
-    long_epochs: int,
 ) -> tuple[Path, float, dict[str, Any]]:
     run_dir = out / "rows" / name
-    method, extra, from_scratch_row, wants_unlabelled, long = VARIANTS.get(name, Variant(name, []))
-    if long:
-        epochs = long_epochs
+    base, own_epochs = split_row(name)
+    method, extra, from_scratch_row, wants_unlabelled = VARIANTS.get(base, Variant(base, []))
+    epochs = own_epochs or epochs
     if wants_unlabelled and not unlabelled:
         raise SystemExit(f"row {name} distils on unlabelled faces: give --unlabelled DIR")
     # default rows take --unlabelled when their method can; variant rows only when they ask for it
-    use_unlabelled = wants_unlabelled or (name not in VARIANTS and method in TAKES_UNLABELLED)
+    use_unlabelled = wants_unlabelled or (base not in VARIANTS and method in TAKES_UNLABELLED)
     if from_scratch_row:
         if not scratch_model.is_file():
             raise SystemExit(f"row {name} fine-tunes the scratch row: run --rows scratch first")
-        epochs = finetune_epochs
+        epochs = own_epochs or finetune_epochs
         extra = [*extra, f"run.init={scratch_model}"]
     overrides = [
         f"data.root={faces}",
@@ -219,7 +226,7 @@ def train_row(
     if method != "scratch":
         overrides.append(f"method={method}")
     overrides += extra
-    if name == "liaad":
+    if base == "liaad":
         overrides.append(f"distill.teachers.1.model={scratch_model}")
     if unlabelled and use_unlabelled:
         overrides.append(f"distill.unlabelled_root={unlabelled}")
@@ -242,17 +249,17 @@ def train_row(
     return run_dir / "checkpoints" / "model.pt", seconds, info
 
 
-def row_label(name: str, row: dict[str, Any]) -> str:
-    """The table's name for a row; ``{epochs}`` in a label becomes the epochs the row trained."""
-    epochs = next(
-        (
-            o.split("=", 1)[1]
-            for o in row.get("training", {}).get("overrides", [])
-            if o.startswith("optim.epochs=")
-        ),
-        "?",
-    )
-    return LABELS.get(name, f"+ {name}").format(epochs=epochs)
+def row_label(name: str) -> str:
+    """The table's name for a row: ``rkd_6ep`` -> ``+ rkd, 6 epochs``."""
+    base, epochs = split_row(name)
+    label = LABELS.get(base, f"+ {base}")
+    return f"{label}, {epochs} epochs" if epochs else label
+
+
+def row_order(name: str) -> tuple[int, int]:
+    """Table order: the rows' order in ROWS and VARIANTS, then more epochs below fewer."""
+    base, epochs = split_row(name)
+    return (ROWS + list(VARIANTS)).index(base), epochs or 0
 
 
 def table(rows: dict[str, Any], teacher: dict[str, Any]) -> str:
@@ -267,9 +274,8 @@ def table(rows: dict[str, Any], teacher: dict[str, Any]) -> str:
         f"| ~{teacher['params'] / 1e6:.1f} M | {teacher['embeddings_per_s']:.0f} | {teacher['embeddings_per_s']:.0f} "
         "| pretrained |"
     ]
-    order = ROWS + list(VARIANTS)  # rows re-run later keep their place in the table
-    for name, r in sorted(rows.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)):
-        label = row_label(name, r)
+    for name, r in sorted(rows.items(), key=lambda kv: row_order(kv[0])):  # re-run rows keep their place
+        label = row_label(name)
         lines.append(
             f"| MobileFaceNet, {label} | {r['pairs_accuracy'] * 100:.2f} % | {r['allpairs_tar@far=1e-3'] * 100:.2f} % | "
             f"{r[f'allpairs_{LOW_RES}px_tar@far=1e-3'] * 100:.2f} % | {r['params'] / 1e6:.2f} M | "
@@ -283,9 +289,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="benchmarks_out/distill_lfw")
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--rows", default=",".join(ROWS), help=f"of {ROWS + list(VARIANTS)}")
+    ap.add_argument(
+        "--rows", default=",".join(ROWS), help=f"of {ROWS + list(VARIANTS)}, each optionally with _<N>ep"
+    )
     ap.add_argument("--finetune-epochs", type=int, default=1, help="epochs of the *_finetune rows")
-    ap.add_argument("--long-epochs", type=int, default=8, help="epochs of the *_long rows")
     ap.add_argument("--unlabelled", default=None, help="aligned faces without identities (e.g. UTKFace)")
     ap.add_argument("--teacher-cache", default=None, help="teacher embedding cache (default <out>/cache)")
     ap.add_argument("--reuse", action="store_true", help="keep rows whose results exist")
@@ -315,7 +322,10 @@ def main() -> None:
     teacher = result["teacher"]
 
     scratch_model = out / "rows" / "scratch" / "checkpoints" / "model.pt"
-    for name in [r for r in args.rows.split(",") if r]:
+    wanted = [r for r in args.rows.split(",") if r]
+    for name in wanted:
+        split_row(name)  # an unknown row stops here, before hours of training
+    for name in wanted:
         if name in rows and args.reuse:
             continue
         model_path, seconds, info = train_row(
@@ -327,7 +337,6 @@ def main() -> None:
             cache,
             scratch_model,
             args.finetune_epochs,
-            args.long_epochs,
         )
         emb = embedder_from_spec(str(model_path), batch_size=32)
         r = evaluate(emb, full, low, pairs_file, out / "eval" / name, eval_cache)
@@ -372,11 +381,15 @@ def main() -> None:
         "best_speedup_vs_teacher": rows[best]["speedup_vs_teacher"] if best else None,
         "target_speedup": 15.0,
         # per DDL row (ddl and its variants): is its 24 px TAR above the ArcFace-only student's?
+        # (trained from scratch, against the ArcFace-only row of as many epochs)
         "ddl_beats_scratch_on_24px": {
-            name: r[f"allpairs_{LOW_RES}px_tar@far=1e-3"]
-            > rows["scratch"][f"allpairs_{LOW_RES}px_tar@far=1e-3"]
+            name: r[f"allpairs_{LOW_RES}px_tar@far=1e-3"] > rows[peer][f"allpairs_{LOW_RES}px_tar@far=1e-3"]
             for name, r in rows.items()
-            if name.startswith("ddl") and "scratch" in rows and not VARIANTS.get(name, Variant(name, []))[2]
+            for base, n in [split_row(name)]
+            for peer in [f"scratch_{n}ep" if n else "scratch"]
+            if base.startswith("ddl")
+            and peer in rows
+            and not VARIANTS.get(base, Variant(base, [])).init_from_scratch_row
         },
         # the fair test of DDL as TFace uses it: fine-tuning vs ArcFace fine-tuning for as many epochs
         "ddl_finetune_beats_scratch_finetune_on_24px": (
@@ -394,7 +407,7 @@ def main() -> None:
             "overrides": FINETUNE,
             "init": "the scratch row's model.pt",
         },
-        "long_epochs": args.long_epochs,
+        "epochs_suffix": "a row named <row>_<N>ep trained N epochs instead of --epochs",
         "unlabelled": "per row: training.overrides holds distill.unlabelled_root when a row used it",
         "low_resolution": f"{LOW_RES}x{LOW_RES} (INTER_AREA) then back to 112 (bilinear)",
         "speed": (
