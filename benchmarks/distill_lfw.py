@@ -53,10 +53,10 @@ import numpy as np
 import torch
 
 from faceforge.config import compose_config
+from faceforge.data.pairs import read_lfw_pairs, resolve_pairs
 from faceforge.embedders import embedder_from_spec
 from faceforge.engine.trainer import Trainer
 from faceforge.eval.benchmarks import run_benchmarks
-from faceforge.eval.pairs import read_lfw_pairs, resolve_pairs
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("FACEFORGE_DATA", REPO.parent / "shared" / "data"))

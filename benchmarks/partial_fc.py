@@ -55,7 +55,7 @@ def peak_bytes() -> int:
 
 def worker(mode: str, classes: int, batch: int, steps: int, simulate_world: int, out: Path) -> None:
     """Run in each rank (or alone for the simulated rank); writes one JSON line per rank."""
-    from faceforge.engine import distributed as D
+    from faceforge.core import distributed as D
     from faceforge.models.heads import build_head
     from faceforge.models.heads.criterion import LocalCriterion, ShardedCriterion, shard_range
 

@@ -14,7 +14,6 @@ import inspect
 import re
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,127 +22,13 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from faceforge.core.schema import TrainConfig, to_dict
+
 PACKAGE_CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the key and the fix."""
-
-
-@dataclass
-class RunConfig:
-    dir: str = "runs/default"
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: bf16 on CPUs with bf16 units, fp16 on CUDA)
-    channels_last: bool = True
-    ddp_fp16_compress: bool = False  # CUDA + torchrun: fp16 gradient compression hook on the DDP backbone
-    gradient_checkpointing: bool = False  # recompute backbone blocks in backward (IResNet family)
-    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
-    log_every: int = 20
-    save_every_steps: int = 0  # 0: checkpoint at the end of each epoch only
-    max_steps: int = (
-        0  # stop (with a checkpoint) after this many optimiser steps in this process; 0: no limit
-    )
-    resume: str | None = None  # a checkpoint path, or "auto" for <dir>/checkpoints/last.pt if present
-    # fine-tuning: start from the weights of a faceforge checkpoint (model.pt or last.pt); the optimiser,
-    # schedule, progress and distillation modules start fresh. run.resume, when it applies, wins.
-    init: str | None = None
-    init_head: bool = True  # also take the head's weights (same head and number of classes needed)
-    progress: bool = True
-    deterministic: bool = False
-
-
-@dataclass
-class DataConfig:
-    root: str = "???"  # folder/list: the image tree; rec: base of a relative data.rec; tfr_index: shard root
-    # folder | list | rec | tfr_index (see faceforge.data.build); folder with list_file set reads the list
-    format: str = "folder"
-    list_file: str | None = None  # 'path label' list (paths relative to root); format=list, or folder + this
-    rec: str | None = None  # format=rec: insightface/MXNet '.rec' path or '<prefix>' of <prefix>.rec/.idx
-    index_file: str | None = None  # format=tfr_index: TFace index 'tfr_name tfr_index offset label'
-    exclude_pairs: list[str] = field(default_factory=list)  # LFW pairs files whose people are left out
-    min_images_per_identity: int = 1
-    image_size: int = 112
-    preload: bool = False  # decode every image once into memory (small data sets)
-    num_workers: int = 2
-    batch_size: int = 128
-    augment: dict[str, Any] = field(default_factory=lambda: {"flip": {"p": 0.5}})
-
-
-@dataclass
-class OptimConfig:
-    name: str = "sgd"  # sgd | adamw
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    weight_decay: float = 5e-4
-    no_decay_bn_bias: bool = True  # no weight decay on BatchNorm/PReLU parameters and biases
-    epochs: int = 20
-    warmup_epochs: float = 0.0
-    warmup_start_factor: float = 0.0
-    schedule: str = "poly"  # poly | step | cosine | constant
-    power: float = 1.0  # poly
-    milestones: list[float] = field(default_factory=list)  # step: epochs at which lr *= gamma
-    gamma: float = 0.1
-    min_lr: float = 0.0
-    grad_clip: float = 5.0  # max global grad norm; 0 disables
-    # split each data.batch_size batch into this many micro-batches whose gradients add up before one
-    # optimiser step: the same effective batch with 1/k of the activation memory
-    accumulate_steps: int = 1
-
-
-@dataclass
-class EvalConfig:
-    pairs: str | None = None  # LFW-format pairs file evaluated after training
-    images: str | None = None  # aligned images for the pairs (default: data.root)
-    # more benchmarks, as 'faceforge eval --benchmark' specs (lfw:PAIRS:IMAGES, bin:FILE, allpairs:IMAGES,
-    # ident:IMAGES:K:MIN, ijb:DIR, ...); their summary numbers go to tensorboard as eval/<name>/<number>
-    benchmarks: list[str] = field(default_factory=list)
-    flip: bool = True
-    every_epochs: int = 0  # also evaluate every N epochs (0: only at the end)
-    batch_size: int = 128
-
-
-@dataclass
-class TeacherConfig:
-    model: str = "???"  # an embedder: a faceforge checkpoint (.pt), an ONNX file (.onnx) or dlib
-    name: str | None = None  # label in logs and reports (default teacher<i>)
-    flip: bool = False  # teacher target = embedding of the face plus its mirror image (2x teacher time)
-    options: dict[str, Any] = field(default_factory=dict)  # extra embedder arguments (e.g. device)
-
-
-@dataclass
-class DistillConfig:
-    """Knowledge distillation (faceforge.distill.engine); ``method: null`` trains with the head alone."""
-
-    method: str | None = None  # feature_l2 | cosine | rkd | sp | ekd | liaad | ddl
-    weight: float = 1.0  # total loss = margin loss + weight * distillation loss
-    options: dict[str, Any] = field(default_factory=dict)  # arguments of the objective (see its docstring)
-    teachers: list[TeacherConfig] = field(default_factory=list)
-    cache_dir: str | None = None  # teacher-embedding cache (default: the eval cache); "none" disables it
-    projection: str = "auto"  # auto | linear | none: learned student->teacher map for feature losses, liaad
-    unlabelled_root: str | None = None  # aligned faces without identities, used by the distillation term only
-    balanced_k: int = 4  # ekd: images per identity in the identity-balanced half of each batch
-    hard: dict[str, Any] = field(
-        default_factory=lambda: {"lowres": {"min_scale": 0.15, "max_scale": 0.4, "p": 1.0}}
-    )  # ddl: augmentations (by name) that turn each easy image into its hard twin
-    hard_images: str | None = None  # ddl: real hard photos per identity (folder or 'path identity' list)
-    hard_margin: bool = True  # ddl: the margin loss also trains on the hard branch
-    gather: bool = True  # rkd/sp/ekd/ddl on the batch gathered from every rank (TFace); false: per rank
-
-
-@dataclass
-class TrainConfig:
-    run: RunConfig = field(default_factory=RunConfig)
-    model: dict[str, Any] = field(default_factory=lambda: {"name": "mobilefacenet"})
-    head: dict[str, Any] = field(default_factory=lambda: {"name": "arcface"})
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 def _resolve_config_path(config: str) -> tuple[Path, str]:
@@ -348,7 +233,3 @@ def _matches(value: Any, hint: Any) -> bool:
 
 def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint))
-
-
-def to_dict(cfg: DictConfig) -> dict[str, Any]:
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

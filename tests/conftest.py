@@ -66,7 +66,7 @@ def list_file():
 @pytest.fixture(scope="session")
 def lfw_devtest_aligned(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Aligned faces of every person in pairsDevTest.txt."""
-    from faceforge.eval.pairs import read_lfw_pairs
+    from faceforge.data.pairs import read_lfw_pairs
 
     people = sorted(
         {n for p in read_lfw_pairs(data_dir / "lfw" / "pairsDevTest.txt") for n in (p.name1, p.name2)}

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from faceforge.config import ConfigError, compose_config
+from faceforge.core.checkpoint import load_checkpoint
 from faceforge.distill.engine import complete_pairs
-from faceforge.engine.checkpoint import load_checkpoint
 from faceforge.engine.trainer import Trainer
 
 pytest.importorskip("dlib")

@@ -161,7 +161,7 @@ def test_partial_fc_in_one_process_and_bad_settings() -> None:
 @pytest.mark.slow
 def test_two_process_ddp_training_on_lfw_then_resume_in_one(lfw_small: Path, tmp_path: Path) -> None:
     from faceforge.config import compose_config
-    from faceforge.engine.checkpoint import load_checkpoint
+    from faceforge.core.checkpoint import load_checkpoint
     from faceforge.engine.trainer import Trainer
 
     run = tmp_path / "run"

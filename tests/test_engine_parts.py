@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from faceforge.engine.checkpoint import CheckpointError, atomic_torch_save, load_checkpoint
+from faceforge.core.checkpoint import CheckpointError, atomic_torch_save, load_checkpoint
 from faceforge.engine.optim import parameter_groups
 from faceforge.engine.schedule import ScheduleSpec, learning_rate
 

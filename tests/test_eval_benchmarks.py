@@ -13,8 +13,8 @@ import pytest
 
 from faceforge.cli.main import main
 from faceforge.data.binset import write_bin
+from faceforge.embedders.cache import cached_embed_paths, model_key
 from faceforge.eval.benchmarks import BenchmarkSpecError, parse_benchmark_spec, run_benchmarks
-from faceforge.eval.cache import cached_embed_paths, model_key
 from faceforge.eval.report_html import write_html_report
 
 

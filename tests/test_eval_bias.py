@@ -85,7 +85,8 @@ def test_impostor_differential_by_hand() -> None:
 
 
 def test_within_group_pairs_and_utkface_labellers() -> None:
-    from faceforge.eval.bias import GROUP_LABELLERS, within_group_impostor_pairs
+    from faceforge.data.attributes import GROUP_LABELLERS
+    from faceforge.eval.bias import within_group_impostor_pairs
 
     i, j, g = within_group_impostor_pairs(np.array(["x", "y", "x", "x", "y"]))
     pairs = sorted(zip(i.tolist(), j.tolist(), g.tolist(), strict=True))

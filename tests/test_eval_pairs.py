@@ -1,4 +1,4 @@
-"""Tests for faceforge.eval.pairs: LFW pairs files (both header forms), paths, and the real file."""
+"""Tests for faceforge.data.pairs: LFW pairs files (both header forms), paths, and the real file."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from faceforge.eval.pairs import Pair, lfw_image_path, read_lfw_pairs, resolve_pairs
+from faceforge.data.pairs import Pair, lfw_image_path, read_lfw_pairs, resolve_pairs
 
 
 def _data_root() -> Path:

@@ -20,13 +20,13 @@ import pytest
 import torch
 
 from faceforge.cli.main import main
+from faceforge.core.checkpoint import FORMAT, VERSION, atomic_torch_save
+from faceforge.core.hashing import file_sha256
 from faceforge.data.image_io import read_image_rgb
 from faceforge.data.preprocess import Preprocess
 from faceforge.embedders import embedder_from_spec
 from faceforge.embedders.checkpoint import CheckpointEmbedder
 from faceforge.embedders.onnx_model import OnnxEmbedder
-from faceforge.engine.checkpoint import FORMAT, VERSION, atomic_torch_save
-from faceforge.hashing import file_sha256
 from faceforge.models.backbones import build_backbone
 
 onnx = pytest.importorskip("onnx")

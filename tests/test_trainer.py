@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from faceforge.config import compose_config
-from faceforge.engine.checkpoint import load_checkpoint
+from faceforge.core.checkpoint import load_checkpoint
 from faceforge.engine.trainer import NonFiniteLossError, Trainer
 
 

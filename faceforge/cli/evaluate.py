@@ -116,8 +116,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     from faceforge.embedders import embedder_from_spec
+    from faceforge.embedders.cache import default_cache_dir
     from faceforge.eval.benchmarks import parse_benchmark_spec, run_benchmarks
-    from faceforge.eval.cache import default_cache_dir
 
     if not args.model:
         raise ValueError("--model is required (or use --compare RESULT_JSON ...)")

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from faceforge.registry import Registry
+from faceforge.core.registry import Registry
 
 
 @dataclass(frozen=True)

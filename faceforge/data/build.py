@@ -148,7 +148,7 @@ def _relabel(
 
 
 def people_in_pairs(pairs_files: Iterable[str]) -> set[str]:
-    from faceforge.eval.pairs import read_lfw_pairs
+    from faceforge.data.pairs import read_lfw_pairs
 
     return {n for f in pairs_files for p in read_lfw_pairs(f) for n in (p.name1, p.name2)}
 
@@ -166,7 +166,7 @@ def build_dataset(
 ) -> BuiltDataset:
     """Dataset + sample description for ``data_cfg`` (a ``data`` config section). ``augment`` defaults to
     ``data.augment``."""
-    from faceforge.config import to_dict
+    from faceforge.core.schema import to_dict
 
     if augment is None:
         augment = build_augmentations(to_dict(data_cfg.augment) if data_cfg.augment else None)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from faceforge.registry import Registry
+from faceforge.core.registry import Registry
 
 Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 AUGMENTATIONS: Registry[Augment] = Registry("augmentation")

@@ -24,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from faceforge.registry import Registry
+from faceforge.core.registry import Registry
 
 YUNET_MODEL_NAME = "face_detection_yunet_2026may.onnx"
 

@@ -40,8 +40,8 @@ import numpy as np
 import torch
 
 import faceforge
+from faceforge.core.hashing import file_sha256
 from faceforge.data.preprocess import Preprocess
-from faceforge.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -247,8 +247,8 @@ def export_onnx(
     thousands, where fp32 rounding alone exceeds any fixed absolute bound): the export fails with a
     RuntimeError, and leaves no file, when ``max_abs_diff > tolerance * max(1, max |embedding|)``.
     """
+    from faceforge.core.checkpoint import load_checkpoint
     from faceforge.embedders.checkpoint import backbone_from_checkpoint
-    from faceforge.engine.checkpoint import load_checkpoint
 
     onnx, ort = _require_onnx()
     if exporter not in EXPORTERS:

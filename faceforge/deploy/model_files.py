@@ -24,8 +24,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from faceforge.hashing import file_sha256
-from faceforge.registry import Registry
+from faceforge.core.hashing import file_sha256
+from faceforge.core.registry import Registry
 
 
 @dataclass(frozen=True)

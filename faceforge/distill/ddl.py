@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from faceforge.models.heads.base import no_autocast
+from faceforge.core.precision import no_autocast
 
 from .registry import DISTILL_LOSSES
 

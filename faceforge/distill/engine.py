@@ -47,6 +47,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from faceforge.core.registry import Registry
 from faceforge.data.image_io import is_image_file
 from faceforge.data.transforms import build_augmentations
 from faceforge.distill.ddl import branches_from_pairs
@@ -58,7 +59,6 @@ from faceforge.distill.teachers import (
     class_centroids,
     default_teacher_cache,
 )
-from faceforge.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ def _self_step(d: Distillation, s: StepInputs) -> DistillOutput:
 
 def gather_inputs(s: StepInputs) -> StepInputs:
     """The step inputs of every rank concatenated in rank order (embeddings with gradient)."""
-    from faceforge.engine import distributed as D
+    from faceforge.core import distributed as D
 
     counts = D.row_counts(s.labels.shape[0], s.labels.device)  # one exchange for the whole batch
     return StepInputs(
@@ -235,7 +235,7 @@ class Distillation(nn.Module):
         classes: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
-        from faceforge.config import to_dict
+        from faceforge.core.schema import to_dict
 
         self.method = str(cfg.method)
         self.kind = METHOD_STEP_KIND.get(self.method, "teacher")
@@ -402,7 +402,7 @@ class Distillation(nn.Module):
 
     def forward(self, s: StepInputs) -> DistillOutput:
         """The distillation term of one batch (of the global batch for :data:`GATHERED` objectives)."""
-        from faceforge.engine import distributed as D
+        from faceforge.core import distributed as D
 
         hard_margin = None
         if self.kind == "self":

@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from faceforge.models.heads.base import no_autocast
-from faceforge.registry import Registry
+from faceforge.core.precision import no_autocast
+from faceforge.core.registry import Registry
 
 from .baselines import check_batch, require_same_dim
 from .registry import DISTILL_LOSSES

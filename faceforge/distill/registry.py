@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from faceforge.registry import Registry
+from faceforge.core.registry import Registry
 
 __all__ = ["DISTILL_LOSSES"]
 

@@ -3,7 +3,7 @@
 A teacher is any embedder (:func:`faceforge.embedders.embedder_from_spec`): a faceforge checkpoint
 (``.pt``), an ONNX file (``.onnx``) or ``dlib`` (dlib's 128-d ResNet, about 13 faces/s per core).
 Teachers never run inside the training step.  Before training, every training image (the aligned,
-un-augmented face) is embedded by every teacher through :func:`faceforge.eval.cache.cached_embed`:
+un-augmented face) is embedded by every teacher through :func:`faceforge.embedders.cache.cached_embed`:
 the cache key of an image is the sha1 of its decoded pixels (so a JPEG folder, a ``.rec`` and a
 TFace index of the same faces share entries), and the cache folder is keyed by the teacher's
 identity (its ``describe()``: kind, weights hash, preprocessing) and settings (flip).  A second run,
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from faceforge.data.image_io import UnreadableImageError
-from faceforge.eval.cache import cached_embed, default_cache_dir, model_key
+from faceforge.embedders.cache import cached_embed, default_cache_dir, model_key
 
 log = logging.getLogger(__name__)
 

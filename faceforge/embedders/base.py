@@ -6,7 +6,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from faceforge.registry import Registry
+from faceforge.core.registry import Registry
 
 
 @runtime_checkable

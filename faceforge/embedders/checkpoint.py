@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from faceforge.core.checkpoint import load_checkpoint
+from faceforge.core.hashing import file_sha256
+from faceforge.core.precision import autocast, resolve_device, resolve_precision
 from faceforge.data.preprocess import Preprocess
 from faceforge.embedders.base import EMBEDDERS
-from faceforge.engine.checkpoint import load_checkpoint
-from faceforge.engine.precision import autocast, resolve_device, resolve_precision
-from faceforge.hashing import file_sha256
 from faceforge.models.backbones import build_backbone
 
 

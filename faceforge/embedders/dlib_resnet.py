@@ -57,8 +57,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from faceforge.core.hashing import file_sha256
 from faceforge.embedders.base import EMBEDDERS
-from faceforge.hashing import file_sha256
 
 INSTALL_HINT = "pip install dlib-bin face-recognition-models   (or: pip install 'faceforge[dlib]')"
 MODES = ("landmarks", "resize", "photo")

@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from faceforge.core.hashing import file_sha256
 from faceforge.data.align import TEMPLATE_NAME
 from faceforge.data.preprocess import Preprocess
 from faceforge.embedders.base import EMBEDDERS
-from faceforge.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 

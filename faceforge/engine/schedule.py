@@ -16,7 +16,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from faceforge.registry import Registry
+from faceforge.core.registry import Registry
 
 Decay = Callable[[int, int, "ScheduleSpec"], float]
 SCHEDULES: Registry[Decay] = Registry("lr schedule")

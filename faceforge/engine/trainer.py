@@ -25,13 +25,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import faceforge
-from faceforge.config import HEAD_LAYOUT_KEYS, to_dict
-from faceforge.data.build import build_dataset
-from faceforge.data.dataset import ResumableSampler, collate_faces
-from faceforge.data.preprocess import Preprocess
-from faceforge.distill.engine import Distillation, StepInputs
-from faceforge.engine import distributed as D
-from faceforge.engine.checkpoint import (
+from faceforge.config import HEAD_LAYOUT_KEYS
+from faceforge.core import distributed as D
+from faceforge.core.checkpoint import (
     FORMAT,
     VERSION,
     CheckpointError,
@@ -40,8 +36,13 @@ from faceforge.engine.checkpoint import (
     rng_state,
     set_rng_state,
 )
+from faceforge.core.precision import autocast, make_scaler, resolve_device, resolve_precision
+from faceforge.core.schema import to_dict
+from faceforge.data.build import build_dataset
+from faceforge.data.dataset import ResumableSampler, collate_faces
+from faceforge.data.preprocess import Preprocess
+from faceforge.distill.engine import Distillation, StepInputs
 from faceforge.engine.optim import build_optimizer
-from faceforge.engine.precision import autocast, make_scaler, resolve_device, resolve_precision
 from faceforge.engine.schedule import ScheduleSpec, learning_rate
 from faceforge.models.backbones import build_backbone
 from faceforge.models.heads import build_head

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from faceforge.eval.cache import cached_embed_paths
+from faceforge.embedders.cache import cached_embed_paths
 from faceforge.eval.kinds import BENCHMARK_KINDS, BenchmarkSpec, BenchmarkSpecError, RunContext
 from faceforge.eval.kinds.base import file_sha256, flip_text, folder_checksum
 from faceforge.eval.kinds.pairs import verification_record

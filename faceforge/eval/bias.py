@@ -29,10 +29,8 @@ from numpy.typing import ArrayLike
 
 from faceforge.eval.allpairs import threshold_at_rate
 from faceforge.eval.verification import kfold_accuracy
-from faceforge.registry import Registry
 
 __all__ = [
-    "GROUP_LABELLERS",
     "RFW_GRID",
     "differential_performance",
     "impostor_differential",
@@ -135,44 +133,6 @@ def differential_performance(
 # ------------------------------------------------------------------------------------------------------
 # impostor-only differentials (data sets without identity labels, such as UTKFace)
 # ------------------------------------------------------------------------------------------------------
-GROUP_LABELLERS: Registry = Registry("group labeller")
-"""``name -> (file name -> group label or None)``: how a data set's file names give demographic groups."""
-
-UTKFACE_GENDER = {0: "male", 1: "female"}
-UTKFACE_RACE = {0: "White", 1: "Black", 2: "Asian", 3: "Indian", 4: "Other"}
-AGE_BANDS = ((0, 19, "0-19"), (20, 39, "20-39"), (40, 59, "40-59"), (60, 200, "60+"))
-
-
-def _utkface_fields(name: str) -> tuple[int, int, int] | None:
-    parts = name.split("_")
-    if len(parts) < 4 or not all(p.isdigit() for p in parts[:3]):
-        return None
-    return int(parts[0]), int(parts[1]), int(parts[2])
-
-
-@GROUP_LABELLERS.register("utkface-gender")
-def utkface_gender(name: str) -> str | None:
-    """UTKFace ``<age>_<gender>_<race>_<timestamp>...``: gender 0 male, 1 female."""
-    f = _utkface_fields(name)
-    return UTKFACE_GENDER.get(f[1]) if f else None
-
-
-@GROUP_LABELLERS.register("utkface-race")
-def utkface_race(name: str) -> str | None:
-    """UTKFace race field: 0 White, 1 Black, 2 Asian, 3 Indian, 4 Other."""
-    f = _utkface_fields(name)
-    return UTKFACE_RACE.get(f[2]) if f else None
-
-
-@GROUP_LABELLERS.register("utkface-age")
-def utkface_age(name: str) -> str | None:
-    """UTKFace age field in bands 0-19, 20-39, 40-59, 60+."""
-    f = _utkface_fields(name)
-    if not f:
-        return None
-    return next(label for lo, hi, label in AGE_BANDS if lo <= f[0] <= hi)
-
-
 def within_group_impostor_pairs(
     groups: ArrayLike, max_pairs_per_group: int = 200_000, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from faceforge.data.pairs import read_lfw_pairs, resolve_pairs
 from faceforge.eval.embedding import embed_paths
 from faceforge.eval.kinds.base import file_sha256
 from faceforge.eval.kinds.pairs import verification_record
-from faceforge.eval.pairs import read_lfw_pairs, resolve_pairs
 
 
 def evaluate_pairs(

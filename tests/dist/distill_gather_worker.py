@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from faceforge.config import DistillConfig, TeacherConfig
+from faceforge.core.schema import DistillConfig, TeacherConfig
 from faceforge.distill.engine import Distillation, StepInputs
-from faceforge.engine import distributed as D
+from faceforge.core import distributed as D
 
 LABELS = np.array([0, 0, 1, 1, 2, 2, 3, 3])
 #: method -> rows of each rank (rank 0, rank 1); sp runs on an uneven split (a batch that lost images)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from faceforge.engine import distributed as D
+from faceforge.core import distributed as D
 from faceforge.models.heads import build_head
 from faceforge.models.heads.criterion import ShardedCriterion, shard_range
 

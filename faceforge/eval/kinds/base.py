@@ -20,9 +20,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from faceforge.core.hashing import file_sha256
+from faceforge.core.registry import Registry
 from faceforge.data.image_io import is_image_file
-from faceforge.hashing import file_sha256
-from faceforge.registry import Registry
 
 __all__ = [
     "BENCHMARK_KINDS",

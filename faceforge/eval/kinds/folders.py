@@ -232,7 +232,7 @@ class BiasKind(BenchmarkKind):
     usage = "bias:IMAGES:LABELLER"
 
     def parse(self, spec: str, rest: str) -> BenchmarkSpec:
-        from faceforge.eval.bias import GROUP_LABELLERS
+        from faceforge.data.attributes import GROUP_LABELLERS
 
         parts = rest.split(":")
         if len(parts) < 2 or parts[-1] not in GROUP_LABELLERS:
@@ -245,7 +245,7 @@ class BiasKind(BenchmarkKind):
         require_dir(b, b.paths[0])
 
     def plan(self, b: BenchmarkSpec, image_ext: str) -> dict[str, Any]:
-        from faceforge.eval.bias import GROUP_LABELLERS
+        from faceforge.data.attributes import GROUP_LABELLERS
 
         label_of = GROUP_LABELLERS.get(b.paths[1])
         every = images_in(b.paths[0])

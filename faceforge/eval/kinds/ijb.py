@@ -26,7 +26,7 @@ import numpy as np
 
 from faceforge.data.align import TEMPLATE_NAME, warp_face
 from faceforge.data.image_io import UnreadableImageError, decode_image_rgb
-from faceforge.eval.cache import cached_embed
+from faceforge.embedders.cache import cached_embed
 from faceforge.eval.ijb import (
     ijb_1to1,
     ijb_1toN,

@@ -21,7 +21,8 @@ import numpy as np
 
 from faceforge.data.binset import load_bin
 from faceforge.data.image_io import UnreadableImageError, decode_image_rgb
-from faceforge.eval.cache import cached_embed, member_key
+from faceforge.data.pairs import read_lfw_pairs, resolve_pairs
+from faceforge.embedders.cache import cached_embed, member_key
 from faceforge.eval.kinds.base import (
     BENCHMARK_KINDS,
     CHECKSUM_RULE_USED,
@@ -35,7 +36,6 @@ from faceforge.eval.kinds.base import (
     require_file,
     two_paths,
 )
-from faceforge.eval.pairs import read_lfw_pairs, resolve_pairs
 from faceforge.eval.plots import plot_erc, plot_roc, plot_score_histogram
 from faceforge.eval.roc import roc, summarize_verification
 from faceforge.eval.verification import kfold_accuracy, val_at_far

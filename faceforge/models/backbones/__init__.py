@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from faceforge.registry import Registry
+from faceforge.core.registry import Registry
 
 from .iresnet import (
     IBasicBlock,

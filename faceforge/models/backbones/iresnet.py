@@ -30,12 +30,13 @@ hurts most. The returned embedding is therefore always fp32.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+
+from faceforge.core.precision import no_autocast
 
 __all__ = [
     "IBasicBlock",
@@ -49,17 +50,9 @@ __all__ = [
     "iresnet200",
     "iresnet_se50",
     "iresnet_se100",
-    "no_autocast",
 ]
 
 SUPPORTED_INPUT_SIZES = (112,)
-
-
-def no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """Context that disables autocast on ``device`` (a no-op where autocast does not exist, e.g. meta)."""
-    if torch.amp.is_autocast_available(device.type):
-        return torch.autocast(device_type=device.type, enabled=False)
-    return contextlib.nullcontext()
 
 
 def check_backbone_args(name: str, embedding_size: int, input_size: int, dropout: float) -> None:

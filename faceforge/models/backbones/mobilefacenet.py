@@ -35,7 +35,9 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from .iresnet import check_backbone_args, check_backbone_input, no_autocast
+from faceforge.core.precision import no_autocast
+
+from .iresnet import check_backbone_args, check_backbone_input
 
 __all__ = ["GDC", "Bottleneck", "ConvBN", "MobileFaceNet", "ResidualStage", "mobilefacenet"]
 

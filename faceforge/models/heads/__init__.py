@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from faceforge.registry import Registry
+from faceforge.core.registry import Registry
 
 from .base import ClassifierHead, HeadOutput, MarginHead
 from .margin import ArcFace, CosFace, CurricularFace, NormFace, arc_target, shifted_cos

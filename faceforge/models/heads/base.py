@@ -20,21 +20,15 @@ unsharded result (tested in tests/test_heads.py).
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ClassifierHead", "HeadOutput", "MarginHead", "no_autocast"]
+from faceforge.core.precision import no_autocast
 
-
-def no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """Context that disables autocast on ``device`` (a no-op where autocast does not exist, e.g. meta)."""
-    if torch.amp.is_autocast_available(device.type):
-        return torch.autocast(device_type=device.type, enabled=False)
-    return contextlib.nullcontext()
+__all__ = ["ClassifierHead", "HeadOutput", "MarginHead"]
 
 
 @dataclass

@@ -37,9 +37,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from faceforge.engine import distributed as D
+from faceforge.core import distributed as D
+from faceforge.core.precision import no_autocast
 
-from .base import MarginHead, no_autocast
+from .base import MarginHead
 
 
 @dataclass

@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import ClassifierHead, HeadOutput, no_autocast
+from faceforge.core.precision import no_autocast
+
+from .base import ClassifierHead, HeadOutput
 
 __all__ = ["SoftmaxHead"]
 

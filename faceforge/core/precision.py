@@ -46,6 +46,14 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device.type, dtype=dtype)
 
 
+def no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Context that disables autocast on ``device`` (a no-op where autocast does not exist, e.g. meta):
+    heads, losses and the final embedding layers run in fp32 whatever precision the backbone used."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def make_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler | None:
     """A gradient scaler for fp16 (bf16 has fp32's range and needs none)."""
     if precision == "fp16":
