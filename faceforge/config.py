@@ -1,11 +1,17 @@
 """Training configuration: YAML groups composed with Hydra, validated against a typed schema.
 
-An experiment file lists its groups in a ``defaults`` list (``model``, ``head``, ``data``, ``optim``), each a
-YAML file under ``faceforge/configs/<group>/``; command-line overrides (``optim.lr=0.05``,
-``model=iresnet50``) are applied by Hydra's compose API. The result is merged into the :class:`TrainConfig`
-schema, so an unknown key or a wrong type stops with a message naming the key. ``model`` and ``head``
-take the keyword arguments of the registered constructor chosen by their ``name``, checked against its
-signature.
+An experiment file lists its groups in a ``defaults`` list (``model``, ``head``, ``data``, ``optim``, ``method``),
+each a YAML file under ``faceforge/configs/<group>/``; command-line overrides (``optim.lr=0.05``,
+``model=iresnet50``, ``method=rkd``) are applied by Hydra's compose API. The result is merged into the
+:class:`~faceforge.core.schema.TrainConfig` schema, so an unknown key or a wrong type stops with a message naming
+the key. ``model`` and ``head`` take the keyword arguments of the registered constructor chosen by their ``name``;
+every ``objectives.<name>`` takes the options its objective class declares and ``method`` those of its method
+class, all checked against their signatures (modules in ``run.plugins`` are imported first, so objectives and
+methods defined outside the package are checked the same way).
+
+``${faceforge_data:}`` in a YAML file is the real-data folder: ``$FACEFORGE_DATA`` if set, else the ``shared/data``
+folder beside the repository this package is installed from (so packaged configs work from any working
+directory).
 """
 
 from __future__ import annotations
@@ -17,18 +23,45 @@ import typing
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from faceforge.core.schema import TrainConfig, to_dict
+from faceforge.objectives.margin import HEAD_LAYOUT_KEYS
 
 PACKAGE_CONFIGS = Path(__file__).resolve().parent / "configs"
+#: sections of the configuration before objectives and teachers (0.1) and where their keys went
+MOVED = {
+    "distill": "distillation is configured as objectives (objectives.<name>.weight, objectives.<name>.<option>) "
+    "with teachers=[{model: dlib, name: dlib}] and data.sources (faces without identities); see README "
+    "'Distillation'",
+}
 
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the key and the fix."""
+
+
+def data_folder() -> str:
+    """``$FACEFORGE_DATA``, else ``<repository>/../shared/data`` next to this source tree, else an error."""
+    import os
+
+    env = os.environ.get("FACEFORGE_DATA")
+    if env:
+        return env
+    beside = Path(__file__).resolve().parents[2] / "shared" / "data"
+    if beside.is_dir():
+        return str(beside)
+    raise ConfigError(
+        "the config uses ${faceforge_data:} but FACEFORGE_DATA is not set and no shared/data folder lies beside "
+        f"the repository ({beside}): export FACEFORGE_DATA=/path/to/data"
+    )
+
+
+OmegaConf.register_new_resolver("faceforge_data", data_folder, replace=True)
 
 
 def _resolve_config_path(config: str) -> tuple[Path, str]:
@@ -64,12 +97,22 @@ def compose_config(config: str, overrides: list[str] | None = None) -> DictConfi
     """Compose ``config`` with ``overrides`` and validate it; returns a read-only DictConfig."""
     config_dir, name = _resolve_config_path(config)
     group_overrides, key_overrides = split_overrides(list(overrides or []))
+    for ov in key_overrides:
+        section = ov.lstrip("+~").partition("=")[0].split(".")[0]
+        if section in MOVED:
+            raise ConfigError(f"override {ov}: '{section}' is gone: {MOVED[section]}")
     hydra_overrides = [f"hydra.searchpath=[file://{PACKAGE_CONFIGS}]", *group_overrides]
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base=None):
             raw = compose(config_name=name, overrides=hydra_overrides)
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(f"cannot compose config '{config}': {exc}") from None
+    except yaml.YAMLError as exc:  # broken YAML, or tags such as !!python/object that only code could build
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"config '{config}' (or a group file it uses) is not plain YAML: {first}") from None
+    for section, why in MOVED.items():
+        if section in raw:
+            raise ConfigError(f"config '{config}' has a '{section}' section, which is gone: {why}")
     raw = OmegaConf.masked_copy(raw, [k for k in raw if k != "hydra"]) if "hydra" in raw else raw
     # keys through a list element (distill.teachers.1.model=...) cannot be merged as a dotlist config
     # (a dict would meet a list): they are applied one by one after the merge
@@ -96,14 +139,20 @@ def validate_config(
         cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), raw)
         # model/head/augment take the arguments of the constructor chosen by name: open them here and
         # check them against its signature below, so the message names the valid keys
-        with open_dict(cfg.model), open_dict(cfg.head), open_dict(cfg.data.augment):
+        with (
+            open_dict(cfg.model),
+            open_dict(cfg.head),
+            open_dict(cfg.data.augment),
+            open_dict(cfg.objectives),
+            open_dict(cfg.method),
+        ):
             for extra in more:
                 cfg.merge_with(extra)
             for key, value in updates or []:
                 if OmegaConf.select(cfg, key.rpartition(".")[0], default=None) is None:
                     raise ConfigError(f"override {key}={value}: there is no {key.rpartition('.')[0]} to set")
                 OmegaConf.update(cfg, key, value, merge=True)
-        OmegaConf.resolve(cfg)
+            OmegaConf.resolve(cfg)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None)
         raise ConfigError(
@@ -125,7 +174,10 @@ def validate_config(
     _check_head_layout(head_layout)
     _check_choice("run.device", cfg.run.device, ("auto", "cpu", "cuda"))
     _check_choice("run.precision", cfg.run.precision, ("auto", "fp32", "bf16", "fp16"))
-    _check_choice("optim.name", cfg.optim.name, ("sgd", "adamw"))
+    from faceforge.engine.optim import OPTIMIZERS
+
+    _check_choice("optim.name", cfg.optim.name, OPTIMIZERS)
+    _check_numbers(cfg)
     _check_data_format(cfg.data)
     from faceforge.engine.schedule import SCHEDULES
 
@@ -138,12 +190,76 @@ def validate_config(
                 f"data.augment: unknown augmentation '{aug}'; available: {AUGMENTATIONS.names()}"
             )
         check_kwargs(f"data.augment.{aug}", dict(kwargs or {}), AUGMENTATIONS.get(aug), reserved=())
+    _check_plugins_objectives_method(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg
 
 
-HEAD_LAYOUT_KEYS = ("sharded", "sample_rate")
-"""Head keys that choose how the classifier is laid out over ranks, not arguments of the head itself."""
+def _check_numbers(cfg: DictConfig) -> None:
+    """Values that must be positive (a zero batch or a negative epoch count is a mistake, not a request)."""
+    for key, low in (("data.batch_size", 1), ("optim.epochs", 1), ("run.log_every", 1), ("data.image_size", 1),
+                     ("optim.accumulate_steps", 1), ("data.num_workers", 0), ("data.min_images_per_identity", 1),
+                     ("run.max_steps", 0), ("run.save_every_steps", 0), ("eval.every_epochs", 0)):  # fmt: skip
+        value = OmegaConf.select(cfg, key)
+        if value < low:
+            raise ConfigError(f"{key}={value} must be >= {low}")
+    if not cfg.optim.lr > 0:
+        raise ConfigError(f"optim.lr={cfg.optim.lr} must be > 0")
+
+
+def _check_plugins_objectives_method(cfg: DictConfig) -> None:
+    """``run.plugins`` import; every ``objectives.<name>`` and ``method`` against its class's options."""
+    from faceforge.engine.method import METHODS
+    from faceforge.engine.setup import import_plugins, method_spec, objective_specs
+    from faceforge.objectives import OBJECTIVES
+
+    try:
+        import_plugins(cfg.run.plugins)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    for name, spec in to_dict(cfg.objectives).items():
+        if spec is not None and not isinstance(spec, dict):
+            raise ConfigError(
+                f"objectives.{name} must be a mapping of options (or null to remove it), got {spec!r}"
+            )
+        weight = (spec or {}).get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, int | float):
+            raise ConfigError(f"objectives.{name}.weight={weight!r} must be a number")
+    specs = objective_specs(cfg.objectives)
+    if not specs:
+        raise ConfigError("no objective left: objectives needs at least one (e.g. objectives.margin={})")
+    for name, kind, _, options in specs:
+        if kind not in OBJECTIVES:
+            raise ConfigError(
+                f"objectives.{name}: unknown objective type '{kind}'; available: {OBJECTIVES.names()} "
+                "(or register one in a module listed in run.plugins)"
+            )
+        check_options(f"objectives.{name}", options, OBJECTIVES.get(kind).option_targets())
+    mname, moptions = method_spec(cfg.method)
+    if mname not in METHODS:
+        raise ConfigError(f"method.name: unknown method '{mname}'; available: {METHODS.names()}")
+    check_options("method", moptions, [METHODS.get(mname).__init__])
+
+
+def check_options(section: str, options: dict[str, Any], targets: list[Any]) -> None:
+    """``options`` against the keyword parameters of several callables (an objective and the loss it wraps):
+    every key must be one of them, of its annotated type; ``ctx`` and ``self`` are the engine's."""
+    params: dict[str, tuple[inspect.Parameter, Any]] = {}
+    for target in targets:
+        try:
+            hints = typing.get_type_hints(target)
+        except Exception:
+            hints = {}
+        for n, prm in inspect.signature(target).parameters.items():
+            if n in ("self", "ctx") or prm.kind in (prm.VAR_KEYWORD, prm.VAR_POSITIONAL):
+                continue
+            params.setdefault(n, (prm, hints.get(n)))
+    for key, value in options.items():
+        if key not in params:
+            raise ConfigError(f"{section}: unknown key '{key}'; valid keys: {sorted(params)}")
+        hint = params[key][1]
+        if hint is not None and not _matches(value, hint):
+            raise ConfigError(f"{section}.{key}={value!r} has the wrong type: expected {_type_name(hint)}")
 
 
 def _check_head_layout(layout: dict[str, Any]) -> None:

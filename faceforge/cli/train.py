@@ -1,38 +1,80 @@
-"""``faceforge train CONFIG [key=value ...]``: config-driven training."""
+"""``faceforge train CONFIG [key=value ...]``: config-driven training, evaluated with ``faceforge eval``'s code.
+
+The ``eval`` section becomes the trainer's evaluation hook: ``eval.pairs`` (an LFW pairs file, images from
+``eval.images`` or ``data.root``) and every ``eval.benchmarks`` spec run through
+:func:`faceforge.eval.benchmarks.run_benchmarks` on the saved model, exactly as ``faceforge eval`` would.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+from typing import Any
 
 from faceforge.cli.main import command
 
 
+def benchmark_specs(cfg: Any) -> list[str]:
+    """The ``faceforge eval`` specs of a training config's ``eval`` section."""
+    specs = [f"lfw:{cfg.eval.pairs}:{cfg.eval.images or cfg.data.root}"] if cfg.eval.pairs else []
+    return specs + list(cfg.eval.benchmarks)
+
+
+def evaluation_hook(cfg: Any):
+    """``evaluate(model_path, out_dir) -> {benchmark: summary}`` for the trainer, or None without benchmarks."""
+    specs = benchmark_specs(cfg)
+    if not specs:
+        return None
+
+    def evaluate(model_path: Path, out_dir: Path) -> dict[str, dict[str, Any]]:
+        from faceforge.embedders import embedder_from_spec
+        from faceforge.eval.benchmarks import run_benchmarks
+
+        device = "cpu" if cfg.run.device == "cpu" else "auto"
+        embedder = embedder_from_spec(str(model_path), device=device, batch_size=cfg.eval.batch_size)
+        run = run_benchmarks(
+            embedder,
+            specs,
+            out_dir=out_dir,
+            cache_dir=None,  # the model changes at every evaluation
+            flip=cfg.eval.flip,
+            batch_size=cfg.eval.batch_size,
+            progress=cfg.run.progress,
+        )
+        return {name: rec["summary"] for name, rec in run["benchmarks"].items()}
+
+    return evaluate
+
+
 def _add(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="experiment YAML path, or the name of a packaged config")
-    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. optim.lr=0.05 model=iresnet50")
+    p.add_argument("overrides", nargs="*", help="overrides, e.g. optim.lr=0.05 model=iresnet50 method=rkd")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
 
-@command("train", "train a backbone + head from a YAML config with key=value overrides")(_add)
+@command("train", "train a backbone with its objectives from a YAML config with key=value overrides")(_add)
 def run(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
     from faceforge.config import compose_config
-    from faceforge.engine.trainer import Trainer
+    from faceforge.core import distributed as D
+    from faceforge.engine.loop import Trainer
 
     cfg = compose_config(args.config, args.overrides)
     if args.print_config:
         print(OmegaConf.to_yaml(cfg))
         return 0
-    report = Trainer(cfg).fit()
+    report = Trainer(cfg, evaluate=evaluation_hook(cfg)).fit()
+    if not D.current().is_main:  # one summary per run, printed by rank 0
+        return 0
     summary = {k: report[k] for k in ("completed", "progress", "images_per_s_this_run", "precision")}
     summary["skipped_images"] = report["skipped_images"]["count"]
-    if "eval" in report:
-        v = report["eval"]["verification"]
-        summary["pairs_accuracy"] = (
-            f"{v['accuracy_mean'] * 100:.2f} +- {v['accuracy_std'] * 100:.2f} ({v['rule']})"
-        )
-    print(json.dumps(summary, indent=2))
+    if report.get("history"):
+        last = report["history"][-1]
+        summary["last_logged"] = {k: round(v, 4) for k, v in last.items() if k not in ("step", "epoch")}
+    if report.get("eval"):
+        summary["eval"] = report["eval"]
+    print(json.dumps(summary, indent=2, default=str))
     print(f"run directory: {cfg.run.dir}")
     return 0

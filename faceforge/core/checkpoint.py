@@ -47,6 +47,18 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     return target
 
 
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the ``.<name>.*.tmp`` files that :func:`atomic_torch_save` leaves when killed mid-write; returns
+    them. Only files of that pattern are touched."""
+    d = Path(folder)
+    if not d.is_dir():
+        return []
+    stale = sorted(f for f in d.glob(".*.tmp") if f.is_file())
+    for f in stale:
+        f.unlink(missing_ok=True)
+    return stale
+
+
 def rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():

@@ -34,6 +34,22 @@ class RunConfig:
     init_head: bool = True  # also take the head's weights (same head and number of classes needed)
     progress: bool = True
     deterministic: bool = False
+    # modules imported before the run is built, so objectives / methods / backbones they register can be named
+    # in this config (e.g. plugins: [my_lab.methods]); they run as code: list only modules you trust
+    plugins: list[str] = field(default_factory=list)
+    cache_dir: str | None = None  # teacher-embedding cache (default: the eval cache); "none" disables it
+
+
+@dataclass
+class SourceConfig:
+    """One more training source after the main one (faceforge.data.sources)."""
+
+    root: str = "???"
+    identities: bool = (
+        False  # true: root/<identity>/<image>, new classes; false: any images, no identity (-1)
+    )
+    attributes: str | None = None  # CSV/TSV sidecar keyed by path relative to root (age, gender, group, ...)
+    labeller: str | None = None  # file-name labeller (e.g. utkface)
 
 
 @dataclass
@@ -51,6 +67,9 @@ class DataConfig:
     num_workers: int = 2
     batch_size: int = 128
     augment: dict[str, Any] = field(default_factory=lambda: {"flip": {"p": 0.5}})
+    attributes: str | None = None  # CSV/TSV sidecar of per-image attributes, keyed by path relative to root
+    labeller: str | None = None  # file-name labeller of per-image attributes (e.g. utkface)
+    sources: list[SourceConfig] = field(default_factory=list)  # more sources, e.g. faces without identities
 
 
 @dataclass
@@ -98,26 +117,6 @@ class TeacherConfig:
 
 
 @dataclass
-class DistillConfig:
-    """Knowledge distillation (faceforge.distill.engine); ``method: null`` trains with the head alone."""
-
-    method: str | None = None  # feature_l2 | cosine | rkd | sp | ekd | liaad | ddl
-    weight: float = 1.0  # total loss = margin loss + weight * distillation loss
-    options: dict[str, Any] = field(default_factory=dict)  # arguments of the objective (see its docstring)
-    teachers: list[TeacherConfig] = field(default_factory=list)
-    cache_dir: str | None = None  # teacher-embedding cache (default: the eval cache); "none" disables it
-    projection: str = "auto"  # auto | linear | none: learned student->teacher map for feature losses, liaad
-    unlabelled_root: str | None = None  # aligned faces without identities, used by the distillation term only
-    balanced_k: int = 4  # ekd: images per identity in the identity-balanced half of each batch
-    hard: dict[str, Any] = field(
-        default_factory=lambda: {"lowres": {"min_scale": 0.15, "max_scale": 0.4, "p": 1.0}}
-    )  # ddl: augmentations (by name) that turn each easy image into its hard twin
-    hard_images: str | None = None  # ddl: real hard photos per identity (folder or 'path identity' list)
-    hard_margin: bool = True  # ddl: the margin loss also trains on the hard branch
-    gather: bool = True  # rkd/sp/ekd/ddl on the batch gathered from every rank (TFace); false: per rank
-
-
-@dataclass
 class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
     model: dict[str, Any] = field(default_factory=lambda: {"name": "mobilefacenet"})
@@ -125,7 +124,14 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)
+    # instance name -> {type (default: the name), weight (default 1), options of the objective}; null removes one
+    objectives: dict[str, Any] = field(default_factory=lambda: {"margin": {}})
+    teachers: list[TeacherConfig] = field(
+        default_factory=list
+    )  # frozen embedders read by distillation objectives
+    method: dict[str, Any] = field(
+        default_factory=lambda: {"name": "standard"}
+    )  # {name, options of the method}
 
 
 def to_dict(cfg: DictConfig) -> dict[str, Any]:

@@ -198,6 +198,25 @@ class Attributes:
             )
         return out
 
+    def categories(self, name: str) -> list[str] | None:
+        """The sorted distinct values of a text attribute (their positions are its codes); None for numbers."""
+        col = self.values[name]
+        if col.dtype != object:
+            return None
+        return sorted({str(v) for v, m in zip(col.tolist(), self.mask[name], strict=True) if m})
+
+    def numeric(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(values float64 [n], mask bool [n])``: numbers as they are, text as codes into
+        :meth:`categories`; missing rows hold 0."""
+        col, mask = self.values[name], self.mask[name]
+        cats = self.categories(name)
+        if cats is None:
+            return np.where(mask, col, 0.0), mask
+        code = {c: i for i, c in enumerate(cats)}
+        return np.array(
+            [code[str(v)] if m else 0 for v, m in zip(col.tolist(), mask, strict=True)], float
+        ), mask
+
     def summary(self) -> dict[str, dict[str, Any]]:
         return {
             n: {"rows_with_value": int(self.mask[n].sum()), "rows": self.n, "source": self.sources[n]}

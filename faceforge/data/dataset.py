@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -115,26 +116,44 @@ class Batch:
     labels: torch.Tensor  # int64 [N]
     indices: torch.Tensor  # int64 [N], dataset indices
     skipped: list[str] = field(default_factory=list)
+    branch: torch.Tensor | None = None  # int64 [N], the sampler branch of each row (see TaggedRows)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
 
+class TaggedRows:
+    """A dataset whose items may be asked for as ``(index, tag)``: the item gets the tag appended, so a
+    batch sampler that draws rows in branches (a random half and a balanced half, say) can say which branch
+    each row came from even when unreadable rows are dropped. Plain ``index`` keys get tag 0."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple:
+        index, tag = (key, 0) if isinstance(key, int | np.integer) else key
+        return (*self.dataset[int(index)], int(tag))
+
+
 def collate_faces(items: list) -> Batch:
-    """Stack good samples; unreadable ones (``None`` image) are dropped and reported in ``Batch.skipped``."""
+    """Stack good samples; unreadable ones (``None`` image) are dropped and reported in ``Batch.skipped``.
+
+    Items are ``(image, label, index)`` or, from :class:`TaggedRows`, ``(image, label, index, tag)``."""
     good = [it for it in items if it[0] is not None]
     skipped = [it[1] for it in items if it[0] is None]
+    tagged = bool(items) and len(items[0]) == 4
     if not good:
-        return Batch(
-            torch.empty(0, 0, 0, 3, dtype=torch.uint8),
-            torch.empty(0, dtype=torch.long),
-            torch.empty(0, dtype=torch.long),
-            skipped,
-        )
+        empty = torch.empty(0, dtype=torch.long)
+        return Batch(torch.empty(0, 0, 0, 3, dtype=torch.uint8), empty, empty, skipped,
+                     empty if tagged else None)  # fmt: skip
     images = torch.from_numpy(np.stack([it[0] for it in good]))
     labels = torch.tensor([it[1] for it in good], dtype=torch.long)
     indices = torch.tensor([it[2] for it in good], dtype=torch.long)
-    return Batch(images, labels, indices, skipped)
+    branch = torch.tensor([it[3] for it in good], dtype=torch.long) if tagged else None
+    return Batch(images, labels, indices, skipped, branch)
 
 
 class ResumableSampler(Sampler[int]):

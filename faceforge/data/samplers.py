@@ -211,3 +211,28 @@ class MultiBranchBatchSampler:
     def to_local(self, indices) -> list[np.ndarray]:
         """Global indices of one yielded batch -> per-branch local indices."""
         return [np.asarray(part) - off for part, off in zip(self.split(indices), self.offsets, strict=True)]
+
+
+class TaggedBranches:
+    """A :class:`MultiBranchBatchSampler` whose branches all index one dataset, yielding each step's rows as
+    ``(local index, branch number)`` keys for :class:`~faceforge.data.dataset.TaggedRows` (branch 0 first).
+
+    ``branch_names`` name the branches (e.g. ``("random", "balanced")``) for objectives that train on some.
+    """
+
+    def __init__(self, sampler: MultiBranchBatchSampler, branch_names: Sequence[str]) -> None:
+        if len(branch_names) != len(sampler.branches):
+            raise ValueError(f"{len(sampler.branches)} branches but names {list(branch_names)}")
+        self.sampler = sampler
+        self.branch_names = tuple(branch_names)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.sampler.set_epoch(epoch, start_batch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for batch in self.sampler:
+            parts = self.sampler.to_local(batch)
+            yield [(int(i), b) for b, part in enumerate(parts) for i in part]

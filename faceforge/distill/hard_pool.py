@@ -1,8 +1,8 @@
-"""DDL's hard branch from real hard photos: ``distill.hard_images``, a folder or a list.
+"""DDL's hard branch from real hard photos: ``objectives.ddl.hard_images``, a folder or a list.
 
 DDL (Huang et al., ECCV 2020) pulls the similarity distributions of hard samples toward those of
-easy ones.  faceforge's default hard sample is a degradation of the easy image (``distill.hard``,
-random low resolution).  With ``distill.hard_images`` the hard twins are real images of the same
+easy ones.  faceforge's default hard sample is a degradation of the easy image (``objectives.ddl.hard``,
+random low resolution).  With ``objectives.ddl.hard_images`` the hard twins are real images of the same
 identities instead, for example low-quality captures or another age of the training people:
 
 * a folder ``<hard_images>/<identity>/<image>``, identities named as in the training data
@@ -12,7 +12,7 @@ identities instead, for example low-quality captures or another age of the train
 For the batch rows of identity ``y`` at step ``s`` the pool of ``y`` is shuffled with
 ``default_rng((seed, s, y))`` and the rows take its images in turn, so the two rows of a P x 2 pair get
 two different hard photos when the identity has two, and a resumed run draws exactly what an
-unbroken one would.  Identities without hard photos use the ``distill.hard`` degradation; if that is
+unbroken one would.  Identities without hard photos use the ``objectives.ddl.hard`` degradation; if that is
 empty, every training identity must have hard photos.  Unreadable hard photos fall back the same
 way and are counted (``skipped``).
 """
@@ -44,7 +44,7 @@ def read_hard_source(source: str | Path) -> list[tuple[str, str]]:
             if f.is_file() and is_image_file(f)
         ]
     if not src.is_file():
-        raise FileNotFoundError(f"distill.hard_images: no folder or list file at {src}")
+        raise FileNotFoundError(f"objectives.ddl.hard_images: no folder or list file at {src}")
     out = []
     for line_no, line in enumerate(src.read_text().splitlines(), start=1):
         text = line.split("#", 1)[0].strip()
@@ -69,7 +69,7 @@ class HardPool:
     ) -> None:
         entries = read_hard_source(source)
         if not entries:
-            raise ValueError(f"distill.hard_images: no images in {source}")
+            raise ValueError(f"objectives.ddl.hard_images: no images in {source}")
         index = {name: i for i, name in enumerate(classes)}
         self.pools: list[list[str]] = [[] for _ in classes]
         unknown: set[str] = set()
@@ -85,19 +85,19 @@ class HardPool:
         self.images = sum(len(p) for p in self.pools)
         if self.images == 0:
             raise ValueError(
-                f"distill.hard_images: none of the {len(unknown)} identities in {source} is a training "
+                f"objectives.ddl.hard_images: none of the {len(unknown)} identities in {source} is a training "
                 f"identity (e.g. {sorted(unknown)[:3]}; training names look like {list(classes[:3])})"
             )
         missing = len(classes) - self.identities_covered
         if missing and fallback is None:
             raise ValueError(
-                f"distill.hard_images: {missing} of {len(classes)} training identities have no hard image in "
+                f"objectives.ddl.hard_images: {missing} of {len(classes)} training identities have no hard image in "
                 f"{source} and distill.hard is empty: add hard images for them or set a degradation in "
                 "distill.hard as the fallback"
             )
         if unknown:
             log.warning(
-                "distill.hard_images: %d identities are not training identities, ignored", len(unknown)
+                "objectives.ddl.hard_images: %d identities are not training identities, ignored", len(unknown)
             )
         self.skipped: list[str] = []
         self._bad: set[str] = set()
@@ -139,11 +139,11 @@ class HardPool:
         except (UnreadableImageError, FileNotFoundError) as exc:
             self._bad.add(path)
             self.skipped.append(path)
-            log.warning("distill.hard_images: skipping %s (%s)", path, exc)
+            log.warning("objectives.ddl.hard_images: skipping %s (%s)", path, exc)
             return None
         if img.shape != tuple(shape):
             raise ValueError(
-                f"distill.hard_images: {path} is {img.shape[1]}x{img.shape[0]} but the training faces are "
+                f"objectives.ddl.hard_images: {path} is {img.shape[1]}x{img.shape[0]} but the training faces are "
                 f"{shape[1]}x{shape[0]}: align the hard images to data.image_size first (faceforge align / "
                 "faceforge prepare)"
             )

@@ -14,8 +14,11 @@ from torch import nn
 _NO_DECAY_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.PReLU)
 
 
-def parameter_groups(modules: Iterable[nn.Module], weight_decay: float, no_decay_bn_bias: bool) -> list[dict]:
-    decay, no_decay, seen = [], [], set()
+def parameter_groups(
+    modules: Iterable[nn.Module], weight_decay: float, no_decay_bn_bias: bool, exclude: set[int] | None = None
+) -> list[dict]:
+    """Decay and no-decay groups over the trainable parameters of ``modules`` (ids in ``exclude`` left out)."""
+    decay, no_decay, seen = [], [], set(exclude or ())
     for module in modules:
         for sub in module.modules():
             for name, p in sub.named_parameters(recurse=False):
@@ -26,16 +29,25 @@ def parameter_groups(modules: Iterable[nn.Module], weight_decay: float, no_decay
                     isinstance(sub, _NO_DECAY_TYPES) or name == "bias" or p.ndim <= 1
                 )
                 (no_decay if skip else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
+    groups = [{"params": decay, "weight_decay": weight_decay}] if decay or not no_decay else []
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
     return groups
 
 
-def build_optimizer(modules: Iterable[nn.Module], cfg) -> torch.optim.Optimizer:
-    groups = parameter_groups(modules, cfg.weight_decay, cfg.no_decay_bn_bias)
+OPTIMIZERS = ("sgd", "adamw", "adam")
+
+
+def build_optimizer(
+    modules: Iterable[nn.Module], cfg, exclude: set[int] | None = None
+) -> torch.optim.Optimizer:
+    """``cfg.name``: ``sgd`` (momentum, nesterov), ``adamw`` (decoupled weight decay) or ``adam`` (weight decay
+    as an L2 term in the gradient, as the MTLFace and SDD-FIQA reference code use it)."""
+    groups = parameter_groups(modules, cfg.weight_decay, cfg.no_decay_bn_bias, exclude)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
-    raise ValueError(f"unknown optimiser '{cfg.name}' (use sgd or adamw)")
+    if cfg.name == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    raise ValueError(f"unknown optimiser '{cfg.name}' (use one of {list(OPTIMIZERS)})")

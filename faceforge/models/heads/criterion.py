@@ -59,6 +59,9 @@ class LocalCriterion(nn.Module):
     def __init__(self, head: nn.Module) -> None:
         super().__init__()
         self.head = head
+        if D.current().enabled and hasattr(head, "stat_reduce"):
+            # batch statistics of the head (CurricularFace's t) over the global batch, not this rank's part
+            head.stat_reduce = D.all_reduce
 
     def forward(self, embeddings: Tensor, labels: Tensor) -> LossOutput:
         out = self.head(embeddings, labels)

@@ -11,6 +11,7 @@ target cosine so that a sharded head can reuse them.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -179,6 +180,18 @@ class CurricularFace(MarginHead):
     to ``alpha = 0.1``. With model-parallel shards, pass the globally gathered ``target_cos`` to
     :meth:`apply_margin` so every shard sees the same ``t`` (as TFace distfc).
 
+    The batch statistic is the **global** batch's, whatever the layout:
+
+    * replicated head under DDP: ``stat_reduce`` (set by :class:`~faceforge.models.heads.criterion.LocalCriterion`
+      when a process group is up) all-reduces ``(sum, count)`` of the target cosines, so every rank computes the
+      ``t`` one process would compute on the whole batch and the copies never drift;
+    * gradient accumulation (``begin_accumulation`` / ``end_accumulation``, called by the engine around the
+      micro-batches of one optimiser step): micro-batch ``j`` uses ``t_j = (1 - alpha) t + alpha mean_j`` (the
+      step's starting ``t`` and its own statistic) and ``t`` itself is updated **once per optimiser step**, with the
+      mean over all the step's micro-batches, so after a step ``t`` equals what one batch of the full size gives.
+      The hard-negative modulation inside micro-batch ``j`` uses ``t_j`` (it cannot use the full batch's mean
+      before the other micro-batches exist); this is the one way K micro-batches differ from one batch.
+
     Defaults s = 64, m = 0.5, alpha = 0.01.
     """
 
@@ -201,13 +214,47 @@ class CurricularFace(MarginHead):
             )
         self.alpha = float(alpha)
         self.register_buffer("t", torch.zeros(1), persistent=True)
+        self.stat_reduce: Callable[[Tensor], Tensor] | None = None  # in-place sum over ranks of [sum, count]
+        self._pending: Tensor | None = None  # [sum, count] of the micro-batches of this optimiser step
+
+    def begin_accumulation(self) -> None:
+        self._pending = torch.zeros(2, dtype=torch.float64, device=self.t.device)
+
+    def end_accumulation(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None and float(pending[1]) > 0:
+            mean = (pending[0] / pending[1]).to(self.t.dtype)
+            self.t.mul_(1.0 - self.alpha).add_(self.alpha * mean)
+
+    def observe(self, target_cos: Tensor) -> Tensor:
+        """The ``t`` a (micro-)batch with these raw target cosines uses; stored now, or at ``end_accumulation``
+        (see the class doc). Under DDP every rank must call it (an empty tensor for a rank with no row)."""
+        if self.stat_reduce is None and self._pending is None:
+            if target_cos.numel():
+                self.t.mul_(1.0 - self.alpha).add_(
+                    self.alpha * target_cos.mean()
+                )  # the reference, bit for bit
+            return self.t
+        stats = torch.stack(
+            [target_cos.double().sum(), target_cos.new_tensor(target_cos.numel(), dtype=torch.float64)]
+        )
+        if self.stat_reduce is not None:
+            self.stat_reduce(stats)
+        if float(stats[1]) == 0:
+            return self.t
+        mean = (stats[0] / stats[1]).to(self.t.dtype)
+        t = self.t * (1.0 - self.alpha) + self.alpha * mean
+        if self._pending is None:
+            self.t.copy_(t)
+        else:
+            self._pending += stats.to(self._pending.device)
+        return t
 
     def _margin(self, cos: Tensor, is_target: Tensor, local_target: Tensor, target_cos: Tensor) -> Tensor:
         with torch.no_grad():
             hard = cos > shifted_cos(target_cos, self.margin).unsqueeze(1)
-            if self.training and target_cos.numel():
-                self.t.mul_(1.0 - self.alpha).add_(self.alpha * target_cos.mean())
-        t = self.t.detach().to(cos.dtype)
+            t = self.observe(target_cos) if self.training else self.t
+        t = t.detach().to(cos.dtype)
         out = torch.where(hard, cos * (t + cos), cos)
         target = arc_target(local_target, self.margin).unsqueeze(1)
         return torch.where(is_target, target, out)
