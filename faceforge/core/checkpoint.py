@@ -1,12 +1,9 @@
 """Checkpoints: written atomically, loaded with ``weights_only=True``, carrying what is needed to use the model.
 
-A faceforge checkpoint is a dict::
-
-    format: "faceforge-checkpoint", version: 1
-    meta:   backbone name + kwargs, embedding size, preprocessing (input size, colour order, mean/std,
-            alignment template), number of classes, the resolved training config, faceforge version
-    backbone, head: state dicts
-    (training checkpoints also) optimizer, scaler, progress {epoch, step_in_epoch, global_step}, rng
+A faceforge checkpoint is a dict with ``format: "faceforge-checkpoint"``, ``version: 2``, ``meta`` (backbone name +
+kwargs, embedding size, preprocessing: input size, colour order, mean/std, alignment template; the resolved
+training config, versions) and ``backbone`` (a state dict); a training run adds its objectives', method's and
+optimisers' states (layout: :mod:`faceforge.engine.state`).
 
 Only tensors, numbers, strings, lists, tuples and dicts are stored, so ``torch.load(weights_only=True)``
 reads it and an untrusted file cannot run code. Writes go to a temporary file in the same folder, are
@@ -24,7 +21,7 @@ from typing import Any
 import torch
 
 FORMAT = "faceforge-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: objectives, method and optimizers by name (1: head, distill, optimizer)
 
 
 class CheckpointError(ValueError):

@@ -26,12 +26,11 @@ from typing import Any
 
 import torch
 
-from faceforge.core.checkpoint import FORMAT, CheckpointError, load_checkpoint, rng_state, set_rng_state
+from faceforge.core.checkpoint import FORMAT, VERSION, CheckpointError, load_checkpoint, rng_state, set_rng_state
 from faceforge.objectives.margin import find_margin
 
 log = logging.getLogger(__name__)
 
-VERSION = 2
 #: config keys whose change makes an exact resume impossible (the sample order or the schedule moves)
 RESUME_KEYS = ("data.batch_size", "optim.epochs", "optim.accumulate_steps", "run.seed")
 

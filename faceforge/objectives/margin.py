@@ -60,6 +60,11 @@ class MarginObjective(Objective):
         self.sharded, rate = head_layout(cfg)
         kwargs = {k: v for k, v in cfg.items() if k not in HEAD_LAYOUT_KEYS}
         self.num_classes = int(ctx.num_classes)
+        if self.num_classes < 2:
+            raise ValueError(
+                f"the training data holds {self.num_classes} identity: a margin head needs at least 2 classes "
+                "(check data.root / data.min_images_per_identity)"
+            )
         classes = self.num_classes
         if self.sharded:
             dist = D.current()
