@@ -272,20 +272,12 @@ def _check_head_layout(layout: dict[str, Any]) -> None:
 
 
 def _check_data_format(data: DictConfig) -> None:
-    """data.format and the key each format needs (data.list_file, data.rec, data.index_file)."""
-    _check_choice("data.format", data.format, ("folder", "list", "rec", "tfr_index"))
-    needs = {"list": ("list_file", "a 'path label' list file"), "rec": ("rec", "a .rec path or prefix"),
-             "tfr_index": ("index_file", "a TFace index file")}  # fmt: skip
-    if data.format in needs:
-        key, what = needs[data.format]
-        if not data[key]:
-            raise ConfigError(f"data.format={data.format} needs data.{key} ({what}): add data.{key}=...")
-    if data.format in ("rec", "tfr_index") and data.exclude_pairs:
-        raise ConfigError(
-            f"data.exclude_pairs cannot be applied with data.format={data.format}: records carry label "
-            "numbers, not person names; set data.exclude_pairs=[] (leave those people out when writing "
-            "the records)"
-        )
+    """data.format, the key it needs and what it allows, from the registry faceforge.data.build.DATA_FORMATS."""
+    from faceforge.data.build import data_format_problem
+
+    problem = data_format_problem(data)
+    if problem:
+        raise ConfigError(problem)
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:

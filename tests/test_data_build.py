@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from faceforge.config import ConfigError, compose_config
@@ -208,3 +210,65 @@ def test_folder_with_list_file_reads_the_list(tmp_path: Path) -> None:
     cfg = compose_config(CONFIG, ["data.root=/tmp", "data.list_file=l.txt", "eval.pairs=null"]).data
     assert cfg.format == "folder" and effective_format(cfg) == "list"
     assert effective_format(compose_config(CONFIG, ["data.root=/tmp"]).data) == "folder"
+
+
+class _PidDataset(torch.utils.data.Dataset):
+    """Items of a built dataset with the worker's pid and the pid that opened the record file."""
+
+    def __init__(self, ds: FaceDataset) -> None:
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int):
+        img, label, _ = self.ds[i]
+        return int(img.sum()), label, os.getpid(), self.ds.read.reader._pid
+
+
+def test_rec_dataset_reopens_its_file_in_a_forked_worker(lfw_small: Path, lfw_rec: Path) -> None:
+    built = build_dataset(
+        data_cfg(lfw_small, "data.format=rec", f"data.rec={lfw_rec}", "data.preload=false"),
+        augment=Compose([]),
+    )
+    ds = torch.utils.data.Subset(built.dataset, range(4))
+    parent = [ds[i] for i in range(4)]  # opens the file in the parent
+    assert built.dataset.read.reader._pid == os.getpid()
+    loader = torch.utils.data.DataLoader(
+        _PidDataset(built.dataset), batch_size=None, num_workers=1, multiprocessing_context="fork",
+        sampler=range(4),
+    )  # fmt: skip
+    rows = list(loader)
+    assert [int(r[0]) for r in rows] == [int(img.sum()) for img, _, _ in parent]
+    assert [int(r[1]) for r in rows] == [label for _, label, _ in parent]
+    assert all(int(r[2]) != os.getpid() and int(r[3]) == int(r[2]) for r in rows)
+
+
+def test_data_formats_registry_serves_config_and_build(lfw_small: Path, monkeypatch) -> None:
+    from faceforge.data.build import DATA_FORMATS, DataFormat
+
+    assert DATA_FORMATS.ordered_names() == ["folder", "list", "rec", "tfr_index"]
+    assert DATA_FORMATS.build("rec").needs == "rec" and DATA_FORMATS.build("tfr_index").numeric_labels
+
+    def first_two(data):  # a format defined here, outside the package: two identities of the folder
+        s = scan_image_folder(data.root)
+        keep = s.labels < 2
+        return Samples([p for p, k in zip(s.paths, keep, strict=True) if k], s.labels[keep], s.classes[:2])
+
+    fmt = DataFormat("first_two", "two identities", first_two, needs="list_file", needs_what="ignored here")
+    monkeypatch.setitem(DATA_FORMATS._items, "first_two", lambda: fmt)
+    # config validation reads the registry: the new name is known, and the key it needs is asked for
+    with pytest.raises(ConfigError, match=r"data\.format=first_two needs data\.list_file \(ignored here\)"):
+        data_cfg(lfw_small, "data.format=first_two")
+    cfg = data_cfg(lfw_small, "data.format=first_two", "data.list_file=unused.txt")
+    # and so does build_dataset, with the same message for a section that skipped the config check
+    with pytest.raises(ValueError, match=r"data\.format=first_two needs data\.list_file"):
+        build_dataset(OmegaConf.merge(cfg, {"list_file": None}))
+    built = build_dataset(OmegaConf.merge(cfg, {"preload": False}), augment=Compose([]), progress=False)
+    assert built.num_classes == 2 and built.num_samples == int(
+        (scan_image_folder(lfw_small).labels < 2).sum()
+    )
+    with pytest.raises(
+        ValueError, match=r"data\.format='lmdb' is not one of \['folder', 'list', 'rec', 'tfr_index'"
+    ):
+        build_dataset(OmegaConf.merge(cfg, {"format": "lmdb"}))

@@ -112,7 +112,8 @@ def _photo_tree(data_dir: Path, root: Path) -> Path:
 def test_prepare_folder_reports_bad_files_resumes_and_writes_rec(
     data_dir: Path, yunet: YuNetDetector, tmp_path: Path
 ) -> None:
-    from faceforge.data.recordio import read_face_rec, unpack_img
+    from faceforge.data.image_io import decode_image_rgb
+    from faceforge.data.recordio import read_face_rec, unpack
 
     src = _photo_tree(data_dir, tmp_path)
     out = tmp_path / "faces"
@@ -137,7 +138,7 @@ def test_prepare_folder_reports_bad_files_resumes_and_writes_rec(
     reader, keys, labels = read_face_rec(rec_out / "train.rec")
     assert labels.tolist() == [0, 1]
     assert (rec_out / "labels.txt").read_text() == "0\tAaron_Eckhart\n1\tSerena_Williams\n"
-    _, img = unpack_img(reader.read(int(keys[1])))
+    img = decode_image_rgb(unpack(reader.read(int(keys[1])))[1])
     assert img.shape == (112, 112, 3)
     reader.close()
 

@@ -15,7 +15,7 @@ from faceforge.eval.allpairs import (
     iter_pair_scores,
     threshold_at_rate,
 )
-from faceforge.eval.roc import tar_at_far
+from faceforge.eval.roc import eer, tar_at_far
 
 # ---------------------------------------------------------------------------------------------
 # Hand example: 3 identities x 2 images, unit vectors in R^6 (e_k = k-th unit vector).
@@ -145,6 +145,10 @@ def test_histogram_roc_equals_roc_of_rounded_scores():
         for f in a:
             assert a[f].tar == b[f].tar and a[f].far == b[f].far
             assert a[f].threshold == pytest.approx(b[f].threshold)
+    # one EER rule: the histogram EER is the EER of the rounded scores
+    rate, thr = h.eer()
+    ref_rate, ref_thr = eer(rounded, same)
+    assert rate == pytest.approx(ref_rate, abs=1e-12) and thr == pytest.approx(ref_thr, abs=1e-12)
 
 
 def test_impostor_sampling_is_seeded():

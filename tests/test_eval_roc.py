@@ -10,7 +10,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from faceforge.eval.plots import plot_roc, plot_score_histogram
-from faceforge.eval.roc import auc, eer, roc, summarize_verification, tar_at_far
+from faceforge.eval.roc import auc, eer, eer_from_roc, roc, summarize_verification, tar_at_far
 
 # ---------------------------------------------------------------------------------------------
 # Main hand example: 4 genuine, 8 impostor similarity scores (accept when score >= threshold).
@@ -98,6 +98,22 @@ def test_eer_interpolated_on_diagonal_segment_with_tied_scores() -> None:
     assert thr == pytest.approx(0.7, abs=1e-12)
     fpr, tpr, _ = roc(s, y)
     assert auc(fpr, tpr) == pytest.approx(7 / 8, abs=1e-15)  # the tie counts one half
+
+
+def test_eer_from_roc_by_hand() -> None:
+    # ROC of genuine .9 .8 .5, impostor .7 .6: points (FPR, TPR) inf (0,0) .9 (0,1/3) .8 (0,2/3)
+    # .7 (1/2,2/3) .6 (1,2/3) .5 (1,1).  FNR-FPR: 1, 2/3, 1/3, -1/6 -> i = 3, a = (1/3)/(1/2) = 2/3:
+    # EER = 0 + 2/3 * (1/2 - 0) = 1/3 (= FNR 1/3 + 2/3 * 0), threshold = .8 + 2/3 * (.7 - .8) = .7333...
+    fpr = [0, 0, 0, 0.5, 1, 1]
+    tpr = [0, 1 / 3, 2 / 3, 2 / 3, 2 / 3, 1]
+    thr = [np.inf, 0.9, 0.8, 0.7, 0.6, 0.5]
+    rate, t = eer_from_roc(fpr, tpr, thr)
+    assert rate == pytest.approx(1 / 3, abs=1e-12) and t == pytest.approx(0.8 - 0.1 * 2 / 3, abs=1e-12)
+    assert eer([0.9, 0.8, 0.5, 0.7, 0.6], [1, 1, 1, 0, 0]) == (rate, t)
+    # the crossing on the first segment, from the (0, 0) point at +inf: the threshold is the next point's
+    # genuine .5, impostor .5: inf (0,0) .5 (1,1); FNR-FPR: 1, -1 -> a = 1/2, EER = 1/2 at .5
+    assert eer_from_roc([0, 1], [0, 1], [np.inf, 0.5]) == (0.5, 0.5)
+    assert eer([0.5, 0.5], [1, 0]) == (0.5, 0.5)
 
 
 TARGETS = (0.01, 0.0625, 0.1, 0.2, 0.36)

@@ -9,14 +9,14 @@ import cv2
 import numpy as np
 import pytest
 
+from faceforge.config import compose_config
+from faceforge.data.build import build_dataset
 from faceforge.data.index_files import (
     TFRecordError,
-    TFRecordFaceDataset,
     crc32c,
     encode_example,
     example_image,
     frame_tfrecord,
-    iter_tfrecords,
     masked_crc32c,
     parse_example,
     read_index_file,
@@ -26,6 +26,7 @@ from faceforge.data.index_files import (
     write_tfrecord,
     write_tfrecord_shard,
 )
+from faceforge.data.transforms import Compose
 
 # Example{features{feature{"image": bytes_list{"IMG"}} feature{"label": int64_list{5}}}}, field by field
 IMAGE_ENTRY = b"\x0a\x05image" + b"\x12\x07" + b"\x0a\x05" + b"\x0a\x03IMG"
@@ -90,7 +91,6 @@ def test_tfrecord_framing_by_hand_and_crc_checks(tmp_path: Path) -> None:
     assert read_tfrecord_at(shard, 0) == EXAMPLE
     assert read_tfrecord_at(shard, len(hand)) == b"second"
     assert read_tfr_image(shard, 0) == b"IMG"
-    assert [o for o, _ in iter_tfrecords(shard)] == [0, len(hand)]
     broken = bytearray(hand)
     broken[20] ^= 0xFF
     shard.write_bytes(bytes(broken))
@@ -127,9 +127,29 @@ def test_shards_index_and_dataset_end_to_end(tmp_path: Path) -> None:
     rows = write_tfrecord_shard(tmp_path, "faces", 0, [(encoded[0], 0), (encoded[1], 1)])
     rows += write_tfrecord_shard(tmp_path, "faces", 1, [(encoded[2], 1)])
     write_index_file(tmp_path / "faces.txt", rows[::-1])  # index order is independent of shard order
-    ds = TFRecordFaceDataset(tmp_path / "faces.txt", tmp_path)
-    assert len(ds) == 3 and ds.labels.tolist() == [1, 1, 0]
+    # read through the real path: data.format=tfr_index in a config, build_dataset
+    overrides = [
+        f"data.root={tmp_path}",
+        f"data.index_file={tmp_path / 'faces.txt'}",
+        "data.format=tfr_index",
+    ]
+    overrides += [
+        "data.exclude_pairs=[]",
+        "eval.pairs=null",
+        "data.image_size=16",
+        "data.min_images_per_identity=1",
+        "data.preload=false",
+    ]
+    built = build_dataset(compose_config("lfw_mobilefacenet_arcface", overrides).data, augment=Compose([]))
+    ds = built.dataset
+    assert len(ds) == 3 and built.samples.labels.tolist() == [1, 1, 0] and built.num_classes == 2
     img, label, i = ds[2]
     assert label == 0 and i == 2
     np.testing.assert_array_equal(img, cv2.cvtColor(imgs[0], cv2.COLOR_BGR2RGB))
-    assert ds.index.read_image(0, tmp_path) == encoded[2]
+    assert built.samples.paths[2] == f"{tmp_path / 'faces' / 'faces-00000.tfrecord'}@0"
+    assert ds.read.index.read_image(0, tmp_path) == encoded[2]
+    # a broken record is an unreadable image of that item, named by shard and offset, not a crash
+    shard = tmp_path / "faces" / "faces-00001.tfrecord"
+    shard.write_bytes(shard.read_bytes()[:-3])
+    img, reason, i = ds[0]
+    assert img is None and i == 0 and "faces-00001.tfrecord@0" in reason and "truncated" in reason

@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
 
     from faceforge.embedders import embedder_from_spec
     from faceforge.embedders.cache import default_cache_dir
-    from faceforge.eval.benchmarks import parse_benchmark_spec, run_benchmarks
+    from faceforge.eval.benchmarks import lfw_spec, parse_benchmark_spec, run_benchmarks
 
     if not args.model:
         raise ValueError("--model is required (or use --compare RESULT_JSON ...)")
@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--pairs and --images go together (or use --benchmark lfw:PAIRS:IMAGES)")
     specs = [parse_benchmark_spec(s) for s in args.benchmark]
     if args.pairs:
-        specs.insert(0, parse_benchmark_spec(f"lfw:{args.pairs}:{args.images}"))
+        specs.insert(0, lfw_spec(args.pairs, args.images))
     if not specs:
         raise ValueError("no benchmark: give --benchmark SPEC (repeatable) or --pairs and --images")
     out_dir = (

@@ -20,7 +20,8 @@ import numpy as np
 from tqdm import tqdm
 
 from faceforge.data.align import TEMPLATE_NAME, template_for_size, warp_face
-from faceforge.data.image_io import UnreadableImageError, is_image_file, read_image_rgb, write_image_rgb
+from faceforge.data.files import list_images
+from faceforge.data.image_io import UnreadableImageError, read_image_rgb, write_image_rgb
 
 LANDMARK_COLUMNS = (
     "leye_x",
@@ -86,10 +87,6 @@ class AlignReport:
         return d
 
 
-def _find_images(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and is_image_file(p))
-
-
 def _lookup(table: dict[str, np.ndarray], rel: Path) -> np.ndarray | None:
     for key in (rel.as_posix(), rel.name):
         if key in table:
@@ -114,7 +111,7 @@ def align_folder(
     if not src.is_dir():
         raise FileNotFoundError(f"images directory not found: {src}")
     table = read_landmarks_csv(landmarks_csv, landmark_offset)
-    files = list(images) if images is not None else _find_images(src)
+    files = list(images) if images is not None else list_images(src, allow_empty=True)
     if not files:
         raise ValueError(f"no image files found below {src}")
     report = AlignReport(str(src), str(dst), size, TEMPLATE_NAME, tuple(landmark_offset))

@@ -9,6 +9,10 @@
   ``<prefix>.rec`` + ``<prefix>.idx``; a relative path is taken below ``data.root``);
 * ``tfr_index``: a TFace index ``data.index_file`` whose TFRecord shards lie below ``data.root``.
 
+Each format is a :class:`DataFormat` in the registry :data:`DATA_FORMATS`: its builder, the ``data`` key
+it needs and a description.  :func:`build_dataset` and the config check (:func:`data_format_problem`,
+called by :mod:`faceforge.config`) both read it; a new format is one ``@data_format(...)`` builder.
+
 Every format gives the same dataset class (:class:`FaceDataset`, with a record reader in place of the file
 reader), hence the same items ``(uint8 HWC RGB, label, index)``, the same
 ``(None, "<source>: reason", index)`` for unreadable images, the same size check and the same augmentation
@@ -21,20 +25,18 @@ seeded from (seed, epoch, index). Records are named ``<file>:<key>`` (``.rec``) 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from faceforge.core.registry import Registry
 from faceforge.data.dataset import FaceDataset
 from faceforge.data.image_io import UnreadableImageError, decode_image_rgb
 from faceforge.data.samples import Samples, read_list_file, scan_image_folder
 from faceforge.data.transforms import Compose, build_augmentations
-
-FORMATS = ("folder", "list", "rec", "tfr_index")
-RECORD_FORMATS = ("rec", "tfr_index")
-
 
 # ------------------------------------------------------------------------------------------- readers
 
@@ -153,12 +155,115 @@ def people_in_pairs(pairs_files: Iterable[str]) -> set[str]:
     return {n for f in pairs_files for p in read_lfw_pairs(f) for n in (p.name1, p.name2)}
 
 
-def build_samples(data_cfg: Any) -> Samples:
-    """The image list of the ``folder`` / ``list`` formats (as the trainer always built it)."""
-    if effective_format(data_cfg) == "list":
-        return read_list_file(data_cfg.list_file, data_cfg.root)
+# ------------------------------------------------------------------------------------------- formats
+
+
+@dataclass(frozen=True)
+class FormatParts:
+    """What a record format's builder returns: labels, class names and warnings of the kept records, and
+    the reader of their images."""
+
+    labels: np.ndarray  # contiguous labels of the kept records
+    classes: list[str]
+    warnings: list[str]
+    read: Any  # index -> RGB image, with .name(index)
+
+
+@dataclass(frozen=True)
+class DataFormat:
+    """One ``data.format``: how to build it and what the config must give for it."""
+
+    name: str
+    description: str
+    build: Callable[[Any], Samples | FormatParts]  # data_cfg -> file samples, or record parts
+    needs: str | None = None  # the data.<key> this format cannot do without
+    needs_what: str = ""  # what that key names, for the error message
+    numeric_labels: bool = False  # labels are numbers, not person names: data.exclude_pairs cannot apply
+
+
+DATA_FORMATS: Registry[DataFormat] = Registry("data format")
+
+
+def data_format(
+    name: str, description: str, needs: str | None = None, needs_what: str = "", numeric_labels: bool = False
+):
+    """Register ``build(data_cfg)`` as ``data.format=name``."""
+
+    def deco(build: Callable[[Any], Samples | FormatParts]) -> Callable[[Any], Samples | FormatParts]:
+        fmt = DataFormat(name, description, build, needs, needs_what, numeric_labels)
+        DATA_FORMATS.register(name)(lambda: fmt)
+        return build
+
+    return deco
+
+
+def get_format(name: str) -> DataFormat:
+    return DATA_FORMATS.build(name)
+
+
+def data_format_problem(data_cfg: Any) -> str | None:
+    """The first problem of the ``data`` section's format choice, as one line naming the key and the fix
+    (None when there is none): an unknown format, the key the format needs, data.exclude_pairs with
+    records that carry label numbers."""
+    fmt = str(getattr(data_cfg, "format", "folder") or "folder")
+    if fmt not in DATA_FORMATS:
+        return f"data.format={fmt!r} is not one of {DATA_FORMATS.ordered_names()}"
+    spec = get_format(fmt)
+    if spec.needs and not getattr(data_cfg, spec.needs, None):
+        return f"data.format={fmt} needs data.{spec.needs} ({spec.needs_what}): add data.{spec.needs}=..."
+    if spec.numeric_labels and getattr(data_cfg, "exclude_pairs", None):
+        return (
+            f"data.exclude_pairs cannot be applied with data.format={fmt}: records carry label "
+            "numbers, not person names; set data.exclude_pairs=[] (leave those people out when writing "
+            "the records)"
+        )
+    return None
+
+
+@data_format(
+    "folder", "an ImageFolder tree data.root/<identity>/<image> (with data.list_file set: that list)"
+)
+def _folder(data_cfg: Any) -> Samples:
     excluded = people_in_pairs(list(data_cfg.exclude_pairs))
     return scan_image_folder(data_cfg.root, excluded, data_cfg.min_images_per_identity)
+
+
+@data_format(
+    "list", "a 'path label' list file, paths relative to data.root", "list_file", "a 'path label' list file"
+)
+def _list(data_cfg: Any) -> Samples:
+    return read_list_file(data_cfg.list_file, data_cfg.root)
+
+
+@data_format(
+    "rec", "an insightface / MXNet face RecordIO", "rec", "a .rec path or prefix", numeric_labels=True
+)
+def _rec(data_cfg: Any) -> FormatParts:
+    from faceforge.data.recordio import read_face_rec
+
+    rec_path, idx_path = rec_paths(data_cfg.rec, data_cfg.root)
+    reader, keys, labels = read_face_rec(rec_path, idx_path)
+    positions, new_labels, classes, warnings = _relabel(
+        labels, data_cfg.min_images_per_identity, str(rec_path)
+    )
+    return FormatParts(new_labels, classes, warnings, RecImageReader(reader, keys[positions]))
+
+
+@data_format(
+    "tfr_index",
+    "a TFace index file over TFRecord shards below data.root",
+    "index_file",
+    "a TFace index file",
+    numeric_labels=True,
+)
+def _tfr_index(data_cfg: Any) -> FormatParts:
+    from faceforge.data.index_files import read_index_file
+
+    index = read_index_file(data_cfg.index_file)
+    positions, new_labels, classes, warnings = _relabel(
+        index.labels, data_cfg.min_images_per_identity, str(data_cfg.index_file)
+    )
+    return FormatParts(new_labels, classes, warnings, TfrImageReader(index, data_cfg.root, positions))
 
 
 def build_dataset(
@@ -168,9 +273,11 @@ def build_dataset(
     ``data.augment``."""
     from faceforge.core.schema import to_dict
 
+    problem = data_format_problem(data_cfg)
+    if problem:
+        raise ValueError(problem)
     if augment is None:
         augment = build_augmentations(to_dict(data_cfg.augment) if data_cfg.augment else None)
-    fmt = effective_format(data_cfg)
     common = dict(
         augment=augment,
         seed=seed,
@@ -178,32 +285,9 @@ def build_dataset(
         preload=data_cfg.preload,
         progress=progress,
     )
-    if fmt in ("folder", "list"):
-        samples = build_samples(data_cfg)
-        return BuiltDataset(FaceDataset(samples, **common), samples)
-    if fmt == "rec":
-        from faceforge.data.recordio import read_face_rec
-
-        if not data_cfg.rec:
-            raise ValueError("data.format=rec needs data.rec (a .rec path or prefix)")
-        rec_path, idx_path = rec_paths(data_cfg.rec, data_cfg.root)
-        reader, keys, labels = read_face_rec(rec_path, idx_path)
-        positions, new_labels, classes, warnings = _relabel(
-            labels, data_cfg.min_images_per_identity, str(rec_path)
-        )
-        read = RecImageReader(reader, keys[positions])
-    elif fmt == "tfr_index":
-        from faceforge.data.index_files import read_index_file
-
-        if not data_cfg.index_file:
-            raise ValueError("data.format=tfr_index needs data.index_file (a TFace index file)")
-        index = read_index_file(data_cfg.index_file)
-        positions, new_labels, classes, warnings = _relabel(
-            index.labels, data_cfg.min_images_per_identity, str(data_cfg.index_file)
-        )
-        read = TfrImageReader(index, data_cfg.root, positions)
-    else:
-        raise ValueError(f"data.format={fmt!r} is not one of {list(FORMATS)}")
-    names = [read.name(i) for i in range(len(positions))]
-    samples = Samples(names, new_labels, classes, warnings)
-    return BuiltDataset(FaceDataset(samples, read=read, **common), samples)
+    parts = get_format(effective_format(data_cfg)).build(data_cfg)
+    if isinstance(parts, Samples):
+        return BuiltDataset(FaceDataset(parts, **common), parts)
+    names = [parts.read.name(i) for i in range(len(parts.labels))]
+    samples = Samples(names, parts.labels, parts.classes, parts.warnings)
+    return BuiltDataset(FaceDataset(samples, read=parts.read, **common), samples)

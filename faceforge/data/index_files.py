@@ -123,18 +123,6 @@ def _check_body(source: str, offset: int, body: bytes, length: int, verify: bool
     return data
 
 
-def iter_tfrecords(path: str | Path, verify: bool = True) -> Iterable[tuple[int, bytes]]:
-    """Yield ``(offset, data)`` for every record of a TFRecord file."""
-    with open(path, "rb") as f:
-        while True:
-            offset = f.tell()
-            head = f.read(12)
-            if not head:
-                return
-            length = _parse_frame(str(path), offset, head, verify)
-            yield offset, _check_body(str(path), offset, f.read(length + 4), length, verify)
-
-
 # --------------------------------------------------------------------------------------------- protobuf
 
 
@@ -387,47 +375,14 @@ def write_tfrecord_shard(
     return [(name, index, off, int(lab)) for off, (_, lab) in zip(offsets, items, strict=True)]
 
 
-class TFRecordFaceDataset:
-    """Map-style dataset over an index + shards; items ``(image uint8 HWC RGB, label, index)`` like
-    FaceDataset (``(None, reason, index)`` for unreadable records)."""
-
-    def __init__(self, index_file: str | Path, root: str | Path, augment=None, seed: int = 0,
-                 feature: str = "image", verify: bool = True, template: str = TFACE_SHARD_TEMPLATE) -> None:  # fmt: skip
-        self.index = read_index_file(index_file)
-        self.labels = self.index.labels
-        self.root, self.feature, self.verify, self.template = Path(root), feature, verify, template
-        self.augment, self.seed, self.epoch = augment, int(seed), 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, i: int):
-        from faceforge.data.image_io import UnreadableImageError, decode_image_rgb
-
-        path = self.index.shard_path(i, self.root, self.template)
-        try:
-            data = read_tfr_image(path, int(self.index.offsets[i]), self.feature, self.verify)
-            img = decode_image_rgb(data, f"{path}@{int(self.index.offsets[i])}")
-        except (OSError, TFRecordError, UnreadableImageError) as exc:
-            return None, str(exc), i
-        if self.augment is not None:
-            img = self.augment(img, np.random.default_rng((self.seed, self.epoch, int(i))))
-        return img, int(self.labels[i]), i
-
-
 __all__ = [
     "TFACE_SHARD_TEMPLATE",
     "RecordIndex",
     "TFRecordError",
-    "TFRecordFaceDataset",
     "crc32c",
     "encode_example",
     "example_image",
     "frame_tfrecord",
-    "iter_tfrecords",
     "masked_crc32c",
     "parse_example",
     "read_index_file",

@@ -29,7 +29,7 @@ import numbers
 import os
 import struct
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -106,12 +106,6 @@ def pack_img(
     if not ok:
         raise ValueError(f"could not encode image as {img_fmt}")
     return pack(header, enc.tobytes())
-
-
-def unpack_img(record: bytes, source: str = "<record>") -> tuple[IRHeader, np.ndarray]:
-    """Record bytes -> (header, RGB uint8 image)."""
-    header, payload = unpack(record)
-    return header, decode_image_rgb(payload, source)
 
 
 # --------------------------------------------------------------------------------------------- framing
@@ -453,65 +447,3 @@ def write_face_rec(
             rng = [first[c], last[c] + 1] if first[c] >= 0 else [0, 0]
             w.write(n + 1 + c, pack(IRHeader(0, rng, n + 1 + c, 0), b""))
     return rec_path, idx_path
-
-
-def rec_to_folder(
-    rec: str | Path | IndexedRecordReader, out_dir: str | Path, keys: Iterable[int] | None = None
-) -> int:
-    """Write the images of a face ``.rec`` as ``out_dir/<label>/<key>.jpg`` (``.png`` for PNG payloads,
-    ``.bin`` for anything else); returns the number of files written."""
-    if isinstance(rec, IndexedRecordReader):
-        reader = rec
-        if keys is None:
-            keys = read_face_rec(rec.rec_path, rec.idx_path)[1]
-    else:
-        reader, keys_arr, _ = read_face_rec(rec)
-        keys = keys_arr if keys is None else keys
-    out = Path(out_dir)
-    count = 0
-    for key in keys:
-        header, payload = unpack(reader.read(int(key)))
-        ext = _image_ext(payload) or ".bin"
-        dst = out / str(header_label(header)) / f"{int(key)}{ext}"
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(dst.name + ".part")
-        tmp.write_bytes(payload)
-        tmp.replace(dst)
-        count += 1
-    return count
-
-
-class RecordFaceDataset:
-    """Map-style dataset over a face ``.rec``: items are ``(image uint8 HWC RGB, label, index)`` like
-    :class:`faceforge.data.dataset.FaceDataset`; undecodable images give ``(None, reason, index)`` so
-    :func:`faceforge.data.dataset.collate_faces` drops and reports them."""
-
-    def __init__(
-        self, rec_path: str | Path, augment=None, seed: int = 0, idx_path: str | Path | None = None
-    ) -> None:
-        self.reader, self.keys, self.labels = read_face_rec(rec_path, idx_path)
-        self.augment = augment
-        self.seed = int(seed)
-        self.epoch = 0
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.labels.max()) + 1 if len(self.labels) else 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def __getitem__(self, index: int):
-        key = int(self.keys[index])
-        source = f"{self.reader.rec_path}[key {key}]"
-        try:
-            _, payload = unpack(self.reader.read(key))
-            img = decode_image_rgb(payload, source)
-        except (UnreadableImageError, RecordIOError) as exc:
-            return None, str(exc), index
-        if self.augment is not None:
-            img = self.augment(img, np.random.default_rng((self.seed, self.epoch, int(index))))
-        return img, int(self.labels[index]), index

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from faceforge.data.image_io import is_image_file
+from faceforge.data.files import list_images
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def scan_image_folder(
     for ident_dir in sorted(p for p in base.iterdir() if p.is_dir()):
         if ident_dir.name in excluded:
             continue
-        files = sorted(str(f) for f in ident_dir.iterdir() if f.is_file() and is_image_file(f))
+        files = [str(f) for f in list_images(ident_dir, recursive=False, allow_empty=True)]
         if not files:
             warnings.append(
                 f"identity folder {ident_dir} holds no images and was skipped (add images or remove it)"

@@ -107,6 +107,7 @@ def resize_for_search(image: np.ndarray, max_side: int, min_side: int = 0) -> tu
     return image, w / image.shape[1], h / image.shape[0]
 
 
+@DETECTORS.register("yunet")
 class YuNetDetector:
     """``cv2.FaceDetectorYN`` on RGB images; images whose long side exceeds ``max_side`` are searched on a
     downscaled copy, images whose short side is below ``min_side`` on an upscaled (bicubic) copy, and the
@@ -191,19 +192,6 @@ class YuNetDetector:
             dets.append(Detection(box=box, score=float(row[14]), landmarks=lmk))
         dets.sort(key=lambda d: -d.score)
         return dets
-
-
-@DETECTORS.register("yunet")
-def build_yunet(
-    model_path: str | Path | None = None,
-    score_threshold: float = 0.7,
-    nms_threshold: float = 0.3,
-    top_k: int = 5000,
-    max_side: int = 1280,
-    min_side: int = 0,
-    landmarks: str = "yunet",
-) -> YuNetDetector:
-    return YuNetDetector(model_path, score_threshold, nms_threshold, top_k, max_side, min_side, landmarks)
 
 
 def build_detector(name: str = "yunet", model_path: str | Path | None = None, **options) -> FaceDetector:

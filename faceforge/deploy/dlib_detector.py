@@ -33,6 +33,7 @@ def _points5(shape) -> np.ndarray:
     return np.stack([p[36:42].mean(0), p[42:48].mean(0), p[30], p[48], p[54]])
 
 
+@DETECTORS.register("dlib")
 class DlibDetector:
     """dlib face detection + 68-point landmarks; see the module doc for ``model``, ``upsample`` and scores."""
 
@@ -89,16 +90,6 @@ class DlibDetector:
                 dets.append(Detection(box=box, score=float(1.0 / (1.0 + np.exp(-margin))), landmarks=pts))
         dets.sort(key=lambda d: -d.score)
         return dets
-
-
-@DETECTORS.register("dlib")
-def build_dlib(
-    model_path: str | Path | None = None,
-    model: str = "hog",
-    score_threshold: float = DEFAULT_MIN_SCORE,
-    upsample: int = 1,
-) -> DlibDetector:
-    return DlibDetector(model_path, model, score_threshold, upsample)
 
 
 #: dlib's HOG rectangle relative to a YuNet box of width w and height h: centre shifted by (DX w, DY h),

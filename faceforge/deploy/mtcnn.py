@@ -175,6 +175,7 @@ def pyramid_scales(height: int, width: int, min_face: float, factor: float) -> l
     return scales
 
 
+@DETECTORS.register("mtcnn")
 class MTCNNDetector:
     """MTCNN on RGB uint8 images (see the module doc); returns :class:`Detection` objects, best first.
 
@@ -286,14 +287,3 @@ class MTCNNDetector:
             dets.append(Detection(box=b, score=float(p), landmarks=pts * np.array([sx, sy])))
         dets.sort(key=lambda d: -d.score)
         return dets
-
-
-@DETECTORS.register("mtcnn")
-def build_mtcnn(
-    model_path: str | Path | None = None,
-    score_threshold: float = 0.7,
-    min_face: float = 20.0,
-    factor: float = 0.709,
-    max_side: int = 1280,
-) -> MTCNNDetector:
-    return MTCNNDetector(model_path, score_threshold, min_face=min_face, factor=factor, max_side=max_side)

@@ -30,7 +30,8 @@ import numpy as np
 from tqdm import tqdm
 
 from faceforge.data.align import TEMPLATE_NAME, template_for_size, warp_face
-from faceforge.data.image_io import UnreadableImageError, is_image_file, read_image_rgb, write_image_rgb
+from faceforge.data.files import list_images
+from faceforge.data.image_io import UnreadableImageError, read_image_rgb, write_image_rgb
 from faceforge.deploy.detect import SELECT_POLICIES, FaceDetector, select_faces
 
 REPORT_NAME = "prepare_report.json"
@@ -72,16 +73,6 @@ class PrepareReport:
         d["template_points"] = template_for_size(self.size).tolist()
         d["skipped"] = self.skipped
         return d
-
-
-def _find_images(root: Path, skip: Path | None) -> list[Path]:
-    files = []
-    for p in root.rglob("*"):
-        if skip is not None and p.is_relative_to(skip):
-            continue
-        if p.is_file() and is_image_file(p):
-            files.append(p)
-    return sorted(files)
 
 
 def _existing_multi(target_dir: Path, stem: str) -> list[Path]:
@@ -132,7 +123,9 @@ def prepare_folder(
     faces_root = out / REC_STAGING if out_format == "rec" else out
     base = src.resolve()
     # an output folder inside the input tree is not input
-    files = _find_images(base, out.resolve() if out.resolve().is_relative_to(base) else None)
+    files = list_images(
+        base, exclude=out.resolve() if out.resolve().is_relative_to(base) else None, allow_empty=True
+    )
     if not files:
         raise ValueError(f"no image files found below {src}")
     if out_format == "rec":

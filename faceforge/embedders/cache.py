@@ -296,10 +296,12 @@ def cached_embed_paths(
     progress: bool = True,
     stats: dict[str, int] | None = None,
 ) -> tuple[np.ndarray, list[str]]:
-    """Like :func:`faceforge.eval.embedding.embed_paths`, but only images missing from the cache are embedded.
+    """Embeddings ``[N, D]`` float32 of image files (NaN rows for unreadable ones) and the unreadable files.
 
-    Every file is still read and hashed (sha1 of its bytes), so an edited image is re-embedded; only
-    cache misses are decoded.  ``cache_dir=None`` disables the cache.
+    Flip test-time augmentation follows insightface's "Accuracy-Flip": ``e = f(x) + f(mirror(x))``; with
+    ``normalize`` the rows are then divided by ``max(||e||, 1e-12)``.  Only images missing from the
+    cache are embedded: every file is still read and hashed (sha1 of its bytes), so an edited image is
+    re-embedded, but only cache misses are decoded.  ``cache_dir=None`` disables the cache.
     """
     return cached_embed(
         embedder,

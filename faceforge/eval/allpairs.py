@@ -46,12 +46,12 @@ from faceforge.eval.roc import (
     TAR_RULES,
     TarAtFar,
     TarRule,
-    _pick_conservative,
-    _pick_nearest,
     auc,
     eer,
+    eer_from_roc,
     roc,
     tar_at_far,
+    tar_at_far_from_roc,
 )
 from faceforge.eval.verification import l2_normalize
 
@@ -181,29 +181,12 @@ class ScoreHistogram:
         return auc(fpr, tpr)
 
     def eer(self) -> tuple[float, float]:
-        """EER and threshold by the rule of :func:`faceforge.eval.roc.eer`, on the histogram ROC."""
-        fpr, tpr, thr = self.roc()
-        gap = (1.0 - tpr) - fpr
-        i = int(np.argmax(gap <= 0))
-        if gap[i] == 0 or i == 0:
-            return float(fpr[i]), float(thr[i])
-        a = gap[i - 1] / (gap[i - 1] - gap[i])
-        rate = fpr[i - 1] + a * (fpr[i] - fpr[i - 1])
-        threshold = thr[i] if not np.isfinite(thr[i - 1]) else thr[i - 1] + a * (thr[i] - thr[i - 1])
-        return float(rate), float(threshold)
+        """EER and threshold on the histogram ROC (:func:`faceforge.eval.roc.eer_from_roc`)."""
+        return eer_from_roc(*self.roc())
 
     def tar_at_far(self, fars: Sequence[float], rule: TarRule = "nearest") -> dict[float, TarAtFar]:
-        """TAR@FAR on the histogram ROC with the point-selection rules of :mod:`faceforge.eval.roc`."""
-        if rule not in TAR_RULES:
-            raise ValueError(f"unknown rule {rule!r}; expected one of {TAR_RULES}")
-        fpr, tpr, thr = self.roc()
-        ni = self.n_impostor
-        out: dict[float, TarAtFar] = {}
-        for target in fars:
-            t = float(target)
-            i = _pick_nearest(fpr, t) if rule == "nearest" else _pick_conservative(fpr, tpr, t)
-            out[t] = TarAtFar(t, float(tpr[i]), float(fpr[i]), float(thr[i]), rule, bool(t < 1.0 / ni), ni)
-        return out
+        """TAR@FAR on the histogram ROC (:func:`faceforge.eval.roc.tar_at_far_from_roc`)."""
+        return tar_at_far_from_roc(*self.roc(), self.n_impostor, fars, rule)
 
     def settings(self) -> dict[str, Any]:
         return {

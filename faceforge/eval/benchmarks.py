@@ -14,6 +14,9 @@ benchmarks are embedded in one pass (``.bin`` and IJB images, which need decodin
 first, go through the same cache on their own).  Every record names its protocol, settings, the
 model's ``describe()`` and checksums of the data (sha256 of list / ``.bin`` files; for folders the
 sha256 of the sorted ``relative path<TAB>size`` list).
+
+This is the one evaluation path: ``faceforge eval`` calls :func:`run_benchmarks` with the on-disk
+cache, and training calls :func:`evaluate_checkpoint` (no cache: the model changes every time).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +32,17 @@ import numpy as np
 
 from faceforge.embedders.cache import cached_embed_paths
 from faceforge.eval.kinds import BENCHMARK_KINDS, BenchmarkSpec, BenchmarkSpecError, RunContext
-from faceforge.eval.kinds.base import file_sha256, flip_text, folder_checksum
+from faceforge.eval.kinds.base import embedding_settings_record, file_sha256, folder_checksum
 from faceforge.eval.kinds.pairs import verification_record
 
 __all__ = [
     "BenchmarkSpec",
     "BenchmarkSpecError",
+    "CheckpointEvaluation",
+    "evaluate_checkpoint",
     "file_sha256",
     "folder_checksum",
+    "lfw_spec",
     "parse_benchmark_spec",
     "run_benchmarks",
     "verification_record",
@@ -53,6 +60,11 @@ def parse_benchmark_spec(spec: str) -> BenchmarkSpec:
     if not sep or not rest:
         raise BenchmarkSpecError(spec, f"missing arguments, expected {k.usage}")
     return k.parse(spec, rest)
+
+
+def lfw_spec(pairs_file: str | Path, images_dir: str | Path) -> BenchmarkSpec:
+    """``lfw:PAIRS:IMAGES`` from its two paths, unparsed (so either may contain ':')."""
+    return BENCHMARK_KINDS.build("lfw").spec_of(pairs_file, images_dir)
 
 
 def _slug(name: str) -> str:
@@ -171,11 +183,7 @@ def run_benchmarks(
         "format": RESULT_FORMAT,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "model": model,
-        "settings": {
-            "flip": flip_text(flip),
-            "normalisation": "L2 after flip-sum",
-            "cache_dir": None if cache_dir is None else str(cache_dir),
-        },
+        "settings": embedding_settings_record(flip, cache_dir),
         "embedding": {
             "images_embedded": stats.get("computed", 0),
             "images_from_cache": stats.get("cached", 0),
@@ -192,3 +200,48 @@ def run_benchmarks(
     if out is not None:
         (out / "result.json").write_text(json.dumps(run, indent=2))
     return run
+
+
+@dataclass(frozen=True)
+class CheckpointEvaluation:
+    """What :func:`evaluate_checkpoint` returns: the headline numbers and the whole run record."""
+
+    summaries: dict[str, dict[str, Any]]  # {benchmark name: its summary}, in spec order
+    record: dict[str, Any]  # the run record of :func:`run_benchmarks` (also out_dir/result.json)
+
+
+def evaluate_checkpoint(
+    path: str | Path,
+    specs: Sequence[str | BenchmarkSpec],
+    out_dir: str | Path | None,
+    flip: bool = True,
+    batch_size: int = 128,
+    device: str = "auto",
+    progress: bool = True,
+    n_folds: int = 10,
+    precision: str = "fp32",
+    cache_dir: str | Path | None = None,
+) -> CheckpointEvaluation:
+    """Run ``specs`` on a faceforge checkpoint: the evaluation hook of training.
+
+    The checkpoint becomes a :class:`~faceforge.embedders.checkpoint.CheckpointEmbedder` (``device``,
+    ``precision``, ``batch_size`` faces per forward pass) and goes through :func:`run_benchmarks` with
+    ``batch_size`` images per embedding chunk, without the on-disk cache unless ``cache_dir`` is given
+    (a model under training changes between evaluations).  For an ``lfw`` spec (see :func:`lfw_spec`)
+    ``record["verification"]``, ``record["roc"]`` and ``record["val_at_far"]`` hold the numbers the
+    trainer's former ``evaluate_pairs`` returned, computed the same way.
+    """
+    from faceforge.embedders.checkpoint import CheckpointEmbedder
+
+    embedder = CheckpointEmbedder(path, device=device, precision=precision, batch_size=batch_size)
+    run = run_benchmarks(
+        embedder,
+        specs,
+        out_dir,
+        cache_dir=cache_dir,
+        flip=flip,
+        n_folds=n_folds,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    return CheckpointEvaluation({name: rec["summary"] for name, rec in run["benchmarks"].items()}, run)

@@ -35,9 +35,11 @@ __all__ = [
     "TarAtFar",
     "auc",
     "eer",
+    "eer_from_roc",
     "roc",
     "summarize_verification",
     "tar_at_far",
+    "tar_at_far_from_roc",
 ]
 
 TarRule = Literal["nearest", "conservative"]
@@ -81,7 +83,16 @@ def auc(fpr: ArrayLike, tpr: ArrayLike) -> float:
 
 
 def eer(scores: ArrayLike, labels: ArrayLike) -> tuple[float, float]:
+    """Equal error rate and its threshold of scored pairs: :func:`eer_from_roc` on :func:`roc`."""
+    return eer_from_roc(*roc(scores, labels))
+
+
+def eer_from_roc(fpr: ArrayLike, tpr: ArrayLike, thresholds: ArrayLike) -> tuple[float, float]:
     """Equal error rate and its threshold: the ROC operating point where FPR = FNR (= 1 - TPR).
+
+    The one EER rule of faceforge, on any ROC laid out as :func:`roc` returns it (first point
+    ``(0, 0)`` at threshold ``+inf``, thresholds decreasing, last point FPR = 1, TPR = 1): the
+    exact ROC of scored pairs and the histogram ROC of the all-pairs protocol alike.
 
     ``g_i = FNR_i - FPR_i`` decreases along the ROC from 1 (threshold ``+inf``) to -1.  Let ``i``
     be the first point with ``g_i <= 0``.  If ``g_i = 0`` the EER is ``FPR_i`` at
@@ -96,7 +107,7 @@ def eer(scores: ArrayLike, labels: ArrayLike) -> tuple[float, float]:
     pairs as the higher one (point ``i - 1``), so the interpolated threshold only locates the
     crossing; it is not an operating point with exactly the EER.
     """
-    fpr, tpr, thr = roc(scores, labels)
+    fpr, tpr, thr = (np.asarray(a, dtype=np.float64) for a in (fpr, tpr, thresholds))
     gap = (1.0 - tpr) - fpr
     i = int(np.argmax(gap <= 0))  # exists: the last point has FPR = 1, FNR = 0
     if gap[i] == 0 or i == 0:
@@ -164,10 +175,23 @@ def tar_at_far(
     ROC with ``drop_intermediate=True``; dropping collinear points never changes the reported TPR,
     but the FPR recorded here is the truly nearest one, which can differ from theirs.
     """
-    if rule not in TAR_RULES:
-        raise ValueError(f"unknown rule {rule!r}; expected one of {TAR_RULES}")
     fpr, tpr, thr = roc(scores, labels)
     n_imp = int(np.count_nonzero(~np.asarray(labels).astype(bool).ravel()))
+    return tar_at_far_from_roc(fpr, tpr, thr, n_imp, fars, rule)
+
+
+def tar_at_far_from_roc(
+    fpr: NDArray[np.float64],
+    tpr: NDArray[np.float64],
+    thresholds: NDArray[np.float64],
+    n_impostor: int,
+    fars: Sequence[float],
+    rule: TarRule = "nearest",
+) -> dict[float, TarAtFar]:
+    """TAR at each target FAR under ``rule`` on a ROC laid out as :func:`roc` returns it, built from
+    ``n_impostor`` impostor pairs (the exact ROC, or the histogram ROC of the all-pairs protocol)."""
+    if rule not in TAR_RULES:
+        raise ValueError(f"unknown rule {rule!r}; expected one of {TAR_RULES}")
     out: dict[float, TarAtFar] = {}
     for target in fars:
         t = float(target)
@@ -176,10 +200,10 @@ def tar_at_far(
             target_far=t,
             tar=float(tpr[i]),
             far=float(fpr[i]),
-            threshold=float(thr[i]),
+            threshold=float(thresholds[i]),
             rule=rule,
-            below_resolution=bool(t < 1.0 / n_imp),
-            n_impostor=n_imp,
+            below_resolution=bool(t < 1.0 / n_impostor),
+            n_impostor=int(n_impostor),
         )
     return out
 

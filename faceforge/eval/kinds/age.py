@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from faceforge.data.files import list_images
 from faceforge.eval.age import (
     DEFAULT_AGE_EDGES,
     age_gap_verification,
@@ -36,7 +37,6 @@ from faceforge.eval.kinds.base import (
     RunContext,
     file_sha256,
     folder_checksum,
-    images_in,
     require_dir,
     require_file,
     two_paths,
@@ -81,7 +81,7 @@ class FgnetKind(BenchmarkKind):
         require_dir(b, b.paths[0])
 
     def plan(self, b: BenchmarkSpec, image_ext: str) -> dict[str, Any]:
-        every = images_in(b.paths[0])
+        every = list_images(b.paths[0], what=b.spec)
         files, bad = [], []
         for f in every:
             try:

@@ -22,14 +22,16 @@ import numpy as np
 
 from faceforge.core.hashing import file_sha256
 from faceforge.core.registry import Registry
-from faceforge.data.image_io import is_image_file
+from faceforge.data.files import list_images
 
 __all__ = [
     "BENCHMARK_KINDS",
+    "NORMALISATION",
     "BenchmarkKind",
     "BenchmarkSpec",
     "BenchmarkSpecError",
     "RunContext",
+    "embedding_settings_record",
     "file_sha256",
     "flip_text",
     "folder_checksum",
@@ -113,6 +115,19 @@ def flip_text(flip: bool) -> str:
     return "sum of original and horizontal-flip embeddings" if flip else "none"
 
 
+NORMALISATION = "L2 after flip-sum"
+"""How every embedding is normalised before scoring: ``e / max(||e||, 1e-12)`` of the (flip-summed) raw one."""
+
+
+def embedding_settings_record(flip: bool, cache_dir: str | Path | None) -> dict[str, Any]:
+    """The embedding settings every result file records (``faceforge eval`` and ``faceforge embed``)."""
+    return {
+        "flip": flip_text(flip),
+        "normalisation": NORMALISATION,
+        "cache_dir": None if cache_dir is None else str(cache_dir),
+    }
+
+
 def trailing_ints(parts: list[str], max_n: int, spec: str) -> tuple[list[str], list[int]]:
     """Split off up to ``max_n`` trailing integer fields (paths themselves may contain ':')."""
     nums: list[int] = []
@@ -155,7 +170,7 @@ def list_identity_folder(root: str | Path, min_images: int = 1) -> tuple[list[Pa
     labels: list[str] = []
     every: list[Path] = []
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        imgs = sorted(f for f in d.iterdir() if f.is_file() and is_image_file(f))
+        imgs = list_images(d, recursive=False, allow_empty=True)
         every += imgs
         if len(imgs) >= min_images:
             files += imgs
@@ -174,8 +189,3 @@ def folder_checksum(root: str | Path, files: Sequence[Path]) -> str:
 
 CHECKSUM_RULE_USED = "sha256 of sorted 'relative path<TAB>size' lines of the images used"
 CHECKSUM_RULE_ALL = "sha256 of sorted 'relative path<TAB>size' lines of every image in the folder"
-
-
-def images_in(root: str | Path) -> list[Path]:
-    """Every image file under ``root`` (recursive, sorted)."""
-    return sorted(f for f in Path(root).rglob("*") if f.is_file() and is_image_file(f))

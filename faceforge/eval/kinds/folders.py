@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from faceforge.data.files import list_images
 from faceforge.eval.allpairs import (
     ALLPAIRS_FARS,
     ScoreHistogram,
@@ -32,12 +33,12 @@ from faceforge.eval.identification import cosine_scores, identification, split_g
 from faceforge.eval.kinds.base import (
     BENCHMARK_KINDS,
     CHECKSUM_RULE_ALL,
+    NORMALISATION,
     BenchmarkKind,
     BenchmarkSpec,
     BenchmarkSpecError,
     RunContext,
     folder_checksum,
-    images_in,
     list_identity_folder,
     require_dir,
     trailing_ints,
@@ -94,7 +95,7 @@ class _IdentityFolderKind(BenchmarkKind):
         }
         common = {
             **ctx.preprocess_settings(),
-            "normalisation": "L2 after flip-sum",
+            "normalisation": NORMALISATION,
             "score": "cosine similarity",
             "unreadable_images": "left out",
         }
@@ -248,7 +249,7 @@ class BiasKind(BenchmarkKind):
         from faceforge.data.attributes import GROUP_LABELLERS
 
         label_of = GROUP_LABELLERS.get(b.paths[1])
-        every = images_in(b.paths[0])
+        every = list_images(b.paths[0], what=b.spec)
         kept = [(str(f), g) for f in every if (g := label_of(f.name)) is not None]
         if not kept:
             raise ValueError(f"{b.spec}: no file name under {b.paths[0]} gives a group with {b.paths[1]}")

@@ -26,6 +26,7 @@ from faceforge.embedders.cache import cached_embed, member_key
 from faceforge.eval.kinds.base import (
     BENCHMARK_KINDS,
     CHECKSUM_RULE_USED,
+    NORMALISATION,
     BenchmarkKind,
     BenchmarkSpec,
     RunContext,
@@ -56,7 +57,7 @@ def verification_record(
     plot_dir: Path | None = None,
     title: str = "",
 ) -> dict[str, Any]:
-    """The pairs protocol of :func:`faceforge.eval.lfw_benchmark.evaluate_pairs` on given embeddings.
+    """The pairs protocol of the ``lfw`` and ``bin`` kinds on the embeddings of each pair's two faces.
 
     Pairs with an unreadable image (NaN rows) get zero embeddings (cosine 0) and are counted.
     """
@@ -72,7 +73,7 @@ def verification_record(
         "settings": {
             "protocol": kfold.rule,
             "flip": flip_text(flip),
-            "normalisation": "L2 after flip-sum",
+            "normalisation": NORMALISATION,
             "distance": "squared L2 on normalised embeddings (= 2 - 2 cos)",
             "roc_score": "cosine similarity",
             "n_folds": n_folds,
@@ -120,7 +121,17 @@ class _PairsFileKind(BenchmarkKind):
 
     def parse(self, spec: str, rest: str) -> BenchmarkSpec:
         pairs, images = two_paths(self.name, spec, rest, "PAIRS:IMAGES (a pairs file and an image folder)")
-        return BenchmarkSpec(self.name, (pairs, images), spec=spec, name=f"{self.name}:{Path(pairs).stem}")
+        return self.spec_of(pairs, images, spec)
+
+    def spec_of(self, pairs: str | Path, images: str | Path, spec: str | None = None) -> BenchmarkSpec:
+        """The spec of a pairs file and an image folder given apart (either path may contain ':')."""
+        pairs, images = str(pairs), str(images)
+        return BenchmarkSpec(
+            self.name,
+            (pairs, images),
+            spec=spec or f"{self.name}:{pairs}:{images}",
+            name=f"{self.name}:{Path(pairs).stem}",
+        )
 
     def check(self, b: BenchmarkSpec) -> None:
         require_file(b, b.paths[0], "pairs file")

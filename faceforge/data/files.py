@@ -1,0 +1,90 @@
+"""Which image files a folder or a list file names: the one listing rule of every command.
+
+:func:`list_images` serves ``faceforge embed``, the folder-based benchmark kinds, ``faceforge align``
+and ``faceforge prepare`` (and the trainer's unlabelled folder), so they all see the same files:
+
+* a folder: every file whose name ends in one of :data:`~faceforge.data.image_io.IMAGE_EXTENSIONS`
+  (case-insensitive), below it (``recursive=True``) or directly in it, sorted by path component by
+  component (``Path`` order: every file of ``a/`` before those of ``a-b/``; plain string order would
+  put ``a-b/...`` first because ``-`` sorts before ``/``), so the result never depends on the file
+  system's listing order;
+* a list file: one image path per line, relative to the list file's folder unless absolute; blank
+  lines and lines starting with ``#`` are skipped, and anything after the first whitespace (a label,
+  say) is ignored, so paths cannot contain whitespace.  Lines keep their order, and every listed
+  file must exist (the first missing ones are named with their line numbers).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from faceforge.data.image_io import IMAGE_EXTENSIONS, is_image_file
+
+__all__ = ["list_images"]
+
+_SHOW_MISSING = 5
+
+
+def _list_folder(root: Path, recursive: bool, exclude: Path | None) -> list[Path]:
+    found = root.rglob("*") if recursive else root.iterdir()
+    return sorted(
+        p
+        for p in found
+        if p.is_file() and is_image_file(p) and not (exclude is not None and p.is_relative_to(exclude))
+    )
+
+
+def _list_file(list_file: Path, what: str) -> list[Path]:
+    files: list[Path] = []
+    missing: list[str] = []
+    for line_no, line in enumerate(list_file.read_text().splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        p = Path(line.split()[0])
+        path = p if p.is_absolute() else list_file.parent / p
+        if not path.is_file():
+            missing.append(f"line {line_no}: {path}")
+        files.append(path)
+    if missing:
+        raise FileNotFoundError(
+            f"{what}: {len(missing)} image(s) listed in {list_file} do not exist ("
+            + "; ".join(missing[:_SHOW_MISSING])
+            + ("; ..." if len(missing) > _SHOW_MISSING else "")
+            + "): fix the paths (relative to the list file's folder) or remove those lines"
+        )
+    return files
+
+
+def list_images(
+    source: str | Path,
+    recursive: bool = True,
+    *,
+    exclude: str | Path | None = None,
+    allow_empty: bool = False,
+    what: str = "images",
+) -> list[Path]:
+    """Image files of a folder (sorted) or of a list file (in its order); see the module docstring.
+
+    Args:
+        source: a folder, or a text file with one image path per line.
+        recursive: for a folder, look in its sub-folders too.
+        exclude: for a folder, a folder below it to leave out (an output folder inside the input).
+        allow_empty: return ``[]`` instead of raising when no image is found.
+        what: how error messages name ``source`` (the option or config key it came from).
+
+    Raises:
+        FileNotFoundError: ``source`` is neither a folder nor a file, or a listed file is missing.
+        ValueError: no image file was found (unless ``allow_empty``).
+    """
+    src = Path(source)
+    if src.is_dir():
+        files = _list_folder(src, recursive, None if exclude is None else Path(exclude))
+        where = f"{'below' if recursive else 'in'} {src}"
+    elif src.is_file():
+        files = _list_file(src, what)
+        where = f"listed in {src}"
+    else:
+        raise FileNotFoundError(f"{what}: no folder or list file at {src}")
+    if not files and not allow_empty:
+        raise ValueError(f"{what}: no image files {where} (image files end in {', '.join(IMAGE_EXTENSIONS)})")
+    return files
