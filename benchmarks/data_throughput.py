@@ -97,16 +97,18 @@ def pipeline_rate(dataset, batch_size: int, workers: int) -> dict:
 
 
 def training_rate(cfg, batch_size: int, steps: int) -> tuple[float, str]:
-    from faceforge.engine.trainer import Trainer
+    from faceforge.data.dataset import Batch
+    from faceforge.engine.loop import Trainer
 
     trainer = Trainer(cfg)
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (batch_size, 112, 112, 3), dtype=torch.uint8, generator=g)
-    labels = torch.randint(0, trainer.samples.num_classes, (batch_size,), generator=g)
-    trainer.train_step(images, labels)  # warm-up
+    labels = torch.randint(0, trainer.data.num_classes, (batch_size,), generator=g)
+    batch = Batch(images, labels, torch.arange(batch_size))
+    trainer.train_step(batch)  # warm-up
     t0 = time.perf_counter()
     for _ in range(steps):
-        trainer.train_step(images, labels)
+        trainer.train_step(batch)
     return steps * batch_size / (time.perf_counter() - t0), trainer.precision
 
 

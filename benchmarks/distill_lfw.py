@@ -55,7 +55,7 @@ import torch
 from faceforge.config import compose_config
 from faceforge.data.pairs import read_lfw_pairs, resolve_pairs
 from faceforge.embedders import embedder_from_spec
-from faceforge.engine.trainer import Trainer
+from faceforge.engine.loop import Trainer
 from faceforge.eval.benchmarks import run_benchmarks
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,7 +77,7 @@ class Variant(NamedTuple):
 
 #: extra rows (not run by default)
 VARIANTS: dict[str, Variant] = {
-    "ddl_easy_margin": Variant("ddl", ["distill.hard_margin=false"]),
+    "ddl_easy_margin": Variant("ddl", ["objectives.margin.extra_branch=false"]),
     "scratch_finetune": Variant("scratch", FINETUNE, init_from_scratch_row=True),
     "ddl_finetune": Variant("ddl", FINETUNE, init_from_scratch_row=True),
     "rkd_unlabelled": Variant("rkd", [], unlabelled=True),
@@ -221,15 +221,15 @@ def train_row(
         "eval.pairs=null",
         f"optim.epochs={epochs}",
         "run.progress=false",
-        f"distill.cache_dir={teacher_cache}",
+        f"run.cache_dir={teacher_cache}",
     ]
     if method != "scratch":
         overrides.append(f"method={method}")
     overrides += extra
     if base == "liaad":
-        overrides.append(f"distill.teachers.1.model={scratch_model}")
+        overrides.append(f"teachers.1.model={scratch_model}")
     if unlabelled and use_unlabelled:
-        overrides.append(f"distill.unlabelled_root={unlabelled}")
+        overrides.append(f"data.sources=[{{root: {unlabelled}}}]")
     t0 = time.perf_counter()
     trainer = Trainer(compose_config(RECIPE, overrides))
     setup = time.perf_counter() - t0
@@ -242,9 +242,9 @@ def train_row(
         "images_per_s": report["images_per_s_this_run"],
         "num_images": len(trainer.dataset),
         "precision": report["precision"],
-        "distill": trainer.distill.describe() if trainer.distill is not None else None,
-        "final_loss": report["history"][-1]["loss"] if report["history"] else None,
-        "final_distill_loss": report["history"][-1].get("distill_loss") if report["history"] else None,
+        "objectives": report["objectives"],
+        "teachers": trainer.teachers.describe(),
+        "final_logs": report["history"][-1] if report["history"] else None,
     }
     return run_dir / "checkpoints" / "model.pt", seconds, info
 
@@ -408,7 +408,7 @@ def main() -> None:
             "init": "the scratch row's model.pt",
         },
         "epochs_suffix": "a row named <row>_<N>ep trained N epochs instead of --epochs",
-        "unlabelled": "per row: training.overrides holds distill.unlabelled_root when a row used it",
+        "unlabelled": "per row: training.overrides holds data.sources when a row used it",
         "low_resolution": f"{LOW_RES}x{LOW_RES} (INTER_AREA) then back to 112 (bilinear)",
         "speed": (
             "batch 32, flip off, best of repeats; students at precision auto (bf16 autocast + channels_last "

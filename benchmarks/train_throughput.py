@@ -1,6 +1,6 @@
 """Training throughput: end-to-end on real aligned LFW vs the same step on tensors already in memory.
 
-For each backbone the script builds one :class:`faceforge.engine.trainer.Trainer` and measures, in the same
+For each backbone the script builds one :class:`faceforge.engine.loop.Trainer` and measures, in the same
 process and with the same model, head and optimiser:
 
 - ``limit``: ``train_step`` on a uint8 batch that is already in memory (preprocess, forward, head, CE,
@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 
 from faceforge.config import compose_config
-from faceforge.engine.trainer import Trainer
+from faceforge.data.dataset import Batch
+from faceforge.engine.loop import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("FACEFORGE_DATA", REPO.parent / "shared" / "data"))
@@ -49,24 +50,24 @@ def ensure_aligned(root: Path) -> Path:
 def limit_rate(trainer: Trainer, batch_size: int, steps: int) -> float:
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (batch_size, 112, 112, 3), dtype=torch.uint8, generator=g)
-    labels = torch.randint(0, trainer.samples.num_classes, (batch_size,), generator=g)
+    labels = torch.randint(0, trainer.data.num_classes, (batch_size,), generator=g)
+    batch = Batch(images, labels, torch.arange(batch_size))
     for _ in range(2):  # warm-up (oneDNN primitive creation, allocator)
-        trainer.train_step(images, labels)
+        trainer.train_step(batch)
     t0 = time.perf_counter()
     for _ in range(steps):
-        trainer.train_step(images, labels)
+        trainer.train_step(batch)
     return steps * batch_size / (time.perf_counter() - t0)
 
 
 def end_to_end_rate(trainer: Trainer, steps: int) -> float:
     it = iter(trainer._loader())
     for _ in range(2):  # warm-up, as for the limit; includes worker start-up, excluded from the timing
-        batch = next(it)
-        trainer.train_step(batch.images, batch.labels)
+        trainer.train_step(next(it))
     n, t0 = 0, time.perf_counter()
     for _ in range(steps):
         batch = next(it)
-        trainer.train_step(batch.images, batch.labels)
+        trainer.train_step(batch)
         n += len(batch)
     return n / (time.perf_counter() - t0)
 

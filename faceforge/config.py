@@ -155,8 +155,9 @@ def validate_config(
             OmegaConf.resolve(cfg)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None)
+        text = str(exc.msg if hasattr(exc, "msg") else exc).strip().splitlines()[0]
         raise ConfigError(
-            f"invalid config{f' at {key}' if key else ''}: {exc.msg if hasattr(exc, 'msg') else exc}"
+            f"invalid config{f' at {key}' if key else ''}: {text}{_valid_keys_hint(key)}"
         ) from None
     # list elements as the command line writes them: distill.teachers.1.model, not distill.teachers[1].model
     missing = sorted(re.sub(r"\[(\d+)\]", r".\1", k) for k in OmegaConf.missing_keys(cfg))
@@ -195,6 +196,14 @@ def validate_config(
     return cfg
 
 
+def _valid_keys_hint(full_key: str | None) -> str:
+    """``; valid keys: [...]`` of the schema section holding ``full_key`` (empty when there is none)."""
+    if not full_key or "." not in full_key:
+        return ""
+    section = OmegaConf.select(OmegaConf.structured(TrainConfig), full_key.rpartition(".")[0], default=None)
+    return f"; valid keys: {sorted(section.keys())}" if isinstance(section, DictConfig) else ""
+
+
 def _check_numbers(cfg: DictConfig) -> None:
     """Values that must be positive (a zero batch or a negative epoch count is a mistake, not a request)."""
     for key, low in (("data.batch_size", 1), ("optim.epochs", 1), ("run.log_every", 1), ("data.image_size", 1),
@@ -209,6 +218,7 @@ def _check_numbers(cfg: DictConfig) -> None:
 
 def _check_plugins_objectives_method(cfg: DictConfig) -> None:
     """``run.plugins`` import; every ``objectives.<name>`` and ``method`` against its class's options."""
+    import faceforge.methods  # noqa: F401  (registers the packaged methods)
     from faceforge.engine.method import METHODS
     from faceforge.engine.setup import import_plugins, method_spec, objective_specs
     from faceforge.objectives import OBJECTIVES

@@ -72,7 +72,9 @@ def test_eval_writes_json_with_settings_and_plots(
     printed = capsys.readouterr().out
     assert "accuracy" in printed and "insightface-10fold" in printed
     res = json.loads(out.read_text())
-    assert 0.0 <= res["verification"]["accuracy_mean"] <= 1.0 and res["verification"]["n_folds"] == 2
+    assert res["verification"]["n_folds"] == 2
+    # the printed accuracy is the recorded one
+    assert f"accuracy {res['verification']['accuracy_mean'] * 100:.2f}" in printed
     s = res["settings"]
     assert s["flip"].startswith("sum") and s["alignment"] == "arcface_112" and s["colour"] == "RGB"
     assert s["threshold_grid"]["step"] == pytest.approx(0.01)
@@ -115,7 +117,8 @@ def test_clear_errors(tmp_path: Path, capsys, lfw_small: Path) -> None:
     fake = tmp_path / "model.pt"
     fake.write_text("not a checkpoint")
     assert main(["eval", "--model", str(fake), "--pairs", "x", "--images", "y"]) == 2
-    assert "not" in capsys.readouterr().err and str(fake) in fake.as_posix()
+    err = capsys.readouterr().err
+    assert f"{fake} could not be read as a faceforge checkpoint" in err and "Traceback" not in err
     assert main(["train", "lfw_mobilefacenet_arcface", "data.root=/x", "optim.lrr=1"]) == 2
     assert "lrr" in capsys.readouterr().err
     assert main(["train", "lfw_mobilefacenet_arcface", f"data.root={tmp_path / 'none'}"]) == 2

@@ -36,7 +36,7 @@ def lfw_rec(lfw_small: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_rec_config_trains_two_steps(lfw_small: Path, lfw_rec: Path, tmp_path: Path) -> None:
-    from faceforge.engine.trainer import Trainer
+    from faceforge.engine.loop import Trainer
 
     cfg = compose_config(
         CONFIG,
@@ -53,25 +53,18 @@ def test_rec_config_trains_two_steps(lfw_small: Path, lfw_rec: Path, tmp_path: P
             "eval.pairs=null",
             "data.batch_size=8",
             "run.max_steps=2",
+            "run.log_every=1",
             f"run.dir={tmp_path}",
         ],
     )
     trainer = Trainer(cfg)
     folder = scan_image_folder(lfw_small, min_images_per_identity=cfg.data.min_images_per_identity)
-    assert trainer.samples.num_classes == folder.num_classes
-    assert len(trainer.samples) == len(folder)
-    assert trainer.head.weight.shape[0] == folder.num_classes
-    losses: list[float] = []
-    step = trainer.train_step
-    trainer.train_step = lambda images, labels, indices: (
-        losses.append(step(images, labels, indices)[0])
-        or (
-            losses[-1],
-            0.0,
-        )
-    )
+    assert trainer.data.num_classes == folder.num_classes
+    assert len(trainer.data.labels) == len(folder)
+    assert trainer.objectives["margin"].head.weight.shape[0] == folder.num_classes
     report = trainer.fit()
-    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    losses = [h["margin"] for h in report["history"]]
+    assert len(losses) == 2 and all(math.isfinite(v) and v > 0 for v in losses)
     assert report["progress"]["global_step"] == 2
     assert report["num_identities"] == folder.num_classes
     assert report["skipped_images"]["count"] == 0

@@ -6,12 +6,14 @@ demo's training; it is marked slow.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+from faceforge.cli.train import evaluation_hook
 from faceforge.config import compose_config
-from faceforge.engine.trainer import Trainer
+from faceforge.engine.loop import Trainer
 
 
 @pytest.mark.slow
@@ -31,7 +33,9 @@ def test_demo_recipe_reaches_80_percent_on_pairs_dev_test(data_dir: Path, tmp_pa
         "lfw_mobilefacenet_arcface",
         [f"data.root={aligned}", f"run.dir={tmp_path / 'run'}", "run.progress=false"],
     )
-    result = Trainer(cfg).fit()
-    acc = result["eval"]["verification"]["accuracy_mean"]
-    assert result["eval"]["benchmark"]["n_pairs"] == 1000
+    result = Trainer(cfg, evaluate=evaluation_hook(cfg)).fit()
+    (name,) = result["eval"]
+    acc = result["eval"][name]["accuracy"]
+    record = json.loads((tmp_path / "run" / "eval_final" / "result.json").read_text())
+    assert name.startswith("lfw:") and record["benchmark"]["n_pairs"] == 1000
     assert acc >= 0.80, f"pairsDevTest accuracy {acc:.4f} < 0.80"

@@ -162,7 +162,7 @@ def test_partial_fc_in_one_process_and_bad_settings() -> None:
 def test_two_process_ddp_training_on_lfw_then_resume_in_one(lfw_small: Path, tmp_path: Path) -> None:
     from faceforge.config import compose_config
     from faceforge.core.checkpoint import load_checkpoint
-    from faceforge.engine.trainer import Trainer
+    from faceforge.engine.loop import Trainer
 
     run = tmp_path / "run"
     args = [
@@ -184,15 +184,15 @@ def test_two_process_ddp_training_on_lfw_then_resume_in_one(lfw_small: Path, tmp
     ]
     proc = torchrun(2, "-m", "faceforge", "train", *args, "optim.epochs=3", timeout=900)
     report = json.loads((run / "report.json").read_text())
-    assert report["world_size"] == 2 and report["head_layout"] == {"sharded": True, "sample_rate": 0.5}
+    assert report["world_size"] == 2 and report["objectives"]["margin"]["sharded"] is True
     losses = [h["loss"] for h in report["history"]]
     assert losses[-1] < losses[0] - 0.3, (losses, proc.stdout[-2000:])
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert ckpts == ["last.pt", "model.pt"]  # one consolidated file each, written by rank 0
     last = load_checkpoint(run / "checkpoints" / "last.pt")
     classes = report["num_identities"]
-    assert last["head"]["weight"].shape == (classes, 64)
-    momentum = [s["momentum_buffer"] for s in last["optimizer"]["state"].values()]
+    assert last["objectives"]["margin"]["weight"].shape == (classes, 64)
+    momentum = [s["momentum_buffer"] for s in last["optimizers"]["main"]["state"].values()]
     assert any(m.shape == (classes, 64) for m in momentum)  # the head's momentum is consolidated too
     steps = last["progress"]["global_step"]
     # the same run continues in one process, with the full head in one block
@@ -201,7 +201,7 @@ def test_two_process_ddp_training_on_lfw_then_resume_in_one(lfw_small: Path, tmp
     assert more["world_size"] == 1
     after = load_checkpoint(run / "checkpoints" / "last.pt")
     assert after["progress"]["epoch"] == 4 and after["progress"]["global_step"] > steps
-    assert not torch.equal(after["head"]["weight"], last["head"]["weight"])
+    assert not torch.equal(after["objectives"]["margin"]["weight"], last["objectives"]["margin"]["weight"])
 
 
 @pytest.fixture(scope="module")
@@ -240,3 +240,29 @@ def test_per_sample_and_per_rank_distillation_stay_local(distill_ranks: list[dic
     assert not torch.allclose(
         distill_ranks[0]["rkd_per_rank"]["loss"], distill_ranks[0]["reference"]["rkd"]["loss"]
     )
+
+
+@pytest.fixture(scope="module")
+def local_head_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    out = tmp_path_factory.mktemp("local_head")
+    torchrun(2, str(WORKERS / "local_head_worker.py"), str(out))
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+def test_replicated_curricularface_t_is_the_global_batch_one(local_head_ranks: list[dict]) -> None:
+    """A replicated CurricularFace head under DDP: t, the averaged loss and the averaged head gradient on 2
+    ranks equal one process on the whole batch (t no longer drifts per rank)."""
+    emb, labels, weight = _inputs()
+    crit = _full("curricularface", weight)
+    x = emb.clone().requires_grad_(True)
+    ref = crit(x, labels)
+    ref.loss.backward()
+    for res in local_head_ranks:
+        torch.testing.assert_close(res["t"], crit.head.t, rtol=1e-6, atol=1e-8)
+        torch.testing.assert_close(res["weight_grad_averaged"], crit.head.weight.grad, rtol=1e-4, atol=1e-6)
+    mean_loss = (local_head_ranks[0]["loss"] + local_head_ranks[1]["loss"]) / 2
+    torch.testing.assert_close(mean_loss, ref.loss.detach(), rtol=1e-5, atol=1e-6)
+    # what each rank had before: t from its own half only, which differs from the global one
+    half = _full("curricularface", weight)
+    half(emb[:4].clone(), labels[:4])
+    assert abs(float(half.head.t) - float(crit.head.t)) > 1e-4

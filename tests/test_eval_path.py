@@ -289,30 +289,3 @@ def test_lfw_spec_keeps_colons_in_paths(tmp_path: Path) -> None:
         spec.paths == (str(tmp_path / "a:b" / "pairs.txt"), str(tmp_path / "c:d"))
         and spec.name == "lfw:pairs"
     )
-
-
-def test_run_benchmarks_gives_what_evaluate_pairs_gave(
-    checkpoint: Path, faces_dir: Path, tmp_path: Path
-) -> None:
-    """Parity with the trainer's former path (eval/lfw_benchmark.py + eval/embedding.py): DELETE this test
-    together with those two files."""
-    from faceforge.embedders.cache import cached_embed_paths
-    from faceforge.eval.embedding import embed_paths
-    from faceforge.eval.lfw_benchmark import evaluate_pairs
-
-    embedder = CheckpointEmbedder(checkpoint, device="cpu")
-    files = sorted(faces_dir.rglob("*.jpg"))
-    for flip in (True, False):
-        old, old_failed = embed_paths(embedder, files, flip=flip, progress=False)
-        new, new_failed = cached_embed_paths(embedder, files, flip=flip, cache_dir=None, progress=False)
-        np.testing.assert_array_equal(new, old)
-        assert new_failed == old_failed == []
-    pairs, *_ = _ring_pairs(faces_dir, tmp_path / "pairs.txt")
-    old = evaluate_pairs(embedder, pairs, faces_dir, tmp_path / "old", n_folds=2, progress=False)
-    new = run_benchmarks(embedder, [lfw_spec(pairs, faces_dir)], tmp_path / "new", n_folds=2, progress=False)
-    for key in ("verification", "val_at_far", "roc", "model"):
-        assert new[key] == old[key], key
-    assert new["benchmarks"]["lfw:pairs"]["summary"] == old["summary"]
-    assert new["settings"] == {**old["settings"], "cache_dir": None}
-    assert {k: new["benchmark"][k] for k in old["benchmark"]} == old["benchmark"]
-    assert set(new["plots"]) == set(old["plots"]) == {"roc", "scores"}

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from faceforge.data.samplers import Branch, IdentityBalancedBatchSampler, MultiBranchBatchSampler
+from faceforge.data.dataset import TaggedRows, collate_faces
+from faceforge.data.samplers import (
+    Branch,
+    IdentityBalancedBatchSampler,
+    MultiBranchBatchSampler,
+    TaggedBranches,
+)
 
 
 def _labels(num_ids: int = 20, seed: int = 0) -> np.ndarray:
@@ -69,10 +75,40 @@ def test_resume_continues_the_epoch() -> None:
 
 def test_works_as_dataloader_batch_sampler() -> None:
     labels = _labels()
-    ds = torch.utils.data.TensorDataset(torch.as_tensor(labels))
+    ds = torch.utils.data.TensorDataset(torch.arange(len(labels)))
     s = IdentityBalancedBatchSampler(labels, 2, 2)
-    out = [b[0] for b in torch.utils.data.DataLoader(ds, batch_sampler=s)]
-    assert len(out) == len(s) and all(t.shape == (4,) for t in out)
+    out = [b[0].tolist() for b in torch.utils.data.DataLoader(ds, batch_sampler=s)]
+    assert out == list(s)  # the loader yields exactly the sampler's rows, in its order
+
+
+def test_tagged_branches_name_each_rows_branch() -> None:
+    """EKD-style batches (a random half, a balanced half) reach the objectives with each row's branch, even
+    after an unreadable row is dropped."""
+    labels = _labels(12, seed=3)
+    tagged = TaggedBranches(
+        MultiBranchBatchSampler([Branch(len(labels), 4, "random"), Branch(labels, 4, "balanced", 2)], seed=2),
+        ("random", "balanced"),
+    )
+    (first, *_) = list(tagged)
+    assert [b for _, b in first] == [0, 0, 0, 0, 1, 1, 1, 1]
+    balanced = [i for i, b in first if b == 1]
+    assert (labels[balanced].reshape(2, 2) == labels[balanced].reshape(2, 2)[:, :1]).all()
+
+    class Faces:
+        def __len__(self) -> int:
+            return len(labels)
+
+        def __getitem__(self, i: int):
+            if i == first[1][0]:  # the second row is unreadable
+                return None, f"img{i}: truncated", i
+            return np.full((2, 2, 3), i, np.uint8), int(labels[i]), i
+
+    batch = collate_faces([TaggedRows(Faces())[key] for key in first])
+    assert batch.skipped == [f"img{first[1][0]}: truncated"]
+    assert batch.branch.tolist() == [0, 0, 0, 1, 1, 1, 1]
+    assert batch.indices.tolist() == [i for j, (i, _) in enumerate(first) if j != 1]
+    plain = collate_faces([Faces()[i] for i in (0, 2)])
+    assert plain.branch is None and TaggedRows(Faces())[0][3] == 0
 
 
 def test_multi_branch_sizes_offsets_split_and_resume() -> None:

@@ -15,9 +15,11 @@ from typing import Any
 from faceforge.cli.main import command
 
 
-def benchmark_specs(cfg: Any) -> list[str]:
+def benchmark_specs(cfg: Any) -> list[Any]:
     """The ``faceforge eval`` specs of a training config's ``eval`` section."""
-    specs = [f"lfw:{cfg.eval.pairs}:{cfg.eval.images or cfg.data.root}"] if cfg.eval.pairs else []
+    from faceforge.eval.benchmarks import lfw_spec
+
+    specs: list[Any] = [lfw_spec(cfg.eval.pairs, cfg.eval.images or cfg.data.root)] if cfg.eval.pairs else []
     return specs + list(cfg.eval.benchmarks)
 
 
@@ -28,21 +30,17 @@ def evaluation_hook(cfg: Any):
         return None
 
     def evaluate(model_path: Path, out_dir: Path) -> dict[str, dict[str, Any]]:
-        from faceforge.embedders import embedder_from_spec
-        from faceforge.eval.benchmarks import run_benchmarks
+        from faceforge.eval.benchmarks import evaluate_checkpoint
 
-        device = "cpu" if cfg.run.device == "cpu" else "auto"
-        embedder = embedder_from_spec(str(model_path), device=device, batch_size=cfg.eval.batch_size)
-        run = run_benchmarks(
-            embedder,
+        return evaluate_checkpoint(
+            model_path,
             specs,
-            out_dir=out_dir,
-            cache_dir=None,  # the model changes at every evaluation
+            out_dir,
             flip=cfg.eval.flip,
             batch_size=cfg.eval.batch_size,
+            device=cfg.run.device,
             progress=cfg.run.progress,
-        )
-        return {name: rec["summary"] for name, rec in run["benchmarks"].items()}
+        ).summaries
 
     return evaluate
 

@@ -30,6 +30,10 @@ class Registry(Generic[T]):
 
         return deco
 
+    def unregister(self, name: str) -> Callable[..., T]:
+        """Remove and return an entry (tests that register a temporary plug-in clean up with it)."""
+        return self._items.pop(name)
+
     def get(self, name: str) -> Callable[..., T]:
         try:
             return self._items[name]

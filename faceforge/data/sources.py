@@ -5,7 +5,7 @@ more, each ``{root, identities, attributes, labeller}``:
 
 * ``identities: true``: an ImageFolder tree ``root/<identity>/<image>`` whose identities become new classes after
   those of the sources before it (classes of different sources are distinct even when their names match);
-* ``identities: false``: every image under ``root`` (recursive) with no identity (label ``-1``): objectives that
+* ``identities: false``: every image under ``root`` (recursive; or the images a list file names) with no identity (label ``-1``): objectives that
   need identities mask these rows, others (a teacher-based distillation term, an age loss) use them.
 
 Per-image attributes come from each source's ``attributes`` sidecar (CSV/TSV keyed by the path relative to that
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,12 +25,12 @@ import numpy as np
 from faceforge.data.attributes import Attributes, attributes_for
 from faceforge.data.build import build_dataset
 from faceforge.data.dataset import FaceDataset
-from faceforge.data.image_io import is_image_file
+from faceforge.data.files import list_images
 from faceforge.data.samples import Samples, scan_image_folder
 
 log = logging.getLogger(__name__)
 
-__all__ = ["JoinedFaces", "TrainingData", "build_training_data", "scan_images"]
+__all__ = ["JoinedFaces", "TrainingData", "build_training_data"]
 
 
 class JoinedFaces:
@@ -97,17 +96,6 @@ class TrainingData:
         return self.samples.warnings
 
 
-def scan_images(root: str | Path) -> list[str]:
-    """Every image file under ``root`` (recursive, sorted)."""
-    r = Path(root)
-    if not r.is_dir():
-        raise FileNotFoundError(f"data.sources: folder not found: {root}")
-    files = sorted(str(f) for f in r.rglob("*") if f.is_file() and is_image_file(f))
-    if not files:
-        raise ValueError(f"data.sources: no images under {root}")
-    return files
-
-
 def build_training_data(data_cfg: Any, seed: int = 0, progress: bool = True) -> TrainingData:
     """The main source of ``data_cfg`` (any format) followed by every ``data.sources`` entry."""
     main = build_dataset(data_cfg, seed=seed, progress=progress)
@@ -132,7 +120,7 @@ def build_training_data(data_cfg: Any, seed: int = 0, progress: bool = True) -> 
             labels.append(samples.labels + len(classes))
             classes.extend(samples.classes)
         else:
-            files = scan_images(src.root)
+            files = [str(f) for f in list_images(src.root, what=f"data.sources[{i}].root")]
             samples = Samples(files, np.zeros(len(files), dtype=np.int64), ["unlabelled"])
             offsets.append(None)
             labels.append(np.full(len(files), -1, dtype=np.int64))

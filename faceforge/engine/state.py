@@ -26,7 +26,14 @@ from typing import Any
 
 import torch
 
-from faceforge.core.checkpoint import FORMAT, VERSION, CheckpointError, load_checkpoint, rng_state, set_rng_state
+from faceforge.core.checkpoint import (
+    FORMAT,
+    VERSION,
+    CheckpointError,
+    load_checkpoint,
+    rng_state,
+    set_rng_state,
+)
 from faceforge.objectives.margin import find_margin
 
 log = logging.getLogger(__name__)

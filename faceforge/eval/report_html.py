@@ -3,7 +3,7 @@
 Plots are embedded as base64 PNG, so the page can be mailed or archived alone.  With several runs a
 comparison table per benchmark puts the headline numbers side by side (best value in bold).
 Understands run records from :func:`faceforge.eval.benchmarks.run_benchmarks` and the older
-single-benchmark records of :func:`faceforge.eval.lfw_benchmark.evaluate_pairs`.
+single-benchmark records (one pairs benchmark at the top level) that faceforge 0.1's training wrote.
 """
 
 from __future__ import annotations

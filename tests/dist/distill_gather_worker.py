@@ -1,4 +1,4 @@
-"""Run under torchrun by tests/test_distill_gather.py: the distillation term on several gloo ranks.
+"""Run under torchrun by tests/test_distributed.py: distillation objectives on several gloo ranks.
 
 Each rank holds a slice of one fixed global batch (rank 0 rows 0-3, rank 1 rows 4-7, or an uneven split)
 and writes ``OUT/rank{r}.pt`` with, per case, the term and the gradients of its own rows, next to the
@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
-from faceforge.core.schema import DistillConfig, TeacherConfig
-from faceforge.distill.engine import Distillation, StepInputs
 from faceforge.core import distributed as D
+from faceforge.objectives import OBJECTIVES, Objective, ObjectiveContext, StepBatch
+from faceforge.objectives.teachers import TeacherBank
 
 LABELS = np.array([0, 0, 1, 1, 2, 2, 3, 3])
 #: method -> rows of each rank (rank 0, rank 1); sp runs on an uneven split (a batch that lost images)
@@ -51,20 +49,18 @@ class FakeFaces:
         return np.random.default_rng(i).integers(0, 256, (8, 8, 3), dtype=np.uint8)
 
 
-def build(method: str, gather: bool = True) -> Distillation:
-    teachers = [] if method == "ddl" else [TeacherConfig(model="fake")]
-    cfg = OmegaConf.structured(DistillConfig(method=method, teachers=teachers, cache_dir="none", gather=gather))
-    return Distillation(
-        cfg,
-        student_dim=16,
-        labels=LABELS,
+def build(method: str, gather: bool = True) -> Objective:
+    bank = TeacherBank([{"model": "fake"}], FakeFaces(), "none", False, lambda spec, opts: FakeTeacher())
+    ctx = ObjectiveContext(
+        embedding_size=16,
         num_classes=4,
-        dataset=FakeFaces(),
-        seed=0,
-        progress=False,
-        embedder_factory=lambda spec, opts: FakeTeacher(),
+        labels=LABELS,
         classes=["a", "b", "c", "d"],
+        dataset=FakeFaces(),
+        teacher=None if method == "ddl" else bank.table,
+        teacher_names=[] if method == "ddl" else bank.names,
     )
+    return OBJECTIVES.get(method)(ctx, gather=gather)
 
 
 def global_batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,11 +75,11 @@ def term(method: str, rows: list[int], gather: bool = True) -> dict:
     x = hard[rows].clone().requires_grad_(True) if method == "ddl" else None
     torch.manual_seed(0)  # the same learned projection (feature_l2) on every rank and in the reference
     d = build(method, gather)
-    margin = lambda a, b: SimpleNamespace(loss=a.sum() * 0.0)  # noqa: E731
-    out = d(StepInputs(e, torch.as_tensor(LABELS[rows]), torch.as_tensor(rows), x, margin))
-    out.loss.backward()
+    out = d(StepBatch(e, torch.as_tensor(LABELS[rows]), torch.as_tensor(rows), extra=x))
+    loss = out.terms["loss"]
+    loss.backward()
     return {
-        "loss": out.loss.detach(),
+        "loss": loss.detach(),
         "grad": e.grad.detach(),
         "extra_grad": None if x is None else x.grad.detach(),
         "global_batch": d.describe()["global_batch"],

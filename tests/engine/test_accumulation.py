@@ -36,8 +36,12 @@ class ToyLinear(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(x, 8).flatten(1))
 
 
-if "toy_linear" not in BACKBONES:
+@pytest.fixture(autouse=True, scope="module")
+def _toy_backbone():
+    """The toy backbone is a plug-in for this module's runs only."""
     BACKBONES.register("toy_linear")(ToyLinear)
+    yield
+    BACKBONES.unregister("toy_linear")
 
 
 def _run(root: Path, lf: Path, run: Path, head: str, k: int, steps: int) -> Trainer:

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from faceforge.cli.train import evaluation_hook
 from faceforge.config import compose_config
 from faceforge.core.checkpoint import load_checkpoint
-from faceforge.cli.train import evaluation_hook
 from faceforge.engine.loop import NonFiniteLossError, Trainer
 
 

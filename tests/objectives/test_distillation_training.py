@@ -1,7 +1,8 @@
 """Distillation in the training loop on real aligned LFW faces with dlib's ResNet as the teacher.
 
 Short smoke runs of every method from its packaged config (``method=<name>``), the teacher cache, the
-batches each method needs, unlabelled faces, exact resume with EKD's buffers, and clear errors.
+batches each objective brings, faces without identities (``data.sources``), exact resume with EKD's buffers,
+and clear errors.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import torch
 
 from faceforge.config import ConfigError, compose_config
 from faceforge.core.checkpoint import load_checkpoint
-from faceforge.distill.engine import complete_pairs
-from faceforge.engine.trainer import Trainer
+from faceforge.engine.loop import Trainer
+from faceforge.objectives.ddl import complete_pairs
 
 pytest.importorskip("dlib")
 
@@ -48,7 +49,7 @@ def _cfg(small: dict[str, Path], run_dir: Path, *overrides: str):
             f"data.root={small['root']}",
             f"data.list_file={small['list']}",
             f"run.dir={run_dir}",
-            f"distill.cache_dir={small['cache']}",
+            f"run.cache_dir={small['cache']}",
             "run.progress=false",
             "eval.pairs=null",
             "model.embedding_size=64",
@@ -72,12 +73,15 @@ def test_each_method_trains_from_its_config(small: dict[str, Path], tmp_path: Pa
     hist = report["history"]
     assert len(hist) == 2
     for rec in hist:
-        assert np.isfinite(rec["loss"]) and np.isfinite(rec["distill_loss"])
+        assert np.isfinite(rec["loss"]) and np.isfinite(rec[method]) and np.isfinite(rec["margin"])
+        weight = report["objectives"][method]["weight"]
+        extra = rec.get("margin/extra", 0.0)
+        assert rec["loss"] == pytest.approx(rec["margin"] + extra + weight * rec[method], rel=1e-5)
     ckpt = load_checkpoint(tmp_path / method / "checkpoints" / "last.pt")
-    meta = ckpt["meta"]["distill"]
-    assert meta["method"] == method
+    meta = ckpt["meta"]
+    assert meta["objectives"][method]["type"] == method
     if method == "ddl":
-        assert meta["teachers"] == [] and "ddl_kl_neg" in hist[0] and "hard_margin_loss" in hist[0]
+        assert meta["teachers"] == [] and "ddl/kl_neg" in hist[0] and "margin/extra" in hist[0]
         # P x 2 identity batches (8 identities of 2 images), as many steps as a pass over 32 images
         assert trainer.steps_per_epoch == 2
     else:
@@ -85,13 +89,14 @@ def test_each_method_trains_from_its_config(small: dict[str, Path], tmp_path: Pa
         assert teacher["dim"] == 128 and teacher["model"]["kind"] == "dlib" and teacher["valid_rows"] == 32
     if method in ("feature_l2", "cosine"):
         # 64-d student, 128-d teacher: a learned projection, trained and saved with the student
-        w = ckpt["distill"]["projections.0.weight"]
+        w = ckpt["objectives"][method]["projection.weight"]
         assert tuple(w.shape) == (128, 64)
-        assert tuple(meta["projections"][0]) == (64, 128)
+        assert tuple(meta["objectives"][method]["projection"]) == (64, 128)
     if method == "ekd":
         # random half (margin loss) + identity-balanced half; EMA thresholds moved and were saved
-        assert trainer.steps_per_epoch == 4
-        assert float(ckpt["distill"]["loss.s_anchor"].abs().sum()) > 0
+        assert trainer.steps_per_epoch == 4 and trainer.branch_names == ("random", "balanced")
+        assert meta["objectives"]["margin"]["branches"] == ["random"]
+        assert float(ckpt["objectives"]["ekd"]["loss.s_anchor"].abs().sum()) > 0
 
 
 @pytest.mark.slow
@@ -121,14 +126,16 @@ def test_ddl_with_hard_photos_from_a_list(small: dict[str, Path], tmp_path: Path
             small,
             tmp_path / "run",
             "method=ddl",
-            f"distill.hard_images={tmp_path / 'hard.txt'}",
+            f"objectives.ddl.hard_images={tmp_path / 'hard.txt'}",
             "run.max_steps=2",
             "run.log_every=1",
         )
     )
     report = trainer.fit()
-    assert all(np.isfinite(r["distill_loss"]) for r in report["history"])
-    hard = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["meta"]["distill"]["hard_images"]
+    assert all(np.isfinite(r["ddl"]) for r in report["history"])
+    hard = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["meta"]["objectives"]["ddl"][
+        "hard_images"
+    ]
     assert hard["identities_covered"] == 8 and hard["images"] == 22 and hard["unknown_identities"] == 1
     # every P x 2 batch holds all 8 people: 14 rows of real hard photos, person 0's 2 rows degraded
     assert hard["drawn"] == 2 * 14 and hard["degraded"] == 2 * 2
@@ -136,14 +143,14 @@ def test_ddl_with_hard_photos_from_a_list(small: dict[str, Path], tmp_path: Path
 
 
 def test_teacher_cache_is_reused(small: dict[str, Path], tmp_path: Path) -> None:
-    a = Trainer(_cfg(small, tmp_path / "a", "method=cosine"))
-    b = Trainer(_cfg(small, tmp_path / "b", "method=cosine"))
-    assert b.distill.tables[0].computed == 0  # every image came from the cache
-    assert torch.equal(a.distill.tables[0].embeddings, b.distill.tables[0].embeddings)
-    norms = b.distill.tables[0].embeddings.norm(dim=1)
+    a = Trainer(_cfg(small, tmp_path / "a", "method=cosine")).teachers.table()
+    b = Trainer(_cfg(small, tmp_path / "b", "method=cosine")).teachers.table()
+    assert b.computed == 0  # every image came from the cache
+    assert torch.equal(a.embeddings, b.embeddings)
+    norms = b.embeddings.norm(dim=1)
     assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
     # a teacher target is the teacher's embedding of that very image
-    emb = b.distill.tables[0].embeddings
+    emb = b.embeddings
     same = (emb[0] @ emb[1]).item()  # two images of person 0
     other = (emb[0] @ emb[4]).item()  # person 0 vs person 1
     assert same > other
@@ -158,32 +165,36 @@ def test_liaad_with_a_faceforge_teacher_and_unlabelled_faces(small: dict[str, Pa
         small,
         tmp_path / "liaad",
         "method=liaad",
-        f"distill.teachers.1.model={teacher2}",
-        f"distill.unlabelled_root={small['unlabelled']}",
+        f"teachers.1.model={teacher2}",
+        f"data.sources=[{{root: {small['unlabelled']}}}]",
         "run.log_every=1",
     )
     trainer = Trainer(cfg)
-    assert len(trainer.dataset) == 40 and int((trainer.labels_all < 0).sum()) == 8
-    dims = [t.dim for t in trainer.distill.tables]
+    assert len(trainer.dataset) == 40 and int((trainer.data.labels < 0).sum()) == 8
+    dims = [t.dim for t in trainer.objectives["liaad"].tables]
     assert dims == [128, 64]  # dlib and the 64-d faceforge teacher, one projection each
     report = trainer.fit()
     rec = report["history"][-1]
     # confidence attention over the two teachers: weights per teacher, summing to 1
-    assert rec["attention_general"] + rec["attention_age_invariant"] == pytest.approx(1.0, abs=1e-5)
-    assert np.isfinite(rec["distill_loss"])
+    assert rec["liaad/attention_general"] + rec["liaad/attention_age_invariant"] == pytest.approx(
+        1.0, abs=1e-5
+    )
+    assert np.isfinite(rec["liaad"])
 
 
-def test_unlabelled_rows_skip_the_margin_loss(small: dict[str, Path], tmp_path: Path) -> None:
-    cfg = _cfg(small, tmp_path / "u", "method=cosine", f"distill.unlabelled_root={small['unlabelled']}")
+def test_rows_without_identity_skip_the_margin_loss(small: dict[str, Path], tmp_path: Path) -> None:
+    cfg = _cfg(small, tmp_path / "u", "method=cosine", f"data.sources=[{{root: {small['unlabelled']}}}]")
     trainer = Trainer(cfg)
+    margin = trainer.objectives["margin"]
     seen: list[torch.Tensor] = []
-    original = trainer.criterion.forward
-    trainer.criterion.forward = lambda emb, labels: (seen.append(labels), original(emb, labels))[1]  # type: ignore[method-assign]
+    original = margin.criterion.forward
+    margin.criterion.forward = lambda emb, labels: (seen.append(labels), original(emb, labels))[1]  # type: ignore[method-assign]
+    from faceforge.data.dataset import Batch
+
     imgs = torch.from_numpy(np.stack([trainer.dataset.image(i) for i in (0, 1, 35, 36)]))
-    labels = torch.tensor([0, 0, -1, -1])
-    trainer.train_step(imgs, labels, torch.tensor([0, 1, 35, 36]))
-    assert seen[0].tolist() == [0, 0]  # only the labelled rows reached the head
-    assert trainer.last_distill_logs["distill_loss"] > 0
+    logs = trainer.train_step(Batch(imgs, torch.tensor([0, 0, -1, -1]), torch.tensor([0, 1, 35, 36])))
+    assert seen[0].tolist() == [0, 0]  # only the rows with an identity reached the head
+    assert logs["cosine"] > 0  # every row (with or without identity) was distilled
 
 
 @pytest.mark.slow
@@ -196,9 +207,11 @@ def test_ekd_run_resumes_exactly(small: dict[str, Path], tmp_path: Path) -> None
     a = load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")
     b = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")
     assert a["progress"]["global_step"] == b["progress"]["global_step"] == 5
-    for part in ("backbone", "head", "distill"):
-        for k, v in a[part].items():
-            assert torch.equal(v, b[part][k]), f"{part}.{k} differs after resume"
+    for k, v in a["backbone"].items():
+        assert torch.equal(v, b["backbone"][k]), f"backbone.{k} differs after resume"
+    for name in ("margin", "ekd"):
+        for k, v in a["objectives"][name].items():
+            assert torch.equal(v, b["objectives"][name][k]), f"{name}.{k} differs after resume"
 
 
 def test_complete_pairs_by_hand() -> None:
@@ -209,18 +222,26 @@ def test_complete_pairs_by_hand() -> None:
 
 
 def test_bad_distillation_configs_are_named(small: dict[str, Path], tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"distill\.teachers\.1\.model"):
+    with pytest.raises(ConfigError, match=r"teachers\.1\.model"):
         _cfg(small, tmp_path / "x", "method=liaad")
-    with pytest.raises(ValueError, match="uses no teacher"):
-        Trainer(_cfg(small, tmp_path / "x", "method=ddl", "distill.teachers=[{model: dlib}]"))
-    with pytest.raises(ValueError, match=r"needs distill\.teachers"):
-        Trainer(_cfg(small, tmp_path / "x", "method=rkd", "distill.teachers=[]"))
-    with pytest.raises(ValueError, match="projection"):
-        Trainer(_cfg(small, tmp_path / "x", "method=cosine", "distill.projection=none"))
+    with pytest.raises(ValueError, match=r"objective rkd needs a teacher: add teachers="):
+        Trainer(_cfg(small, tmp_path / "x", "method=rkd", "teachers=[]"))
+    with pytest.raises(ValueError, match="projection=auto"):
+        Trainer(_cfg(small, tmp_path / "x", "method=cosine", "objectives.cosine.projection=none"))
     with pytest.raises(ValueError, match="odd"):
         Trainer(_cfg(small, tmp_path / "x", "method=ddl", "data.batch_size=15"))
-    with pytest.raises(ValueError, match="needs identity labels"):
-        Trainer(_cfg(small, tmp_path / "x", "method=ekd", f"distill.unlabelled_root={small['unlabelled']}"))
+    with pytest.raises(ValueError, match="needs an identity on every training row"):
+        Trainer(_cfg(small, tmp_path / "x", "method=ekd", f"data.sources=[{{root: {small['unlabelled']}}}]"))
+    with pytest.raises(ValueError, match="two or more teachers"):
+        Trainer(_cfg(small, tmp_path / "x", "method=liaad", "teachers=[{model: dlib, name: general}]"))
+    with pytest.raises(ValueError, match="no teacher named 'other'"):
+        Trainer(_cfg(small, tmp_path / "x", "method=rkd", "objectives.rkd.teacher=other"))
+    with pytest.raises(ConfigError, match=r"objectives\.rkd: unknown key 'distance_wieght'"):
+        _cfg(small, tmp_path / "x", "method=rkd", "objectives.rkd.distance_wieght=3")
+    with pytest.raises(ConfigError, match=r"'distill' is gone: distillation is configured as objectives"):
+        _cfg(small, tmp_path / "x", "distill.method=rkd")
+    with pytest.raises(ValueError, match=r"\['ekd', 'ddl'\] each bring their own sampler"):
+        Trainer(_cfg(small, tmp_path / "x", "method=ekd", "objectives.ddl={}"))
 
 
 def test_class_centroids_by_hand() -> None:
