@@ -132,6 +132,7 @@ class Trainer:
         if not self.method.trains_backbone:
             self.backbone.requires_grad_(False)
         self.attribute_names = sorted({a for o in self.objectives.values() for a in o.needs.attributes})
+        self.feature_names = setup.needed_features(self.objectives, self.backbone, cfg.model.name)
         self.attribute_columns = {
             n: tuple(torch.from_numpy(a) for a in self.data.attributes.numeric(n))
             for n in self.attribute_names

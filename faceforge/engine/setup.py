@@ -115,6 +115,19 @@ def build_objectives(
     return objectives, weights
 
 
+def needed_features(objectives: nn.ModuleDict, backbone: nn.Module, model_name: str) -> list[str]:
+    """The backbone feature outputs the objectives declare; stops when the backbone does not give them."""
+    names = sorted({f for o in objectives.values() for f in o.needs.features})
+    have = list(getattr(backbone, "feature_names", ()))
+    missing = [f for f in names if f not in have]
+    if missing:
+        raise ValueError(
+            f"objectives need the backbone's feature outputs {missing}, but model {model_name} gives "
+            f"{have or 'none'}: choose a backbone that returns them (forward(x, return_features=True))"
+        )
+    return names
+
+
 def build_method(cfg: Any, ctx: MethodContext) -> Method:
     name, options = method_spec(cfg.method)
     return METHODS.get(name)(ctx, **options)

@@ -61,8 +61,15 @@ class StepEngine:
         return autocast(self.device, self.precision)
 
     def embed(self, x: Tensor) -> Tensor:
+        """fp32 embeddings of a preprocessed batch through the (DDP-wrapped) backbone under the run's autocast."""
         with self.autocast():
             return self.t.model(x).float()
+
+    def embed_with_features(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Embeddings and the backbone's auxiliary outputs (``forward(x, return_features=True)``), one forward."""
+        with self.autocast():
+            emb, features = self.t.model(x, return_features=True)
+        return emb.float(), {k: v.float() for k, v in features.items()}
 
     def log(self, values: dict[str, float], scale: float = 1.0) -> None:
         for k, v in values.items():
@@ -78,8 +85,14 @@ class StepEngine:
             sync = self.t.model.no_sync() if ddp and not last else contextlib.nullcontext()
             yield Batch(im, lab, idx, [], br), sync
 
-    def step_batch(self, micro: Batch, embeddings: Tensor, extra: Tensor | None = None) -> StepBatch:
-        """The objectives' view of a micro-batch whose images gave ``embeddings`` (and ``extra``)."""
+    def step_batch(
+        self,
+        micro: Batch,
+        embeddings: Tensor,
+        extra: Tensor | None = None,
+        features: dict[str, Tensor] | None = None,
+    ) -> StepBatch:
+        """The objectives' view of a micro-batch whose images gave ``embeddings`` (and ``extra``, ``features``)."""
         idx = micro.indices
         attrs = {}
         for name in self.t.attribute_names:
@@ -87,7 +100,9 @@ class StepEngine:
             attrs[name] = (values[idx].to(self.device), mask[idx].to(self.device))
         labels = micro.labels.to(self.device, non_blocking=True)
         branch = micro.branch.to(self.device) if micro.branch is not None else None
-        return StepBatch(embeddings, labels, idx, self.step, branch, self.t.branch_names, extra, attrs)
+        return StepBatch(
+            embeddings, labels, idx, self.step, branch, self.t.branch_names, extra, attrs, features
+        )
 
     # ----------------------------------------------------------------------------------------- objectives
     def objectives_loss(self, batch: StepBatch, scale: float = 1.0) -> Tensor:
@@ -129,9 +144,15 @@ class StepEngine:
         for micro, sync in self.micro_batches(Batch(x, batch.labels, batch.indices, [], batch.branch)):
             with sync:
                 xs = micro.images
-                emb = self.embed(xs if x_extra is None else torch.cat([xs, x_extra]))
+                both = xs if x_extra is None else torch.cat([xs, x_extra])
+                features: dict[str, Tensor] | None = None
+                if self.t.feature_names:
+                    emb, features = self.embed_with_features(both)
+                    features = {n: features[n][: len(xs)] for n in self.t.feature_names}
+                else:
+                    emb = self.embed(both)
                 emb, extra_emb = (emb, None) if x_extra is None else (emb[: len(xs)], emb[len(xs) :])
-                loss = self.objectives_loss(self.step_batch(micro, emb, extra_emb), scale=1.0 / k)
+                loss = self.objectives_loss(self.step_batch(micro, emb, extra_emb, features), scale=1.0 / k)
                 self.backward(loss / k, "main")
         for obj in self.t.objectives.values():
             obj.end_step()

@@ -20,7 +20,10 @@ class attribute :class:`Needs`, which the engine reads to prepare the data and t
 * ``sampler``: the objective supplies the batch sampler (:meth:`Objective.batch_sampler`: P x K identities, a
   random half plus a balanced half, ...); at most one objective of a run may;
 * ``extra_branch``: the objective adds images embedded in the same forward pass (:meth:`Objective.extra_images`,
-  e.g. DDL's hard twins); at most one objective of a run may.
+  e.g. DDL's hard twins); at most one objective of a run may;
+* ``features``: named auxiliary outputs of the backbone's same forward pass (a backbone that has them returns
+  ``(embedding, {name: tensor})`` from ``forward(x, return_features=True)``, e.g. MTLFace's age and identity
+  feature maps); ``StepBatch.features[name]`` holds them (with gradient) for the batch rows.
 
 ``forward(batch) -> ObjectiveOutput(terms, logs)``: ``terms`` are scalar tensors added (times the weight) to the
 loss, ``logs`` are numbers for the training log only. Every rank must return the same keys at every step (logged
@@ -63,6 +66,7 @@ class Needs:
     gathered: bool = False
     sampler: bool = False
     extra_branch: bool = False
+    features: tuple[str, ...] = ()  # auxiliary outputs of the backbone (forward(x, return_features=True))
 
 
 @dataclass
@@ -125,7 +129,8 @@ class StepBatch:
     ``embeddings`` [B, D] fp32 student embeddings (with gradient); ``labels`` [B] identities (-1: none);
     ``indices`` [B] dataset rows; ``branch`` [B] the sampler branch of each row (``branch_names`` names them;
     one branch ``"all"`` when the sampler has none); ``extra`` [B, D] embeddings of the extra branch (row ``i``
-    is the extra image made from row ``i``) or None; ``attributes`` name -> (values [B], mask [B]).
+    is the extra image made from row ``i``) or None; ``attributes`` name -> (values [B], mask [B]); ``features``
+    name -> the backbone's auxiliary output for the rows (see :class:`Needs`).
     """
 
     def __init__(
@@ -138,6 +143,7 @@ class StepBatch:
         branch_names: Sequence[str] = ("all",),
         extra: Tensor | None = None,
         attributes: dict[str, tuple[Tensor, Tensor]] | None = None,
+        features: dict[str, Tensor] | None = None,
     ) -> None:
         self.embeddings = embeddings
         self.labels = labels
@@ -147,6 +153,7 @@ class StepBatch:
         self.branch_names = tuple(branch_names)
         self.extra = extra
         self.attributes = attributes or {}
+        self.features = features or {}
         self._gathered: StepBatch | None = None
 
     def __len__(self) -> int:
@@ -195,6 +202,7 @@ class StepBatch:
                 self.branch_names,
                 None if self.extra is None else rows(self.extra, True),
                 {k: (rows(v), rows(m)) for k, (v, m) in self.attributes.items()},
+                {k: rows(v, True) for k, v in self.features.items()},
             )
         return self._gathered
 
