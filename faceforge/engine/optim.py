@@ -39,11 +39,14 @@ OPTIMIZERS = ("sgd", "adamw", "adam")
 
 
 def build_optimizer(
-    modules: Iterable[nn.Module], cfg, exclude: set[int] | None = None
+    modules: Iterable[nn.Module], cfg, exclude: set[int] | None = None, extra_groups: list[dict] | None = None
 ) -> torch.optim.Optimizer:
     """``cfg.name``: ``sgd`` (momentum, nesterov), ``adamw`` (decoupled weight decay) or ``adam`` (weight decay
-    as an L2 term in the gradient, as the MTLFace and SDD-FIQA reference code use it)."""
-    groups = parameter_groups(modules, cfg.weight_decay, cfg.no_decay_bn_bias, exclude)
+    as an L2 term in the gradient, as the MTLFace and SDD-FIQA reference code use it). ``extra_groups`` are
+    appended as they are (parameter groups with settings of their own)."""
+    groups = parameter_groups(modules, cfg.weight_decay, cfg.no_decay_bn_bias, exclude) + list(
+        extra_groups or []
+    )
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     if cfg.name == "adamw":

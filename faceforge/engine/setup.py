@@ -20,7 +20,7 @@ from torch import nn
 
 from faceforge.core.schema import to_dict
 from faceforge.engine.method import METHODS, Method, MethodContext, OptimizerSpec
-from faceforge.engine.optim import build_optimizer
+from faceforge.engine.optim import build_optimizer, parameter_groups
 from faceforge.engine.schedule import ScheduleSpec
 from faceforge.models.backbones import build_backbone
 from faceforge.objectives import OBJECTIVES, Objective, ObjectiveContext
@@ -159,8 +159,19 @@ def build_optimizers(
         )
     taken = {id(p) for spec in own.values() for m in spec.modules for p in m.parameters()}
     optimizers, schedules, clip = {}, {}, {}
-    if any(p.requires_grad and id(p) not in taken for m in main_modules for p in m.parameters()):
-        optimizers["main"] = build_optimizer(main_modules, cfg.optim, exclude=taken)
+    # objectives whose parameters take other settings (e.g. no weight decay) get parameter groups of their own
+    special: list[dict[str, Any]] = []
+    for m in main_modules:
+        for obj in m.modules():
+            settings = obj.optimizer_settings() if isinstance(obj, Objective) else {}
+            if not settings:
+                continue
+            wd = float(settings.get("weight_decay", cfg.optim.weight_decay))
+            groups = parameter_groups([obj], wd, bool(cfg.optim.no_decay_bn_bias), taken)
+            special += [{**g, **{k: v for k, v in settings.items() if k != "weight_decay"}} for g in groups]
+            taken = taken | {id(p) for g in groups for p in g["params"]}
+    if special or any(p.requires_grad and id(p) not in taken for m in main_modules for p in m.parameters()):
+        optimizers["main"] = build_optimizer(main_modules, cfg.optim, exclude=taken, extra_groups=special)
         schedules["main"] = schedule_spec(cfg.optim, steps_per_epoch, total_steps)
         clip["main"] = float(cfg.optim.grad_clip)
     for name, spec in own.items():

@@ -252,6 +252,11 @@ class Objective(nn.Module):
         """uint8 images embedded in the same forward as ``images`` (one per row) when ``needs.extra_branch``."""
         return None
 
+    def optimizer_settings(self) -> dict[str, Any]:
+        """Settings of the main optimiser that differ for this objective's parameters, e.g. ``{"weight_decay":
+        0.0}`` (MTLFace's adversarial age estimator); empty: the run's ``optim`` settings."""
+        return {}
+
     def begin_step(self, accumulate: int) -> None:
         """Called before the micro-batches of an optimiser step."""
 
