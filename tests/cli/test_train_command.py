@@ -90,3 +90,19 @@ def test_print_config_and_one_line_errors(small: dict[str, Path], tmp_path: Path
     broken.write_text("run: {dir: [unclosed\n")
     assert main(["train", str(broken)]) == 2
     assert "broken" in capsys.readouterr().err
+
+
+def test_packaged_config_works_from_any_directory(tmp_path: Path, monkeypatch, capsys) -> None:
+    """${faceforge_data:} resolves beside the repository when FACEFORGE_DATA is unset, whatever the cwd."""
+    from faceforge.config import data_folder
+
+    monkeypatch.delenv("FACEFORGE_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    expected = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    if not expected.is_dir():
+        pytest.skip("no shared/data beside the repository")
+    assert Path(data_folder()) == expected
+    assert main(["train", "lfw_mobilefacenet_arcface", "data.root=x", "--print-config"]) == 0
+    assert f"{expected}/lfw/pairsDevTest.txt" in capsys.readouterr().out
+    monkeypatch.setenv("FACEFORGE_DATA", str(tmp_path))
+    assert data_folder() == str(tmp_path)
