@@ -51,6 +51,26 @@ def parse_key_values(items: list[str], flag: str) -> dict[str, object]:
     return options
 
 
+def printable(text: object) -> str:
+    """``text`` on one line: newlines, other control characters and undecodable bytes of file names
+    (surrogate escapes) are shown as Python escapes, so one listed item is always one line."""
+    s = str(text)
+    if s.isprintable():
+        return s
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
+
+
+def print_listed(what: str, entries: list, limit: int = 20, report: str = "") -> None:
+    """Print ``  what: <file> (<reason>)`` for the first ``limit`` entries (str or {"file", "reason"})."""
+    for e in entries[:limit]:
+        if isinstance(e, dict):
+            print(f"  {what}: {printable(e['file'])} ({printable(e.get('reason', ''))})")
+        else:
+            print(f"  {what}: {printable(e)}")
+    if len(entries) > limit:
+        print(f"  ... and {len(entries) - limit} more {what} in {report or 'the report'}")
+
+
 def _load_commands() -> None:
     from faceforge.cli import align, embed, evaluate, export, fetch, prepare, train  # noqa: F401
 

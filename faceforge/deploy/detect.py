@@ -24,6 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from faceforge.core.errors import InputError
 from faceforge.core.registry import Registry
 
 YUNET_MODEL_NAME = "face_detection_yunet_2026may.onnx"
@@ -83,13 +84,36 @@ def default_yunet_model() -> Path:
     )
 
 
+#: detectors refuse images narrower or lower than this (nothing to search; OpenCV's resize needs 2 px)
+MIN_SEARCH_SIDE = 2
+
+
+class ImageTooSmallError(InputError):
+    """An image too small for a detector to search (a folder job lists it and goes on)."""
+
+
 def _check_rgb(image: np.ndarray) -> np.ndarray:
     img = np.asarray(image)
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
         raise ValueError(f"expected an RGB uint8 image of shape (H, W, 3), got {img.dtype} {img.shape}")
-    if img.shape[0] < 2 or img.shape[1] < 2:
-        raise ValueError(f"image of shape {img.shape} is too small to search for faces")
+    if img.shape[0] < MIN_SEARCH_SIDE or img.shape[1] < MIN_SEARCH_SIDE:
+        raise ImageTooSmallError(
+            f"{img.shape[1]}x{img.shape[0]} pixels is too small to search for faces "
+            f"(at least {MIN_SEARCH_SIDE}x{MIN_SEARCH_SIDE})"
+        )
     return img
+
+
+def finite_detections(dets: Sequence[Detection]) -> list[Detection]:
+    """The detections whose box, score and landmarks are all finite numbers.
+
+    YuNet returns rows of NaN/inf on very thin images (e.g. 5x1000 or 2x2 pixels); they are no faces.
+    """
+    return [
+        d
+        for d in dets
+        if np.isfinite(d.score) and np.all(np.isfinite(d.box)) and np.all(np.isfinite(d.landmarks))
+    ]
 
 
 def resize_for_search(image: np.ndarray, max_side: int, min_side: int = 0) -> tuple[np.ndarray, float, float]:
@@ -183,12 +207,15 @@ class YuNetDetector:
             return []
         dets = []
         for row in np.asarray(faces, dtype=np.float64):
+            if not np.all(np.isfinite(row[:15])):
+                continue  # YuNet's NaN/inf rows on very thin images
             x, y, bw, bh = row[:4]
             box = np.array([x * sx, y * sy, (x + bw) * sx, (y + bh) * sy])
             lmk = row[4:14].reshape(5, 2) * np.array([sx, sy])
             if self._refine is not None:
                 lmk = self._refine(image, box)
             dets.append(Detection(box=box, score=float(row[14]), landmarks=lmk))
+        dets = finite_detections(dets)
         dets.sort(key=lambda d: -d.score)
         return dets
 

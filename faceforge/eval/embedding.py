@@ -1,7 +1,8 @@
 """Embed image files through any :class:`~faceforge.embedders.Embedder` (numpy in, numpy out; no model code).
 
 Flip test-time augmentation follows insightface's "Accuracy-Flip": ``e = f(x) + f(flip(x))``, then L2
-normalisation. Unreadable files are reported, not fatal: their rows are NaN and their paths are returned.
+normalisation. Unreadable files and images of another size than the model's input are reported, not
+fatal: their rows are NaN and their paths are returned with the reason.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from faceforge.data.image_io import UnreadableImageError, read_image_rgb
+from faceforge.embedders.cache import wrong_size_reason
 
 
 def embed_paths(
@@ -40,10 +42,8 @@ def embed_paths(
                     failed.append(f"{exc.path}: {exc.reason}")
                     continue
                 if img.shape[:2] != (size, size):
-                    raise ValueError(
-                        f"{p} is {img.shape[1]}x{img.shape[0]} but the model takes aligned {size}x{size} faces: "
-                        "align the images first ('faceforge align')"
-                    )
+                    failed.append(f"{p}: {wrong_size_reason(img, size)}")
+                    continue
                 faces.append(img)
                 rows.append(start + j)
             if faces:
