@@ -28,7 +28,7 @@ import numpy as np
 
 from faceforge.embedders.cache import cached_embed_paths
 from faceforge.eval.kinds import BENCHMARK_KINDS, BenchmarkSpec, BenchmarkSpecError, RunContext
-from faceforge.eval.kinds.base import file_sha256, flip_text, folder_checksum
+from faceforge.eval.kinds.base import DEFAULT_MIN_VALID_FRACTION, file_sha256, flip_text, folder_checksum
 from faceforge.eval.kinds.pairs import verification_record
 
 __all__ = [
@@ -78,8 +78,12 @@ def run_benchmarks(
     image_ext: str = ".jpg",
     batch_size: int = 128,
     progress: bool = True,
+    min_valid_fraction: float = DEFAULT_MIN_VALID_FRACTION,
 ) -> dict[str, Any]:
     """Run every benchmark; returns the run record (also ``out_dir/result.json`` when ``out_dir`` is given).
+
+    Pairs (images) with an unreadable image are left out; a benchmark where fewer than
+    ``min_valid_fraction`` of them can be scored fails (:func:`faceforge.eval.kinds.base.check_valid`).
 
     Run record: ``format``, ``model`` (``describe()``), ``settings`` (flip, normalisation, cache),
     ``benchmarks`` ``{name: record}`` in spec order, ``embedding`` (images embedded vs taken from the
@@ -159,6 +163,7 @@ def run_benchmarks(
             rows=rows,
             norms=norms,
             failed_in=failed_in,
+            min_valid_fraction=min_valid_fraction,
         )
         plot_dir = out / _slug(name) if out is not None else None
         rec: dict[str, Any] = {"name": name, "spec": b.spec, "kind": b.kind}
@@ -175,6 +180,7 @@ def run_benchmarks(
             "flip": flip_text(flip),
             "normalisation": "L2 after flip-sum",
             "cache_dir": None if cache_dir is None else str(cache_dir),
+            "min_valid_fraction": float(min_valid_fraction),
         },
         "embedding": {
             "images_embedded": stats.get("computed", 0),

@@ -42,7 +42,10 @@ def test_bad_rows_are_listed_with_file_and_line_and_the_rest_aligns(
     csv = tmp_path / "lm.csv"
     csv.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
-    assert main(["align", "--images", str(src), "--landmarks", str(csv), "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(["align", "--images", str(src), "--landmarks", str(csv), "--out", str(out), "--no-progress"])
+        == 0
+    )
     printed = capsys.readouterr().out
     report = json.loads((out / "align_report.json").read_text())
     assert report["aligned"] == 2
