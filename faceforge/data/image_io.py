@@ -141,7 +141,7 @@ def read_image_bytes(path: str | Path) -> bytes:
 def declared_size(data: bytes, source: str | Path = "<bytes>") -> tuple[int, int]:
     """``(width, height)`` from the image header, without decoding the pixels (Pillow's lazy open).
 
-    Raises :class:`UnreadableImageError` when the header is not a recognised image format or declares
+    Raises :class:`UnreadableImageError` when the header is not a known image format or declares
     more than :func:`max_image_pixels` pixels (or an empty image).
     """
     limit = max_image_pixels()
@@ -155,11 +155,12 @@ def declared_size(data: bytes, source: str | Path = "<bytes>") -> tuple[int, int
             source, f"header declares {count} pixels, more than the limit of {limit:,} (Pillow refuses it)"
         ) from None
     except Exception as exc:  # Pillow's header parsers raise many types on hostile bytes
-        kind = (
-            "not a recognised image format" if isinstance(exc, Image.UnidentifiedImageError) else "bad header"
+        why = (
+            "no known image format"
+            if isinstance(exc, Image.UnidentifiedImageError)
+            else f"damaged header: {type(exc).__name__}: {exc}"
         )
-        detail = "" if isinstance(exc, Image.UnidentifiedImageError) else f" ({type(exc).__name__}: {exc})"
-        raise UnreadableImageError(source, f"{kind}{detail}") from None
+        raise UnreadableImageError(source, f"not a decodable image ({why})") from None
     if width <= 0 or height <= 0:
         raise UnreadableImageError(source, f"header declares an empty image ({width}x{height})")
     if width * height > limit:

@@ -262,7 +262,7 @@ def export_onnx(
     ckpt = load_checkpoint(ckpt_path)
     meta = ckpt["meta"]
     preprocess = Preprocess.from_dict(meta["preprocess"])
-    model = backbone_from_checkpoint(ckpt).float().eval()
+    model = backbone_from_checkpoint(ckpt, ckpt_path).float().eval()
     embedding_size = int(meta["embedding_size"])
     s = preprocess.input_size
     example = torch.zeros(_EXAMPLE_BATCH if dynamic else int(batch), 3, s, s)

@@ -17,6 +17,19 @@ import cv2
 import numpy as np
 from PIL import Image
 
+# ------------------------------------------------------------------------------------------------ processes
+
+
+def child_env() -> dict[str, str]:
+    """The environment for a child Python that must import the same faceforge as this test process."""
+    import faceforge
+
+    env = dict(os.environ)
+    root = str(Path(faceforge.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
 # ------------------------------------------------------------------------------------------------ images
 
 
@@ -189,7 +202,8 @@ def hostile_checkpoints(good: dict) -> dict[str, dict]:
     import copy
 
     def edit(fn) -> dict:
-        c = copy.deepcopy(good)
+        c = dict(good)  # the weights are shared, the metadata is a copy
+        c["meta"] = copy.deepcopy(good["meta"])
         fn(c)
         return c
 
