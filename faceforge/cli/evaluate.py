@@ -128,8 +128,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.compare:
         out_html = Path(args.html) if args.html else Path("eval_compare.html")
-        page = write_html_report([load_result(p) for p in args.compare], out_html)
+        skipped: list[str] = []
+        page = write_html_report([load_result(p) for p in args.compare], out_html, skipped=skipped)
         print(f"comparison of {len(args.compare)} result(s): {page}")
+        if skipped:
+            print(f"  {len(skipped)} plot(s) not embedded (listed on the page):")
+            for s in skipped[:10]:
+                print(f"    {printable(s)}")
         return 0
 
     from faceforge.embedders import embedder_from_spec
