@@ -28,6 +28,8 @@ from faceforge.core.errors import InputError
 from faceforge.core.registry import Registry
 
 YUNET_MODEL_NAME = "face_detection_yunet_2026may.onnx"
+#: YuNet's coarsest feature stride: smaller inputs are padded to it
+YUNET_MIN_INPUT = 32
 
 SELECT_POLICIES = ("largest", "central", "all")
 #: where YuNet's five points come from: its own head, or dlib's 68-point predictor run on its box
@@ -104,16 +106,25 @@ def _check_rgb(image: np.ndarray) -> np.ndarray:
     return img
 
 
-def finite_detections(dets: Sequence[Detection]) -> list[Detection]:
-    """The detections whose box, score and landmarks are all finite numbers.
+def finite_detections(dets: Sequence[Detection], image_shape: Sequence[int] | None = None) -> list[Detection]:
+    """The detections that can be faces: finite box, score and landmarks, a box of positive size, and
+    (given ``image_shape``) a box centre inside the image.
 
-    YuNet returns rows of NaN/inf on very thin images (e.g. 5x1000 or 2x2 pixels); they are no faces.
+    YuNet returns rows of NaN/inf, or huge values with an empty box and score 1, on images smaller than
+    its coarsest stride (e.g. 5x1000 or 2x2 pixels); they are no faces.
     """
-    return [
-        d
-        for d in dets
-        if np.isfinite(d.score) and np.all(np.isfinite(d.box)) and np.all(np.isfinite(d.landmarks))
-    ]
+    out = []
+    for d in dets:
+        if not (np.isfinite(d.score) and np.all(np.isfinite(d.box)) and np.all(np.isfinite(d.landmarks))):
+            continue
+        if d.box[2] <= d.box[0] or d.box[3] <= d.box[1]:
+            continue
+        if image_shape is not None:
+            cx, cy = d.center
+            if not (0 <= cx <= image_shape[1] and 0 <= cy <= image_shape[0]):
+                continue
+        out.append(d)
+    return out
 
 
 def resize_for_search(image: np.ndarray, max_side: int, min_side: int = 0) -> tuple[np.ndarray, float, float]:
@@ -199,6 +210,10 @@ class YuNetDetector:
     def __call__(self, image: np.ndarray) -> list[Detection]:
         img, sx, sy = resize_for_search(_check_rgb(image), self.max_side, self.min_side)
         bgr = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+        if bgr.shape[0] < YUNET_MIN_INPUT or bgr.shape[1] < YUNET_MIN_INPUT:
+            # below its coarsest stride YuNet returns garbage: pad with black (no face can be there)
+            bottom, right = (max(0, YUNET_MIN_INPUT - n) for n in bgr.shape[:2])
+            bgr = cv2.copyMakeBorder(bgr, 0, bottom, 0, right, cv2.BORDER_CONSTANT, value=(0, 0, 0))
         dh, dw = bgr.shape[:2]
         with self._lock:
             self._net.setInputSize((dw, dh))
@@ -215,7 +230,7 @@ class YuNetDetector:
             if self._refine is not None:
                 lmk = self._refine(image, box)
             dets.append(Detection(box=box, score=float(row[14]), landmarks=lmk))
-        dets = finite_detections(dets)
+        dets = finite_detections(dets, image.shape)
         dets.sort(key=lambda d: -d.score)
         return dets
 

@@ -87,7 +87,7 @@ class DlibDetector:
                     [rect.left(), rect.top(), rect.right() + 1, rect.bottom() + 1], dtype=np.float64
                 )
                 dets.append(Detection(box=box, score=float(1.0 / (1.0 + np.exp(-margin))), landmarks=pts))
-        dets = finite_detections(dets)
+        dets = finite_detections(dets, image.shape)
         dets.sort(key=lambda d: -d.score)
         return dets
 

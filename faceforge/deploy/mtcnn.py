@@ -284,7 +284,7 @@ class MTCNNDetector:
         for box, p, pts in zip(boxes, probs, points, strict=True):
             b = np.array([(box[0] - 1) * sx, (box[1] - 1) * sy, box[2] * sx, box[3] * sy])
             dets.append(Detection(box=b, score=float(p), landmarks=pts * np.array([sx, sy])))
-        dets = finite_detections(dets)
+        dets = finite_detections(dets, image.shape)
         dets.sort(key=lambda d: -d.score)
         return dets
 

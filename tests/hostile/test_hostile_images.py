@@ -250,3 +250,16 @@ def test_align_never_drops_an_image_on_an_output_name_collision(
         "b.jpg",
     ]
     assert {r["file"] for r in report.renamed} == {"Person/a.jpg", "Person/a.png"}
+
+
+def test_yunet_finds_no_face_in_tiny_or_thin_images(yunet_model: Path, lfw_photos: list[Path]) -> None:
+    """Below its coarsest stride YuNet returned NaN rows or huge boxes of score 1 (uninitialised output)."""
+    from faceforge.deploy.detect import DETECTORS
+
+    det = DETECTORS.build("yunet", model_path=yunet_model)
+    rng = np.random.default_rng(0)
+    for h, w in ((2, 2), (3, 3), (5, 1000), (2, 5000), (8, 8), (20, 400)):
+        for img in (np.zeros((h, w, 3), np.uint8), rng.integers(0, 256, (h, w, 3), dtype=np.uint8)):
+            for _ in range(3):  # the garbage was not even the same from one call to the next
+                assert det(img) == [], (h, w)
+    assert len(det(read_image_rgb(lfw_photos[0]))) == 1  # a real face is still found
