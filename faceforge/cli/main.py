@@ -6,8 +6,9 @@ faceforge itself failed (a bug), 130 when interrupted.
 
 Errors are told apart by what raised them (:func:`is_user_error`): every
 :class:`~faceforge.core.errors.FaceforgeError`, every ``OSError`` (a missing, unreadable or unwritable
-path) and the ``ValueError``/``KeyError``/``RuntimeError`` that faceforge's own code raises with a message
-for the user are printed as one line, ``faceforge <command>: error: <message>``. Anything else, and those
+path), every exception of a class faceforge defines (also when a DataLoader worker re-raised it) and the
+``ValueError``/``KeyError``/``RuntimeError`` that faceforge's own code raises with a message for the user
+are printed as one line, ``faceforge <command>: error: <message>``. Anything else, and those
 same types when a library raised them from inside (a shape mismatch in torch, an index error in numpy), is
 a bug: its traceback is printed with a request to report it. ``--debug`` (or ``FACEFORGE_DEBUG=1``) lets
 every exception through with its traceback; ``-v`` only turns on debug logging.
@@ -129,11 +130,23 @@ def is_user_error(exc: BaseException) -> bool:
     """A refusal or user mistake to report in one line, as opposed to a bug (see the module docstring)."""
     if isinstance(exc, FaceforgeError | OSError):
         return True
+    if type(exc).__module__.startswith("faceforge.") or _reraised_faceforge_error(exc):
+        return True  # an error class of faceforge's own, also when a DataLoader worker re-raised it
     if isinstance(exc, ValueError | KeyError | RuntimeError):
         # a message faceforge wrote (``raise ValueError(f"...")``), not an error from inside a library;
         # a bare KeyError from a dict lookup has no message worth showing: treated as a bug
         return _raised_by_faceforge(exc) and not (isinstance(exc, KeyError) and _bare_key_error(exc))
     return False
+
+
+def _reraised_faceforge_error(exc: BaseException) -> bool:
+    """torch re-raises a worker's exception as ``RuntimeError("Caught X ... Original Traceback ...")`` when
+    X cannot be rebuilt from one message; the last line then names X's class."""
+    text = str(exc)
+    if "\nOriginal Traceback" not in text:
+        return False
+    last = [ln for ln in text.splitlines() if ln.strip()][-1]
+    return last.startswith("faceforge.")
 
 
 def _bare_key_error(exc: KeyError) -> bool:
@@ -149,6 +162,9 @@ def user_message(exc: BaseException) -> str:
         text = str(exc.args[0])
     else:
         text = str(exc)
+    if "\nOriginal Traceback" in text:  # re-raised from a DataLoader worker: keep the original message
+        last = [ln for ln in text.splitlines() if ln.strip()][-1]
+        text = last.split(": ", 1)[1] if ": " in last and last.split(": ", 1)[0].count(".") else last
     return printable(" ".join(text.split()) if "\n" in text else text)
 
 

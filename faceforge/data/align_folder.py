@@ -87,11 +87,11 @@ def read_landmarks_csv(
                 line_no = reader.line_num
                 if not row or all(not v.strip() for v in row):
                     continue
-                name = row[col["file"]].strip() if len(row) > col["file"] else ""
+                name = row[col["file"]] if len(row) > col["file"] else ""
                 if len(row) != len(header):
                     bad(line_no, name, f"row has {len(row)} fields, the header has {len(header)}")
                     continue
-                if not name:
+                if not name.strip():
                     bad(line_no, name, "empty 'file' value")
                     continue
                 try:

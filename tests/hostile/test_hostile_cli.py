@@ -111,6 +111,21 @@ def crash_command(monkeypatch: pytest.MonkeyPatch) -> str:
             loads_bin(b"garbage", "given.bin")
         if args.kind == "bug":
             return {"a": 1}["b"]  # a KeyError no message was written for
+        if args.kind == "worker":  # a faceforge error re-raised by a DataLoader worker wrapper
+            import sys
+
+            from torch._utils import ExceptionWrapper
+
+            from faceforge.data.image_io import UnreadableImageError
+
+            try:
+                raise UnreadableImageError("w.jpg", "empty file (0 bytes)")
+            except UnreadableImageError:
+                ExceptionWrapper(sys.exc_info(), where="in DataLoader worker process 0").reraise()
+        if args.kind == "torch":  # a library failing from inside: a bug, not a message for the user
+            import torch
+
+            torch.zeros(2, 3) @ torch.zeros(2, 3)
         return 1 // 0
 
     monkeypatch.setitem(COMMANDS._items, "crash", lambda: Command(add, run, "fail on purpose"))
@@ -122,7 +137,9 @@ def test_bugs_keep_their_traceback_and_debug_shows_every_traceback(
 ) -> None:
     assert main([crash_command, "user"]) == 2
     assert "given.bin" in _one_line(capsys.readouterr().err)
-    for kind in ("bug", "zero"):
+    assert main([crash_command, "worker"]) == 2
+    assert _one_line(capsys.readouterr().err).endswith("error: w.jpg: empty file (0 bytes)")
+    for kind in ("bug", "zero", "torch"):
         assert main([crash_command, kind]) == 1
         err = capsys.readouterr().err
         assert "Traceback" in err and "bug in faceforge" in err

@@ -169,3 +169,24 @@ def test_age_pair_lists_leave_unreadable_pairs_out(tmp_path: Path) -> None:
 
     with pytest.raises(TooFewValidError, match="only 11 of 12 pairs"):
         run_benchmarks(GreyGridEmbedder(), specs[:1], None, n_folds=2, progress=False)
+
+
+def test_broken_links_and_fifos_in_a_folder_benchmark_are_listed_not_ignored(
+    lfw_small: Path, tmp_path: Path
+) -> None:
+    import os
+
+    people = sorted(p for p in lfw_small.iterdir() if p.is_dir())[:3]
+    folder = tmp_path / "folder"
+    for p in people:
+        shutil.copytree(p, folder / p.name)
+    os.symlink("nowhere.jpg", folder / people[0].name / "dangling.jpg")
+    os.mkfifo(folder / people[1].name / "fifo.jpg")
+    n = sum(1 for _ in folder.rglob("*.jpg"))
+    res = run_benchmarks(
+        GreyGridEmbedder(), [f"allpairs:{folder}"], None, progress=False, min_valid_fraction=0.5
+    )
+    rec = res["benchmarks"]["allpairs:folder"]
+    assert rec["validity"]["total"] == n and rec["validity"]["left_out"] == 2
+    reasons = " ".join(rec["benchmark"]["unreadable_images"])
+    assert "dangling.jpg: broken symbolic link" in reasons and "fifo.jpg: not a regular file" in reasons

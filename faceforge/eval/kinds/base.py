@@ -31,7 +31,7 @@ import numpy as np
 from faceforge.core.errors import InputError
 from faceforge.core.hashing import file_sha256
 from faceforge.core.registry import Registry
-from faceforge.data.image_io import is_image_file
+from faceforge.data.image_io import is_image_file, list_image_files
 
 __all__ = [
     "BENCHMARK_KINDS",
@@ -202,7 +202,8 @@ def list_identity_folder(root: str | Path, min_images: int = 1) -> tuple[list[Pa
     labels: list[str] = []
     every: list[Path] = []
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        imgs = sorted(f for f in d.iterdir() if f.is_file() and is_image_file(f))
+        # not only regular files: a broken link or a FIFO named like an image is listed as unreadable
+        imgs = sorted(f for f in d.iterdir() if is_image_file(f) and not f.is_dir())
         every += imgs
         if len(imgs) >= min_images:
             files += imgs
@@ -215,7 +216,7 @@ def list_identity_folder(root: str | Path, min_images: int = 1) -> tuple[list[Pa
 def folder_checksum(root: str | Path, files: Sequence[Path]) -> str:
     """sha256 of the sorted ``relative/path<TAB>size`` lines of ``files`` under ``root``."""
     root = Path(root)
-    lines = sorted(f"{f.relative_to(root).as_posix()}\t{f.stat().st_size}" for f in files)
+    lines = sorted(f"{f.relative_to(root).as_posix()}\t{_size(f)}" for f in files)
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
@@ -224,5 +225,14 @@ CHECKSUM_RULE_ALL = "sha256 of sorted 'relative path<TAB>size' lines of every im
 
 
 def images_in(root: str | Path) -> list[Path]:
-    """Every image file under ``root`` (recursive, sorted)."""
-    return sorted(f for f in Path(root).rglob("*") if f.is_file() and is_image_file(f))
+    """Every non-folder path with an image extension under ``root`` (recursive, sorted): broken links and
+    FIFOs are included so the embedding pass lists them as unreadable."""
+    return list_image_files(root)
+
+
+def _size(f: Path) -> int:
+    """File size for checksums; -1 for a path that cannot be stat'ed (a broken link, listed as unreadable)."""
+    try:
+        return f.stat().st_size
+    except OSError:
+        return -1
