@@ -16,7 +16,8 @@ The metadata is not trusted either: :func:`check_model_meta` checks its types an
 and keyword arguments of plain values, ``embedding_size`` in [1, 65536], preprocessing with an input size
 in [8, 4096], RGB/BGR and three finite means and non-zero stds) and that the weights are a dict of tensors,
 so a hostile file gives one :class:`CheckpointError` naming it, never a TypeError from deep inside, and no
-number in it sizes an allocation unchecked. (Whether the weights fit the named backbone is checked where
+number in it sizes an allocation unchecked. :func:`load_checkpoint` checks the fields that are present;
+code that builds a model requires them. (Whether the weights fit the named backbone is checked where
 backbones are known: :func:`faceforge.embedders.checkpoint.backbone_from_checkpoint`.)
 """
 
@@ -116,13 +117,16 @@ def _plain(value: Any) -> bool:
     return value is None or isinstance(value, bool | int | str)
 
 
-def check_model_meta(ckpt: dict[str, Any], path: str | Path) -> None:
+def check_model_meta(ckpt: dict[str, Any], path: str | Path, require: bool = False) -> None:
     """Raise :class:`CheckpointError` naming ``path`` unless the metadata a model is built from is sane.
 
-    Checked: ``meta`` a dict; ``meta.backbone`` = ``{"name": str, "kwargs": {str: plain value}}``;
-    ``meta.embedding_size`` an int in [1, MAX_EMBEDDING_SIZE]; ``meta.preprocess`` a dict with
-    ``input_size`` in INPUT_SIZE_RANGE, ``colour`` RGB/BGR and 3 finite ``mean``/``std`` (std != 0);
-    ``backbone`` (the weights) a dict of tensors. Other metadata (head, config, versions) is left alone.
+    Checked, when present (``require=True``: they must be present): ``meta.backbone`` =
+    ``{"name": str, "kwargs": {str: plain value}}``; ``meta.embedding_size`` an int in
+    [1, MAX_EMBEDDING_SIZE]; ``meta.preprocess`` a dict with ``input_size`` in INPUT_SIZE_RANGE, ``colour``
+    RGB/BGR and 3 finite ``mean``/``std`` (std != 0). Always: ``meta`` is a dict and ``backbone`` (the
+    weights) a dict of tensors. Other metadata (head, config, versions) is left alone.
+    :func:`load_checkpoint` runs it with ``require=False``; whatever builds a model from the file runs
+    it with ``require=True``.
     """
     fix = "the file is damaged or was not written by faceforge; use the model.pt written by 'faceforge train'"
 
@@ -132,18 +136,34 @@ def check_model_meta(ckpt: dict[str, Any], path: str | Path) -> None:
     meta = ckpt.get("meta")
     if not isinstance(meta, dict):
         raise bad(f"'meta' is a {type(meta).__name__}, not a dict")
-    bb = meta.get("backbone")
-    if not isinstance(bb, dict) or not isinstance(bb.get("name"), str):
-        raise bad("'meta.backbone' must be a dict with a string 'name'")
-    kwargs = bb.get("kwargs", {})
-    if not isinstance(kwargs, dict) or not all(isinstance(k, str) and _plain(v) for k, v in kwargs.items()):
-        raise bad("'meta.backbone.kwargs' must map names to plain numbers, strings or booleans")
-    size = meta.get("embedding_size")
-    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_EMBEDDING_SIZE:
-        raise bad(f"'meta.embedding_size' is {size!r}, not an integer in [1, {MAX_EMBEDDING_SIZE}]")
-    pre = meta.get("preprocess")
+    weights = ckpt.get("backbone")
+    if not isinstance(weights, dict) or not all(
+        isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in weights.items()
+    ):
+        raise bad("'backbone' (the weights) must map parameter names to tensors")
+    for key in ("backbone", "embedding_size", "preprocess"):
+        if require and key not in meta:
+            raise bad(f"'meta.{key}' is missing")
+    if "backbone" in meta:
+        bb = meta["backbone"]
+        if not isinstance(bb, dict) or not isinstance(bb.get("name"), str):
+            raise bad("'meta.backbone' must be a dict with a string 'name'")
+        kwargs = bb.get("kwargs", {})
+        if not isinstance(kwargs, dict) or not all(
+            isinstance(k, str) and _plain(v) for k, v in kwargs.items()
+        ):
+            raise bad("'meta.backbone.kwargs' must map names to plain numbers, strings or booleans")
+    if "embedding_size" in meta:
+        size = meta["embedding_size"]
+        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_EMBEDDING_SIZE:
+            raise bad(f"'meta.embedding_size' is {size!r}, not an integer in [1, {MAX_EMBEDDING_SIZE}]")
+    if "preprocess" in meta:
+        _check_preprocess(meta["preprocess"], bad)
+
+
+def _check_preprocess(pre: Any, bad: Any) -> None:
     if not isinstance(pre, dict):
-        raise bad("'meta.preprocess' is missing or not a dict")
+        raise bad("'meta.preprocess' is not a dict")
     insize = pre.get("input_size", 112)
     lo, hi = INPUT_SIZE_RANGE
     if isinstance(insize, bool) or not isinstance(insize, int) or not lo <= insize <= hi:
@@ -162,8 +182,3 @@ def check_model_meta(ckpt: dict[str, Any], path: str | Path) -> None:
                 f"'meta.preprocess.{key}' is {v!r}, not three finite numbers"
                 + (" (non-zero)" if key == "std" else "")
             )
-    weights = ckpt.get("backbone")
-    if not isinstance(weights, dict) or not all(
-        isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in weights.items()
-    ):
-        raise bad("'backbone' (the weights) must map parameter names to tensors")

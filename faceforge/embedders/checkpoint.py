@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from faceforge.core.checkpoint import CheckpointError, load_checkpoint
+from faceforge.core.checkpoint import CheckpointError, check_model_meta, load_checkpoint
 from faceforge.core.hashing import file_sha256
 from faceforge.core.precision import autocast, resolve_device, resolve_precision
 from faceforge.data.preprocess import Preprocess
@@ -26,6 +26,7 @@ def backbone_from_checkpoint(ckpt: dict[str, Any], path: str | Path = "checkpoin
     naming ``path`` instead of trying a multi-terabyte allocation. ``ckpt`` comes from
     :func:`faceforge.core.checkpoint.load_checkpoint`, which has already checked the metadata's types.
     """
+    check_model_meta(ckpt, path, require=True)
     meta = ckpt["meta"]["backbone"]
     name, kwargs = meta["name"], dict(meta.get("kwargs", {}))
     fix = "the file is damaged or its metadata was edited; use the model.pt written by 'faceforge train'"
@@ -66,6 +67,7 @@ class CheckpointEmbedder:
     ):
         self.path = Path(source)
         ckpt = load_checkpoint(self.path)
+        check_model_meta(ckpt, self.path, require=True)
         self.meta = ckpt["meta"]
         self.preprocess = Preprocess.from_dict(self.meta["preprocess"])
         self.device = resolve_device(device)
