@@ -139,6 +139,7 @@ def build_corpus(root: Path, data_dir: Path) -> Corpus:
         _write(junk / f"random_{k}{ext}", random_bytes(1 + 97 * k, k), c, "unreadable")
     for k, text in enumerate(["hello", "<html></html>", "%PDF-1.4", "\x89PNG but not really", "GIF89a"]):
         _write(junk / f"text_{k}.jpg", text.encode(), c, "unreadable")
+    _write(junk / "bad\nname.jpg", b"a newline in the name", c, "unreadable")
     # declared sizes beyond the limit: header-only files and a complete, valid 10000x10000 PNG
     _write(junk / "ppm_bomb.png", ppm_bomb(), c, "unreadable")
     _write(junk / "ppm_bomb.ppm", ppm_bomb(), c, "unreadable")
@@ -158,7 +159,7 @@ def build_corpus(root: Path, data_dir: Path) -> Corpus:
         _write(tiny / f"tiny_{w}x{h}.png", encode(random_image(h, w, h * w)), c, "too_small")
     for h, w in ((2, 2), (3, 3), (5, 1000), (2, 5000), (8, 8)):
         _write(tiny / f"small_{w}x{h}.png", encode(np.zeros((h, w, 3), np.uint8)), c, "skipped")
-    _write(tiny / "noise_64.png", encode(random_image(64, 64, 7)), c, "skipped")
+    _write(tiny / "noise_64.png", encode(random_image(64, 64, 7)), c, "any")  # a detector may see a face
     # odd but valid encodings of real faces: must decode (and are faces)
     odd = photos / "Odd"
     for k, img in enumerate(faces[:3]):
@@ -354,8 +355,9 @@ def _one_line_naming(*words: str) -> Callable[[Corpus, dict], None]:
     return check
 
 
-def _accounted(report: dict, lists: tuple[str, ...], done: tuple[str, ...]) -> dict[str, str]:
-    """file -> where it went; every entry has a reason; each file appears once."""
+def _accounted(report: dict, lists: tuple[str, ...], done: tuple[str, ...]) -> tuple[dict[str, str], int]:
+    """``{file: the report list it is in}`` (each file once, each entry with a reason) and the number of
+    inputs the report counts as done (``done`` keys)."""
     where: dict[str, str] = {}
     for key in lists:
         for e in report[key]:
@@ -364,8 +366,7 @@ def _accounted(report: dict, lists: tuple[str, ...], done: tuple[str, ...]) -> d
             if isinstance(e, dict):
                 assert e.get("reason"), (key, e)
             where[name] = key
-    n_done = sum(report[k] for k in done)
-    return where | {"__done__": str(n_done)}
+    return where, sum(report[k] for k in done)
 
 
 def prepare_steps(c: Corpus, paths: dict[str, Path]) -> list[Step]:
@@ -374,8 +375,7 @@ def prepare_steps(c: Corpus, paths: dict[str, Path]) -> list[Step]:
     def check(c: Corpus, res: dict) -> None:
         report = json.loads((out / "prepare_report.json").read_text())
         lists = ("no_face", "unreadable", "too_small", "bad_landmarks", "name_taken")
-        where = _accounted(report, lists, ("aligned_images", "kept_existing"))
-        n_done = int(where.pop("__done__"))
+        where, n_done = _accounted(report, lists, ("aligned_images", "kept_existing"))
         assert n_done + len(where) == report["images"], "an input was dropped without a word"
         for rel, kind in c.hostile.items():
             if kind == "unreadable":
@@ -393,7 +393,8 @@ def prepare_steps(c: Corpus, paths: dict[str, Path]) -> list[Step]:
         assert {f"Collide/same{e}" for e in (".jpg", ".png", ".jpeg", ".bmp")} <= renamed
         faces = sorted((out / "Collide").iterdir())
         assert len(faces) == 4 and all(f.suffix == ".jpg" for f in faces)
-        assert "unreadable: Junk/ppm_bomb.png" in res["stdout"]
+        assert "unreadable: Junk/bad\\nname.jpg (not a decodable image" in res["stdout"]  # one line per item
+        assert "unreadable: Junk/empty.jpg (empty file (0 bytes))" in res["stdout"]
 
     argv = ["prepare", "--images", str(c.photos), "--out", str(out), "--no-progress"]
     argv += ["--detector-model", str(paths["yunet"])]
@@ -413,12 +414,8 @@ def align_steps(c: Corpus, paths: dict[str, Path]) -> list[Step]:
 
     def check(c: Corpus, res: dict) -> None:
         report = json.loads((out / "align_report.json").read_text())
-        where = _accounted(
-            report,
-            ("no_landmarks", "unreadable", "bad_landmarks", "name_taken"),
-            ("aligned", "kept_existing"),
-        )
-        n_done = int(where.pop("__done__"))
+        lists = ("no_landmarks", "unreadable", "bad_landmarks", "name_taken")
+        where, n_done = _accounted(report, lists, ("aligned", "kept_existing"))
         n_inputs = sum(
             1
             for p in c.photos.rglob("*")

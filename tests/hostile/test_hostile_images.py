@@ -42,6 +42,7 @@ def _bad_images(folder: Path) -> dict[str, str]:
     }
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # pytest resets the module's filter
 def test_decode_checks_the_declared_size_before_allocating() -> None:
     assert len(ppm_bomb()) == 30
     for data, where in ((ppm_bomb(), "bomb.png"), (png_header_only(20000, 20000), "big.png")):
