@@ -29,6 +29,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from faceforge.core.errors import FaceforgeError
 from faceforge.core.schema import TrainConfig, to_dict
 from faceforge.objectives.margin import HEAD_LAYOUT_KEYS
 
@@ -41,7 +42,7 @@ MOVED = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(FaceforgeError, ValueError):
     """A configuration that cannot be used; the message names the key and the fix."""
 
 

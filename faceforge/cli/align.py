@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from faceforge.cli.main import command
+from faceforge.cli.main import command, print_listed, printable
 
 
 def _add(p: argparse.ArgumentParser) -> None:
@@ -48,13 +48,19 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         progress=not args.no_progress,
     )
+    report_path = f"{args.out}/align_report.json"
     print(
         f"aligned {report.aligned} images, kept {report.kept_existing} already aligned, "
         f"skipped {report.skipped} ({len(report.no_landmarks)} without landmarks, "
-        f"{len(report.unreadable)} unreadable); report: {args.out}/align_report.json"
+        f"{len(report.bad_landmarks)} with unusable landmarks, {len(report.unreadable)} unreadable, "
+        f"{len(report.name_taken)} with a taken output name); {len(report.bad_rows)} bad landmarks rows; "
+        f"report: {report_path}"
     )
-    for f in report.no_landmarks[:10]:
-        print(f"  no landmarks: {f}")
-    for u in report.unreadable[:10]:
-        print(f"  unreadable: {u['file']} ({u['reason']})")
+    print_listed("bad landmarks row", [{**r, "file": r["row"]} for r in report.bad_rows], report=report_path)
+    print_listed("no landmarks", report.no_landmarks, report=report_path)
+    print_listed("unusable landmarks", report.bad_landmarks, report=report_path)
+    print_listed("unreadable", report.unreadable, report=report_path)
+    print_listed("output name taken", report.name_taken, report=report_path)
+    for r in report.renamed[:20]:
+        print(f"  renamed: {printable(r['file'])} -> {printable(r['output'])} ({printable(r['reason'])})")
     return 0

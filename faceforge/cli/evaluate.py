@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from faceforge.cli.main import command, parse_key_values
+from faceforge.cli.main import command, parse_key_values, printable
+from faceforge.eval.kinds.base import DEFAULT_MIN_VALID_FRACTION
 
 
 def _add(p: argparse.ArgumentParser) -> None:
@@ -37,6 +38,14 @@ def _add(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ext", default=".jpg", help="image extension of pairs-file images (default .jpg)")
     p.add_argument("--no-flip", action="store_true", help="embed the original image only (default: flip-sum)")
     p.add_argument("--folds", type=int, default=10)
+    p.add_argument(
+        "--min-valid",
+        type=float,
+        default=DEFAULT_MIN_VALID_FRACTION,
+        metavar="FRACTION",
+        help="pairs (images) with an unreadable image are left out; a benchmark fails when fewer than this "
+        f"fraction can be scored (default {DEFAULT_MIN_VALID_FRACTION}, recorded in the result)",
+    )
     p.add_argument(
         "--model-option",
         action="append",
@@ -96,6 +105,14 @@ def _print_record(name: str, rec: dict[str, Any], flip: bool) -> None:
                 for k, v in s.items()
             )
         )
+    v = rec.get("validity") or {}
+    if v.get("left_out"):
+        unreadable = rec.get("benchmark", {}).get("unreadable_images") or []
+        first = f"; first: {printable(unreadable[0])}" if unreadable else ""
+        print(
+            f"  left out {v['left_out']} of {v['total']} {v['unit']} with an unreadable or wrong-size image "
+            f"({len(unreadable)} image(s) listed in the result){first}"
+        )
     plots = rec.get("plots") or {}
     if plots:
         print("  plots: " + "  ".join(str(p) for p in plots.values()))
@@ -111,8 +128,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.compare:
         out_html = Path(args.html) if args.html else Path("eval_compare.html")
-        page = write_html_report([load_result(p) for p in args.compare], out_html)
+        skipped: list[str] = []
+        page = write_html_report([load_result(p) for p in args.compare], out_html, skipped=skipped)
         print(f"comparison of {len(args.compare)} result(s): {page}")
+        if skipped:
+            print(f"  {len(skipped)} plot(s) not embedded (listed on the page):")
+            for s in skipped[:10]:
+                print(f"    {printable(s)}")
         return 0
 
     from faceforge.embedders import embedder_from_spec
@@ -121,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.model:
         raise ValueError("--model is required (or use --compare RESULT_JSON ...)")
+    if not 0.0 <= args.min_valid <= 1.0:
+        raise ValueError(f"--min-valid must be a fraction in [0, 1], got {args.min_valid}")
     if bool(args.pairs) != bool(args.images):
         raise ValueError("--pairs and --images go together (or use --benchmark lfw:PAIRS:IMAGES)")
     specs = [parse_benchmark_spec(s) for s in args.benchmark]
@@ -145,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
         image_ext=args.ext,
         batch_size=args.batch_size,
         progress=not args.no_progress,
+        min_valid_fraction=args.min_valid,
     )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

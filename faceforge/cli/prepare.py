@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import inspect
 
-from faceforge.cli.main import command, parse_key_values
+from faceforge.cli.main import command, parse_key_values, print_listed, printable
 
 
 def _add(p: argparse.ArgumentParser) -> None:
@@ -86,18 +86,23 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         detector_name=args.detector,
     )
+    report_path = f"{args.out}/{REPORT_NAME}"
     print(
         f"aligned {report.faces_written} faces from {report.aligned_images} photos, kept "
         f"{report.kept_existing} already prepared, skipped {report.skipped} ({len(report.no_face)} without a "
-        f"face, {len(report.unreadable)} unreadable), {len(report.several_faces)} with several faces; "
-        f"report: {args.out}/{REPORT_NAME}"
+        f"face, {len(report.unreadable)} unreadable, {len(report.too_small)} too small, "
+        f"{len(report.bad_landmarks)} with unusable landmarks, {len(report.name_taken)} with a taken output "
+        f"name), {len(report.several_faces)} with several faces; report: {report_path}"
     )
     if report.rec:
         print(f"wrote {report.rec} ({report.rec_images} images, {report.num_classes} identities)")
-    for f in report.no_face[:10]:
-        print(f"  no face: {f}")
-    for u in report.unreadable[:10]:
-        print(f"  unreadable: {u['file']} ({u['reason']})")
+    print_listed("no face", report.no_face, report=report_path)
+    print_listed("unreadable", report.unreadable, report=report_path)
+    print_listed("too small", report.too_small, report=report_path)
+    print_listed("unusable landmarks", report.bad_landmarks, report=report_path)
+    print_listed("output name taken", report.name_taken, report=report_path)
+    for r in report.renamed[:20]:
+        print(f"  renamed: {printable(r['file'])} -> {printable(r['output'])} ({printable(r['reason'])})")
     for s in report.several_faces[:10]:
-        print(f"  several faces ({s['faces']}), kept the {args.select} one: {s['file']}")
+        print(f"  several faces ({s['faces']}), kept the {args.select} one: {printable(s['file'])}")
     return 0

@@ -2,9 +2,15 @@
 
 ``faceforge align --images DIR --landmarks CSV --out DIR`` runs :func:`align_folder`. The landmarks CSV has
 a header with a ``file`` column (the image's file name, or its path relative to DIR) and the ten columns
-``leye_x, leye_y, reye_x, reye_y, nose_x, nose_y, lmouth_x, lmouth_y, rmouth_x, rmouth_y``.
-Images with no landmarks row or unreadable bytes are listed in the report and skipped; the job goes on.
-Outputs that already exist are kept, so an interrupted job resumes where it stopped.
+``leye_x, leye_y, reye_x, reye_y, nose_x, nose_y, lmouth_x, lmouth_y, rmouth_x, rmouth_y``; it must be
+UTF-8 (a byte-order mark is allowed).
+
+Nothing in one row or one image stops the job: rows that are short or long, hold a value that is not a
+number, NaN/inf or beyond 1e7 pixels, five (nearly) identical points, or repeat a file already given are
+listed in the report as ``bad_rows`` with ``file:line`` and the reason (the first row of a file wins);
+images with no (usable) landmarks row, unreadable bytes or a taken output name (see
+:mod:`faceforge.data.output_names`) are listed and skipped. Outputs that already exist are kept, so an
+interrupted job resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -19,9 +25,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from faceforge.data.align import TEMPLATE_NAME, template_for_size, warp_face
+from faceforge.core.errors import InputError
+from faceforge.data.align import TEMPLATE_NAME, LandmarksError, check_landmarks, template_for_size, warp_face
 from faceforge.data.files import list_images
 from faceforge.data.image_io import UnreadableImageError, read_image_rgb, write_image_rgb
+from faceforge.data.output_names import output_names
 
 LANDMARK_COLUMNS = (
     "leye_x",
@@ -37,29 +45,86 @@ LANDMARK_COLUMNS = (
 )
 
 
-def read_landmarks_csv(path: str | Path, offset: tuple[float, float] = (0.0, 0.0)) -> dict[str, np.ndarray]:
+def read_landmarks_csv(
+    path: str | Path, offset: tuple[float, float] = (0.0, 0.0), bad_rows: list[dict[str, str]] | None = None
+) -> dict[str, np.ndarray]:
     """Map ``file`` -> landmarks [5, 2] from a CSV; ``offset`` (dx, dy) is added to every point.
 
-    Raises ValueError naming the file when a required column is missing or a value is not a number.
+    A missing column or a file that is not UTF-8 text raises :class:`~faceforge.core.errors.InputError`
+    naming the file. A bad row (see the module docstring) raises too, naming ``file:line``, unless
+    ``bad_rows`` is given: then it is appended there as ``{"row": "file:line", "file", "reason"}`` and
+    reading goes on.
     """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"landmarks file not found: {p}")
     table: dict[str, np.ndarray] = {}
-    with p.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in ("file", *LANDMARK_COLUMNS) if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(
-                f"{p}: missing column(s) {missing}; expected a header with 'file' and {list(LANDMARK_COLUMNS)}"
-            )
-        for line_no, row in enumerate(reader, start=2):
-            try:
-                pts = np.array([float(row[c]) for c in LANDMARK_COLUMNS], dtype=np.float64).reshape(5, 2)
-            except ValueError as exc:
-                raise ValueError(f"{p}:{line_no}: landmark value is not a number ({exc})") from None
-            table[row["file"]] = pts + np.asarray(offset, dtype=np.float64)
+    first_line: dict[str, int] = {}
+    shift = np.asarray(offset, dtype=np.float64)
+
+    def bad(line_no: int, name: str, reason: str) -> None:
+        if bad_rows is None:
+            raise InputError(f"{p}:{line_no}: {reason}")
+        bad_rows.append({"row": f"{p}:{line_no}", "file": name, "reason": reason})
+
+    try:
+        with p.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None) or []
+            missing = [c for c in ("file", *LANDMARK_COLUMNS) if c not in header]
+            if missing:
+                raise InputError(
+                    f"{p}: missing column(s) {missing}; expected a header with 'file' and {list(LANDMARK_COLUMNS)}"
+                )
+            col = {c: header.index(c) for c in ("file", *LANDMARK_COLUMNS)}
+            while True:
+                try:
+                    row = next(reader)
+                except StopIteration:
+                    break
+                except csv.Error as exc:
+                    bad(reader.line_num, "", f"not a valid CSV row ({exc})")
+                    continue
+                line_no = reader.line_num
+                if not row or all(not v.strip() for v in row):
+                    continue
+                name = row[col["file"]] if len(row) > col["file"] else ""
+                if len(row) != len(header):
+                    bad(line_no, name, f"row has {len(row)} fields, the header has {len(header)}")
+                    continue
+                if not name.strip():
+                    bad(line_no, name, "empty 'file' value")
+                    continue
+                try:
+                    values = [float(row[col[c]]) for c in LANDMARK_COLUMNS]
+                except ValueError:
+                    what = next(c for c in LANDMARK_COLUMNS if not _is_number(row[col[c]]))
+                    bad(line_no, name, f"{what}={row[col[what]]!r} is not a number")
+                    continue
+                try:
+                    pts = check_landmarks(np.array(values, dtype=np.float64).reshape(5, 2) + shift)
+                except LandmarksError as exc:
+                    bad(line_no, name, str(exc))
+                    continue
+                if name in table:
+                    bad(line_no, name, f"{name} already has landmarks on line {first_line[name]} (kept)")
+                    continue
+                table[name] = pts
+                first_line[name] = line_no
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"{p}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+            "save the landmarks file as UTF-8"
+        ) from None
     return table
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass
@@ -75,10 +140,14 @@ class AlignReport:
     kept_existing: int = 0
     no_landmarks: list[str] = field(default_factory=list)
     unreadable: list[dict[str, str]] = field(default_factory=list)
+    bad_landmarks: list[dict[str, str]] = field(default_factory=list)
+    name_taken: list[dict[str, str]] = field(default_factory=list)
+    renamed: list[dict[str, str]] = field(default_factory=list)
+    bad_rows: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def skipped(self) -> int:
-        return len(self.no_landmarks) + len(self.unreadable)
+        return len(self.no_landmarks) + len(self.unreadable) + len(self.bad_landmarks) + len(self.name_taken)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -87,7 +156,7 @@ class AlignReport:
         return d
 
 
-def _lookup(table: dict[str, np.ndarray], rel: Path) -> np.ndarray | None:
+def _lookup(table: dict[str, object], rel: Path) -> object | None:
     for key in (rel.as_posix(), rel.name):
         if key in table:
             return table[key]
@@ -110,26 +179,42 @@ def align_folder(
     src, dst = Path(images_dir), Path(out_dir)
     if not src.is_dir():
         raise FileNotFoundError(f"images directory not found: {src}")
-    table = read_landmarks_csv(landmarks_csv, landmark_offset)
+    bad_rows: list[dict[str, str]] = []
+    table = read_landmarks_csv(landmarks_csv, landmark_offset, bad_rows=bad_rows)
     files = list(images) if images is not None else list_images(src, allow_empty=True)
     if not files:
         raise ValueError(f"no image files found below {src}")
     report = AlignReport(str(src), str(dst), size, TEMPLATE_NAME, tuple(landmark_offset))
+    report.bad_rows = bad_rows
+    bad_by_file: dict[str, str] = {}
+    for r in bad_rows:
+        if r["file"]:
+            bad_by_file.setdefault(r["file"], f"landmarks row {r['row']}: {r['reason']}")
+    names = output_names([p.relative_to(src) for p in files], out_ext)
+    report.renamed, report.name_taken = names.renamed, names.refused
 
     def work(path: Path) -> tuple[str, str, str]:
         rel = path.relative_to(src)
-        target = (dst / rel).with_suffix(out_ext)
+        key = rel.as_posix()
+        if key not in names.outputs:
+            return "name_taken", key, ""
+        target = dst / names.outputs[key]
         if target.exists() and not overwrite:
-            return "kept", str(rel), ""
+            return "kept", key, ""
         lmk = _lookup(table, rel)
         if lmk is None:
-            return "no_landmarks", str(rel), ""
+            why = _lookup(bad_by_file, rel)
+            return ("bad_landmarks", key, str(why)) if why is not None else ("no_landmarks", key, "")
         try:
             img = read_image_rgb(path)
-        except UnreadableImageError as exc:
-            return "unreadable", str(rel), exc.reason
-        write_image_rgb(target, warp_face(img, lmk, size))
-        return "aligned", str(rel), ""
+        except (UnreadableImageError, OSError) as exc:  # OSError: the file vanished since it was listed
+            return "unreadable", key, exc.reason if isinstance(exc, UnreadableImageError) else str(exc)
+        try:
+            face = warp_face(img, lmk, size)
+        except LandmarksError as exc:
+            return "bad_landmarks", key, str(exc)
+        write_image_rgb(target, face)
+        return "aligned", key, ""
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         results = pool.map(work, files)
@@ -142,7 +227,9 @@ def align_folder(
                 report.kept_existing += 1
             elif status == "no_landmarks":
                 report.no_landmarks.append(rel)
-            else:
+            elif status == "bad_landmarks":
+                report.bad_landmarks.append({"file": rel, "reason": reason})
+            elif status == "unreadable":
                 report.unreadable.append({"file": rel, "reason": reason})
     dst.mkdir(parents=True, exist_ok=True)
     (dst / "align_report.json").write_text(json.dumps(report.to_dict(), indent=2))

@@ -20,6 +20,13 @@ Everything else (``os.system``, ``posix.system``, ``builtins.eval``, ``pathlib.P
 ...) raises :class:`UnsafeBinError` naming the file and the refused global. Convert mxnet-pickled files
 once with mxnet outside this toolkit.
 
+Sizes are never taken on trust. Before unpickling, every opcode of the file is walked with
+:func:`pickletools.genops`, which reads each length-prefixed argument from the bytes actually present, so a
+``BINBYTES8`` that declares a terabyte in a 20-byte file is refused before CPython's unpickler would
+allocate it. ``numpy.ndarray`` resolves to a marker that ``_reconstruct`` accepts as its class argument but
+that cannot be called, so ``numpy.ndarray((4300000000,), 'u1')`` (a 46-byte file, 4 GB of memory) is
+refused; array contents come from ``__setstate__``, which numpy checks against the bytes in the file.
+
 :func:`write_bin` writes pickle protocol 4 (python >= 3.4 reads it; bytes and bools need no globals at
 protocol >= 3, so our own files load without any whitelisted global), ``issame`` as a list of ``bool``.
 """
@@ -29,17 +36,19 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import pickletools
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from faceforge.core.errors import FaceforgeError, InputError
 from faceforge.data.image_io import UnreadableImageError, decode_image_rgb
 
 BIN_PICKLE_PROTOCOL = 4
 
 
-class UnsafeBinError(pickle.UnpicklingError):
+class UnsafeBinError(FaceforgeError, pickle.UnpicklingError):
     """A ``.bin`` that references a global a verification set never needs (possible code execution)."""
 
     def __init__(self, path: str | Path, module: str, name: str) -> None:
@@ -50,8 +59,8 @@ class UnsafeBinError(pickle.UnpicklingError):
         self.path, self.module, self.name = str(path), module, name
 
 
-class BinFormatError(ValueError):
-    """A ``.bin`` that unpickles safely but is not ``(list of 2N images, N booleans)``."""
+class BinFormatError(InputError):
+    """A ``.bin`` that unpickles safely but is not ``(list of 2N images, N booleans)``, or not a pickle."""
 
 
 # ------------------------------------------------------------------ whitelisted constructors (wrappers)
@@ -90,9 +99,22 @@ def _np_dtype(obj: object, align: object = False, copy: object = False) -> np.dt
     return _safe_dtype(obj.decode("latin1") if isinstance(obj, bytes) else obj)
 
 
+class _NdarrayClass:
+    """What ``numpy.ndarray`` resolves to: a marker for ``_reconstruct``; calling it is refused, since
+    ``ndarray(shape)`` would allocate whatever the file declares."""
+
+    def __call__(self, *args: object, **kwargs: object) -> None:
+        raise pickle.UnpicklingError("calling numpy.ndarray(...) is not allowed in a .bin (it allocates)")
+
+
+_NDARRAY = _NdarrayClass()
+
+
 def _np_reconstruct(cls: object, shape: object, dtype_code: object) -> np.ndarray:
-    if cls is not np.ndarray:
+    if cls is not _NDARRAY:
         raise pickle.UnpicklingError("numpy _reconstruct is only allowed for numpy.ndarray")
+    # numpy pickles pass shape (0,); the contents and real shape come from __setstate__, which numpy
+    # checks against the bytes given, so nothing larger than the file is ever allocated
     return np.ndarray.__new__(np.ndarray, (0,), np.uint8)
 
 
@@ -109,7 +131,7 @@ _ALLOWED = {
     ("builtins", "bytearray"): _bytearray,
     ("__builtin__", "bytearray"): _bytearray,
     ("_codecs", "encode"): _codecs_encode,
-    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "ndarray"): _NDARRAY,
     ("numpy", "dtype"): _np_dtype,
     ("numpy.core.multiarray", "_reconstruct"): _np_reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _np_reconstruct,
@@ -142,25 +164,58 @@ def _as_image_bytes(obj: object, path: str, i: int) -> bytes:
     raise BinFormatError(f"{path}: image {i} is a {type(obj).__name__}, expected encoded image bytes")
 
 
+def _check_opcodes(data: bytes, path: str) -> None:
+    """Walk every opcode: length-prefixed arguments longer than the bytes left make the file invalid."""
+    try:
+        for _ in pickletools.genops(io.BytesIO(data)):
+            pass
+    except UnicodeDecodeError:
+        # a string argument that is present but not valid text: the unpickler decodes it the same way and
+        # stops there too, after checking any global that comes first (so a refused global is reported)
+        return
+    except Exception as exc:  # genops raises ValueError for truncated data, others for garbage bytes
+        raise BinFormatError(f"{path}: not a readable .bin pickle ({exc})") from None
+
+
+def _flat_booleans(obj: object, path: str) -> np.ndarray:
+    if isinstance(obj, np.ndarray):
+        arr = obj
+    elif isinstance(obj, list | tuple) and all(
+        isinstance(v, bool | int | np.bool_ | np.integer) for v in obj
+    ):
+        arr = np.asarray(obj)
+    else:
+        raise BinFormatError(f"{path}: issame_list must be a flat list of booleans")
+    if arr.dtype.hasobject or arr.ndim != 1:
+        raise BinFormatError(f"{path}: issame_list must be a flat list of booleans")
+    return arr.astype(bool)
+
+
 def loads_bin(data: bytes, path: str | Path = "<bytes>") -> tuple[list[bytes], np.ndarray]:
     """Like :func:`load_bin` for bytes already in memory."""
     path = str(path)
+    _check_opcodes(data, path)
     try:
         obj = RestrictedBinUnpickler(io.BytesIO(data), path).load()
     except UnsafeBinError:
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError) as exc:
-        raise BinFormatError(f"{path}: not a readable .bin pickle ({exc})") from exc
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        IndexError,
+        KeyError,
+        MemoryError,
+    ) as exc:
+        raise BinFormatError(f"{path}: not a readable .bin pickle ({type(exc).__name__}: {exc})") from None
     if not isinstance(obj, tuple | list) or len(obj) != 2:
         raise BinFormatError(f"{path}: expected a pickled (bins, issame_list) pair, got {type(obj).__name__}")
     bins_obj, issame_obj = obj
     if not isinstance(bins_obj, list | tuple):
         raise BinFormatError(f"{path}: bins is a {type(bins_obj).__name__}, expected a list of image bytes")
     bins = [_as_image_bytes(b, path, i) for i, b in enumerate(bins_obj)]
-    issame_arr = np.asarray(issame_obj)
-    if issame_arr.dtype.hasobject or issame_arr.ndim != 1:
-        raise BinFormatError(f"{path}: issame_list must be a flat list of booleans")
-    issame = issame_arr.astype(bool)
+    issame = _flat_booleans(issame_obj, path)
     if len(bins) != 2 * len(issame):
         raise BinFormatError(f"{path}: {len(bins)} images for {len(issame)} pairs (expected 2 per pair)")
     return bins, issame

@@ -26,11 +26,15 @@ _SHOW_MISSING = 5
 
 
 def _list_folder(root: Path, recursive: bool, exclude: Path | None) -> list[Path]:
+    """Every non-folder entry with an image extension: broken and looping symbolic links, FIFOs and other
+    non-regular entries are *included*, so the job that reads them lists them as unreadable with the reason
+    (:func:`faceforge.data.image_io.read_image_bytes`) instead of dropping them without a word. Folders (also
+    one named ``x.jpg``) are searched, never returned; symbolic links to folders are not followed."""
     found = root.rglob("*") if recursive else root.iterdir()
     return sorted(
         p
         for p in found
-        if p.is_file() and is_image_file(p) and not (exclude is not None and p.is_relative_to(exclude))
+        if is_image_file(p) and not p.is_dir() and not (exclude is not None and p.is_relative_to(exclude))
     )
 
 

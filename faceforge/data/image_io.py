@@ -1,17 +1,50 @@
-"""Reading and writing face images as uint8 RGB arrays, with errors that name the file."""
+"""Reading and writing face images as uint8 RGB arrays, with errors that name the file.
+
+Every way an image can fail to load ends in :class:`UnreadableImageError` with the file (or container
+member) and the reason, so a job over many files can skip it, count it and list it:
+
+* the path is a broken or looping symbolic link, a FIFO/socket/device, or cannot be read;
+* the file is empty or larger than :func:`max_image_bytes`;
+* the header is not a format Pillow recognises, or declares more than :func:`max_image_pixels` pixels.
+  The size is read from the header (Pillow opens images lazily and parses only the header) *before*
+  OpenCV allocates anything, so a 30-byte file claiming 99999x99999 pixels costs nothing;
+* OpenCV cannot decode the pixels (truncated data, corrupt stream) or raises ``cv2.error``.
+
+Limits: ``max_image_pixels`` defaults to Pillow's own decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``
+= 89,478,485 pixels, a 256 MiB RGB buffer; above it Pillow warns, above twice it refuses) and can be changed
+with the environment variable ``FACEFORGE_MAX_IMAGE_PIXELS``. ``max_image_bytes`` is derived from it: an
+image of P pixels stored uncompressed with 4 channels of 16 bits takes 8P bytes, plus 16 MiB for metadata.
+"""
 
 from __future__ import annotations
 
+import errno
+import io
+import os
+import re
+import stat
+import warnings
 from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
+
+from faceforge.core.errors import InputError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm")
 
+#: Pillow's default limit (its own decompression-bomb guard): 1 GiB / 4 bytes / 3 channels
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+MAX_PIXELS_ENV = "FACEFORGE_MAX_IMAGE_PIXELS"
 
-class UnreadableImageError(ValueError):
-    """An image file that exists but cannot be decoded (truncated, not an image, empty)."""
+# faceforge checks the declared size itself (below) and reports it per file; Pillow's warning between its
+# limit and twice its limit would only repeat that on stderr
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning, module=r"PIL\.")
+
+
+class UnreadableImageError(InputError):
+    """An image file that exists but cannot be decoded (truncated, not an image, empty, too large)."""
 
     def __init__(self, path: str | Path, reason: str) -> None:
         super().__init__(f"{path}: {reason}")
@@ -23,27 +56,132 @@ def is_image_file(path: str | Path) -> bool:
     return str(path).lower().endswith(IMAGE_EXTENSIONS)
 
 
+def max_image_pixels() -> int:
+    """The largest width x height decoded (``$FACEFORGE_MAX_IMAGE_PIXELS``, default Pillow's limit)."""
+    raw = os.environ.get(MAX_PIXELS_ENV)
+    if not raw:
+        return DEFAULT_MAX_IMAGE_PIXELS
+    try:
+        value = int(float(raw))
+    except ValueError:
+        raise InputError(f"{MAX_PIXELS_ENV}={raw!r} is not a number of pixels") from None
+    if value < 1:
+        raise InputError(f"{MAX_PIXELS_ENV}={raw!r} must be a positive number of pixels")
+    return value
+
+
+def max_image_bytes() -> int:
+    """The largest image file read: 8 bytes per allowed pixel (4 channels x 16 bit) + 16 MiB of metadata."""
+    return 8 * max_image_pixels() + (16 << 20)
+
+
+def _size_text(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def read_image_bytes(path: str | Path) -> bytes:
+    """The bytes of an image file, refusing what is not a readable regular file of a sane size.
+
+    Raises ``FileNotFoundError`` for a path that does not exist (and is no symbolic link) and
+    :class:`UnreadableImageError` for everything else listed in the module docstring.
+    """
+    p = Path(path)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        if p.is_symlink():
+            raise UnreadableImageError(p, "broken symbolic link (its target does not exist)") from None
+        raise FileNotFoundError(f"image not found: {p}") from None
+    except OSError as exc:  # ELOOP, EACCES on a folder of the path, ENAMETOOLONG, ...
+        reason = "symbolic link loop" if exc.errno == errno.ELOOP else f"cannot access it ({exc.strerror})"
+        raise UnreadableImageError(p, reason) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise UnreadableImageError(p, "is a directory, not an image file")
+    if not stat.S_ISREG(st.st_mode):
+        raise UnreadableImageError(p, "not a regular file (a FIFO, socket or device)")
+    if st.st_size == 0:
+        raise UnreadableImageError(p, "empty file (0 bytes)")
+    limit = max_image_bytes()
+    if st.st_size > limit:
+        raise UnreadableImageError(
+            p,
+            f"file of {_size_text(st.st_size)} is larger than any image faceforge decodes "
+            f"({_size_text(limit)}; raise {MAX_PIXELS_ENV} to allow larger images)",
+        )
+    try:
+        with open(p, "rb") as fh:
+            data = fh.read(limit + 1)
+    except OSError as exc:
+        raise UnreadableImageError(p, f"cannot read it ({exc.strerror or exc})") from None
+    if len(data) > limit:  # grew while we looked
+        raise UnreadableImageError(p, f"file is larger than {_size_text(limit)}")
+    return data
+
+
+def declared_size(data: bytes, source: str | Path = "<bytes>") -> tuple[int, int]:
+    """``(width, height)`` from the image header, without decoding the pixels (Pillow's lazy open).
+
+    Raises :class:`UnreadableImageError` when the header is not a known image format or declares
+    more than :func:`max_image_pixels` pixels (or an empty image).
+    """
+    limit = max_image_pixels()
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            width, height = (int(v) for v in im.size)
+    except Image.DecompressionBombError as exc:  # Pillow's own guard (twice its limit) fired first
+        m = re.search(r"\((\d+) pixels\)", str(exc))
+        count = f"{int(m.group(1)):,}" if m else "too many"
+        raise UnreadableImageError(
+            source, f"header declares {count} pixels, more than the limit of {limit:,} (Pillow refuses it)"
+        ) from None
+    except Exception as exc:  # Pillow's header parsers raise many types on hostile bytes
+        why = (
+            "no known image format"
+            if isinstance(exc, Image.UnidentifiedImageError)
+            else f"damaged header: {type(exc).__name__}: {exc}"
+        )
+        raise UnreadableImageError(source, f"not a decodable image ({why})") from None
+    if width <= 0 or height <= 0:
+        raise UnreadableImageError(source, f"header declares an empty image ({width}x{height})")
+    if width * height > limit:
+        raise UnreadableImageError(
+            source,
+            f"header declares {width}x{height} = {width * height:,} pixels, more than the limit of "
+            f"{limit:,} (set {MAX_PIXELS_ENV} to raise it)",
+        )
+    return width, height
+
+
 def decode_image_rgb(data: bytes | np.ndarray, source: str | Path = "<bytes>") -> np.ndarray:
-    """Decode encoded image bytes to an RGB uint8 array (H, W, 3); greyscale is expanded to 3 channels."""
-    buf = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes | bytearray) else data
-    if buf.size == 0:
-        raise UnreadableImageError(source, "empty file")
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-    if img is None:
-        raise UnreadableImageError(source, "not a decodable image (truncated or wrong format)")
+    """Decode encoded image bytes to an RGB uint8 array (H, W, 3); grey, 16-bit, RGBA and CMYK images are
+    converted (alpha dropped, 16 bits scaled to 8), animated images give their first frame.
+
+    The header's declared size is checked before OpenCV allocates the pixels; every failure raises
+    :class:`UnreadableImageError` naming ``source``.
+    """
+    raw = bytes(data) if isinstance(data, bytearray | memoryview) else data
+    if isinstance(raw, np.ndarray):
+        raw = raw.tobytes()
+    if len(raw) == 0:
+        raise UnreadableImageError(source, "empty file (0 bytes)")
+    declared_size(raw, source)
+    try:
+        img = cv2.imdecode(np.frombuffer(raw, dtype=np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as exc:
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
+        raise UnreadableImageError(source, f"OpenCV could not decode it ({first})") from None
+    if img is None or img.size == 0:
+        raise UnreadableImageError(source, "not a decodable image (truncated or corrupt pixel data)")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 def read_image_rgb(path: str | Path) -> np.ndarray:
     """Read an image file as RGB uint8 (H, W, 3). Raises FileNotFoundError or UnreadableImageError."""
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"image not found: {p}")
-    try:
-        data = np.fromfile(p, dtype=np.uint8)
-    except OSError as exc:
-        raise UnreadableImageError(p, f"cannot read file ({exc})") from exc
-    return decode_image_rgb(data, p)
+    return decode_image_rgb(read_image_bytes(p), p)
 
 
 def write_image_rgb(path: str | Path, image: np.ndarray, jpeg_quality: int = 95) -> None:

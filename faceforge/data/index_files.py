@@ -29,6 +29,7 @@ takes ``feature="image"`` and, when that key is absent, the only bytes feature o
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -36,10 +37,13 @@ from pathlib import Path
 
 import numpy as np
 
+from faceforge.core.errors import InputError
+from faceforge.data.limits import MAX_CLASSES
+
 TFACE_SHARD_TEMPLATE = "{name}/{name}-{index:05d}.tfrecord"
 
 
-class TFRecordError(ValueError):
+class TFRecordError(InputError):
     """Malformed TFRecord data, CRC mismatch, or malformed Example; the message names file and offset."""
 
 
@@ -105,11 +109,22 @@ def _parse_frame(source: str, offset: int, head: bytes, verify: bool) -> int:
     return length
 
 
+def _check_length(source: str, offset: int, length: int, size: int) -> None:
+    """A record's declared length must fit in the file (checked before ``read`` allocates it)."""
+    if offset + 12 + length + 4 > size:
+        raise TFRecordError(
+            f"{source}: the TFRecord at offset {offset} declares {length} bytes but the file has "
+            f"{max(0, size - offset - 16)} left (truncated or not a TFRecord)"
+        )
+
+
 def read_tfrecord_at(shard_path: str | Path, offset: int, verify: bool = True) -> bytes:
     """The data of the TFRecord starting at byte ``offset`` of ``shard_path`` (CRCs checked if ``verify``)."""
     with open(shard_path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
         f.seek(offset)
         length = _parse_frame(str(shard_path), offset, f.read(12), verify)
+        _check_length(str(shard_path), offset, length, size)
         body = f.read(length + 4)
     return _check_body(str(shard_path), offset, body, length, verify)
 
@@ -334,6 +349,11 @@ def read_index_file(path: str | Path) -> RecordIndex:
                 ) from None
             if tfr_index < 0 or offset < 0 or label < 0:
                 raise ValueError(f"{p}:{line_no}: negative tfr_index, offset or label: {line!r}")
+            if label >= MAX_CLASSES:
+                raise ValueError(
+                    f"{p}:{line_no}: label {label} is not below MAX_CLASSES={MAX_CLASSES} (more identities than "
+                    "any face set; the index is damaged)"
+                )
             sid = shard_of.setdefault((name, tfr_index), len(shard_of))
             shard_ids.append(sid)
             offsets.append(offset)

@@ -20,6 +20,12 @@ insightface ``train.rec`` files (what arcface_torch's ``MXFaceDataset`` reads) p
 key 0 whose label is ``[a, b]``: images are keys ``1 .. a-1`` and keys ``a .. b-1`` are one record per
 identity whose label is the ``[first, last+1)`` image-key range of that identity. Files without that record
 (plain ``im2rec`` output) use every key of the ``.idx``.
+
+Nothing read from a file sizes an allocation before it is checked against the file: ``.idx`` offsets
+must lie inside the ``.rec`` (a negative or past-the-end offset names ``file:line``), a record's length
+must fit in the bytes left after it, record 0's ``a`` cannot announce more images than the index lists,
+and image labels must be whole numbers below the identity count ``b - a`` (or
+:data:`faceforge.data.limits.MAX_CLASSES` without a range record). Every error names the file.
 """
 
 from __future__ import annotations
@@ -35,7 +41,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from faceforge.core.errors import InputError
 from faceforge.data.image_io import UnreadableImageError, decode_image_rgb
+from faceforge.data.limits import MAX_CLASSES, checked_label
 from faceforge.data.samples import Samples
 
 MAGIC = 0xCED7230A
@@ -46,7 +54,7 @@ IR_SIZE = _IR.size  # 24
 _LEN_MASK = (1 << 29) - 1
 
 
-class RecordIOError(ValueError):
+class RecordIOError(InputError):
     """A malformed ``.rec``/``.idx`` file; the message names the file and the offset or line."""
 
 
@@ -166,10 +174,14 @@ def scan_offsets(rec_path: str | Path) -> list[int]:
 # --------------------------------------------------------------------------------------------- reader
 
 
-def read_idx(idx_path: str | Path) -> dict[int, int]:
-    """``key<TAB>offset`` lines -> {key: offset} in file order; errors name file:line."""
+def read_idx(idx_path: str | Path, rec_size: int | None = None) -> dict[int, int]:
+    """``key<TAB>offset`` lines -> {key: offset} in file order; errors name file:line.
+
+    Keys and offsets must be non-negative integers; with ``rec_size`` (bytes of the ``.rec``) every offset
+    must leave room for a record header inside it.
+    """
     index: dict[int, int] = {}
-    with open(idx_path) as f:
+    with open(idx_path, encoding="utf-8", errors="replace") as f:
         for line_no, line in enumerate(f, start=1):
             line = line.strip()
             if not line:
@@ -178,11 +190,19 @@ def read_idx(idx_path: str | Path) -> dict[int, int]:
             if len(parts) < 2:
                 parts = line.split()
             try:
-                index[int(parts[0])] = int(parts[1])
+                key, offset = int(parts[0]), int(parts[1])
             except (ValueError, IndexError):
                 raise RecordIOError(
-                    f"{idx_path}:{line_no}: expected 'key<TAB>offset', got {line!r}"
+                    f"{idx_path}:{line_no}: expected 'key<TAB>offset', got {line[:80]!r}"
                 ) from None
+            if key < 0 or offset < 0:
+                raise RecordIOError(f"{idx_path}:{line_no}: negative key or offset in {line[:80]!r}")
+            if rec_size is not None and offset + _FRAME.size > rec_size:
+                raise RecordIOError(
+                    f"{idx_path}:{line_no}: offset {offset} is past the end of the record file "
+                    f"({rec_size} bytes): the .idx does not belong to this .rec (rebuild it)"
+                )
+            index[key] = offset
     return index
 
 
@@ -200,10 +220,11 @@ class IndexedRecordReader:
         self.rec_path = str(rec_path)
         if not Path(self.rec_path).is_file():
             raise FileNotFoundError(f"record file not found: {self.rec_path}")
+        self.size = os.path.getsize(self.rec_path)
         idx = Path(idx_path) if idx_path is not None else Path(self.rec_path).with_suffix(".idx")
         if idx.is_file():
             self.idx_path: str | None = str(idx)
-            self.index = read_idx(idx)
+            self.index = read_idx(idx, self.size)
         elif idx_path is not None:
             raise FileNotFoundError(f"index file not found: {idx}")
         else:
@@ -231,6 +252,11 @@ class IndexedRecordReader:
         return self._fd
 
     def _pread(self, n: int, offset: int) -> bytes:
+        if offset < 0 or offset + n > self.size:  # checked before os.pread allocates n bytes
+            raise RecordIOError(
+                f"{self.rec_path}: truncated record at offset {offset} (wanted {n} bytes, the file has "
+                f"{self.size})"
+            )
         data = os.pread(self._file(), n, offset)
         if len(data) != n:
             raise RecordIOError(f"{self.rec_path}: truncated record at offset {offset} (wanted {n} bytes)")
@@ -372,20 +398,57 @@ def read_face_rec(
     """
     reader = IndexedRecordReader(rec_path, idx_path)
     keys: np.ndarray | None = None
+    bound = MAX_CLASSES
     if 0 in reader:
-        h0 = reader.read_header(0)
+        h0 = _header(reader, 0)
         if h0.flag > 0:
-            end = int(np.asarray(h0.label).ravel()[0])
+            rng = np.asarray(h0.label, dtype=np.float64).ravel()
+            end = _whole(rng[0], rec_path, "record 0's image range end")
+            if not 1 <= end <= len(reader) + 1:
+                raise RecordIOError(
+                    f"{rec_path}: record 0 announces images 1..{end - 1} but the index lists "
+                    f"{len(reader)} records: the .rec is damaged or not an insightface face .rec"
+                )
             keys = np.arange(1, end, dtype=np.int64)
-            missing = [int(k) for k in keys[:1000] if int(k) not in reader]
+            missing = sorted(set(range(1, end)) - set(reader.index))
             if missing:
                 raise RecordIOError(
                     f"{rec_path}: record 0 announces images 1..{end - 1} but key {missing[0]} is not in the index"
                 )
+            if rng.size > 1:
+                n_ids = _whole(rng[1], rec_path, "record 0's identity range end") - end
+                if not 0 <= n_ids <= len(reader):
+                    raise RecordIOError(
+                        f"{rec_path}: record 0 announces {n_ids} identity records but the index lists "
+                        f"{len(reader)} records"
+                    )
+                bound = n_ids or MAX_CLASSES
     if keys is None:
         keys = np.asarray(reader.keys, dtype=np.int64)
-    labels = np.fromiter((header_label(reader.read_header(int(k))) for k in keys), np.int64, len(keys))
+    labels = np.empty(len(keys), dtype=np.int64)
+    for i, k in enumerate(keys.tolist()):
+        h = _header(reader, k)
+        try:
+            labels[i] = checked_label(h.label if h.flag == 0 else np.asarray(h.label).ravel()[0], bound)
+        except ValueError as exc:
+            raise RecordIOError(f"{rec_path}: record key {k}: {exc}") from None
     return reader, keys, labels
+
+
+def _header(reader: IndexedRecordReader, key: int) -> IRHeader:
+    try:
+        return reader.read_header(key)
+    except RecordIOError as exc:
+        msg = str(exc)
+        raise RecordIOError(
+            msg if reader.rec_path in msg else f"{reader.rec_path}[key {key}]: {msg}"
+        ) from None
+
+
+def _whole(value: float, rec_path: str | Path, what: str) -> int:
+    if not np.isfinite(value) or value != int(value) or abs(value) > 2**53:
+        raise RecordIOError(f"{rec_path}: {what} is {value!r}, not a whole number")
+    return int(value)
 
 
 def _image_ext(data: bytes) -> str | None:

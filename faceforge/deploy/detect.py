@@ -24,9 +24,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from faceforge.core.errors import InputError
 from faceforge.core.registry import Registry
 
 YUNET_MODEL_NAME = "face_detection_yunet_2026may.onnx"
+#: YuNet's coarsest feature stride: smaller inputs are padded to it
+YUNET_MIN_INPUT = 32
 
 SELECT_POLICIES = ("largest", "central", "all")
 #: where YuNet's five points come from: its own head, or dlib's 68-point predictor run on its box
@@ -83,13 +86,45 @@ def default_yunet_model() -> Path:
     )
 
 
+#: detectors refuse images narrower or lower than this (nothing to search; OpenCV's resize needs 2 px)
+MIN_SEARCH_SIDE = 2
+
+
+class ImageTooSmallError(InputError):
+    """An image too small for a detector to search (a folder job lists it and goes on)."""
+
+
 def _check_rgb(image: np.ndarray) -> np.ndarray:
     img = np.asarray(image)
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
         raise ValueError(f"expected an RGB uint8 image of shape (H, W, 3), got {img.dtype} {img.shape}")
-    if img.shape[0] < 2 or img.shape[1] < 2:
-        raise ValueError(f"image of shape {img.shape} is too small to search for faces")
+    if img.shape[0] < MIN_SEARCH_SIDE or img.shape[1] < MIN_SEARCH_SIDE:
+        raise ImageTooSmallError(
+            f"{img.shape[1]}x{img.shape[0]} pixels is too small to search for faces "
+            f"(at least {MIN_SEARCH_SIDE}x{MIN_SEARCH_SIDE})"
+        )
     return img
+
+
+def finite_detections(dets: Sequence[Detection], image_shape: Sequence[int] | None = None) -> list[Detection]:
+    """The detections that can be faces: finite box, score and landmarks, a box of positive size, and
+    (given ``image_shape``) a box centre inside the image.
+
+    YuNet returns rows of NaN/inf, or huge values with an empty box and score 1, on images smaller than
+    its coarsest stride (e.g. 5x1000 or 2x2 pixels); they are no faces.
+    """
+    out = []
+    for d in dets:
+        if not (np.isfinite(d.score) and np.all(np.isfinite(d.box)) and np.all(np.isfinite(d.landmarks))):
+            continue
+        if d.box[2] <= d.box[0] or d.box[3] <= d.box[1]:
+            continue
+        if image_shape is not None:
+            cx, cy = d.center
+            if not (0 <= cx <= image_shape[1] and 0 <= cy <= image_shape[0]):
+                continue
+        out.append(d)
+    return out
 
 
 def resize_for_search(image: np.ndarray, max_side: int, min_side: int = 0) -> tuple[np.ndarray, float, float]:
@@ -176,6 +211,10 @@ class YuNetDetector:
     def __call__(self, image: np.ndarray) -> list[Detection]:
         img, sx, sy = resize_for_search(_check_rgb(image), self.max_side, self.min_side)
         bgr = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+        if bgr.shape[0] < YUNET_MIN_INPUT or bgr.shape[1] < YUNET_MIN_INPUT:
+            # below its coarsest stride YuNet returns garbage: pad with black (no face can be there)
+            bottom, right = (max(0, YUNET_MIN_INPUT - n) for n in bgr.shape[:2])
+            bgr = cv2.copyMakeBorder(bgr, 0, bottom, 0, right, cv2.BORDER_CONSTANT, value=(0, 0, 0))
         dh, dw = bgr.shape[:2]
         with self._lock:
             self._net.setInputSize((dw, dh))
@@ -184,12 +223,15 @@ class YuNetDetector:
             return []
         dets = []
         for row in np.asarray(faces, dtype=np.float64):
+            if not np.all(np.isfinite(row[:15])):
+                continue  # YuNet's NaN/inf rows on very thin images
             x, y, bw, bh = row[:4]
             box = np.array([x * sx, y * sy, (x + bw) * sx, (y + bh) * sy])
             lmk = row[4:14].reshape(5, 2) * np.array([sx, sy])
             if self._refine is not None:
                 lmk = self._refine(image, box)
             dets.append(Detection(box=box, score=float(row[14]), landmarks=lmk))
+        dets = finite_detections(dets, image.shape)
         dets.sort(key=lambda d: -d.score)
         return dets
 

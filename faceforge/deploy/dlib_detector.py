@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from faceforge.deploy.detect import DETECTORS, Detection, _check_rgb
+from faceforge.deploy.detect import DETECTORS, Detection, _check_rgb, finite_detections
 
 MODELS = ("hog", "cnn")
 DEFAULT_MIN_SCORE = 0.5  # margin 0: dlib's own threshold
@@ -88,6 +88,7 @@ class DlibDetector:
                     [rect.left(), rect.top(), rect.right() + 1, rect.bottom() + 1], dtype=np.float64
                 )
                 dets.append(Detection(box=box, score=float(1.0 / (1.0 + np.exp(-margin))), landmarks=pts))
+        dets = finite_detections(dets, image.shape)
         dets.sort(key=lambda d: -d.score)
         return dets
 

@@ -247,7 +247,7 @@ def export_onnx(
     thousands, where fp32 rounding alone exceeds any fixed absolute bound): the export fails with a
     RuntimeError, and leaves no file, when ``max_abs_diff > tolerance * max(1, max |embedding|)``.
     """
-    from faceforge.core.checkpoint import load_checkpoint
+    from faceforge.core.checkpoint import check_model_meta, load_checkpoint
     from faceforge.embedders.checkpoint import backbone_from_checkpoint
 
     onnx, ort = _require_onnx()
@@ -260,9 +260,10 @@ def export_onnx(
         raise ValueError(f"the output file should end in .onnx, got {target}")
 
     ckpt = load_checkpoint(ckpt_path)
+    check_model_meta(ckpt, ckpt_path, require=True)
     meta = ckpt["meta"]
     preprocess = Preprocess.from_dict(meta["preprocess"])
-    model = backbone_from_checkpoint(ckpt).float().eval()
+    model = backbone_from_checkpoint(ckpt, ckpt_path).float().eval()
     embedding_size = int(meta["embedding_size"])
     s = preprocess.input_size
     example = torch.zeros(_EXAMPLE_BATCH if dynamic else int(batch), 3, s, s)

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from faceforge.deploy.detect import DETECTORS, Detection, _check_rgb, resize_for_search
+from faceforge.deploy.detect import DETECTORS, Detection, _check_rgb, finite_detections, resize_for_search
 from faceforge.deploy.model_files import find_model_dir
 
 
@@ -285,5 +285,6 @@ class MTCNNDetector:
         for box, p, pts in zip(boxes, probs, points, strict=True):
             b = np.array([(box[0] - 1) * sx, (box[1] - 1) * sy, box[2] * sx, box[3] * sy])
             dets.append(Detection(box=b, score=float(p), landmarks=pts * np.array([sx, sy])))
+        dets = finite_detections(dets, image.shape)
         dets.sort(key=lambda d: -d.score)
         return dets

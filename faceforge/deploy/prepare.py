@@ -13,10 +13,17 @@ Outputs:
   ``out/train.rec`` + ``out/train.idx`` in insightface's layout; labels are the identity folders that got at
   least one face, numbered contiguously in sorted order (``out/labels.txt``: ``label<TAB>identity``).
 
+Output names follow :mod:`faceforge.data.output_names`: photos of one folder that differ only in their
+extension (``a.jpg``, ``a.png``) are written as ``a_jpg.jpg`` and ``a_png.jpg`` (listed in ``renamed``)
+instead of one overwriting or hiding the other.
+
 ``out/prepare_report.json`` lists photos with no face above ``min_score`` (``no_face``), photos with more
-than one such face when only one is kept (``several_faces``; the chosen face is still written) and photos
-that cannot be decoded (``unreadable``, with the reason). Outputs that already exist are kept, so running
-the same command again resumes an interrupted job.
+than one such face when only one is kept (``several_faces``; the chosen face is still written), photos that
+cannot be read or decoded (``unreadable``: empty, truncated, not an image, larger than the pixel limit,
+broken symbolic links, FIFOs, ...; with the reason), photos too small for the detector to search
+(``too_small``), photos whose detected landmarks give no usable alignment (``bad_landmarks``) and photos
+whose output name is taken (``name_taken``). One bad photo never stops the job. Outputs that already exist
+are kept, so running the same command again resumes an interrupted job.
 """
 
 from __future__ import annotations
@@ -29,10 +36,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from faceforge.data.align import TEMPLATE_NAME, template_for_size, warp_face
+from faceforge.data.align import TEMPLATE_NAME, LandmarksError, template_for_size, warp_face
 from faceforge.data.files import list_images
 from faceforge.data.image_io import UnreadableImageError, read_image_rgb, write_image_rgb
-from faceforge.deploy.detect import SELECT_POLICIES, FaceDetector, select_faces
+from faceforge.data.output_names import output_names
+from faceforge.deploy.detect import SELECT_POLICIES, FaceDetector, ImageTooSmallError, select_faces
 
 REPORT_NAME = "prepare_report.json"
 OUT_FORMATS = ("folder", "rec")
@@ -59,6 +67,10 @@ class PrepareReport:
     no_face: list[str] = field(default_factory=list)
     several_faces: list[dict] = field(default_factory=list)
     unreadable: list[dict[str, str]] = field(default_factory=list)
+    too_small: list[dict[str, str]] = field(default_factory=list)
+    bad_landmarks: list[dict[str, str]] = field(default_factory=list)
+    name_taken: list[dict[str, str]] = field(default_factory=list)
+    renamed: list[dict[str, str]] = field(default_factory=list)
     rec: str | None = None
     idx: str | None = None
     rec_images: int = 0
@@ -66,7 +78,13 @@ class PrepareReport:
 
     @property
     def skipped(self) -> int:
-        return len(self.no_face) + len(self.unreadable)
+        return (
+            len(self.no_face)
+            + len(self.unreadable)
+            + len(self.too_small)
+            + len(self.bad_landmarks)
+            + len(self.name_taken)
+        )
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -138,20 +156,23 @@ def prepare_folder(
     name = detector_name or getattr(detector, "name", None) or type(detector).__name__
     report = PrepareReport(str(src), str(out), name, select, size, out_format, float(min_score))
     report.images = len(files)
+    names = output_names([p.relative_to(base) for p in files], ".jpg")
+    report.renamed, report.name_taken = names.renamed, names.refused
     previous = _previous_several(out)
     written: dict[str, list[Path]] = {}  # relative photo path -> its aligned face files
 
     for path in tqdm(files, desc="prepare", unit="img", disable=not progress):
-        rel = path.relative_to(base)
-        key = rel.as_posix()
-        single = (faces_root / rel).with_suffix(".jpg")
+        key = path.relative_to(base).as_posix()
+        if key not in names.outputs:
+            continue  # output name taken: listed in name_taken
+        single = faces_root / names.outputs[key]
         if not overwrite:
             if select == "all":
-                existing = _existing_multi(single.parent, rel.stem)
+                existing = _existing_multi(single.parent, single.stem)
             else:
                 existing = [single] if single.exists() else []
             # with "all", faces are written last-to-first, so face 0 existing means the photo is complete
-            if existing and (select != "all" or existing[0].name == f"{rel.stem}_0.jpg"):
+            if existing and (select != "all" or existing[0].name == f"{single.stem}_0.jpg"):
                 report.kept_existing += 1
                 written[key] = existing
                 if key in previous:
@@ -159,22 +180,33 @@ def prepare_folder(
                 continue
         try:
             img = read_image_rgb(path)
-        except UnreadableImageError as exc:
-            report.unreadable.append({"file": key, "reason": exc.reason})
+        except (UnreadableImageError, OSError) as exc:  # OSError: the file vanished since it was listed
+            reason = exc.reason if isinstance(exc, UnreadableImageError) else str(exc)
+            report.unreadable.append({"file": key, "reason": reason})
             continue
-        dets = [d for d in detector(img) if d.score >= min_score]
+        try:
+            found = detector(img)
+        except ImageTooSmallError as exc:
+            report.too_small.append({"file": key, "reason": str(exc)})
+            continue
+        dets = [d for d in found if d.score >= min_score]
         chosen = select_faces(dets, img.shape, select)
         if not chosen:
             report.no_face.append(key)
             continue
+        try:
+            faces = [warp_face(img, det.landmarks, size) for det in chosen]
+        except LandmarksError as exc:
+            report.bad_landmarks.append({"file": key, "reason": f"the detector's landmarks: {exc}"})
+            continue
         if select != "all" and len(dets) > 1:
             report.several_faces.append({"file": key, "faces": len(dets), "chosen": chosen[0].to_dict()})
         if select == "all":
-            targets = [single.with_name(f"{rel.stem}_{k}.jpg") for k in range(len(chosen))]
+            targets = [single.with_name(f"{single.stem}_{k}.jpg") for k in range(len(chosen))]
         else:
             targets = [single]
-        for target, det in reversed(list(zip(targets, chosen, strict=True))):
-            write_image_rgb(target, warp_face(img, det.landmarks, size))
+        for target, face in reversed(list(zip(targets, faces, strict=True))):
+            write_image_rgb(target, face)
         report.aligned_images += 1
         report.faces_written += len(targets)
         written[key] = targets

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from faceforge.data.image_io import UnreadableImageError, decode_image_rgb
+from faceforge.data.image_io import UnreadableImageError, decode_image_rgb, read_image_bytes
 
 __all__ = [
     "EmbeddingStore",
@@ -203,8 +203,8 @@ def cached_embed(
     """Embed ``n`` items through the cache.
 
     ``keys`` (if known without loading, e.g. faces in a ``.bin``) lets cached items skip loading;
-    otherwise ``load(i)`` returns the key and a decoder, called on cache misses only.  Rows of unreadable items are NaN and
-    their errors are returned.  ``stats`` (if given) receives ``cached`` and ``computed`` counts.
+    otherwise ``load(i)`` returns the key and a decoder, called on cache misses only.  Rows of unreadable items and of
+    images whose size is not the model's input size are NaN and their errors are returned.  ``stats`` (if given) receives ``cached`` and ``computed`` counts.
     """
     out = np.full((n, embedder.embedding_size), np.nan, dtype=np.float32)
     failed: list[str] = []
@@ -233,10 +233,8 @@ def cached_embed(
                     failed.append(where)
                     continue
                 if img.shape[:2] != (size, size):
-                    raise ValueError(
-                        f"{where} is {img.shape[1]}x{img.shape[0]} but the model takes aligned "
-                        f"{size}x{size} faces: align the images first ('faceforge align')"
-                    )
+                    failed.append(f"{where}: {wrong_size_reason(img, size)}")
+                    continue
                 faces.append(img)
                 rows.append(i)
                 row_keys.append(key)
@@ -268,12 +266,22 @@ def cached_embed(
     return out, failed
 
 
+def wrong_size_reason(img: np.ndarray, size: int) -> str:
+    """Why an image of another size than the model's input is left out (one bad file never ends a run)."""
+    return (
+        f"is {img.shape[1]}x{img.shape[0]} but the model takes aligned {size}x{size} faces "
+        "(align the images first: 'faceforge align' or 'faceforge prepare')"
+    )
+
+
 def _path_loader(paths: Sequence[str | Path]) -> Loader:
     def load(i: int) -> tuple[str | None, Decode]:
         p = Path(paths[i])
-        if not p.is_file():
-            raise FileNotFoundError(f"image not found: {p}")
-        data = p.read_bytes()
+        try:
+            data = read_image_bytes(p)
+        except UnreadableImageError as exc:
+            error = f"{exc.path}: {exc.reason}"
+            return None, lambda: (None, error)
 
         def decode() -> tuple[np.ndarray | None, str]:
             try:

@@ -8,17 +8,54 @@ from typing import Any
 import numpy as np
 import torch
 
-from faceforge.core.checkpoint import load_checkpoint
+from faceforge.core.checkpoint import CheckpointError, check_model_meta, load_checkpoint
 from faceforge.core.hashing import file_sha256
 from faceforge.core.precision import autocast, resolve_device, resolve_precision
 from faceforge.data.preprocess import Preprocess
 from faceforge.embedders.base import EMBEDDERS
-from faceforge.models.backbones import build_backbone
+from faceforge.models.backbones import BACKBONES, build_backbone
 
 
-def backbone_from_checkpoint(ckpt: dict[str, Any]) -> torch.nn.Module:
+def backbone_from_checkpoint(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> torch.nn.Module:
+    """Build the backbone the metadata names and load its weights.
+
+    The metadata is checked against the weights *before* anything is allocated: the backbone is first
+    built on PyTorch's ``meta`` device (shapes only, no memory), and its parameter names and shapes and its
+    output size must match the stored tensors and ``meta.embedding_size``. So a file whose metadata says
+    ``embedding_size=1e9`` (or a width the weights do not have) is refused with :class:`CheckpointError`
+    naming ``path`` instead of trying a multi-terabyte allocation. ``ckpt`` comes from
+    :func:`faceforge.core.checkpoint.load_checkpoint`, which has already checked the metadata's types.
+    """
+    check_model_meta(ckpt, path, require=True)
     meta = ckpt["meta"]["backbone"]
-    model = build_backbone(meta["name"], **meta.get("kwargs", {}))
+    name, kwargs = meta["name"], dict(meta.get("kwargs", {}))
+    fix = "the file is damaged or its metadata was edited; use the model.pt written by 'faceforge train'"
+    if name not in BACKBONES:
+        raise CheckpointError(
+            f"{path}: unknown backbone {name!r} in its metadata (known: {BACKBONES.names()})"
+        )
+    try:
+        with torch.device("meta"):
+            skeleton = build_backbone(name, **kwargs)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(
+            f"{path}: its metadata asks for {name} with {kwargs}, which cannot be built ({exc})"
+        ) from None
+    want = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in ckpt["backbone"].items()}
+    diff = next((k for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k)), None)
+    if diff is not None:
+        raise CheckpointError(
+            f"{path}: the weights do not fit the {name} {kwargs} its metadata names (parameter {diff}: "
+            f"{have.get(diff, 'missing')} stored, {want.get(diff, 'not expected')} expected); {fix}"
+        )
+    out = int(getattr(skeleton, "embedding_size", ckpt["meta"]["embedding_size"]))
+    if out != ckpt["meta"]["embedding_size"]:
+        raise CheckpointError(
+            f"{path}: metadata says embedding_size={ckpt['meta']['embedding_size']} but the {name} weights give "
+            f"{out}-d embeddings; {fix}"
+        )
+    model = build_backbone(name, **kwargs)
     model.load_state_dict(ckpt["backbone"])
     return model.eval()
 
@@ -30,11 +67,14 @@ class CheckpointEmbedder:
     ):
         self.path = Path(source)
         ckpt = load_checkpoint(self.path)
+        check_model_meta(ckpt, self.path, require=True)
         self.meta = ckpt["meta"]
         self.preprocess = Preprocess.from_dict(self.meta["preprocess"])
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
-        self.model = backbone_from_checkpoint(ckpt).to(self.device).to(memory_format=torch.channels_last)
+        self.model = (
+            backbone_from_checkpoint(ckpt, self.path).to(self.device).to(memory_format=torch.channels_last)
+        )
         self.embedding_size = int(self.meta["embedding_size"])
         self.input_size = self.preprocess.input_size
         self.batch_size = batch_size

@@ -32,7 +32,12 @@ import numpy as np
 
 from faceforge.embedders.cache import cached_embed_paths
 from faceforge.eval.kinds import BENCHMARK_KINDS, BenchmarkSpec, BenchmarkSpecError, RunContext
-from faceforge.eval.kinds.base import embedding_settings_record, file_sha256, folder_checksum
+from faceforge.eval.kinds.base import (
+    DEFAULT_MIN_VALID_FRACTION,
+    embedding_settings_record,
+    file_sha256,
+    folder_checksum,
+)
 from faceforge.eval.kinds.pairs import verification_record
 
 __all__ = [
@@ -90,8 +95,12 @@ def run_benchmarks(
     image_ext: str = ".jpg",
     batch_size: int = 128,
     progress: bool = True,
+    min_valid_fraction: float = DEFAULT_MIN_VALID_FRACTION,
 ) -> dict[str, Any]:
     """Run every benchmark; returns the run record (also ``out_dir/result.json`` when ``out_dir`` is given).
+
+    Pairs (images) with an unreadable image are left out; a benchmark where fewer than
+    ``min_valid_fraction`` of them can be scored fails (:func:`faceforge.eval.kinds.base.check_valid`).
 
     Run record: ``format``, ``model`` (``describe()``), ``settings`` (flip, normalisation, cache),
     ``benchmarks`` ``{name: record}`` in spec order, ``embedding`` (images embedded vs taken from the
@@ -171,6 +180,7 @@ def run_benchmarks(
             rows=rows,
             norms=norms,
             failed_in=failed_in,
+            min_valid_fraction=min_valid_fraction,
         )
         plot_dir = out / _slug(name) if out is not None else None
         rec: dict[str, Any] = {"name": name, "spec": b.spec, "kind": b.kind}
@@ -183,7 +193,7 @@ def run_benchmarks(
         "format": RESULT_FORMAT,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "model": model,
-        "settings": embedding_settings_record(flip, cache_dir),
+        "settings": {**embedding_settings_record(flip, cache_dir), "min_valid_fraction": float(min_valid_fraction)},
         "embedding": {
             "images_embedded": stats.get("computed", 0),
             "images_from_cache": stats.get("cached", 0),

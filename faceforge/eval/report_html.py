@@ -2,6 +2,12 @@
 
 Plots are embedded as base64 PNG, so the page can be mailed or archived alone.  With several runs a
 comparison table per benchmark puts the headline numbers side by side (best value in bold).
+
+A result file may come from someone else, and the paths in its ``plots`` are only text: a plot is
+embedded only if it resolves (symbolic links followed) to a file inside the result file's own folder (for
+a record without a source file, the folder the page is written to), is at most 20 MB, starts like a PNG or
+JPEG file and is a whole image to Pillow. Anything else (``/etc/passwd``, ``../x.png``, a link out of the
+folder, a text file named ``.png``) is not read further and is noted on the page with the reason.
 Understands run records from :func:`faceforge.eval.benchmarks.run_benchmarks` and the older
 single-benchmark records (one pairs benchmark at the top level) that faceforge 0.1's training wrote.
 """
@@ -88,19 +94,54 @@ def _fmt(v: Any) -> str:
     return html.escape(str(v))
 
 
-def _img(path: str | None, run: dict[str, Any]) -> str:
+MAX_PLOT_BYTES = 20 << 20
+_IMAGE_SIGNATURES = {b"\x89PNG\r\n\x1a\n": "image/png", b"\xff\xd8\xff": "image/jpeg"}
+
+
+def _plot_root(run: dict[str, Any], page_dir: Path) -> Path:
+    """The folder a run's plots must be in: its result file's folder, else the page's folder."""
+    src = run.get("_source")
+    return (Path(src).parent if src else page_dir).resolve()
+
+
+def _embeddable(path: str, run: dict[str, Any], page_dir: Path) -> tuple[Path | None, str, str]:
+    """``(file, mime type, "")`` for a plot that may be embedded, else ``(None, "", why not)``."""
+    root = _plot_root(run, page_dir)
+    p = Path(path)
+    candidates = [p] if p.is_absolute() else [p, root / p, root / p.parent.name / p.name]
+    existing = [c for c in candidates if c.is_file()]
+    if not existing:
+        return None, "", "file missing"
+    inside = [c.resolve() for c in existing if c.resolve().is_relative_to(root)]
+    if not inside:
+        return None, "", f"outside the result's folder {root}"
+    f = inside[0]
+    if f.stat().st_size > MAX_PLOT_BYTES:
+        return None, "", f"larger than {MAX_PLOT_BYTES >> 20} MB"
+    with open(f, "rb") as fh:
+        head = fh.read(8)
+    mime = next((m for sig, m in _IMAGE_SIGNATURES.items() if head.startswith(sig)), None)
+    if mime is None:
+        return None, "", "not a PNG or JPEG image"
+    try:
+        from PIL import Image
+
+        with Image.open(f) as im:
+            im.verify()
+    except Exception as exc:  # Pillow raises many types on damaged or spoofed files
+        return None, "", f"not a PNG or JPEG image ({type(exc).__name__})"
+    return f, mime, ""
+
+
+def _img(path: str | None, run: dict[str, Any], page_dir: Path, skipped: list[str]) -> str:
     if not path:
         return ""
-    p = Path(path)
-    candidates = [p]
-    if run.get("_source") and not p.is_absolute():
-        base = Path(run["_source"]).parent
-        candidates += [base / p, base / p.parent.name / p.name]
-    for c in candidates:
-        if c.is_file():
-            data = base64.b64encode(c.read_bytes()).decode()
-            return f'<img alt="{html.escape(c.name)}" src="data:image/png;base64,{data}">'
-    return f'<span class="muted">plot missing: {html.escape(str(path))}</span>'
+    f, mime, why = _embeddable(str(path), run, page_dir)
+    if f is None:
+        skipped.append(f"{path}: {why}")
+        return f'<span class="muted">plot not embedded: {html.escape(str(path))} ({html.escape(why)})</span>'
+    data = base64.b64encode(f.read_bytes()).decode()
+    return f'<img alt="{html.escape(f.name)}" src="data:{mime};base64,{data}">'
 
 
 def _kv_table(d: dict[str, Any]) -> str:
@@ -145,16 +186,23 @@ def _comparison(name: str, runs: list[dict[str, Any]], labels: list[str]) -> str
 
 
 def write_html_report(
-    results: Sequence[dict[str, Any]], out_html: str | Path, title: str = "faceforge evaluation"
+    results: Sequence[dict[str, Any]],
+    out_html: str | Path,
+    title: str = "faceforge evaluation",
+    skipped: list[str] | None = None,
 ) -> Path:
     """Write one self-contained HTML page for one or several run records; returns its path.
 
     Sections: the runs (model and run settings), then one section per benchmark name found in any
     run, with a side-by-side table of the headline numbers (best in bold when there are several runs),
-    each run's dataset description and settings, and its plots.
+    each run's dataset description and settings, and its plots (embedded under the rules of the module
+    docstring; ``skipped``, if given, receives ``"<path>: <reason>"`` for every plot left out).
     """
     if not results:
         raise ValueError("no results to report")
+    skipped = [] if skipped is None else skipped
+    out = Path(out_html)
+    page_dir = out.parent
     runs = [normalise_run(r) for r in results]
     labels = [_run_label(r, i) for i, r in enumerate(runs)]
     names: list[str] = []
@@ -194,10 +242,14 @@ def write_html_report(
                 + "</details>"
             )
             plots = rec.get("plots") or {}
-            if plots:
-                parts.append('<div class="plots">' + "".join(_img(p, r) for p in plots.values()) + "</div>")
+            if isinstance(plots, dict) and plots:
+                imgs = "".join(_img(str(p), r, page_dir, skipped) for p in plots.values())
+                parts.append(f'<div class="plots">{imgs}</div>')
+    if skipped:
+        parts.append("<h2>Plots not embedded</h2><ul>")
+        parts.extend(f"<li>{html.escape(s)}</li>" for s in skipped)
+        parts.append("</ul>")
     parts.append("</body></html>")
-    out = Path(out_html)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(parts), encoding="utf-8")
     return out

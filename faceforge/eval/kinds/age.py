@@ -35,6 +35,8 @@ from faceforge.eval.kinds.base import (
     BenchmarkKind,
     BenchmarkSpec,
     RunContext,
+    TooFewValidError,
+    check_valid,
     file_sha256,
     folder_checksum,
     require_dir,
@@ -99,6 +101,8 @@ class FgnetKind(BenchmarkKind):
         files = plan["files"]
         emb = ctx.rows(files)
         ok = ~np.isnan(emb).any(1)
+        unreadable = ctx.failed_in(files)
+        validity = check_valid(ctx.name, int(ok.sum()), ok.size, "images", ctx.min_valid_fraction, unreadable)
         names = [Path(f).name for f, k in zip(files, ok, strict=True) if k]
         res = fgnet_leave_one_out(emb[ok], names=names, age_edges=FGNET_AGE_EDGES)
         rec: dict[str, Any] = {
@@ -109,8 +113,9 @@ class FgnetKind(BenchmarkKind):
                 "images_checksum_rule": CHECKSUM_RULE_ALL,
                 "n_images": len(files),
                 "files_without_fgnet_name": plan["not_fgnet_names"],
-                "unreadable_images": ctx.failed_in(files),
+                "unreadable_images": unreadable,
             },
+            "validity": validity,
             "fgnet": res,
             "summary": {
                 "rank-1": res["rank1"],
@@ -125,6 +130,7 @@ class FgnetKind(BenchmarkKind):
                 "age_bands": [v if v != float("inf") else None for v in FGNET_AGE_EDGES],
                 **ctx.preprocess_settings(),
                 "unreadable_images": "left out",
+                "min_valid_fraction": ctx.min_valid_fraction,
             },
         }
         if plot_dir is not None:
@@ -178,13 +184,24 @@ class _PairsListKind(BenchmarkKind):
         }
 
     @staticmethod
-    def pair_rows(plan: dict[str, Any], ctx: RunContext) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Embeddings of the two sides (unreadable images: zero rows, cosine 0) and the labels."""
-        emb = np.nan_to_num(ctx.rows(plan["unique_files"]))
+    def pair_rows(
+        plan: dict[str, Any], ctx: RunContext
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Embeddings of the two sides of the scorable pairs, their labels, the mask of scorable pairs
+        over the list and the ``validity`` entry (pairs with an unreadable image are left out)."""
+        emb = ctx.rows(plan["unique_files"])
         index = {n: i for i, n in enumerate(plan["names"])}
         a = emb[[index[p[0]] for p in plan["pairs"]]]
         b = emb[[index[p[1]] for p in plan["pairs"]]]
-        return a, b, np.array([p[2] for p in plan["pairs"]], dtype=bool)
+        ok = ~(np.isnan(a).any(1) | np.isnan(b).any(1))
+        unreadable = ctx.failed_in(plan["unique_files"])
+        validity = check_valid(ctx.name, int(ok.sum()), ok.size, "pairs", ctx.min_valid_fraction, unreadable)
+        if int(ok.sum()) < ctx.n_folds:
+            raise TooFewValidError(
+                f"{ctx.name}: {int(ok.sum())} scorable pairs cannot be split into {ctx.n_folds} folds"
+            )
+        y = np.array([p[2] for p in plan["pairs"]], dtype=bool)
+        return a[ok], b[ok], y[ok], ok, validity
 
 
 @BENCHMARK_KINDS.register("cacdvs")
@@ -198,10 +215,13 @@ class CacdVsKind(_PairsListKind):
     def run(
         self, b: BenchmarkSpec, plan: dict[str, Any], ctx: RunContext, plot_dir: Path | None
     ) -> dict[str, Any]:
-        emb = np.nan_to_num(ctx.rows(plan["unique_files"]))
-        res = cacd_vs_accuracy(emb, plan["names"], plan["pairs"], n_folds=ctx.n_folds)
+        a, bb, y, ok, validity = self.pair_rows(plan, ctx)
+        emb = np.nan_to_num(ctx.rows(plan["unique_files"]))  # rows of left-out pairs are never read
+        pairs = [p for p, k in zip(plan["pairs"], ok, strict=True) if k]
+        res = cacd_vs_accuracy(emb, plan["names"], pairs, n_folds=ctx.n_folds)
         rec: dict[str, Any] = {
             "benchmark": self.info(b, plan, ctx),
+            "validity": validity,
             "cacdvs": res,
             "summary": {"accuracy": res["accuracy_mean"], "accuracy_std": res["accuracy_std"]},
             "settings": {
@@ -209,11 +229,11 @@ class CacdVsKind(_PairsListKind):
                 "distance": "squared L2 on normalised embeddings",
                 "n_folds": ctx.n_folds,
                 **ctx.preprocess_settings(),
-                "unreadable_images": "zero embedding (cosine 0), listed",
+                "unreadable_images": "pairs left out, listed",
+                "min_valid_fraction": ctx.min_valid_fraction,
             },
         }
         if plot_dir is not None:
-            a, bb, y = self.pair_rows(plan, ctx)
             cos = np.sum(a * bb, axis=1)
             rec["plots"] = {
                 "scores": str(
@@ -234,8 +254,8 @@ class AgeGapKind(_PairsListKind):
     def run(
         self, b: BenchmarkSpec, plan: dict[str, Any], ctx: RunContext, plot_dir: Path | None
     ) -> dict[str, Any]:
-        a, bb, y = self.pair_rows(plan, ctx)
-        ages = np.array([(p[3], p[4]) for p in plan["pairs"]], dtype=np.float64)
+        a, bb, y, ok, validity = self.pair_rows(plan, ctx)
+        ages = np.array([(p[3], p[4]) for p in plan["pairs"]], dtype=np.float64)[ok]
         res = age_gap_verification(
             squared_l2(a, bb), y, ages[:, 0], ages[:, 1], DEFAULT_AGE_EDGES, ctx.n_folds
         )
@@ -245,6 +265,7 @@ class AgeGapKind(_PairsListKind):
         rec: dict[str, Any] = {
             "benchmark": self.info(b, plan, ctx),
             "agegap": res,
+            "validity": validity,
             "summary": summary,
             "settings": {
                 "protocol": "age-gap verification",
@@ -253,7 +274,8 @@ class AgeGapKind(_PairsListKind):
                 "distance": "squared L2 on normalised embeddings",
                 "n_folds": ctx.n_folds,
                 **ctx.preprocess_settings(),
-                "unreadable_images": "zero embedding (cosine 0), listed",
+                "unreadable_images": "pairs left out, listed",
+                "min_valid_fraction": ctx.min_valid_fraction,
             },
         }
         if plot_dir is not None:

@@ -8,6 +8,14 @@ A kind (``lfw``, ``bin``, ``ijb``, ...) is a class registered in :data:`BENCHMAR
    embedding pass through the cache;
 4. runs its protocol on the embeddings and returns its record (``benchmark`` with checksums,
    ``settings``, ``summary``, the protocol output and ``plots``).
+
+Unreadable images (and images whose size is not the model's) are never scored as anything: a pair with
+one is left out of the protocol, a folder image is left out of its folder. :func:`check_valid` then
+demands that at least ``min_valid_fraction`` of the pairs (images) are left (default
+:data:`DEFAULT_MIN_VALID_FRACTION` = 0.95, ``faceforge eval --min-valid``) and at least one in any case,
+else the benchmark fails with :class:`TooFewValidError`: a number computed on what little is left of a
+broken set would be printed as if it measured the set. The counts and the fraction go into the record's
+``validity`` and the fraction into its ``settings``.
 """
 
 from __future__ import annotations
@@ -20,17 +28,21 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from faceforge.core.errors import InputError
 from faceforge.core.hashing import file_sha256
 from faceforge.core.registry import Registry
 from faceforge.data.files import list_images
 
 __all__ = [
     "BENCHMARK_KINDS",
+    "DEFAULT_MIN_VALID_FRACTION",
     "NORMALISATION",
     "BenchmarkKind",
     "BenchmarkSpec",
     "BenchmarkSpecError",
     "RunContext",
+    "TooFewValidError",
+    "check_valid",
     "embedding_settings_record",
     "file_sha256",
     "flip_text",
@@ -62,6 +74,9 @@ class BenchmarkKind:
 
 
 BENCHMARK_KINDS: Registry[BenchmarkKind] = Registry("benchmark kind")
+
+#: the smallest share of a benchmark's pairs (or images) that must be readable for it to give a number
+DEFAULT_MIN_VALID_FRACTION = 0.95
 
 
 def accepted_forms() -> str:
@@ -105,10 +120,42 @@ class RunContext:
     rows: Callable[[Sequence[str]], np.ndarray]  # L2-normalised embeddings of planned files (NaN: unreadable)
     norms: Callable[[Sequence[str]], np.ndarray]  # norms of the raw (flip-summed) embeddings
     failed_in: Callable[[Sequence[str]], list[str]]  # unreadable files among these, with reasons
+    min_valid_fraction: float = DEFAULT_MIN_VALID_FRACTION
 
     def preprocess_settings(self) -> dict[str, Any]:
         pre = self.model.get("preprocess", {})
         return {"flip": flip_text(self.flip), "alignment": pre.get("alignment"), "colour": pre.get("colour")}
+
+
+class TooFewValidError(InputError):
+    """A benchmark whose pairs (or images) are mostly or all unreadable: no number is given for it."""
+
+
+def check_valid(
+    name: str, valid: int, total: int, unit: str, min_fraction: float, failed: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Raise :class:`TooFewValidError` unless ``valid`` of ``total`` ``unit`` (pairs or images) reach
+    ``min_fraction`` (and at least one); else return the record's ``validity`` entry."""
+    example = f"; e.g. {failed[0]}" if failed else ""
+    listed = f" ({len(failed)} unreadable image(s){example})" if failed else ""
+    if valid == 0:
+        raise TooFewValidError(
+            f"{name}: none of its {total} {unit} can be scored{listed}; no number is given for it. "
+            "Fix or re-align the images"
+        )
+    if valid < min_fraction * total:
+        raise TooFewValidError(
+            f"{name}: only {valid} of {total} {unit} ({100 * valid / total:.1f} %) can be scored{listed}, "
+            f"fewer than --min-valid {min_fraction:g}. Fix the images, or lower --min-valid to score the rest"
+        )
+    return {
+        "unit": unit,
+        "total": int(total),
+        "scored": int(valid),
+        "left_out": int(total - valid),
+        "min_valid_fraction": float(min_fraction),
+        "rule": f"{unit} with an unreadable or wrong-size image are left out, never scored",
+    }
 
 
 def flip_text(flip: bool) -> str:
@@ -170,7 +217,7 @@ def list_identity_folder(root: str | Path, min_images: int = 1) -> tuple[list[Pa
     labels: list[str] = []
     every: list[Path] = []
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        imgs = list_images(d, recursive=False, allow_empty=True)
+        imgs = list_images(d, recursive=False, allow_empty=True)  # broken links and FIFOs too (then unreadable)
         every += imgs
         if len(imgs) >= min_images:
             files += imgs
@@ -183,9 +230,17 @@ def list_identity_folder(root: str | Path, min_images: int = 1) -> tuple[list[Pa
 def folder_checksum(root: str | Path, files: Sequence[Path]) -> str:
     """sha256 of the sorted ``relative/path<TAB>size`` lines of ``files`` under ``root``."""
     root = Path(root)
-    lines = sorted(f"{f.relative_to(root).as_posix()}\t{f.stat().st_size}" for f in files)
+    lines = sorted(f"{f.relative_to(root).as_posix()}\t{_size(f)}" for f in files)
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
 CHECKSUM_RULE_USED = "sha256 of sorted 'relative path<TAB>size' lines of the images used"
 CHECKSUM_RULE_ALL = "sha256 of sorted 'relative path<TAB>size' lines of every image in the folder"
+
+
+def _size(f: Path) -> int:
+    """File size for checksums; -1 for a path that cannot be stat'ed (a broken link, listed as unreadable)."""
+    try:
+        return f.stat().st_size
+    except OSError:
+        return -1

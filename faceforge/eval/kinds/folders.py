@@ -38,6 +38,7 @@ from faceforge.eval.kinds.base import (
     BenchmarkSpec,
     BenchmarkSpecError,
     RunContext,
+    check_valid,
     folder_checksum,
     list_identity_folder,
     require_dir,
@@ -82,6 +83,8 @@ class _IdentityFolderKind(BenchmarkKind):
         files, labels = plan["files"], plan["labels"]
         emb = ctx.rows(files)
         ok = ~np.isnan(emb).any(1)
+        unreadable = ctx.failed_in(files)
+        validity = check_valid(ctx.name, int(ok.sum()), ok.size, "images", ctx.min_valid_fraction, unreadable)
         info = {
             "images_dir": str(b.paths[0]),
             "images_sha256": folder_checksum(b.paths[0], plan["every"]),
@@ -90,14 +93,16 @@ class _IdentityFolderKind(BenchmarkKind):
             "min_images_per_identity": b.min_images,
             "n_images": len(files),
             "n_identities": int(np.unique(labels).size),
-            "unreadable_images": ctx.failed_in(files),
+            "unreadable_images": unreadable,
             "n_images_used": int(ok.sum()),
+            "validity": validity,
         }
         common = {
             **ctx.preprocess_settings(),
             "normalisation": NORMALISATION,
             "score": "cosine similarity",
             "unreadable_images": "left out",
+            "min_valid_fraction": ctx.min_valid_fraction,
         }
         return emb[ok], labels[ok], info, common
 
@@ -121,6 +126,7 @@ class AllPairsKind(_IdentityFolderKind):
         res = allpairs_verification(emb, labels, fars=ALLPAIRS_FARS, exact_max_n=self.exact_max_n)
         cons = res["tar_at_far"]["conservative"]
         rec: dict[str, Any] = {
+            "validity": info["validity"],
             "benchmark": {"kind": "allpairs", **info},
             "allpairs": res,
             "summary": {
@@ -191,6 +197,7 @@ class IdentificationKind(_IdentityFolderKind):
         g, p = split.gallery_idx, split.probe_idx
         res = identification(emb[p], labels[p], emb[g], labels[g], ranks=(1, 5, 10), fpirs=(0.01, 0.1))
         rec: dict[str, Any] = {
+            "validity": info["validity"],
             "benchmark": {"kind": "identification", **info},
             "split": split.to_dict(),
             "identification": res,
@@ -269,6 +276,8 @@ class BiasKind(BenchmarkKind):
 
         emb = ctx.rows(plan["files"])
         ok = ~np.isnan(emb).any(1)
+        unreadable = ctx.failed_in(plan["files"])
+        validity = check_valid(ctx.name, int(ok.sum()), ok.size, "images", ctx.min_valid_fraction, unreadable)
         groups = plan["groups"][ok]
         i, j, pair_groups = within_group_impostor_pairs(groups, BIAS_MAX_PAIRS_PER_GROUP, seed=0)
         e = emb[ok]
@@ -282,10 +291,11 @@ class BiasKind(BenchmarkKind):
                 "labeller": b.paths[1],
                 "n_images": len(plan["files"]),
                 "n_images_without_group": plan["unlabelled"],
-                "unreadable_images": ctx.failed_in(plan["files"]),
+                "unreadable_images": unreadable,
                 "images_per_group": {str(k): int(np.count_nonzero(groups == k)) for k in np.unique(groups)},
             },
             "bias": diff,
+            "validity": validity,
             "summary": {
                 "overall_fmr": diff["overall_fmr"],
                 **{f"fmr {k}": v["fmr"] for k, v in diff["groups"].items()},
@@ -298,6 +308,8 @@ class BiasKind(BenchmarkKind):
                 "threshold_rule": f"one global threshold, FMR <= {BIAS_TARGET_FMR} on all pairs pooled",
                 "score": "cosine similarity",
                 **ctx.preprocess_settings(),
+                "unreadable_images": "left out",
+                "min_valid_fraction": ctx.min_valid_fraction,
             },
         }
         if plot_dir is not None:

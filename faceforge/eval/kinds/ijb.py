@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from faceforge.data.align import TEMPLATE_NAME, warp_face
-from faceforge.data.image_io import UnreadableImageError, decode_image_rgb
+from faceforge.data.align import TEMPLATE_NAME, LandmarksError, warp_face
+from faceforge.data.image_io import UnreadableImageError, decode_image_rgb, read_image_bytes
 from faceforge.embedders.cache import cached_embed
 from faceforge.eval.ijb import (
     ijb_1to1,
@@ -41,6 +41,7 @@ from faceforge.eval.kinds.base import (
     BenchmarkSpec,
     BenchmarkSpecError,
     RunContext,
+    check_valid,
     file_sha256,
     require_dir,
 )
@@ -96,11 +97,15 @@ class IjbKind(BenchmarkKind):
 
         def load(i: int) -> tuple[str | None, Callable[[], tuple[np.ndarray | None, str]]]:
             path = crops / meta.names[i]
-            if not path.is_file():
+            if not path.exists() and not path.is_symlink():
                 raise FileNotFoundError(
                     f"{b.spec}: image {meta.names[i]} of the meta files is not in {crops}"
                 )
-            data = path.read_bytes()
+            try:
+                data = read_image_bytes(path)
+            except UnreadableImageError as exc:
+                error = f"{exc.path}: {exc.reason}"
+                return None, lambda: (None, error)
             lmk = np.asarray(meta.landmarks[i], dtype=np.float64)
             # the key covers the bytes, the landmarks and the alignment: a changed input re-embeds
             key = hashlib.sha1(data + lmk.tobytes() + f"{TEMPLATE_NAME}/{size}".encode()).hexdigest()
@@ -110,6 +115,8 @@ class IjbKind(BenchmarkKind):
                     return warp_face(decode_image_rgb(data, path), lmk, size), str(path)
                 except UnreadableImageError as exc:
                     return None, f"{exc.path}: {exc.reason}"
+                except LandmarksError as exc:
+                    return None, f"{path}: landmarks of the meta file: {exc}"
 
             return key, decode
 
@@ -133,7 +140,14 @@ class IjbKind(BenchmarkKind):
         norm, detector = b.option("norm", "N0"), b.option("detector", "D1")
         flip = "F1" if ctx.flip else "F0"
         raw, failed = self._embed(b, plan, ctx)
+        readable = ~np.isnan(raw).any(1)
+        validity = check_valid(
+            ctx.name, int(readable.sum()), readable.size, "images", ctx.min_valid_fraction, failed
+        )
         raw = np.nan_to_num(raw)  # an unreadable image adds nothing to its template
+        # a template none of whose images is readable is empty: its 1:1 pairs are left out, not scored 0
+        tids_all = np.asarray(meta.template_ids)
+        filled = set(np.unique(tids_all[readable]).tolist())
         switches = {"code": f"{norm}{detector}{flip}", "flip": flip, "norm": norm, "detector": detector}
         rec: dict[str, Any] = {
             "benchmark": {
@@ -146,6 +160,7 @@ class IjbKind(BenchmarkKind):
                 "n_templates": int(np.unique(meta.template_ids).size),
                 "unreadable_images": failed,
             },
+            "validity": validity,
             "settings": {
                 "protocol": "IJB template-based 1:1 and 1:N",
                 "switches": switches,
@@ -153,20 +168,32 @@ class IjbKind(BenchmarkKind):
                 "pooling": "media-mean, template-sum, L2-normalise",
                 "tar_rule": "nearest (insightface); conservative also reported",
                 **ctx.preprocess_settings(),
-                "unreadable_images": "zero feature (adds nothing to its template)",
+                "unreadable_images": "zero feature (adds nothing to its template); 1:1 pairs with a "
+                "template of unreadable images only are left out",
+                "min_valid_fraction": ctx.min_valid_fraction,
             },
             "summary": {},
             "plots": {},
         }
         # the cache already holds e (F0) or e + e_flip (F1), so image_features runs with F0 here
+        pair_ok = None
         if meta.pair_t1 is not None:
+            pair_ok = np.array(
+                [
+                    int(a) in filled and int(c) in filled
+                    for a, c in zip(meta.pair_t1, meta.pair_t2, strict=True)
+                ],
+                dtype=bool,
+            )
+            check_valid(ctx.name, int(pair_ok.sum()), pair_ok.size, "template pairs", 0.0, failed)
+            rec["validity"]["template_pairs_left_out"] = int((~pair_ok).sum())
             res = ijb_1to1(
                 raw,
                 meta.template_ids,
                 meta.media_ids,
-                meta.pair_t1,
-                meta.pair_t2,
-                meta.pair_label,
+                np.asarray(meta.pair_t1)[pair_ok],
+                np.asarray(meta.pair_t2)[pair_ok],
+                np.asarray(meta.pair_label)[pair_ok],
                 faceness=meta.faceness,
                 flip="F0",
                 norm=norm,
@@ -193,10 +220,10 @@ class IjbKind(BenchmarkKind):
                 order = {int(t): i for i, t in enumerate(tids)}
                 s = np.einsum(
                     "ij,ij->i",
-                    tfeats[[order[int(t)] for t in meta.pair_t1]],
-                    tfeats[[order[int(t)] for t in meta.pair_t2]],
+                    tfeats[[order[int(t)] for t in np.asarray(meta.pair_t1)[pair_ok]]],
+                    tfeats[[order[int(t)] for t in np.asarray(meta.pair_t2)[pair_ok]]],
                 )
-                y = np.asarray(meta.pair_label).astype(bool)
+                y = np.asarray(meta.pair_label).astype(bool)[pair_ok]
                 fpr, tpr, _ = roc(s, y)
                 rec["plots"]["roc"] = str(
                     plot_roc({switches["code"]: (fpr, tpr)}, plot_dir / "roc.png", title=f"ROC: {ctx.name}")

@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +26,13 @@ from faceforge.embedders.cache import cached_embed, member_key
 from faceforge.eval.kinds.base import (
     BENCHMARK_KINDS,
     CHECKSUM_RULE_USED,
+    DEFAULT_MIN_VALID_FRACTION,
     NORMALISATION,
     BenchmarkKind,
     BenchmarkSpec,
     RunContext,
+    TooFewValidError,
+    check_valid,
     file_sha256,
     flip_text,
     folder_checksum,
@@ -56,14 +59,24 @@ def verification_record(
     fars: tuple[float, ...] = (1e-3, 1e-2),
     plot_dir: Path | None = None,
     title: str = "",
+    min_valid_fraction: float = DEFAULT_MIN_VALID_FRACTION,
+    failed: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The pairs protocol of the ``lfw`` and ``bin`` kinds on the embeddings of each pair's two faces.
 
-    Pairs with an unreadable image (NaN rows) get zero embeddings (cosine 0) and are counted.
+    Pairs with an unreadable image (NaN rows) are left out of every number and counted in ``validity``;
+    fewer than ``min_valid_fraction`` scorable pairs (or none, or fewer than ``n_folds``) raise
+    :class:`~faceforge.eval.kinds.base.TooFewValidError` naming the benchmark (``title``) and the first
+    unreadable image of ``failed``.
     """
     valid = ~(np.isnan(e1).any(1) | np.isnan(e2).any(1))
-    if not valid.all():
-        e1, e2 = np.nan_to_num(e1), np.nan_to_num(e2)
+    name = title or "pairs benchmark"
+    validity = check_valid(name, int(valid.sum()), int(valid.size), "pairs", min_valid_fraction, failed)
+    if int(valid.sum()) < n_folds:
+        raise TooFewValidError(
+            f"{name}: {int(valid.sum())} scorable pairs cannot be split into {n_folds} folds; fix the images"
+        )
+    e1, e2, issame = e1[valid], e2[valid], np.asarray(issame, dtype=bool)[valid]
     cos = np.sum(e1 * e2, axis=1)
     dist = np.sum((e1 - e2) ** 2, axis=1)
     kfold = kfold_accuracy(dist, issame, n_folds=n_folds)
@@ -86,12 +99,16 @@ def verification_record(
             },
             "alignment": model.get("preprocess", {}).get("alignment"),
             "colour": model.get("preprocess", {}).get("colour"),
+            "unreadable_images": "pairs left out",
+            "min_valid_fraction": float(min_valid_fraction),
         },
         "verification": kfold.to_dict(),
         "val_at_far": val.to_dict(),
         "roc": summary,
+        "validity": validity,
     }
     rec["verification"]["pairs_with_unreadable_image"] = int((~valid).sum())
+    rec["verification"]["pairs_scored"] = int(valid.sum())
     cons = summary["tar_at_far"]["conservative"]
     rec["summary"] = {
         "accuracy": kfold.mean,
@@ -185,6 +202,8 @@ class LfwPairsKind(_PairsFileKind):
                 ctx.n_folds,
                 plot_dir=plot_dir,
                 title=ctx.name,
+                min_valid_fraction=ctx.min_valid_fraction,
+                failed=rec["benchmark"]["unreadable_images"],
             )
         )
         return rec
@@ -251,6 +270,8 @@ class BinKind(BenchmarkKind):
                 ctx.n_folds,
                 plot_dir=plot_dir,
                 title=ctx.name,
+                min_valid_fraction=ctx.min_valid_fraction,
+                failed=failed,
             )
         )
         return rec
@@ -269,6 +290,8 @@ class QualityKind(_PairsFileKind):
         e1, e2 = ctx.rows(plan["p1"]), ctx.rows(plan["p2"])
         q1, q2 = ctx.norms(plan["p1"]), ctx.norms(plan["p2"])
         ok = ~(np.isnan(e1).any(1) | np.isnan(e2).any(1))
+        unreadable = ctx.failed_in(plan["unique_files"])
+        validity = check_valid(ctx.name, int(ok.sum()), ok.size, "pairs", ctx.min_valid_fraction, unreadable)
         cos = np.sum(e1[ok] * e2[ok], axis=1)
         y = np.asarray(plan["issame"], dtype=bool)[ok]
         res = {
@@ -288,6 +311,7 @@ class QualityKind(_PairsFileKind):
             "quality": res,
             "summary": summary,
             "pairs_with_unreadable_image": int((~ok).sum()),
+            "validity": validity,
             "settings": {
                 "protocol": "error-versus-reject",
                 "quality": "L2 norm of the raw embedding (flip sum when flip is on)",
@@ -300,6 +324,7 @@ class QualityKind(_PairsFileKind):
                 },
                 **ctx.preprocess_settings(),
                 "unreadable_images": "pairs left out",
+                "min_valid_fraction": ctx.min_valid_fraction,
             },
         }
         if plot_dir is not None:
