@@ -215,6 +215,8 @@ def _check_numbers(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value} must be >= {low}")
     if not cfg.optim.lr > 0:
         raise ConfigError(f"optim.lr={cfg.optim.lr} must be > 0")
+    if not 0.0 <= cfg.data.max_skipped <= 1.0:
+        raise ConfigError(f"data.max_skipped={cfg.data.max_skipped} must be a fraction in [0, 1]")
 
 
 def _check_plugins_objectives_method(cfg: DictConfig) -> None:

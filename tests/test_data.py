@@ -63,9 +63,15 @@ def test_dataset_skips_unreadable_and_rejects_unaligned(tree: Path) -> None:
     assert len(batch.skipped) == 1 and "bob_0000.png" in batch.skipped[0]
     pre = FaceDataset(s, preload=True, progress=False)
     assert len(pre.preload_skipped) == 1 and pre[3][0] is None
+    assert (
+        pre[3][1] == pre.preload_skipped[0] == batch.skipped[0]
+    )  # the item carries its reason, preloaded or not
     write_image_rgb(tree / "carol" / "carol_0000.png", _face(5, size=160))
-    with pytest.raises(WrongImageSizeError, match="expected aligned 112x112"):
-        FaceDataset(scan_image_folder(tree))[4]
+    # a face of another size is skipped and listed with why (a folder that was not aligned stops the trainer)
+    image, reason, _ = FaceDataset(scan_image_folder(tree))[4]
+    assert image is None and "is 160x160, expected an aligned 112x112 face" in reason
+    with pytest.raises(WrongImageSizeError, match="align the folder first"):
+        FaceDataset(scan_image_folder(tree)).image(4)
 
 
 def test_augmentation_is_a_function_of_seed_epoch_and_index(tree: Path) -> None:

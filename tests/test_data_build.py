@@ -148,7 +148,7 @@ def test_corrupt_record_is_skipped_and_counted_like_a_corrupt_file(
     assert batch.indices.tolist() == good
 
 
-def test_wrong_size_record_stops_like_a_wrong_size_file(tmp_path: Path) -> None:
+def test_wrong_size_record_is_skipped_like_a_wrong_size_file(tmp_path: Path) -> None:
     import cv2
 
     img = np.full((100, 90, 3), 128, np.uint8)
@@ -156,11 +156,15 @@ def test_wrong_size_record_stops_like_a_wrong_size_file(tmp_path: Path) -> None:
     cv2.imwrite(str(path), img)
     write_face_rec(Samples([str(path)], np.asarray([0]), ["0"]), tmp_path / "odd")
     cfg = data_cfg(tmp_path, "data.format=rec", "data.rec=odd", "data.min_images_per_identity=1")
-    with pytest.raises(WrongImageSizeError, match=r"odd\.rec:1 is 90x100"):
-        build_dataset(cfg, augment=Compose([]))  # preload (the config's default) checks every image
+    pre = build_dataset(cfg, augment=Compose([]))  # preload (the config's default) checks every image
+    assert pre.dataset.preload_skipped == [
+        f"{tmp_path / 'odd.rec'}:1: is 90x100, expected an aligned 112x112 face: "
+        "align the folder first with 'faceforge align' (or set data.image_size)"
+    ]
     rec = build_dataset(OmegaConf.merge(cfg, {"preload": False}), augment=Compose([]))
-    with pytest.raises(WrongImageSizeError, match=r"odd\.rec:1 is 90x100"):
-        rec.dataset[0]
+    assert rec.dataset[0][0] is None and "odd.rec:1: is 90x100" in rec.dataset[0][1]
+    with pytest.raises(WrongImageSizeError, match=r"odd\.rec:1: is 90x100"):
+        rec.dataset.image(0)
 
 
 def test_tfr_index_items_match_folder_items(lfw_small: Path, tmp_path: Path) -> None:

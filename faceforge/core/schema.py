@@ -70,6 +70,9 @@ class DataConfig:
     attributes: str | None = None  # CSV/TSV sidecar of per-image attributes, keyed by path relative to root
     labeller: str | None = None  # file-name labeller of per-image attributes (e.g. utkface)
     sources: list[SourceConfig] = field(default_factory=list)  # more sources, e.g. faces without identities
+    # stop when more than this fraction of the images read so far could not be used (unreadable or not aligned):
+    # a few bad files are skipped and listed, a folder of them is a mistake to report
+    max_skipped: float = 0.5
 
 
 @dataclass

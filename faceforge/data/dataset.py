@@ -22,8 +22,9 @@ from faceforge.data.samples import Samples
 from faceforge.data.transforms import Compose
 
 
-class WrongImageSizeError(ValueError):
-    pass
+class WrongImageSizeError(UnreadableImageError):
+    """A face of another size than the aligned input size: skipped and listed like an unreadable image (a folder
+    where most images have another size was not aligned; the trainer stops on those, see ``data.max_skipped``)."""
 
 
 class FaceDataset(Dataset):
@@ -53,6 +54,7 @@ class FaceDataset(Dataset):
         self.preload_skipped: list[str] = []
         self._cache: np.ndarray | None = None
         self._ok: np.ndarray | None = None
+        self._reasons: dict[int, str] = {}
         if preload:
             self._preload(progress)
 
@@ -65,7 +67,8 @@ class FaceDataset(Dataset):
                 cache[i] = self._load(i)
             except UnreadableImageError as exc:
                 ok[i] = False
-                self.preload_skipped.append(f"{exc.path}: {exc.reason}")
+                self._reasons[i] = f"{exc.path}: {exc.reason}"
+                self.preload_skipped.append(self._reasons[i])
         self._cache, self._ok = cache, ok
 
     def _read_file(self, index: int) -> np.ndarray:
@@ -77,8 +80,9 @@ class FaceDataset(Dataset):
     def _check(self, img: np.ndarray, path: str) -> np.ndarray:
         if img.shape[0] != self.image_size or img.shape[1] != self.image_size:
             raise WrongImageSizeError(
-                f"{path} is {img.shape[1]}x{img.shape[0]}, expected aligned {self.image_size}x{self.image_size} "
-                "faces: align the folder first with 'faceforge align' (or set data.image_size)"
+                path,
+                f"is {img.shape[1]}x{img.shape[0]}, expected an aligned {self.image_size}x{self.image_size} face: "
+                "align the folder first with 'faceforge align' (or set data.image_size)",
             )
         return img
 
@@ -99,7 +103,7 @@ class FaceDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[np.ndarray, int, int] | tuple[None, str, int]:
         if self._cache is not None:
             if not self._ok[index]:
-                return None, self.samples.paths[index], index
+                return None, self._reasons.get(index, self.samples.paths[index]), index
             img = self._cache[index]
         else:
             try:

@@ -37,7 +37,7 @@ from faceforge.data.preprocess import Preprocess
 from faceforge.data.sources import build_training_data
 from faceforge.engine import setup
 from faceforge.engine.method import MethodContext
-from faceforge.engine.reporting import TrainingLog
+from faceforge.engine.reporting import TrainingLog, run_report
 from faceforge.engine.schedule import learning_rate
 from faceforge.engine.state import Progress, TrainingState
 from faceforge.engine.step import NonFiniteLossError, StepEngine
@@ -289,6 +289,14 @@ class Trainer:
         self.progress.skipped_images = list(
             dict.fromkeys(self.progress.skipped_images + self.dataset.preload_skipped)
         )
+        # images known unusable (listed once each, with the reason) and rows known good, for data.max_skipped
+        self._bad = set(self.progress.skipped_images)
+        self._good: set[int] = set()
+        self._good_preloaded = (
+            len(self.dataset) - len(self.dataset.preload_skipped) if self.cfg.data.preload else 0
+        )
+        if self.dataset.preload_skipped:
+            self._check_skipped(at_least=1)
         log.info(
             "training %s with objectives %s on %d images of %d identities, %d steps/epoch, precision %s, %d rank(s)",
             cfg.model.name,
@@ -315,7 +323,11 @@ class Trainer:
             epoch = self.progress.epoch
             self._set_epoch(epoch, self.progress.step_in_epoch)
             for batch in self._loader():
-                self.progress.skipped_images.extend(batch.skipped)
+                new = [f for f in dict.fromkeys(batch.skipped) if f not in self._bad]
+                self.progress.skipped_images.extend(new)
+                self._bad.update(new)
+                self._good.update(batch.indices.tolist())
+                self._check_skipped()
                 if len(batch) == 0:
                     continue
                 logs = self.train_step(batch)
@@ -345,7 +357,7 @@ class Trainer:
                 evaluations[f"epoch{self.progress.epoch}"] = self.evaluate(f"epoch{self.progress.epoch}")
         train_seconds = time.perf_counter() - t_start
         self.save()
-        report = self._report(stopped_early, train_seconds, steps_this_run, tlog.history)
+        report = run_report(self, stopped_early, train_seconds, steps_this_run, tlog.history)
         if not stopped_early:
             report["model"] = str(self.save("model.pt", full=False))
             if self.evaluate_fn is not None:
@@ -363,27 +375,19 @@ class Trainer:
             )
         return report
 
-    def _report(self, stopped_early: bool, seconds: float, steps: int, history: list) -> dict[str, Any]:
-        world = self.dist.world_size
-        return {
-            "completed": not stopped_early,
-            "progress": {k: v for k, v in self.progress.to_dict().items() if k != "skipped_images"},
-            "train_seconds_this_run": seconds,
-            "images_per_s_this_run": steps * self.cfg.data.batch_size * world / max(seconds, 1e-9),
-            "world_size": world,
-            "objectives": self.meta()["objectives"],
-            "method": self.method.describe(),
-            "num_images": len(self.data.labels),
-            "num_identities": self.data.num_classes,
-            "data_sources": self.data.sources,
-            "precision": self.precision,
-            "skipped_images": {
-                "count": len(self.progress.skipped_images),
-                "files": self.progress.skipped_images[:100],
-            },
-            "data_warnings": self.data.warnings,
-            "history": history,
-        }
+    def _check_skipped(self, at_least: int | None = None) -> None:
+        """Stop when more than ``data.max_skipped`` of the distinct images read so far could not be used (after
+        at least two batches' worth, so a few bad files early on do not stop a run that is mostly good)."""
+        bad = len(self._bad)
+        read = bad + max(len(self._good), self._good_preloaded)
+        enough = at_least if at_least is not None else 2 * self.cfg.data.batch_size
+        if read >= enough and bad > self.cfg.data.max_skipped * read:
+            first = "; ".join(self.progress.skipped_images[:3])
+            raise ValueError(
+                f"{bad} of the {read} training images read so far could not be used (e.g. {first}): fix or "
+                "align the data (faceforge align / prepare), or raise data.max_skipped="
+                f"{self.cfg.data.max_skipped} if that many bad files are expected"
+            )
 
     def evaluate(self, tag: str) -> dict[str, Any]:
         """Run the evaluation hook on the consolidated model (rank 0; the other ranks wait)."""

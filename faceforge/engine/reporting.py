@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainingLog"]
+__all__ = ["TrainingLog", "run_report"]
 
 
 class TrainingLog:
@@ -121,3 +121,27 @@ class TrainingLog:
         self.bar.close()
         if self._writer is not None:
             self._writer.close()
+
+
+def run_report(t: Any, stopped_early: bool, seconds: float, steps: int, history: list) -> dict[str, Any]:
+    """The ``report.json`` of a run (without its model path and evaluation, which the loop adds)."""
+    world = t.dist.world_size
+    return {
+        "completed": not stopped_early,
+        "progress": {k: v for k, v in t.progress.to_dict().items() if k != "skipped_images"},
+        "train_seconds_this_run": seconds,
+        "images_per_s_this_run": steps * t.cfg.data.batch_size * world / max(seconds, 1e-9),
+        "world_size": world,
+        "objectives": t.meta()["objectives"],
+        "method": t.method.describe(),
+        "num_images": len(t.data.labels),
+        "num_identities": t.data.num_classes,
+        "data_sources": t.data.sources,
+        "precision": t.precision,
+        "skipped_images": {
+            "count": len(t.progress.skipped_images),
+            "files": t.progress.skipped_images,
+        },
+        "data_warnings": t.data.warnings,
+        "history": history,
+    }

@@ -193,7 +193,10 @@ def run_benchmarks(
         "format": RESULT_FORMAT,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "model": model,
-        "settings": {**embedding_settings_record(flip, cache_dir), "min_valid_fraction": float(min_valid_fraction)},
+        "settings": {
+            **embedding_settings_record(flip, cache_dir),
+            "min_valid_fraction": float(min_valid_fraction),
+        },
         "embedding": {
             "images_embedded": stats.get("computed", 0),
             "images_from_cache": stats.get("cached", 0),

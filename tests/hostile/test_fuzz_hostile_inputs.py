@@ -1,5 +1,5 @@
 """Issue 17, "done when": a corpus of 300+ broken and hostile inputs, generated here at test time and mixed
-with real LFW photos, through ``prepare``, ``align``, ``embed`` and ``eval`` on the command line.
+with real LFW photos, through ``prepare``, ``align``, ``embed``, ``eval`` and ``train`` on the command line.
 
 Asserted: no traceback anywhere (stdout, stderr, native stderr), every exit code as documented (0 for a
 job that skipped bad items, 2 for a refused input), every bad item listed with a reason (and every input
@@ -576,12 +576,73 @@ def eval_steps(c: Corpus, paths: dict[str, Path]) -> list[Step]:
     return steps
 
 
-#: command -> steps; ``train`` is added here by its owner
+def train_steps(c: Corpus, paths: dict[str, Path]) -> list[Step]:
+    """Training skips and lists every bad face of a mostly good folder, stops on a folder of junk, and refuses
+    hostile configs and checkpoints in one line."""
+    some = c.root / "train_some_junk"
+    _copy_faces(c, some, junk=False)
+    people = sorted(p for p in some.iterdir() if p.is_dir())
+    junk = {
+        "trunc.jpg": truncated(encode(random_image(112, 112, 1), ".jpg"), 0.4),
+        "empty.jpg": b"",
+        "random.png": random_bytes(500, 3),
+        "tiny.png": encode(random_image(1, 1, 2)),
+        "wrong_size.png": encode(random_image(160, 160, 4)),
+        "bomb.png": png_header_only(20000, 20000),
+        "text.jpg": b"not an image",
+        "ppm.jpg": ppm_bomb(),
+    }
+    planted = []
+    for k, (name, data) in enumerate(junk.items()):
+        dst = people[k % len(people)] / name
+        dst.write_bytes(data)
+        planted.append(dst)
+    heavy = c.root / "train_mostly_junk"
+    _copy_faces(c, heavy, junk=True)
+    run = c.root / "train_run"
+    yaml_bomb = c.root / "bad.yaml"
+    yaml_bomb.write_text(f"run: !!python/object/apply:os.system ['touch {c.marker}']\n")
+    common = ["data.exclude_pairs=[]", "data.preload=true", "data.num_workers=0", "data.batch_size=8",
+              "model.embedding_size=16", "optim.epochs=1", "run.max_steps=2", "eval.pairs=null", "run.progress=false",
+              "run.precision=fp32", "run.threads=1"]  # fmt: skip
+    train = ["train", "lfw_mobilefacenet_arcface", *common]
+
+    def check(c: Corpus, res: dict) -> None:
+        report = json.loads((run / "report.json").read_text())
+        listed = report["skipped_images"]["files"]
+        assert report["skipped_images"]["count"] == len(planted) == len(listed)
+        for f in planted:
+            (entry,) = [e for e in listed if e.startswith(f"{f}: ")]
+            assert len(entry) > len(str(f)) + 4, entry  # a reason follows the name
+        assert report["num_images"] == N_PEOPLE * PER_PERSON + len(planted)
+        assert report["progress"]["global_step"] == 2
+
+    steps = [Step("train with some bad faces", [*train, f"data.root={some}", f"run.dir={run}"], 0, check)]
+    steps.append(
+        Step(
+            "train on a folder of junk",
+            [*train, f"data.root={heavy}", f"run.dir={c.root / 'heavy_run'}"],
+            2,
+            _one_line_naming("could not be used", "data.max_skipped"),
+        )
+    )
+    steps.append(Step("train from a python-tag YAML", ["train", str(yaml_bomb)], 2,
+                      _one_line_naming(str(yaml_bomb.stem), "not plain YAML")))  # fmt: skip
+    steps.append(Step("train with batch size 0", [*train, f"data.root={some}", "data.batch_size=0"], 2,
+                      _one_line_naming("data.batch_size=0 must be >= 1")))  # fmt: skip
+    for ckpt in c.checkpoints[:4] + [p for p in c.checkpoints if p.name == "payload.pt"]:
+        argv = [*train, f"data.root={some}", f"run.dir={c.root / 'init_run'}", f"run.init={ckpt}"]
+        steps.append(Step(f"train from {ckpt.name}", argv, 2, _one_line_naming(str(ckpt))))
+    return steps
+
+
+#: command -> steps
 COMMAND_STEPS: dict[str, Callable[[Corpus, dict[str, Path]], list[Step]]] = {
     "prepare": prepare_steps,
     "align": align_steps,
     "embed": embed_steps,
     "eval": eval_steps,
+    "train": train_steps,
 }
 
 

@@ -217,7 +217,9 @@ def list_identity_folder(root: str | Path, min_images: int = 1) -> tuple[list[Pa
     labels: list[str] = []
     every: list[Path] = []
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        imgs = list_images(d, recursive=False, allow_empty=True)  # broken links and FIFOs too (then unreadable)
+        imgs = list_images(
+            d, recursive=False, allow_empty=True
+        )  # broken links and FIFOs too (then unreadable)
         every += imgs
         if len(imgs) >= min_images:
             files += imgs
