@@ -38,7 +38,7 @@ On all 1,000 pairs of pairsDevTest (no flip, insightface 10-fold): 98.3 % with `
 96.5 % with ``box="crop"`` (the whole aligned crop as the predictor's box), and 98.1 % for faces aligned
 at 224 px instead of 112; ``mode="photo"`` (dlib's own detector, predictor and chip on the raw
 160 px LFW crops, ``input_size=160``) gives 98.8 %; a plain script that calls dlib directly gets 98.6 %
-with its own threshold rule and 98.8 % with insightface's grid (``tests/test_eval_dlib_parity.py``).
+with its own threshold rule and 98.8 % with insightface's grid (``tests/eval/test_dlib_parity.py``).
 
 dlib's chip is a closer crop than ArcFace's 112 crop, so the plain resize shows the network a
 smaller face than it was trained on.  Without a border the chip's lower edge (chin) falls outside

@@ -21,7 +21,7 @@ placed once into the sorted threshold grid (``np.searchsorted``), one ``np.binco
 every fold and class, how many distances fall into each grid cell, and a cumulative sum turns that
 into "number of pairs with ``d < t``" for all thresholds at once.  The cost is O(n log T + k T)
 instead of O(n k T), and the counts are integers, so accuracies and chosen thresholds are
-bit-identical to the loop (``tests/test_eval_verification.py`` checks this against a literal loop).
+bit-identical to the loop (``tests/eval/test_verification.py`` checks this against a literal loop).
 
 No torch here: the eval layer is numpy / scipy only.
 """

@@ -1,4 +1,4 @@
-"""Run under torchrun by tests/test_distributed.py: distillation objectives on several gloo ranks.
+"""Run under torchrun by tests/engine/test_distributed.py: distillation objectives on several gloo ranks.
 
 Each rank holds a slice of one fixed global batch (rank 0 rows 0-3, rank 1 rows 4-7, or an uneven split)
 and writes ``OUT/rank{r}.pt`` with, per case, the term and the gradients of its own rows, next to the

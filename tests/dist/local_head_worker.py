@@ -1,4 +1,4 @@
-"""Run under torchrun by tests/test_distributed.py: a replicated CurricularFace head on several gloo ranks.
+"""Run under torchrun by tests/engine/test_distributed.py: a replicated CurricularFace head on several gloo ranks.
 
 Each rank takes its half of the fixed global batch of ``sharded_head_worker.inputs`` through a LocalCriterion,
 averages the head gradient over ranks as the engine does, and writes loss, t and that gradient to

@@ -1,4 +1,4 @@
-"""Run under torchrun by tests/test_distributed.py: sharded heads on several gloo ranks.
+"""Run under torchrun by tests/engine/test_distributed.py: sharded heads on several gloo ranks.
 
 Writes ``OUT/rank{r}.pt`` with, per case, the loss, this rank's embedding gradient, its head-block weight
 gradient and the classes Partial FC kept; plus a save-on-N / continue run of the head and its optimiser.

@@ -15,7 +15,7 @@ remaps labels to shard-local indices with ``-1`` for rows whose class lives on a
 gathers the raw target cosine of every row globally (e.g. all-reduce of the per-shard values) and
 calls ``head.apply_margin(cos, local_labels, target_cos=global_target_cos)``. The margin maths is
 the same code path as the single-device ``forward``, so the concatenation over shards equals the
-unsharded result (tested in tests/test_heads.py).
+unsharded result (tested in tests/models/test_heads.py).
 """
 
 from __future__ import annotations

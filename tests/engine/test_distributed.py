@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from faceforge.models.heads import build_head
 from faceforge.models.heads.criterion import LocalCriterion, ShardedCriterion, shard_range
 
-WORKERS = Path(__file__).parent / "dist"
+WORKERS = Path(__file__).resolve().parents[1] / "dist"
 HEADS = {"arcface": {"margin": 0.5}, "cosface": {"margin": 0.35}, "curricularface": {"margin": 0.5}}
 
 

@@ -14,7 +14,7 @@ def _data_root() -> Path:
     env = os.environ.get("FACEFORGE_DATA")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 def _write(tmp_path: Path, text: str, name: str = "pairs.txt") -> Path:
