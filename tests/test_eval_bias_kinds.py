@@ -206,3 +206,54 @@ def test_biaspairs_and_identity_folder_runs(lfw_small: Path, lfw_groups: dict, t
     page = write_html_report([saved, res], tmp_path / "report.html").read_text()
     assert page.count("per-group verification") >= 4 and "max/min (std for accuracy)" in page
     assert page.count("per-group impostor FMR") == 2 and "<td class=k>g2</td>" in page
+
+
+# ---------------------------------------------------------------------------------------------------------
+# real network on real faces: dlib's ResNet on UTKFace faces aligned with YuNet (faceforge prepare)
+# ---------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_utkface_bias_with_dlib_labeller_and_group_file_agree(data_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("dlib")
+    from faceforge.data.attributes import GROUP_LABELLERS
+    from faceforge.deploy.detect import DETECTORS
+    from faceforge.deploy.prepare import prepare_folder
+    from faceforge.embedders.base import EMBEDDERS
+
+    race = GROUP_LABELLERS.get("utkface-race")
+    per_race: dict[str, list[Path]] = {}
+    for f in sorted((data_dir / "utkface" / "images").iterdir()):
+        r = race(f.name)
+        if r is not None and len(per_race.setdefault(r, [])) < 40:
+            per_race[r].append(f)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for files in per_race.values():
+        for f in files:
+            (raw / f.name).symlink_to(f)
+    yunet = DETECTORS.build("yunet", model_path=data_dir / "models" / "face_detection_yunet_2026may.onnx")
+    report = prepare_folder(raw, tmp_path / "aligned", yunet, progress=False)
+    assert report.faces_written == 165 and not report.no_face  # 40 per race, and UTKFace's 5 Black faces
+    groups = tmp_path / "race.csv"
+    groups.write_text(
+        "path,group\n" + "".join(f"{f.name},{race(f.name)}\n" for fs in per_race.values() for f in fs)
+    )
+    aligned = tmp_path / "aligned"
+    specs = [f"bias:{aligned}:utkface-race", f"bias:{aligned}:{groups}", f"bias:{aligned}:utkface-gender"]
+    res = run_benchmarks(EMBEDDERS.build("dlib"), specs, tmp_path / "out", flip=False, progress=False)
+    by_name, by_file = res["benchmarks"]["bias:utkface-race"], res["benchmarks"]["bias:race.csv"]
+    assert by_name["benchmark"]["images_per_group"] == {
+        "Asian": 40,
+        "Black": 5,
+        "Indian": 40,
+        "Other": 40,
+        "White": 40,
+    }
+    assert by_file["bias"] == by_name["bias"]  # the group file and the labeller give the same record
+    bias = by_name["bias"]
+    assert bias["groups"]["Asian"]["n_impostor"] == 780 and bias["groups"]["Black"]["n_impostor"] == 10
+    assert bias["overall_fmr"] <= 1e-3
+    # dlib's known differential: at a threshold set for FMR 1e-3 overall, the false matches are Asian faces
+    assert bias["worst_group"] == "Asian" and bias["groups"]["Asian"]["fmr"] >= 2 / 780
+    assert bias["fmr_ratio_floored"] >= 10 and bias["log10_fmr_std"] > 0.3
+    gender = res["benchmarks"]["bias:utkface-gender"]["bias"]
+    assert set(gender["groups"]) == {"female", "male"} and gender["overall_fmr"] <= 1e-3
