@@ -122,6 +122,21 @@ def test_fmr_spread_floors_zero_groups() -> None:
     assert r["fmr_ratio_floored"] == pytest.approx(10.0)
     assert r["log10_fmr_std"] == pytest.approx(np.sqrt(np.mean((logs - logs.mean()) ** 2)))
     assert r["groups_at_floor"] == ["c"] and "1/n_impostor" in r["floor_rule"]
+    # a group with too few pairs for the target would decide the spread by its floor alone: left out
+    r = fmr_spread({"a": 0.01, "b": 0.001, "c": 0.0}, {"a": 1000, "b": 1000, "c": 500}, min_pairs=600)
+    assert r["groups_too_few_pairs"] == ["c"] and r["groups_at_floor"] == []
+    assert r["fmr_ratio_floored"] == pytest.approx(10.0) and r["log10_fmr_std"] == pytest.approx(0.5)
+
+
+def test_min_pairs_for_target() -> None:
+    from faceforge.eval.bias import min_pairs_for
+
+    assert (min_pairs_for(1e-3), min_pairs_for(1e-4), min_pairs_for(0.6), min_pairs_for(0.05)) == (
+        1000,
+        10000,
+        2,
+        20,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,8 +145,10 @@ def test_fmr_spread_floors_zero_groups() -> None:
 #   B: every pair cos .6 -> accuracy .5, AUC .5, EER .5
 #   mean accuracy .75, std .25
 #   pooled impostors (20): .6 x10 (B), .3, .1 x9 (A)
-#   target .6: 12 false matches allowed -> accept > .1: FMR A 1/10, B 1; FNMR 0, 0 -> FMR ratio 10 (B)
-#   target .05: 1 allowed -> accept > .6: FMR A 0, B 0 (floored .1 each: ratio 1, spread 0); FNMR A 0, B 1
+#   target .6: 12 false matches allowed -> accept > .1: FMR A 1/10, B 1; FNMR 0, 0 -> FMR ratio 10 (B),
+#     log10 spread std(-1, 0) = .5
+#   target .05: 1 allowed -> accept > .6: FMR A 0, B 0; FNMR A 0, B 1; 10 impostor pairs per group are
+#     fewer than 1/.05 = 20, so neither group enters the floored ratio / spread
 # ---------------------------------------------------------------------------------------------
 def test_group_pairs_report_hand() -> None:
     from faceforge.eval.bias import group_pairs_report, group_pairs_table
@@ -155,7 +172,11 @@ def test_group_pairs_report_hand() -> None:
     lo = r["at_fmr"]["0.05"]
     assert 0.6 < lo["threshold"] < 0.6 + 1e-12
     assert lo["groups"]["A"]["fmr"] == 0.0 and lo["groups"]["B"]["fmr"] == 0.0 and lo["fmr_ratio"] is None
-    assert lo["fmr_spread"]["fmr_ratio_floored"] == 1.0 and lo["fmr_spread"]["log10_fmr_std"] == 0.0
+    assert (
+        lo["fmr_spread"]["groups_too_few_pairs"] == ["A", "B"] and lo["fmr_spread"]["log10_fmr_std"] is None
+    )
+    assert hi["fmr_spread"]["fmr_ratio_floored"] == pytest.approx(10.0)
+    assert hi["fmr_spread"]["log10_fmr_std"] == pytest.approx(0.5)
     assert lo["groups"]["B"]["fnmr"] == 1.0 and lo["fnmr_worst_group"] == "B"
     assert r["roc"]["A"]["auc"] == 1.0 and r["roc"]["A"]["eer"] == 0.0
     assert r["roc"]["B"]["auc"] == pytest.approx(0.5) and r["roc"]["B"]["eer"] == pytest.approx(0.5)

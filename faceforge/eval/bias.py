@@ -19,7 +19,9 @@ is ``None`` when the best group has zero errors).
 
 (c) :func:`fmr_spread`: the worst/best FMR ratio and the standard deviation of ``log10 FMR`` over groups
 with a stated floor for groups without a false match (``1 / n_impostor_g``, the smallest FMR their pairs
-can show), so a zero does not make the spread undefined or infinite.
+can show), so a zero does not make the spread undefined or infinite; groups with fewer than
+``1 / target FMR`` impostor pairs (less than one false match expected; e.g. UTKFace's five Black faces)
+are left out of it and listed, since their floor alone would decide it.
 
 (d) :func:`group_pairs_report`: (a) and (b) together for pairs that each belong to one group, at several
 target FMRs (1e-3 and 1e-4 by default), with each group's ROC summary; :func:`group_pairs_table` turns it
@@ -50,6 +52,7 @@ __all__ = [
     "group_pairs_table",
     "identity_group_pairs",
     "impostor_differential",
+    "min_pairs_for",
     "per_group_kfold_accuracy",
     "within_group_impostor_pairs",
 ]
@@ -108,30 +111,38 @@ def _ratio(values: Sequence[float]) -> float | None:
     return float(hi / lo)
 
 
-def fmr_spread(fmr: dict[str, float | None], n_impostor: dict[str, int]) -> dict[str, Any]:
+def min_pairs_for(target_fmr: float) -> int:
+    """Fewest impostor pairs a group needs to enter the spread at ``target_fmr``: ``ceil(1 / target)``, so at
+    least one false match is expected at the target rate."""
+    return math.ceil(1.0 / float(target_fmr) - 1e-9)
+
+
+def fmr_spread(
+    fmr: dict[str, float | None], n_impostor: dict[str, int], min_pairs: int = 1
+) -> dict[str, Any]:
     """Worst/best FMR ratio and ``std_g log10 FMR_g`` (``np.std``, ddof 0) with zeros floored.
 
     ``FMR'_g = max(FMR_g, 1 / n_g)`` (``n_g`` impostor pairs of group ``g``): the floor is the smallest
-    non-zero FMR the group's pairs can show. Groups without impostor pairs (``None``) are left out.
-    Returns ``fmr_ratio_floored = max FMR' / min FMR'``, ``log10_fmr_std``, ``groups_at_floor`` and the rule.
+    non-zero FMR the group's pairs can show. Groups with fewer than ``min_pairs`` impostor pairs (whose
+    floor alone would decide the spread; :func:`min_pairs_for` gives ``1 / target FMR``) or without a value
+    are left out and listed. Returns ``fmr_ratio_floored = max FMR' / min FMR'``, ``log10_fmr_std``,
+    ``groups_at_floor``, ``groups_too_few_pairs`` and the rule.
     """
-    vals = {
-        k: max(float(v), 1.0 / n_impostor[k]) for k, v in fmr.items() if v is not None and n_impostor.get(k)
+    small = sorted(k for k, v in fmr.items() if v is not None and n_impostor.get(k, 0) < max(min_pairs, 1))
+    vals = {k: max(float(v), 1.0 / n_impostor[k]) for k, v in fmr.items() if v is not None and k not in small}
+    rule = f"{FMR_FLOOR_RULE}; groups with fewer than {max(min_pairs, 1)} impostor pairs are left out"
+    out: dict[str, Any] = {
+        "fmr_ratio_floored": None,
+        "log10_fmr_std": None,
+        "groups_at_floor": sorted(k for k in vals if fmr[k] == 0),
+        "groups_too_few_pairs": small,
+        "min_pairs": max(min_pairs, 1),
+        "floor_rule": rule,
     }
-    if not vals:
-        return {
-            "fmr_ratio_floored": None,
-            "log10_fmr_std": None,
-            "groups_at_floor": [],
-            "floor_rule": FMR_FLOOR_RULE,
-        }
-    logs = np.log10(np.array(list(vals.values())))
-    return {
-        "fmr_ratio_floored": float(max(vals.values()) / min(vals.values())),
-        "log10_fmr_std": float(logs.std()),
-        "groups_at_floor": sorted(k for k, v in fmr.items() if v == 0),
-        "floor_rule": FMR_FLOOR_RULE,
-    }
+    if vals:
+        out["fmr_ratio_floored"] = float(max(vals.values()) / min(vals.values()))
+        out["log10_fmr_std"] = float(np.log10(np.array(list(vals.values()))).std())
+    return out
 
 
 def differential_performance(
@@ -179,7 +190,9 @@ def differential_performance(
     out["n_impostor"] = int((~y).sum())
     out["false_matches"] = int(np.count_nonzero(s[~y] >= thr))  # at the threshold, all groups
     out["fmr_spread"] = fmr_spread(
-        {k: v["fmr"] for k, v in per.items()}, {k: v["n_impostor"] for k, v in per.items()}
+        {k: v["fmr"] for k, v in per.items()},
+        {k: v["n_impostor"] for k, v in per.items()},
+        min_pairs_for(target_fmr),
     )
     return out
 
@@ -237,7 +250,11 @@ def impostor_differential(scores: ArrayLike, groups: ArrayLike, target_fmr: floa
         n = int(m.sum())
         per[str(k)] = {"fmr": float(np.count_nonzero(s[m] >= thr) / n), "n_impostor": n}
     fmrs = [v["fmr"] for v in per.values()]
-    spread = fmr_spread({k: v["fmr"] for k, v in per.items()}, {k: v["n_impostor"] for k, v in per.items()})
+    spread = fmr_spread(
+        {k: v["fmr"] for k, v in per.items()},
+        {k: v["n_impostor"] for k, v in per.items()},
+        min_pairs_for(target_fmr),
+    )
     return {
         "protocol": "within-group impostor FMR at one global threshold",
         "target_fmr": float(target_fmr),
@@ -250,6 +267,7 @@ def impostor_differential(scores: ArrayLike, groups: ArrayLike, target_fmr: floa
         "fmr_ratio_floored": spread["fmr_ratio_floored"],
         "log10_fmr_std": spread["log10_fmr_std"],
         "groups_at_floor": spread["groups_at_floor"],
+        "groups_too_few_pairs": spread["groups_too_few_pairs"],
         "floor_rule": spread["floor_rule"],
     }
 
