@@ -170,6 +170,7 @@ def group_numbers(rec: dict[str, Any]) -> dict[str, Any]:
         "log10_fmr_std": b["log10_fmr_std"],
         "worst_group": b["worst_group"],
         "best_group": b["best_group"],
+        "groups_too_few_pairs": b.get("groups_too_few_pairs", []),
     }
 
 
@@ -261,14 +262,33 @@ def compare(summary: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str
 
 
 def _pm(m: dict[str, Any] | None, scale: float = 1.0, digits: int = 2, unit: str = "") -> str:
+    """``mean ± std`` (just the value for one seed), with ``(n=k)`` when some seeds had no value."""
     if not m or m.get("mean") is None:
         return "n/a"
     n = f" (n={m['n']})" if m["n"] != len(m["values"]) else ""
+    if m["n"] == 1:
+        return f"{m['mean'] * scale:.{digits}f}{unit}{n}"
     return f"{m['mean'] * scale:.{digits}f} ± {m['std'] * scale:.{digits}f}{unit}{n}"
 
 
-def table(summary: dict[str, dict[str, dict[str, Any]]], comparison: dict[str, Any], seeds: int) -> str:
-    """The README table (markdown): one line per row, then one line per head comparison."""
+def small_groups(runs: dict[str, dict[str, dict[str, Any]]]) -> dict[str, list[str]]:
+    """Per grouping, the groups any run left out of the ratio and spread for having too few pairs."""
+    out: dict[str, set[str]] = {g: set() for g in GROUPINGS}
+    for seeds in runs.values():
+        for r in seeds.values():
+            for g in GROUPINGS:
+                out[g] |= set(r.get("eval", {}).get(g, {}).get("groups_too_few_pairs", []))
+    return {g: sorted(v) for g, v in out.items()}
+
+
+def table(
+    summary: dict[str, dict[str, dict[str, Any]]],
+    comparison: dict[str, Any],
+    seeds: int,
+    left_out: dict[str, list[str]] | None = None,
+) -> str:
+    """The README table (markdown): one line per row, then one line per head comparison and the groups left
+    out of the ratios and spreads (``left_out``, from :func:`small_groups`)."""
     races = sorted({k.split(".", 2)[2] for s in summary.values() for k in s if k.startswith("race.fmr.")})
     head = (
         "| row | pairsDevTest acc | race FMR worst/best (floored) | race std log10 FMR | gender FMR worst/best "
@@ -299,6 +319,12 @@ def table(summary: dict[str, dict[str, dict[str, Any]]], comparison: dict[str, A
             f"- {h} + CIFP vs {h} ({seeds} seeds, means): accuracy {acc}, race worst/best {ratio}, "
             f"race std log10 FMR {spread}: {verdict}."
         )
+    for g, groups in (left_out or {}).items():
+        if groups:
+            notes.append(
+                f"- {g}: {', '.join(groups)} left out of the worst/best ratio and the log10 spread (fewer than "
+                f"1/{TARGET_FMR:g} impostor pairs); their FMR columns are shown for completeness."
+            )
     return head + "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
 
 
@@ -344,7 +370,10 @@ def main() -> None:
                 f"bias:UTK:utkface-race and :utkface-gender: within-group impostor pairs (<= 200k per group, "
                 f"seed 0), one global threshold for FMR {TARGET_FMR:g} on all pairs pooled"
             ),
-            "floor_rule": "a group without a false match counts as FMR = 1/n_pairs in the floored ratio and spread",
+            "floor_rule": (
+                "a group without a false match counts as FMR = 1/n_pairs in the floored ratio and spread; groups "
+                f"with fewer than 1/{TARGET_FMR:g} pairs are left out of both"
+            ),
         },
         "aggregation": "mean and sample std (ddof 1) over seeds",
         "machine": platform.processor() or platform.machine(),
@@ -368,13 +397,14 @@ def main() -> None:
             result["summary"] = aggregate(runs)
             result["comparison"] = compare(result["summary"])
             saved.write_text(json.dumps(result, indent=2, default=str))  # after every run: nothing is lost
-            (out / "fairness.md").write_text(table(result["summary"], result["comparison"], len(seeds)))
+            md = table(result["summary"], result["comparison"], len(seeds), small_groups(runs))
+            (out / "fairness.md").write_text(md)
     result["runs"] = runs
     result["summary"] = aggregate(runs)
     result["comparison"] = compare(result["summary"])
     result["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     saved.write_text(json.dumps(result, indent=2, default=str))
-    md = table(result["summary"], result["comparison"], len(seeds))
+    md = table(result["summary"], result["comparison"], len(seeds), small_groups(runs))
     (out / "fairness.md").write_text(md)
     print(md)
     if args.publish:

@@ -97,7 +97,11 @@ def test_aggregate_compare_and_table(fairness) -> None:
     assert c["arcface"]["race.log10_fmr_std"] < 0 and c["arcface"]["target_met"] is True
     runs["arcface_cifp"]["1"]["eval"]["pairs_accuracy"] = 0.78  # now 1.25 points lost
     assert fairness.compare(fairness.aggregate(runs))["arcface"]["target_met"] is False
-    md = fairness.table(s, c, 2)
+    runs["arcface"]["0"]["eval"]["race"]["groups_too_few_pairs"] = ["Black"]
+    md = fairness.table(s, c, 2, fairness.small_groups(runs))
     assert "| arcface + CIFP | 80.75 ± 1.06 %" in md and "target met" in md
+    assert "- race: Black left out" in md and "gender:" not in md
+    one = fairness.table(fairness.aggregate({"arcface": {"0": runs["arcface"]["0"]}}), {}, 1)
+    assert "| arcface | 80.00 % |" in one
     assert "FMR Asian" in md and "FMR White" in md
     json.dumps({"summary": s, "comparison": c}, allow_nan=False)
