@@ -372,3 +372,26 @@ def test_distributed_inputs_exercise_both_branches_of_the_detached_rule() -> Non
     rows, cols = fp.nonzero(as_tuple=True)
     trainable = int((t[rows] > c[rows, cols]).sum())
     assert len(rows) == ref.k - 1 and 0 < trainable < len(rows)
+
+
+def test_cifp_trains_a_small_model() -> None:
+    """A linear embedding with CosFace + CIFP on 10 separable classes: finite, decreasing loss, and the
+    penalty is active (false positives found) while it trains."""
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(10, 8, generator=g)
+    labels = torch.arange(10).repeat(6)
+    data = centres[labels] + 0.6 * torch.randn(60, 8, generator=g)
+    net = torch.nn.Linear(8, 16)
+    cifp = CIFP()
+    crit = LocalCriterion(build_head("cosface", embedding_size=16, num_classes=10, scale=16.0), cifp)
+    opt = torch.optim.SGD([*net.parameters(), *crit.parameters()], lr=0.1, momentum=0.9)
+    losses, penalised = [], 0
+    for _ in range(40):
+        opt.zero_grad()
+        out = crit(net(data), labels)
+        out.loss.backward()
+        opt.step()
+        losses.append(float(out.loss.detach()))
+        penalised += int((cifp.last.false_positives > 0).sum())
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < 0.5 * losses[0]
+    assert penalised > 0 and float(out.top1) > 0.9
