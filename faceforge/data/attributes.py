@@ -14,7 +14,9 @@ Two sources, shared by training (objectives that need an attribute) and evaluati
 :class:`Attributes` holds one column per attribute over the rows of a dataset with a boolean mask of the
 rows that have a value, so a mixture of sources where only some carry a label trains with masked losses.
 :data:`GROUP_LABELLERS` keeps the ``<dataset>-<attribute>`` names the ``bias`` benchmark takes
-(``utkface-gender``, ``utkface-race``, ``utkface-age`` = the age band).
+(``utkface-gender``, ``utkface-race``, ``utkface-age`` = the age band). :func:`group_source` gives the
+``bias`` benchmarks one way to read a group per image from either a labeller name or a group file
+(``identity_or_path,group``: a sidecar whose key column may also be ``identity``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from faceforge.core.hashing import file_sha256
 from faceforge.core.registry import Registry
 
 __all__ = [
@@ -35,6 +38,9 @@ __all__ = [
     "NAME_PARSERS",
     "AttributeFileError",
     "Attributes",
+    "GroupSource",
+    "group_source",
+    "is_group_file",
     "read_sidecar",
     "utkface_fields",
 ]
@@ -49,6 +55,8 @@ UTKFACE_GENDER = {0: "male", 1: "female"}
 UTKFACE_RACE = {0: "White", 1: "Black", 2: "Asian", 3: "Indian", 4: "Other"}
 AGE_BANDS = ((0, 19, "0-19"), (20, 39, "20-39"), (40, 59, "40-59"), (60, 200, "60+"))
 PATH_COLUMNS = ("path", "file", "image")
+GROUP_KEY_COLUMNS = (*PATH_COLUMNS, "identity")
+GROUP_FILE_SUFFIXES = (".csv", ".tsv")
 MISSING = frozenset({"", "na", "nan", "none", "null"})
 
 
@@ -109,11 +117,15 @@ def _value(text: str) -> Any:
     return v if math.isfinite(v) else None
 
 
-def read_sidecar(path: str | Path) -> tuple[dict[str, dict[str, Any]], list[str]]:
+def read_sidecar(
+    path: str | Path, key_columns: Sequence[str] = PATH_COLUMNS
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """``{relative path: {attribute: value}}`` and the attribute names of a CSV/TSV sidecar.
 
-    Raises :class:`AttributeFileError` naming the file (and line) for a missing header, no path column,
-    a row with the wrong number of cells, a path listed twice, or bytes that are not UTF-8.
+    ``key_columns``: header names accepted for the key column (case-insensitive; the first column whose
+    name is one of them is the key). Raises :class:`AttributeFileError` naming the file (and line) for a
+    missing header, no key column, a row with the wrong number of cells, a key listed twice, or bytes that
+    are not UTF-8.
     """
     p = Path(path)
     if not p.is_file():
@@ -129,9 +141,10 @@ def read_sidecar(path: str | Path) -> tuple[dict[str, dict[str, Any]], list[str]
     if not rows:
         raise AttributeFileError(f"{p}: empty; expected a header row such as 'path{delimiter}age'")
     header = [h.strip() for h in rows[0]]
-    key_col = next((i for i, h in enumerate(header) if h.lower() in PATH_COLUMNS), None)
+    key_col = next((i for i, h in enumerate(header) if h.lower() in key_columns), None)
     if key_col is None:
-        raise AttributeFileError(f"{p}:1: no path column; name one column 'path' (header: {header})")
+        names_ok = " or ".join(repr(k) for k in key_columns)
+        raise AttributeFileError(f"{p}:1: no key column; name one column {names_ok} (header: {header})")
     names = [h for i, h in enumerate(header) if i != key_col]
     if not names:
         raise AttributeFileError(f"{p}:1: no attribute columns beside '{header[key_col]}'")
@@ -252,3 +265,89 @@ def attributes_for(
         for name in sorted({k for d in parsed for k in d}):
             attrs.set(name, [d.get(name) for d in parsed], f"labeller {labeller}")
     return attrs
+
+
+# ------------------------------------------------------------------------------------------------------
+# one group per image, for the bias benchmarks
+# ------------------------------------------------------------------------------------------------------
+def is_group_file(spec: str) -> bool:
+    """True when ``spec`` names a group file (``FILE.csv``, ``FILE.tsv``, optionally ``#column``)."""
+    return Path(spec.partition("#")[0]).suffix.lower() in GROUP_FILE_SUFFIXES
+
+
+def _group_text(v: Any) -> str | None:
+    """Group values are names: 1.0 read from a file stays "1", text stays text, missing stays None."""
+    if v is None:
+        return None
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+@dataclass
+class GroupSource:
+    """Where each image's group comes from: a registered labeller or an ``identity_or_path,group`` file.
+
+    * labeller (a :data:`GROUP_LABELLERS` name): the group of the file name;
+    * group file ``FILE.csv`` / ``FILE.tsv`` (``FILE.csv#column`` picks a column; default the ``group``
+      column, or the only attribute column): a header row with a key column named ``path``, ``file``,
+      ``image`` or ``identity`` and the group column. A key is an image path relative to the image folder
+      (``Person/Person_0001.jpg``, or ``x.jpg`` in a flat folder) or an identity (the first folder of the
+      relative path, ``Person``); an image takes its own path's row first, then its identity's row.
+      Images in neither have no group (counted and left out by the caller).
+    """
+
+    spec: str
+    labeller: Callable[[str], Any] | None = None
+    table: dict[str, str | None] = field(default_factory=dict)
+    file: str | None = None
+    column: str | None = None
+
+    def group_of(self, rel_path: str) -> str | None:
+        """The group of an image given by its path relative to the image folder (None: no group)."""
+        rel = Path(rel_path).as_posix()
+        if self.labeller is not None:
+            return _group_text(self.labeller(Path(rel).name))
+        if rel in self.table:
+            return self.table[rel]
+        parts = Path(rel).parts
+        return self.table.get(parts[0]) if len(parts) > 1 else None
+
+    def describe(self) -> dict[str, Any]:
+        if self.labeller is not None:
+            return {"source": "file-name labeller", "labeller": self.spec}
+        return {
+            "source": "group file",
+            "file": self.file,
+            "file_sha256": file_sha256(self.file),
+            "column": self.column,
+            "keys": len(self.table),
+            "key_rule": "image path relative to the image folder, else its identity (first folder)",
+        }
+
+
+def group_source(spec: str) -> GroupSource:
+    """A :class:`GroupSource` from a labeller name or a group-file spec (``FILE.csv[#column]``)."""
+    if not is_group_file(spec):
+        if spec not in GROUP_LABELLERS:
+            raise AttributeFileError(
+                f"unknown group labeller {spec!r}: use one of {GROUP_LABELLERS.names()} or a group file "
+                "FILE.csv / FILE.tsv (header: path or identity, group)"
+            )
+        return GroupSource(spec, labeller=GROUP_LABELLERS.get(spec))
+    file, _, column = spec.partition("#")
+    table, names = read_sidecar(file, key_columns=GROUP_KEY_COLUMNS)
+    if column:
+        if column not in names:
+            raise AttributeFileError(f"{file}: no column {column!r} (columns: {names}); fix the #column")
+    elif "group" in names:
+        column = "group"
+    elif len(names) == 1:
+        column = names[0]
+    else:
+        raise AttributeFileError(
+            f"{file}: several attribute columns {names} and none is named 'group'; pick one with {file}#COLUMN"
+        )
+    return GroupSource(
+        spec, table={k: _group_text(v.get(column)) for k, v in table.items()}, file=file, column=column
+    )

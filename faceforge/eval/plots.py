@@ -20,7 +20,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["plot_cmc", "plot_erc", "plot_group_bars", "plot_roc", "plot_score_histogram", "saved_figure"]
+__all__ = [
+    "plot_cmc",
+    "plot_erc",
+    "plot_group_bars",
+    "plot_group_roc",
+    "plot_roc",
+    "plot_score_histogram",
+    "saved_figure",
+]
 
 StrPath = str | os.PathLike[str]
 
@@ -169,4 +177,61 @@ def plot_group_bars(
             ax.legend()
         ax.set_ylabel(ylabel)
         ax.set_title(title)
+    return Path(out_png)
+
+
+def plot_group_roc(
+    curves: Mapping[str, tuple[ArrayLike, ArrayLike]],
+    out_png: StrPath,
+    title: str = "ROC per group",
+    points: Mapping[str, tuple[float | None, float | None]] | None = None,
+    points_label: str = "one global threshold",
+) -> Path:
+    """One ROC curve per group on one log-FPR plot, each group's operating point at a shared threshold
+    marked on its own curve (so a single threshold shows as different FMRs per group).
+
+    Args:
+        curves: ``{group: (fpr, tpr)}``; FPR = 0 points are dropped from the log axis.
+        points: ``{group: (fmr, 1 - fnmr)}`` at the global threshold; a point with FMR 0 (or ``None``)
+            is drawn at the left edge with an open marker.
+        points_label: legend text of the markers.
+    """
+    with saved_figure(out_png, figsize=(6.5, 5)) as ax:
+        smallest = 1.0
+        for x_, _ in curves.values():
+            x = np.asarray(x_, dtype=np.float64)
+            if (x > 0).any():
+                smallest = min(smallest, float(x[x > 0].min()))
+        left = max(smallest, 1e-7)
+        for n, (label, (fpr, tpr)) in enumerate(curves.items()):
+            x = np.asarray(fpr, dtype=np.float64)
+            y = np.asarray(tpr, dtype=np.float64)
+            keep = x > 0
+            color = f"C{n % 10}"
+            ax.plot(x[keep], y[keep], label=label, linewidth=1.5, color=color)
+            if points and label in points:
+                px, py = points[label]
+                if py is None:
+                    continue
+                at_zero = px is None or px <= 0
+                ax.plot(
+                    left if at_zero else px,
+                    py,
+                    marker="o",
+                    markersize=7,
+                    color=color,
+                    markerfacecolor="none" if at_zero else color,
+                    linestyle="none",
+                )
+        if points:
+            ax.plot([], [], marker="o", color="k", linestyle="none", label=points_label)
+        ax.set_xscale("log")
+        ax.set_xlim(left, 1.0)
+        ax.set_ylim(0.0, 1.01)
+        ax.set_xlabel("False match rate (FMR)")
+        ax.set_ylabel("True match rate (1 - FNMR)")
+        ax.set_title(title)
+        ax.grid(True, which="both", linestyle=":", linewidth=0.5)
+        if curves:
+            ax.legend(loc="lower right", fontsize=8)
     return Path(out_png)

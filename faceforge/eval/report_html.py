@@ -25,6 +25,8 @@ __all__ = ["load_result", "normalise_run", "write_html_report"]
 
 #: metrics where smaller is better (everything else: larger is better)
 LOWER_IS_BETTER = ("eer", "accuracy_std")
+#: metric-name prefixes where smaller is better (error rates and spreads of the bias benchmarks)
+LOWER_IS_BETTER_PREFIXES = ("fmr", "fnmr", "overall_fmr", "log10_fmr_std", "accuracy_std_over_groups")
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1400px}
@@ -158,11 +160,32 @@ def _kv_table(d: dict[str, Any]) -> str:
     return f"<table>{rows}</table>"
 
 
+def _group_table(table: dict[str, Any]) -> str:
+    """A benchmark's per-group table (``record["group_table"]``: ``title``, ``columns``, ``rows``), one row
+    per group; empty cells for ``None``."""
+    cols = table.get("columns") or []
+    head = "".join(
+        f"<th{' class=k' if i == 0 else ''}>{html.escape(str(c))}</th>" for i, c in enumerate(cols)
+    )
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f"<td{' class=k' if i == 0 else ''}>{'' if v is None else _fmt(v)}</td>"
+            for i, v in enumerate(row)
+        )
+        + "</tr>"
+        for row in table.get("rows") or []
+    )
+    title = f"<p><b>{html.escape(str(table['title']))}</b></p>" if table.get("title") else ""
+    return f"{title}<table><tr>{head}</tr>{body}</table>"
+
+
 def _best(values: list[Any], metric: str) -> Any:
     nums = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
     if len(nums) < 2:
         return None
-    return min(nums) if metric in LOWER_IS_BETTER else max(nums)
+    lower = metric in LOWER_IS_BETTER or metric.startswith(LOWER_IS_BETTER_PREFIXES)
+    return min(nums) if lower else max(nums)
 
 
 def _comparison(name: str, runs: list[dict[str, Any]], labels: list[str]) -> str:
@@ -233,6 +256,8 @@ def write_html_report(
                 parts.append(f"<h3>{html.escape(name)} - {html.escape(lb)}</h3>")
             if rec.get("spec"):
                 parts.append(f"<p>spec: <code>{html.escape(rec['spec'])}</code></p>")
+            if rec.get("group_table"):
+                parts.append(_group_table(rec["group_table"]))
             parts.append(
                 "<details><summary>dataset</summary>" + _kv_table(rec.get("benchmark", {})) + "</details>"
             )

@@ -79,11 +79,19 @@ class MarginObjective(Objective):
                 )
         # a sharded head initialises only its own block (N(0, 0.01), like the full head)
         self.head = build_head(name, embedding_size=ctx.embedding_size, num_classes=classes, **kwargs)
+        transform = self.logit_transform()
         self.criterion = (
-            ShardedCriterion(self.head, self.num_classes, rate) if self.sharded else LocalCriterion(self.head)
+            ShardedCriterion(self.head, self.num_classes, rate, logit_transform=transform)
+            if self.sharded
+            else LocalCriterion(self.head, logit_transform=transform)
         )
         self.branches = list(branches) if branches is not None else None
         self.extra_branch = bool(extra_branch)
+
+    def logit_transform(self) -> Any:
+        """A transform of the head's logits (see :class:`~faceforge.models.heads.criterion.LogitContext`); the
+        plain margin objective has none, CIFP's objective returns its penalty."""
+        return None
 
     def begin_step(self, accumulate: int) -> None:
         if accumulate > 1 and hasattr(self.head, "begin_accumulation"):

@@ -107,3 +107,110 @@ def test_bias_spec_names_the_labellers() -> None:
     assert (s.kind, s.paths, s.name) == ("bias", ("data/utk:aligned", "utkface-race"), "bias:utkface-race")
     with pytest.raises(BenchmarkSpecError, match="utkface-gender"):
         parse_benchmark_spec("bias:data/utk:eyes")
+
+
+# ---------------------------------------------------------------------------------------------
+# (c) spread with a floor for groups without a false match
+#   a: .01 of 1000, b: .001 of 1000, c: 0 of 500 -> floored .002
+#   ratio .01 / .001 = 10; log10: -2, -3, log10(.002) = -2.69897; std (ddof 0) by hand below
+# ---------------------------------------------------------------------------------------------
+def test_fmr_spread_floors_zero_groups() -> None:
+    from faceforge.eval.bias import fmr_spread
+
+    r = fmr_spread({"a": 0.01, "b": 0.001, "c": 0.0}, {"a": 1000, "b": 1000, "c": 500})
+    logs = np.array([-2.0, -3.0, np.log10(0.002)])
+    assert r["fmr_ratio_floored"] == pytest.approx(10.0)
+    assert r["log10_fmr_std"] == pytest.approx(np.sqrt(np.mean((logs - logs.mean()) ** 2)))
+    assert r["groups_at_floor"] == ["c"] and "1/n_impostor" in r["floor_rule"]
+    # a group with too few pairs for the target would decide the spread by its floor alone: left out
+    r = fmr_spread({"a": 0.01, "b": 0.001, "c": 0.0}, {"a": 1000, "b": 1000, "c": 500}, min_pairs=600)
+    assert r["groups_too_few_pairs"] == ["c"] and r["groups_at_floor"] == []
+    assert r["fmr_ratio_floored"] == pytest.approx(10.0) and r["log10_fmr_std"] == pytest.approx(0.5)
+
+
+def test_min_pairs_for_target() -> None:
+    from faceforge.eval.bias import min_pairs_for
+
+    assert (min_pairs_for(1e-3), min_pairs_for(1e-4), min_pairs_for(0.6), min_pairs_for(0.05)) == (
+        1000,
+        10000,
+        2,
+        20,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# (d) group pairs report.  20 pairs per group, alternating genuine / impostor:
+#   A: genuine cos .8 (d .4), impostors cos .1, the last one .3 -> separable: accuracy 1.0, AUC 1, EER 0
+#   B: every pair cos .6 -> accuracy .5, AUC .5, EER .5
+#   mean accuracy .75, std .25
+#   pooled impostors (20): .6 x10 (B), .3, .1 x9 (A)
+#   target .6: 12 false matches allowed -> accept > .1: FMR A 1/10, B 1; FNMR 0, 0 -> FMR ratio 10 (B),
+#     log10 spread std(-1, 0) = .5
+#   target .05: 1 allowed -> accept > .6: FMR A 0, B 0; FNMR A 0, B 1; 10 impostor pairs per group are
+#     fewer than 1/.05 = 20, so neither group enters the floored ratio / spread
+# ---------------------------------------------------------------------------------------------
+def test_group_pairs_report_hand() -> None:
+    from faceforge.eval.bias import group_pairs_report, group_pairs_table
+
+    same = np.tile([True, False], 10)
+    cos_a = np.where(same, 0.8, 0.1)
+    cos_a[-1] = 0.3
+    cos = np.r_[cos_a, np.full(20, 0.6)]
+    groups = np.repeat(["A", "B"], 20)
+    r = group_pairs_report(cos, np.r_[same, same], groups, fmrs=(0.6, 0.05))
+    acc = r["accuracy"]
+    assert acc["groups"]["A"]["accuracy_mean"] == 1.0 and acc["groups"]["B"]["accuracy_mean"] == 0.5
+    assert acc["mean"] == pytest.approx(0.75) and acc["std"] == pytest.approx(0.25)
+    hi = r["at_fmr"]["0.6"]
+    assert 0.1 < hi["threshold"] < 0.1 + 1e-12 and hi["false_matches"] == 11
+    assert hi["groups"]["A"]["fmr"] == pytest.approx(0.1) and hi["groups"]["B"]["fmr"] == 1.0
+    assert hi["groups"]["A"]["fnmr"] == 0.0 and hi["groups"]["B"]["fnmr"] == 0.0
+    assert (
+        hi["fmr_ratio"] == pytest.approx(10.0) and hi["fmr_worst_group"] == "B" and hi["fnmr_ratio"] is None
+    )
+    lo = r["at_fmr"]["0.05"]
+    assert 0.6 < lo["threshold"] < 0.6 + 1e-12
+    assert lo["groups"]["A"]["fmr"] == 0.0 and lo["groups"]["B"]["fmr"] == 0.0 and lo["fmr_ratio"] is None
+    assert (
+        lo["fmr_spread"]["groups_too_few_pairs"] == ["A", "B"] and lo["fmr_spread"]["log10_fmr_std"] is None
+    )
+    assert hi["fmr_spread"]["fmr_ratio_floored"] == pytest.approx(10.0)
+    assert hi["fmr_spread"]["log10_fmr_std"] == pytest.approx(0.5)
+    assert lo["groups"]["B"]["fnmr"] == 1.0 and lo["fnmr_worst_group"] == "B"
+    assert r["roc"]["A"]["auc"] == 1.0 and r["roc"]["A"]["eer"] == 0.0
+    assert r["roc"]["B"]["auc"] == pytest.approx(0.5) and r["roc"]["B"]["eer"] == pytest.approx(0.5)
+    assert r["roc"]["B"]["n_genuine"] == 10 and r["accuracy_pairs"] == 40
+    t = group_pairs_table(r)
+    assert t["columns"][:4] == ["group", "genuine pairs", "impostor pairs", "accuracy"]
+    assert t["rows"][0][:4] == ["A", 10, 10, 1.0] and t["rows"][1][0] == "B"
+    assert t["rows"][2][3] == pytest.approx(0.25) and t["rows"][2][6] == pytest.approx(10.0)
+    json.dumps(r, allow_nan=False)
+    # the accuracy can be restricted to (and ordered by) given pairs; the differentials still use all
+    sub = group_pairs_report(cos, np.r_[same, same], groups, fmrs=(0.6,), accuracy_index=np.arange(20))
+    assert list(sub["accuracy"]["groups"]) == ["A"] and sub["at_fmr"]["0.6"]["groups"]["B"]["fmr"] == 1.0
+
+
+def test_identity_group_pairs_and_balanced_subset() -> None:
+    from faceforge.eval.bias import balanced_interleaved, identity_group_pairs
+
+    ids = np.array(["p", "p", "q", "q", "r"])
+    groups = np.array(["x", "x", "x", "x", "y"])
+    i, j, same, g = identity_group_pairs(ids, groups)
+    got = sorted(zip(i.tolist(), j.tolist(), same.tolist(), g.tolist(), strict=True))
+    assert got == [
+        (0, 1, True, "x"),
+        (0, 2, False, "x"),
+        (0, 3, False, "x"),
+        (1, 2, False, "x"),
+        (1, 3, False, "x"),
+        (2, 3, True, "x"),
+    ]
+    i, j, same, g = identity_group_pairs(
+        np.repeat(["a", "b", "c"], 5), np.zeros(15), max_genuine_per_group=4, max_impostor_per_group=7
+    )
+    assert int(same.sum()) == 4 and int((~same).sum()) == 7 and bool((i < j).all())
+    ids15 = np.repeat(["a", "b", "c"], 5)
+    assert bool((ids15[i] == ids15[j])[same].all()) and bool((ids15[i] != ids15[j])[~same].all())
+    idx = balanced_interleaved(np.array([True, True, True, False, False, True]), np.array(list("xxxxxy")))
+    assert len(idx) == 4 and [bool(v) for v in np.array([1, 1, 1, 0, 0, 1], bool)[idx]] == [True, False] * 2

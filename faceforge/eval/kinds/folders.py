@@ -1,4 +1,4 @@
-"""Folder-based kinds: ``allpairs:IMAGES[:MIN]``, ``ident:IMAGES[:K[:MIN]]``, ``bias:IMAGES:LABELLER``.
+"""Folder-based kinds: ``allpairs:IMAGES[:MIN]`` and ``ident:IMAGES[:K[:MIN]]``.
 
 * ``allpairs`` - every pair of an identity-labelled folder (identity = sub-folder), identities with
   at least ``MIN`` images (default 1), TAR@FAR 1e-5 .. 1e-1
@@ -6,12 +6,9 @@
 * ``ident`` - 1:N identification on such a folder: ``K`` images per identity (default 1) in the
   gallery, the rest are mated probes; identities with at most ``K`` images are non-mated probes;
   only identities with at least ``MIN`` images (default 1) take part.  CMC rank 1/5/10 and DIR at
-  FPIR 0.01 / 0.1 (:mod:`faceforge.eval.identification`);
-* ``bias`` - demographic differential on a folder without identity labels: groups from the file
-  names by a registered labeller (``utkface-gender``, ``utkface-race``, ``utkface-age``), every
-  within-group pair an impostor pair (up to 200k sampled per group), one global threshold for FMR
-  1e-3 and the per-group FMR with the worst/best ratio
-  (:func:`faceforge.eval.bias.impostor_differential`).
+  FPIR 0.01 / 0.1 (:mod:`faceforge.eval.identification`).
+
+The demographic-differential kinds (``bias``, ``biaspairs``) are in :mod:`faceforge.eval.kinds.bias`.
 """
 
 from __future__ import annotations
@@ -21,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from faceforge.data.files import list_images
 from faceforge.eval.allpairs import (
     ALLPAIRS_FARS,
     ScoreHistogram,
@@ -44,13 +40,10 @@ from faceforge.eval.kinds.base import (
     require_dir,
     trailing_ints,
 )
-from faceforge.eval.plots import plot_cmc, plot_group_bars, plot_roc, plot_score_histogram
+from faceforge.eval.plots import plot_cmc, plot_roc, plot_score_histogram
 from faceforge.eval.roc import roc
 
-__all__ = ["BIAS_MAX_PAIRS_PER_GROUP", "BIAS_TARGET_FMR"]
-
-BIAS_TARGET_FMR = 1e-3
-BIAS_MAX_PAIRS_PER_GROUP = 200_000
+__all__ = ["AllPairsKind", "IdentificationKind"]
 
 
 class _IdentityFolderKind(BenchmarkKind):
@@ -230,98 +223,5 @@ class IdentificationKind(_IdentityFolderKind):
                         title=f"Probe-gallery cosine: {ctx.name}",
                     )
                 ),
-            }
-        return rec
-
-
-@BENCHMARK_KINDS.register("bias")
-class BiasKind(BenchmarkKind):
-    name = "bias"
-    usage = "bias:IMAGES:LABELLER"
-
-    def parse(self, spec: str, rest: str) -> BenchmarkSpec:
-        from faceforge.data.attributes import GROUP_LABELLERS
-
-        parts = rest.split(":")
-        if len(parts) < 2 or parts[-1] not in GROUP_LABELLERS:
-            raise BenchmarkSpecError(
-                spec, f"expected bias:IMAGES:LABELLER with LABELLER one of {GROUP_LABELLERS.names()}"
-            )
-        return BenchmarkSpec("bias", (":".join(parts[:-1]), parts[-1]), spec=spec, name=f"bias:{parts[-1]}")
-
-    def check(self, b: BenchmarkSpec) -> None:
-        require_dir(b, b.paths[0])
-
-    def plan(self, b: BenchmarkSpec, image_ext: str) -> dict[str, Any]:
-        from faceforge.data.attributes import GROUP_LABELLERS
-
-        label_of = GROUP_LABELLERS.get(b.paths[1])
-        every = list_images(b.paths[0], what=b.spec)
-        kept = [(str(f), g) for f in every if (g := label_of(f.name)) is not None]
-        if not kept:
-            raise ValueError(f"{b.spec}: no file name under {b.paths[0]} gives a group with {b.paths[1]}")
-        files = [f for f, _ in kept]
-        return {
-            "files": files,
-            "groups": np.array([g for _, g in kept], dtype=object),
-            "every": every,
-            "unlabelled": len(every) - len(kept),
-            "unique_files": files,
-        }
-
-    def run(
-        self, b: BenchmarkSpec, plan: dict[str, Any], ctx: RunContext, plot_dir: Path | None
-    ) -> dict[str, Any]:
-        from faceforge.eval.bias import impostor_differential, within_group_impostor_pairs
-
-        emb = ctx.rows(plan["files"])
-        ok = ~np.isnan(emb).any(1)
-        unreadable = ctx.failed_in(plan["files"])
-        validity = check_valid(ctx.name, int(ok.sum()), ok.size, "images", ctx.min_valid_fraction, unreadable)
-        groups = plan["groups"][ok]
-        i, j, pair_groups = within_group_impostor_pairs(groups, BIAS_MAX_PAIRS_PER_GROUP, seed=0)
-        e = emb[ok]
-        scores = np.einsum("ij,ij->i", e[i], e[j])
-        diff = impostor_differential(scores, pair_groups, BIAS_TARGET_FMR)
-        rec: dict[str, Any] = {
-            "benchmark": {
-                "kind": "groups-from-file-names",
-                "images_dir": str(b.paths[0]),
-                "images_sha256": folder_checksum(b.paths[0], plan["every"]),
-                "labeller": b.paths[1],
-                "n_images": len(plan["files"]),
-                "n_images_without_group": plan["unlabelled"],
-                "unreadable_images": unreadable,
-                "images_per_group": {str(k): int(np.count_nonzero(groups == k)) for k in np.unique(groups)},
-            },
-            "bias": diff,
-            "validity": validity,
-            "summary": {
-                "overall_fmr": diff["overall_fmr"],
-                **{f"fmr {k}": v["fmr"] for k, v in diff["groups"].items()},
-                "fmr_ratio_worst_best": diff["fmr_ratio"],
-            },
-            "settings": {
-                "protocol": diff["protocol"],
-                "pairs": f"within-group pairs, all or {BIAS_MAX_PAIRS_PER_GROUP} sampled per group (seed 0)",
-                "identity_assumption": "no identity labels: every pair counted as an impostor pair",
-                "threshold_rule": f"one global threshold, FMR <= {BIAS_TARGET_FMR} on all pairs pooled",
-                "score": "cosine similarity",
-                **ctx.preprocess_settings(),
-                "unreadable_images": "left out",
-                "min_valid_fraction": ctx.min_valid_fraction,
-            },
-        }
-        if plot_dir is not None:
-            rec["plots"] = {
-                "fmr_by_group": str(
-                    plot_group_bars(
-                        {k: v["fmr"] for k, v in diff["groups"].items()},
-                        plot_dir / "fmr_by_group.png",
-                        title=f"Per-group FMR: {ctx.name}",
-                        ylabel="FMR at the global threshold",
-                        reference=(diff["target_fmr"], f"overall target {diff['target_fmr']:g}"),
-                    )
-                )
             }
         return rec

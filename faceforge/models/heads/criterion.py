@@ -23,6 +23,12 @@ gradient of that mean for its own embeddings (the gather's backward sums the con
 DDP then *averages* backbone gradients over ranks, so the gather multiplies embedding gradients by the world
 size to make the averaged result the gradient of the global mean, as arcface_torch does.
 
+Logit transforms (``logit_transform=``, optional, both criteria): a callable
+``transform(logits, ctx: LogitContext) -> logits`` that edits the scaled, margin-applied logits before the
+cross-entropy, given the raw cosines, the labels, the normalised embeddings and class weights behind them
+and the layout (:class:`LogitContext`). CIFP (``cifp.py``) is one. With no transform, both criteria run
+exactly the code they ran before the hook existed.
+
 Checkpoints: :meth:`ShardedCriterion.full_state_dict` gathers the blocks into one ``[C, D]`` weight (with
 the head's buffers), and :meth:`load_full_state_dict` takes this rank's block out of it, so a run saved at
 one world size resumes at any other and a sharded model is evaluated anywhere.
@@ -31,6 +37,7 @@ one world size resumes at any other and a sharded model is evaluated anywhere.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -51,23 +58,84 @@ class LossOutput:
     top1: Tensor
 
 
+@dataclass
+class LogitContext:
+    """What a logit transform may read besides the logits (fp32, autocast off).
+
+    Attributes:
+        cos: [B, C_blk] raw cosines ``clamp(embeddings @ weight.T, -1, 1)``, differentiable.
+        labels: [B] long, column of each row's class in this block, ``-1`` when another rank holds it.
+        target_cos: [B] detached raw target cosine of every row (global over the ranks' blocks).
+        embeddings: [B, D] the L2-normalised embeddings behind ``cos`` (differentiable).
+        weight: [C_blk, D] the L2-normalised class weights behind ``cos`` (differentiable).
+        scale: the head's ``s``; the logits are ``s x`` the margin-applied cosines.
+        num_classes: classes of the whole classifier (all ranks, before Partial FC sampling).
+        rows_shared: True when every rank holds these same rows and another block of classes
+            (:class:`ShardedCriterion`); False when the rows are this rank's own and the block is every
+            class (:class:`LocalCriterion`, one process or DDP).
+    """
+
+    cos: Tensor
+    labels: Tensor
+    target_cos: Tensor
+    embeddings: Tensor
+    weight: Tensor
+    scale: float
+    num_classes: int
+    rows_shared: bool
+
+
+LogitTransform = Callable[[Tensor, LogitContext], Tensor]
+
+
+def _check_transform(head: nn.Module, logit_transform: LogitTransform | None) -> None:
+    if logit_transform is not None and not isinstance(head, MarginHead):
+        raise ValueError(
+            f"a logit transform needs a margin head (normface, cosface, arcface, curricularface), got "
+            f"{type(head).__name__}"
+        )
+
+
 class LocalCriterion(nn.Module):
-    """Cross-entropy over a head that holds every class (``head(x, y) -> HeadOutput``)."""
+    """Cross-entropy over a head that holds every class (``head(x, y) -> HeadOutput``).
+
+    ``logit_transform`` (optional, margin heads only): see the module doc and :class:`LogitContext`.
+    """
 
     sharded = False
 
-    def __init__(self, head: nn.Module) -> None:
+    def __init__(self, head: nn.Module, logit_transform: LogitTransform | None = None) -> None:
         super().__init__()
+        _check_transform(head, logit_transform)
         self.head = head
+        self.logit_transform = logit_transform
         if D.current().enabled and hasattr(head, "stat_reduce"):
             # batch statistics of the head (CurricularFace's t) over the global batch, not this rank's part
             head.stat_reduce = D.all_reduce
 
     def forward(self, embeddings: Tensor, labels: Tensor) -> LossOutput:
+        if self.logit_transform is not None:
+            return self._forward_transformed(embeddings, labels)
         out = self.head(embeddings, labels)
         loss = F.cross_entropy(out.logits, labels)
         top1 = (out.plain_logits.argmax(1) == labels).float().mean()
         return LossOutput(loss, top1.detach())
+
+    def _forward_transformed(self, embeddings: Tensor, labels: Tensor) -> LossOutput:
+        """``head.forward``'s computation (same operations) with the transform before the cross-entropy."""
+        head = self.head
+        head.check_inputs(embeddings, labels)
+        with no_autocast(embeddings.device):
+            x = F.normalize(embeddings.float(), dim=1)
+            w = F.normalize(head.weight.float(), dim=1)
+            cos = F.linear(x, w).clamp(-1.0, 1.0)
+            logits = head.apply_margin(cos, labels) * head.scale
+            target = cos.detach().gather(1, labels.unsqueeze(1)).squeeze(1)
+            ctx = LogitContext(cos, labels, target, x, w, head.scale, head.num_classes, rows_shared=False)
+            logits = self.logit_transform(logits, ctx)
+            loss = F.cross_entropy(logits, labels)
+            top1 = (cos.detach().argmax(1) == labels).float().mean()
+        return LossOutput(loss, top1)
 
     def full_state_dict(self) -> dict[str, Tensor]:
         return self.head.state_dict()
@@ -124,11 +192,20 @@ class ShardedCriterion(nn.Module):
         head: a :class:`MarginHead` built with ``num_classes`` = this rank's block size.
         num_classes: total classes over all ranks.
         sample_rate: Partial FC rate in (0, 1]; 1 means the full sharded softmax.
+        logit_transform: optional, see the module doc and :class:`LogitContext` (``rows_shared=True``:
+            every rank calls it on the global batch and its block, so it must run its collectives on
+            every rank).
     """
 
     sharded = True
 
-    def __init__(self, head: MarginHead, num_classes: int, sample_rate: float = 1.0) -> None:
+    def __init__(
+        self,
+        head: MarginHead,
+        num_classes: int,
+        sample_rate: float = 1.0,
+        logit_transform: LogitTransform | None = None,
+    ) -> None:
         super().__init__()
         if not isinstance(head, MarginHead):
             raise ValueError(
@@ -148,6 +225,7 @@ class ShardedCriterion(nn.Module):
         self.head = head
         self.sample_rate = float(sample_rate)
         self.last_sampled: Tensor | None = None  # class ids (global) used in the last step, for tests/logs
+        self.logit_transform = logit_transform
 
     def num_sampled(self, positives: int) -> int:
         local = self.end - self.start
@@ -181,12 +259,18 @@ class ShardedCriterion(nn.Module):
         self.last_sampled = None if index is None else index + self.start
         weight = self.head.weight if index is None else self.head.weight[index]
         with no_autocast(emb.device):
-            cos = F.linear(F.normalize(emb, dim=1), F.normalize(weight.float(), dim=1)).clamp(-1.0, 1.0)
+            x, w = F.normalize(emb, dim=1), F.normalize(weight.float(), dim=1)
+            cos = F.linear(x, w).clamp(-1.0, 1.0)
             rows = torch.nonzero(sub_labels >= 0).squeeze(1)
             target = torch.zeros(cos.shape[0], device=cos.device)
             target[rows] = cos.detach()[rows, sub_labels[rows]]
             D.all_reduce(target)  # each row's target cosine lives on exactly one rank
             logits = self.head.apply_margin(cos, sub_labels, target_cos=target) * self.head.scale
+            if self.logit_transform is not None:
+                ctx = LogitContext(
+                    cos, sub_labels, target, x, w, self.head.scale, self.num_classes, rows_shared=True
+                )
+                logits = self.logit_transform(logits, ctx)
             loss = _DistSoftmaxCE.apply(logits, sub_labels)
             top1 = self._top1(cos.detach(), sub_labels)
         return LossOutput(loss, top1)
