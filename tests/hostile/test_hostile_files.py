@@ -140,11 +140,14 @@ def _hostile_rec(tmp_path: Path, case: str) -> Path:
 def test_hostile_rec_is_refused_naming_the_file(tmp_path: Path) -> None:
     recs = {case: str(_hostile_rec(tmp_path, case)) for case in REC_CASES}
     code = f"""
-        from faceforge.data.recordio import RecordFaceDataset
+        from omegaconf import OmegaConf
+        from faceforge.core.schema import DataConfig
+        from faceforge.data.build import build_dataset
         result = {{}}
         for case, rec in {recs!r}.items():
             try:
-                ds = RecordFaceDataset(rec)
+                cfg = OmegaConf.structured(DataConfig(root="/", format="rec", rec=rec, preload=False, augment={{}}))
+                ds = build_dataset(cfg, progress=False).dataset
                 bad = [it[1] for it in (ds[i] for i in range(len(ds))) if it[0] is None]
                 result[case] = ["skipped", bad[0]] if bad else "loaded"
             except Exception as exc:
