@@ -141,17 +141,20 @@ class StepEngine:
         k = self.accumulate
         for obj in self.t.objectives.values():
             obj.begin_step(k)
-        for micro, sync in self.micro_batches(Batch(x, batch.labels, batch.indices, [], batch.branch)):
+        # the extra branch's row i is made from batch row i: it is cut into the same micro-batches
+        extras = x_extra.chunk(k) if x_extra is not None else [None] * k
+        micros = self.micro_batches(Batch(x, batch.labels, batch.indices, [], batch.branch))
+        for (micro, sync), xe in zip(micros, extras, strict=True):
             with sync:
                 xs = micro.images
-                both = xs if x_extra is None else torch.cat([xs, x_extra])
+                both = xs if xe is None else torch.cat([xs, xe])
                 features: dict[str, Tensor] | None = None
                 if self.t.feature_names:
                     emb, features = self.embed_with_features(both)
                     features = {n: features[n][: len(xs)] for n in self.t.feature_names}
                 else:
                     emb = self.embed(both)
-                emb, extra_emb = (emb, None) if x_extra is None else (emb[: len(xs)], emb[len(xs) :])
+                emb, extra_emb = (emb, None) if xe is None else (emb[: len(xs)], emb[len(xs) :])
                 loss = self.objectives_loss(self.step_batch(micro, emb, extra_emb, features), scale=1.0 / k)
                 self.backward(loss / k, "main")
         for obj in self.t.objectives.values():
