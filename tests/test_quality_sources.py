@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from faceforge.data.attributes import read_sidecar
+from faceforge.data.attributes import attributes_for, read_sidecar
 from faceforge.data.image_io import read_image_rgb, write_image_rgb
 from faceforge.eval.quality import erc
 from faceforge.eval.quality_report import all_pairs, compare_sources
@@ -46,6 +46,11 @@ def test_quality_csv_round_trip_is_an_attribute_sidecar(tmp_path: Path) -> None:
     out = write_quality_csv(tmp_path / "q.csv", ["a/x.jpg", "b/y, z.jpg", "c/w.jpg"], [1.5, 2.25, np.nan])
     table, names = read_sidecar(out)
     assert names == ["quality"] and table == {"a/x.jpg": {"quality": 1.5}, "b/y, z.jpg": {"quality": 2.25}}
+    attrs = attributes_for([str(tmp_path / "a/x.jpg"), str(tmp_path / "c/w.jpg")], tmp_path, sidecar=out)
+    assert attrs.values["quality"][0] == 1.5 and attrs.mask["quality"].tolist() == [
+        True,
+        False,
+    ]  # training's reader
     vals, col = read_quality_csv(out)
     assert col == "quality" and vals == {"a/x.jpg": 1.5, "b/y, z.jpg": 2.25}
     two = tmp_path / "two.tsv"

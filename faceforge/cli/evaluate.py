@@ -24,7 +24,8 @@ def _add(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="SPEC",
-        help="repeatable: lfw:PAIRS:IMAGES | bin:FILE | quality:PAIRS:IMAGES | allpairs:IMAGES[:MIN] | "
+        help="repeatable: lfw:PAIRS:IMAGES | bin:FILE | quality:PAIRS:IMAGES[:SOURCES] | qualityall:IMAGES[:SOURCES] | "
+        "allpairs:IMAGES[:MIN] | "
         "ident:IMAGES[:K[:MIN]] | bias:IMAGES:LABELLER | fgnet:IMAGES | cacdvs:PAIRS:IMAGES | "
         "agegap:PAIRS:IMAGES | ijb:DIR[:N0D1]",
     )

@@ -175,21 +175,15 @@ def erc(
     n_imp_left: list[int] = []
     for r in n_reject:
         ys, ss = y_sorted[r:], s_sorted[r:]
-        gen = np.sort(ss[ys])
-        imp = np.sort(ss[~ys])
+        gen, imp = ss[ys], ss[~ys]
         n_gen_left.append(int(gen.size))
         n_imp_left.append(int(imp.size))
         thrs = fixed_thr if mode == "fixed" else thresholds_at_rates(imp, fmr_list)
         for key, thr in zip(keys, thrs, strict=True):
             c = curves[key]
             ok = not math.isnan(thr)
-            # sorted arrays: #{gen < thr} and #{imp >= thr} by binary search
-            fnmr = float(np.searchsorted(gen, thr, side="left") / gen.size) if gen.size and ok else math.nan
-            fmr = (
-                float((imp.size - np.searchsorted(imp, thr, side="left")) / imp.size)
-                if imp.size and ok
-                else math.nan
-            )
+            fnmr = float(np.count_nonzero(gen < thr) / gen.size) if gen.size and ok else math.nan
+            fmr = float(np.count_nonzero(imp >= thr) / imp.size) if imp.size and ok else math.nan
             c["fnmr"].append(_none_if_nan(fnmr))
             c["threshold"].append(None if not math.isfinite(thr) else float(thr))
             c["fmr"].append(_none_if_nan(fmr))

@@ -147,22 +147,26 @@ def compare_sources(
 
 
 def quality_summary(res: dict[str, Any]) -> dict[str, float | None]:
-    """Headline numbers: per source and mode the AOC at each FMR and its mean; FNMR at reject 0 and 20 %."""
+    """Headline numbers: FNMR at reject 0 per FMR (fixed threshold); per source the AOC at each FMR (fixed
+    threshold) and the mean AOC over the FMRs in each threshold mode."""
     out: dict[str, float | None] = {}
-    first = True
-    for label, by_mode in res["sources"].items():
+    for i, (label, by_mode) in enumerate(res["sources"].items()):
+        if i == 0 and "fixed" in by_mode:
+            for key, c in by_mode["fixed"]["curves"].items():
+                out[f"fnmr@fmr={key} reject 0"] = c["fnmr"][0]
         for mode, r in by_mode.items():
-            phis = np.asarray(r["reject_fractions"])
-            i20 = int(np.argmin(np.abs(phis - 0.2)))
+            if mode == "fixed":
+                for key, v in r["aoc_normalised"].items():
+                    out[f"aoc@fmr={key} [{label}]"] = v
             vals = [v for v in r["aoc_normalised"].values() if v is not None]
-            for key, c in r["curves"].items():
-                if first:
-                    out[f"fnmr@fmr={key} reject 0 ({mode})"] = c["fnmr"][0]
-                out[f"fnmr@fmr={key} reject {phis[i20]:.0%} [{label}] ({mode})"] = c["fnmr"][i20]
-                out[f"aoc@fmr={key} [{label}] ({mode})"] = r["aoc_normalised"][key]
             out[f"aoc mean [{label}] ({mode})"] = float(np.mean(vals)) if vals else None
-        first = False
     return out
+
+
+def _short(label: str) -> str:
+    """``csv=/long/path/labels.csv`` -> ``csv=labels.csv`` for legends."""
+    name, sep, arg = label.partition("=")
+    return f"{name}={Path(arg).name}" if sep and "/" in arg else label
 
 
 def plot_sources(res: dict[str, Any], plot_dir: Path, title: str) -> dict[str, str]:
@@ -173,10 +177,10 @@ def plot_sources(res: dict[str, Any], plot_dir: Path, title: str) -> dict[str, s
     modes = next(iter(res["sources"].values())).keys() if res["sources"] else []
     for mode in modes:
         curves = {
-            label: (r[mode]["reject_fractions"], {k: c["fnmr"] for k, c in r[mode]["curves"].items()})
+            _short(label): (r[mode]["reject_fractions"], {k: c["fnmr"] for k, c in r[mode]["curves"].items()})
             for label, r in res["sources"].items()
         }
-        aoc = {label: r[mode]["aoc_normalised"] for label, r in res["sources"].items()}
+        aoc = {_short(label): r[mode]["aoc_normalised"] for label, r in res["sources"].items()}
         out[f"erc_{mode}"] = str(
             plot_erc_sources(
                 curves, plot_dir / f"erc_{mode}.png", title=f"{title} ({MODE_RULES[mode]})", aoc=aoc
