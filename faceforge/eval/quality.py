@@ -171,22 +171,39 @@ def erc(
     curves: dict[str, dict[str, list[float | None]]] = {
         k: {"fnmr": [], "threshold": [], "fmr": []} for k in keys
     }
-    n_gen_left: list[int] = []
-    n_imp_left: list[int] = []
-    for r in n_reject:
-        ys, ss = y_sorted[r:], s_sorted[r:]
-        gen, imp = ss[ys], ss[~ys]
-        n_gen_left.append(int(gen.size))
-        n_imp_left.append(int(imp.size))
-        thrs = fixed_thr if mode == "fixed" else thresholds_at_rates(imp, fmr_list)
-        for key, thr in zip(keys, thrs, strict=True):
-            c = curves[key]
+    # counts left after rejecting the first r pairs of the quality order: totals minus prefix sums
+    gen_before = np.r_[0, np.cumsum(y_sorted)]
+    imp_before = np.r_[0, np.cumsum(~y_sorted)]
+    n_gen_left = [int(gen_before[-1] - gen_before[r]) for r in n_reject]
+    n_imp_left = [int(imp_before[-1] - imp_before[r]) for r in n_reject]
+    if mode == "fixed":  # one threshold per FMR: prefix sums of the errors give every reject level at once
+        thr_rows = [fixed_thr] * n_reject.size
+        fn_left, fm_left = [], []
+        for thr in fixed_thr:
+            fn = np.r_[0, np.cumsum(y_sorted & (s_sorted < thr))]
+            fm = np.r_[0, np.cumsum(~y_sorted & (s_sorted >= thr))]
+            fn_left.append([int(fn[-1] - fn[r]) for r in n_reject])
+            fm_left.append([int(fm[-1] - fm[r]) for r in n_reject])
+    else:  # the threshold moves with the remaining impostors
+        thr_rows, fn_cols, fm_cols = [], [], []
+        for r in n_reject:
+            ys, ss = y_sorted[r:], s_sorted[r:]
+            gen, imp = ss[ys], ss[~ys]
+            thrs = thresholds_at_rates(imp, fmr_list)
+            thr_rows.append(thrs)
+            fn_cols.append([int(np.count_nonzero(gen < t)) if not math.isnan(t) else 0 for t in thrs])
+            fm_cols.append([int(np.count_nonzero(imp >= t)) if not math.isnan(t) else 0 for t in thrs])
+        fn_left = [list(col) for col in zip(*fn_cols, strict=True)]
+        fm_left = [list(col) for col in zip(*fm_cols, strict=True)]
+    for j, key in enumerate(keys):
+        c = curves[key]
+        for i in range(n_reject.size):
+            thr = thr_rows[i][j]
             ok = not math.isnan(thr)
-            fnmr = float(np.count_nonzero(gen < thr) / gen.size) if gen.size and ok else math.nan
-            fmr = float(np.count_nonzero(imp >= thr) / imp.size) if imp.size and ok else math.nan
-            c["fnmr"].append(_none_if_nan(fnmr))
-            c["threshold"].append(None if not math.isfinite(thr) else float(thr))
-            c["fmr"].append(_none_if_nan(fmr))
+            g, m = n_gen_left[i], n_imp_left[i]
+            c["fnmr"].append(fn_left[j][i] / g if g and ok else None)
+            c["threshold"].append(float(thr) if math.isfinite(thr) else None)
+            c["fmr"].append(fm_left[j][i] / m if m and ok else None)
 
     area: dict[str, float | None] = {}
     aoc: dict[str, float | None] = {}
