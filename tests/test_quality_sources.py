@@ -197,6 +197,8 @@ def test_compare_sources_uses_the_same_pairs_for_every_source() -> None:
     assert res["sources"]["a"]["fixed"]["curves"] == direct["curves"]
     assert res["aoc"]["a"]["fixed"]["0.05"] == direct["aoc_normalised"]["0.05"]
     json.dumps(res, allow_nan=False)
+    with pytest.raises(ValueError, match="relative to the image folder"):
+        compare_sources(s, y, ia, ib, {"a": qa, "none": np.full(n_img, np.nan)})
 
 
 def test_all_pairs_full_and_sampled() -> None:

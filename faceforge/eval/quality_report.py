@@ -117,6 +117,12 @@ def compare_sources(
     for q in qualities.values():
         qa, qb = np.asarray(q, dtype=np.float64)[ia], np.asarray(q, dtype=np.float64)[ib]
         ok &= np.isfinite(qa) & np.isfinite(qb)
+    if not (ok & y).any() or not (ok & ~y).any():
+        short = {lb: int(np.isnan(np.asarray(q, dtype=np.float64)).sum()) for lb, q in qualities.items()}
+        raise ValueError(
+            f"no genuine or no impostor pair has a quality in every source (images without a quality: {short}); "
+            "check that the CSV paths are relative to the image folder"
+        )
     res: dict[str, dict[str, Any]] = {}
     for label, q in qualities.items():
         q = np.asarray(q, dtype=np.float64)
