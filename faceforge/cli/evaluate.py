@@ -25,9 +25,9 @@ def _add(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="SPEC",
-        help="repeatable: lfw:PAIRS:IMAGES | bin:FILE | quality:PAIRS:IMAGES | allpairs:IMAGES[:MIN] | "
-        "ident:IMAGES[:K[:MIN]] | bias:IMAGES:GROUPS[:identities] | biaspairs:PAIRS:IMAGES:GROUPS | "
-        "fgnet:IMAGES | cacdvs:PAIRS:IMAGES | "
+        help="repeatable: lfw:PAIRS:IMAGES | bin:FILE | quality:PAIRS:IMAGES[:SOURCES] | qualityall:IMAGES[:SOURCES] | "
+        "allpairs:IMAGES[:MIN] | ident:IMAGES[:K[:MIN]] | bias:IMAGES:GROUPS[:identities] | "
+        "biaspairs:PAIRS:IMAGES:GROUPS | fgnet:IMAGES | cacdvs:PAIRS:IMAGES | "
         "agegap:PAIRS:IMAGES | ijb:DIR[:N0D1]",
     )
     p.add_argument("--pairs", help="LFW-format pairs file (same as --benchmark lfw:PAIRS:IMAGES)")

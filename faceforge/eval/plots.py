@@ -23,6 +23,7 @@ from numpy.typing import ArrayLike
 __all__ = [
     "plot_cmc",
     "plot_erc",
+    "plot_erc_sources",
     "plot_group_bars",
     "plot_group_roc",
     "plot_roc",
@@ -235,3 +236,47 @@ def plot_group_roc(
         if curves:
             ax.legend(loc="lower right", fontsize=8)
     return Path(out_png)
+
+
+def plot_erc_sources(
+    curves: Mapping[str, tuple[ArrayLike, Mapping[str, Sequence[float | None]]]],
+    out_png: StrPath,
+    title: str = "Error versus reject",
+    aoc: Mapping[str, Mapping[str, float | None]] | None = None,
+) -> Path:
+    """Error-versus-reject curves of several quality sources: one panel per FMR, one line per source.
+
+    Args:
+        curves: ``{source: (reject_fractions, {fmr key: fnmr per reject fraction})}`` (``None`` skipped).
+        out_png: output file; parent directories are created.
+        aoc: optional ``{source: {fmr key: AOC}}`` shown in the legend.
+    """
+    fmr_keys: list[str] = []
+    for _, by_fmr in curves.values():
+        fmr_keys += [k for k in by_fmr if k not in fmr_keys]
+    n = max(1, len(fmr_keys))
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 4.4), dpi=100, squeeze=False)
+    try:
+        for ax, key in zip(axes[0], fmr_keys, strict=False):
+            for label, (x, by_fmr) in curves.items():
+                if key not in by_fmr:
+                    continue
+                ys = np.array([np.nan if v is None else v for v in by_fmr[key]], dtype=np.float64)
+                a = (aoc or {}).get(label, {}).get(key)
+                name = label if a is None else f"{label} (AOC {a:.3f})"
+                ax.plot(
+                    np.asarray(x, dtype=np.float64), ys, marker="o", markersize=2.5, linewidth=1.3, label=name
+                )
+            ax.set_xlabel("Fraction of pairs rejected")
+            ax.set_ylabel("FNMR")
+            ax.set_title(f"FMR {key}")
+            ax.grid(True, linestyle=":", linewidth=0.5)
+            ax.legend(loc="upper right", fontsize=7)
+        fig.suptitle(title, fontsize=10)
+        fig.tight_layout()
+        fig.savefig(out)
+    finally:
+        plt.close(fig)
+    return out

@@ -1,5 +1,9 @@
-"""Published methods that need more than objectives from :mod:`faceforge.objectives`: their own modules, optimisers
-or step (:class:`faceforge.engine.method.Method`), each in a subpackage with its config under
-``faceforge/configs/method/``. Importing this package registers them (``faceforge.config`` does before it validates
-a config), so ``method.name=...`` finds them.
+"""Published methods: only what a paper adds that is not a generic part (data, model, objective, protocol).
+
+Each lives in a subpackage (``sddfiqa``, ``mtlface``, ...) with its configs under ``faceforge/configs/method/``.
+Parts that train are objectives (:mod:`faceforge.objectives`) or, when they need their own modules, optimisers or
+step, a :class:`faceforge.engine.method.Method`; importing this package registers them (``faceforge.config`` does
+before it validates a config), so ``objectives.<name>`` and ``method.name=...`` find them. A method module may import
+``core``, ``data``, ``models``, ``embedders``, ``eval``, ``distill``, ``objectives`` and the engine's contract
+(``faceforge.engine.method``, ``faceforge.engine.step``); never ``cli`` (the command line calls methods).
 """

@@ -34,7 +34,10 @@ class CIFPObjective(MarginObjective):
         branches: list[str] | None = None,
         extra_branch: bool = False,
     ) -> None:
-        self.options = {"alpha": alpha, "penalty": penalty}  # read by logit_transform() inside super().__init__
+        self.options = {
+            "alpha": alpha,
+            "penalty": penalty,
+        }  # read by logit_transform() inside super().__init__
         super().__init__(ctx, branches=branches, extra_branch=extra_branch)
         self.cifp = self.criterion.logit_transform
 

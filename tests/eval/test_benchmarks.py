@@ -267,13 +267,19 @@ def test_quality_benchmark_uses_embedding_norms(lfw_small: Path, tmp_path: Path)
 
     pairs, people = _ring_pairs(lfw_small, tmp_path / "pairs.txt", 6)
     emb = ColourEmbedder()
-    res = run_benchmarks(emb, [f"quality:{pairs}:{lfw_small}"], tmp_path / "out", flip=False, progress=False)
+    # the old spec (no sources) still means the embedding norm; fmr=0.1 because 6 impostor pairs resolve no less
+    res = run_benchmarks(
+        emb, [f"quality:{pairs}:{lfw_small}:fmr=0.1"], tmp_path / "out", flip=False, progress=False
+    )
     rec = res["benchmarks"]["quality:pairs"]
     assert (
-        rec["settings"]["quality"].startswith("L2 norm")
+        rec["settings"]["quality_sources"]["norm"]["definition"].startswith("L2 norm")
         and rec["settings"]["pair_quality"] == "min of the two images"
     )
-    fixed, recomputed = rec["quality"]["fixed"], rec["quality"]["recomputed"]
+    fixed, recomputed = (
+        rec["quality"]["sources"]["norm"]["fixed"],
+        rec["quality"]["sources"]["norm"]["recomputed"],
+    )
     # by hand: cosine scores and min-norm pair qualities from the same (unflipped) embeddings
     p1 = [lfw_small / n / f"{n}_0001.jpg" for n in people] + [lfw_small / a / f"{a}_0001.jpg" for a in people]
     p2 = [lfw_small / n / f"{n}_0002.jpg" for n in people] + [
@@ -294,5 +300,5 @@ def test_quality_benchmark_uses_embedding_norms(lfw_small: Path, tmp_path: Path)
     gen = cos[keep][y[keep]]
     assert fixed["curves"]["0.1"]["fnmr"][i] == pytest.approx(np.mean(gen < thr))
     assert recomputed["curves"]["0.1"]["fnmr"][0] == fixed["curves"]["0.1"]["fnmr"][0]
-    assert Path(rec["plots"]["erc"]).is_file()
-    assert any(k.startswith("area_under_erc") for k in rec["summary"])
+    assert Path(rec["plots"]["erc_fixed"]).is_file()
+    assert "aoc@fmr=0.1 [norm]" in rec["summary"] and "aoc mean [norm] (recomputed)" in rec["summary"]

@@ -102,3 +102,41 @@ def test_bad_inputs():
         erc(SCORES, LABELS, QUALITY, mode="iso")
     with pytest.raises(ValueError):
         erc(SCORES, LABELS, QUALITY, reject_fractions=(0.5, 0.2))
+
+
+def test_thresholds_at_rates_match_threshold_at_rate():
+    from faceforge.eval.allpairs import threshold_at_rate
+    from faceforge.eval.quality import thresholds_at_rates
+
+    rng = np.random.default_rng(3)
+    neg = np.round(rng.normal(size=997), 2)  # ties
+    rates = (1e-4, 1e-3, 1e-2, 0.1, 0.5, 0.999, 1.0)
+    assert thresholds_at_rates(neg, rates) == [threshold_at_rate(neg, r)[0] for r in rates]
+    assert np.isnan(thresholds_at_rates([], (0.1,))[0])
+
+
+def test_fmr_resolvable_flag():
+    r = erc(SCORES, LABELS, QUALITY, fmrs=(0.2, 0.1, 0.01), reject_fractions=PHIS)
+    # 5 impostors: FMR .2 allows one false match, .1 and .01 allow none (threshold above the top impostor)
+    assert r["fmr_resolvable"] == {"0.2": True, "0.1": False, "0.01": False}
+    assert r["curves"]["0.1"]["threshold"][0] == r["curves"]["0.01"]["threshold"][0] > 0.6
+
+
+def test_aoc_is_relative_to_random_rejection():
+    """Random rejection keeps the expected FNMR flat (AOC about 0); rejecting exactly the false non-matches
+    first removes every error early (AOC near 1)."""
+    rng = np.random.default_rng(4)
+    n = 40000
+    y = rng.random(n) < 0.5
+    s = np.where(y, rng.normal(0.4, 0.2, n), rng.normal(0.0, 0.1, n))
+    rand = erc(s, y, rng.random(n), fmrs=(1e-2,), mode="fixed")
+    assert abs(rand["aoc_normalised"]["0.01"]) < 0.05
+    thr = rand["curves"]["0.01"]["threshold"][0]
+    g0 = rand["curves"]["0.01"]["fnmr"][0]
+    oracle_q = np.where(y & (s < thr), 0.0, 1.0)
+    oracle = erc(s, y, oracle_q, fmrs=(1e-2,), mode="fixed")
+    # FN pairs are a fraction f = g0 * #genuine / n of all pairs; FNMR falls to 0 by phi = f, so the area
+    # is about f * g0 / 2 and AOC about 1 - f / (2 * .95)
+    f = g0 * y.sum() / n
+    assert oracle["aoc_normalised"]["0.01"] == pytest.approx(1 - f / (2 * 0.95), abs=0.02)
+    assert oracle["curves"]["0.01"]["fnmr"][-1] == 0.0

@@ -55,7 +55,9 @@ from hostile_files import (
 from PIL import Image
 
 ADDRESS_SPACE_CAP_GB = 6.0  # the child dies with MemoryError rather than swap the machine
-PEAK_RSS_LIMIT_MB = 3500  # torch, MobileFaceNet training and eval, the largest image decoded: ~2.7 GB measured
+PEAK_RSS_LIMIT_MB = (
+    3500  # torch, MobileFaceNet training and eval, the largest image decoded: ~2.7 GB measured
+)
 N_PEOPLE, PER_PERSON = 12, 3  # real LFW photos: 36
 LM_COLUMNS = ("leye_x", "leye_y", "reye_x", "reye_y", "nose_x", "nose_y", "lmouth_x", "lmouth_y")
 LM_COLUMNS += ("rmouth_x", "rmouth_y")

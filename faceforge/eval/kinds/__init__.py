@@ -1,8 +1,8 @@
 """Benchmark kinds of ``faceforge eval --benchmark KIND:ARGS``, registered in :data:`BENCHMARK_KINDS`.
 
-Importing this package registers the built-in kinds in this order: ``lfw``, ``bin``, ``quality``
-(pairs), ``allpairs``, ``ident`` (folders), ``bias``, ``biaspairs`` (bias), ``fgnet``, ``cacdvs``,
-``agegap`` (age) and ``ijb``.  A new kind is a :class:`~faceforge.eval.kinds.base.BenchmarkKind` subclass registered
+Importing this package registers the built-in kinds in this order: ``lfw``, ``bin``, ``quality``, ``qualityall``
+(pairs), ``allpairs``, ``ident`` (folders), ``bias``, ``biaspairs`` (bias), ``fgnet``, ``cacdvs``, ``agegap`` (age)
+and ``ijb``.  A new kind is a :class:`~faceforge.eval.kinds.base.BenchmarkKind` subclass registered
 with ``@BENCHMARK_KINDS.register("name")``.
 """
 

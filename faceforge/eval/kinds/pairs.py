@@ -1,14 +1,16 @@
-"""Pair-based kinds: ``lfw:PAIRS:IMAGES``, ``bin:FILE`` and ``quality:PAIRS:IMAGES``.
+"""Pair-based kinds: ``lfw:PAIRS:IMAGES``, ``bin:FILE``, ``quality:PAIRS:IMAGES`` and ``qualityall:IMAGES``.
 
 * ``lfw`` - an LFW-format pairs file over a folder of aligned faces: insightface 10-fold accuracy on
   squared L2 distances, VAL@FAR 1e-3, and the whole-ROC numbers on cosine similarity;
 * ``bin`` - an insightface ``.bin`` verification set (faces ``2i`` and ``2i+1`` form pair ``i``),
   the same protocol as ``lfw``;
-* ``quality`` - error-versus-reject on an LFW-format pairs file: image quality is the L2 norm of the
-  raw (flip-summed) embedding, as MagFace reads it; pair quality is the smaller of the two; FNMR at
-  FMR 1e-1 and 1e-2 as the lowest-quality pairs are rejected, with the threshold fixed on all pairs
-  (ISO/IEC 29794-1) and re-set per reject level (MagFace / CR-FIQA), both named, with the area under
-  each curve (:func:`faceforge.eval.quality.erc`).
+* ``quality`` - error-versus-reject on an LFW-format pairs file, ``qualityall`` - the same on every pair
+  of an identity-labelled folder: image quality from one or several sources (default: the L2 norm of
+  the raw, flip-summed embedding, as MagFace reads it; :mod:`faceforge.eval.quality_sources`); pair
+  quality is the smaller of the two; FNMR at FMR 1e-2, 1e-3, 1e-4 as the lowest-quality pairs are
+  rejected, with the threshold fixed on all pairs (ISO/IEC 29794-1) and re-set per reject level
+  (MagFace / CR-FIQA), both named, with the area under each curve and the AOC
+  (:func:`faceforge.eval.quality.erc`; spec options in :mod:`faceforge.eval.kinds.quality_common`).
 """
 
 from __future__ import annotations
@@ -25,28 +27,40 @@ from faceforge.data.pairs import read_lfw_pairs, resolve_pairs
 from faceforge.embedders.cache import cached_embed, member_key
 from faceforge.eval.kinds.base import (
     BENCHMARK_KINDS,
+    CHECKSUM_RULE_ALL,
     CHECKSUM_RULE_USED,
     DEFAULT_MIN_VALID_FRACTION,
     NORMALISATION,
     BenchmarkKind,
     BenchmarkSpec,
+    BenchmarkSpecError,
     RunContext,
     TooFewValidError,
     check_valid,
     file_sha256,
     flip_text,
     folder_checksum,
+    list_identity_folder,
     require_dir,
     require_file,
     two_paths,
 )
-from faceforge.eval.plots import plot_erc, plot_roc, plot_score_histogram
+from faceforge.eval.kinds.quality_common import (
+    check_sources,
+    max_pairs,
+    parse_options,
+    run_quality,
+    split_options,
+)
+from faceforge.eval.plots import plot_roc, plot_score_histogram
+from faceforge.eval.quality import DEFAULT_FMRS
+from faceforge.eval.quality_report import all_pairs
 from faceforge.eval.roc import roc, summarize_verification
 from faceforge.eval.verification import kfold_accuracy, val_at_far
 
 __all__ = ["QUALITY_FMRS", "verification_record"]
 
-QUALITY_FMRS = (1e-1, 1e-2)
+QUALITY_FMRS = DEFAULT_FMRS  # 1e-2, 1e-3, 1e-4: default of the quality kinds (fmr= in the spec)
 
 
 def verification_record(
@@ -279,59 +293,107 @@ class BinKind(BenchmarkKind):
 
 @BENCHMARK_KINDS.register("quality")
 class QualityKind(_PairsFileKind):
+    """Error-versus-reject on a pairs file; quality sources and settings in :mod:`.quality_common`."""
+
     name = "quality"
-    usage = "quality:PAIRS:IMAGES"
+    usage = "quality:PAIRS:IMAGES[:SOURCES]"
+
+    def parse(self, spec: str, rest: str) -> BenchmarkSpec:
+        parts, field = split_options(spec, rest.split(":"), 2)
+        pairs, images = two_paths(self.name, spec, ":".join(parts), "PAIRS:IMAGES[:SOURCES]")
+        options = parse_options(spec, field, ("fmr",))
+        return BenchmarkSpec(
+            self.name, (pairs, images), spec=spec, name=f"{self.name}:{Path(pairs).stem}", options=options
+        )
+
+    def check(self, b: BenchmarkSpec) -> None:
+        super().check(b)
+        check_sources(b)
 
     def run(
         self, b: BenchmarkSpec, plan: dict[str, Any], ctx: RunContext, plot_dir: Path | None
     ) -> dict[str, Any]:
-        from faceforge.eval.quality import erc
+        files = plan["unique_files"]
+        index = {f: i for i, f in enumerate(files)}
+        ia = np.array([index[p] for p in plan["p1"]], dtype=np.int64)
+        ib = np.array([index[p] for p in plan["p2"]], dtype=np.int64)
+        emb = ctx.rows(files)
+        cos = np.sum(emb[ia] * emb[ib], axis=1, dtype=np.float64)
+        pair_settings = {"pairs": "the pairs file"}
+        return run_quality(
+            b,
+            ctx,
+            files,
+            b.paths[1],
+            ia,
+            ib,
+            cos,
+            np.asarray(plan["issame"], dtype=bool),
+            self.info(b, plan, ctx),
+            pair_settings,
+            plot_dir,
+        )
 
-        e1, e2 = ctx.rows(plan["p1"]), ctx.rows(plan["p2"])
-        q1, q2 = ctx.norms(plan["p1"]), ctx.norms(plan["p2"])
-        ok = ~(np.isnan(e1).any(1) | np.isnan(e2).any(1))
-        unreadable = ctx.failed_in(plan["unique_files"])
-        validity = check_valid(ctx.name, int(ok.sum()), ok.size, "pairs", ctx.min_valid_fraction, unreadable)
-        cos = np.sum(e1[ok] * e2[ok], axis=1)
-        y = np.asarray(plan["issame"], dtype=bool)[ok]
-        res = {
-            mode: erc(cos, y, q1[ok], q2[ok], fmrs=QUALITY_FMRS, mode=mode)
-            for mode in ("fixed", "recomputed")
+
+@BENCHMARK_KINDS.register("qualityall")
+class QualityAllPairsKind(BenchmarkKind):
+    """Error-versus-reject on every pair of an identity-labelled folder (identity = sub-folder)."""
+
+    name = "qualityall"
+    usage = "qualityall:IMAGES[:SOURCES]"
+
+    def parse(self, spec: str, rest: str) -> BenchmarkSpec:
+        parts, field = split_options(spec, rest.split(":"), 1)
+        folder = ":".join(parts)
+        if not folder:
+            raise BenchmarkSpecError(spec, "missing the image folder")
+        options = parse_options(spec, field, ("fmr", "maxpairs"))
+        return BenchmarkSpec(
+            self.name, (folder,), spec=spec, name=f"{self.name}:{Path(folder).name}", options=options
+        )
+
+    def check(self, b: BenchmarkSpec) -> None:
+        require_dir(b, b.paths[0])
+        check_sources(b)
+
+    def plan(self, b: BenchmarkSpec, image_ext: str) -> dict[str, Any]:
+        fl, labels, every = list_identity_folder(b.paths[0], 1)
+        files = [str(f) for f in fl]
+        return {"unique_files": files, "labels": np.asarray(labels), "every": every}
+
+    def run(
+        self, b: BenchmarkSpec, plan: dict[str, Any], ctx: RunContext, plot_dir: Path | None
+    ) -> dict[str, Any]:
+        files = plan["unique_files"]
+        emb = ctx.rows(files)
+        good = ~np.isnan(emb).any(1)
+        validity = check_valid(ctx.name, int(good.sum()), int(good.size), "images", ctx.min_valid_fraction,
+                               ctx.failed_in(files))  # fmt: skip
+        ok = np.flatnonzero(good)
+        ia, ib, cos, same, pair_info = all_pairs(emb[ok], plan["labels"][ok], max_pairs=max_pairs(b))
+        info = {
+            "kind": "identity-folder all pairs",
+            "images_dir": str(b.paths[0]),
+            "images_sha256": folder_checksum(b.paths[0], plan["every"]),
+            "images_checksum_rule": CHECKSUM_RULE_ALL,
+            "identity_rule": "sub-folder name",
+            "n_images": len(files),
+            "n_identities": int(np.unique(plan["labels"]).size),
+            "unreadable_images": ctx.failed_in(files),
+            **pair_info,
         }
-        key = f"{QUALITY_FMRS[-1]:g}"
-        summary: dict[str, Any] = {}
-        for mode, r in res.items():
-            fnmr = r["curves"][key]["fnmr"]
-            i20 = int(np.argmin(np.abs(np.asarray(r["reject_fractions"]) - 0.2)))
-            summary[f"fnmr@fmr={key} reject 0 ({mode})"] = fnmr[0]
-            summary[f"fnmr@fmr={key} reject 20% ({mode})"] = fnmr[i20]
-            summary[f"area_under_erc@fmr={key} ({mode})"] = r["area_under_erc"][key]
-        rec: dict[str, Any] = {
-            "benchmark": self.info(b, plan, ctx),
-            "quality": res,
-            "summary": summary,
-            "pairs_with_unreadable_image": int((~ok).sum()),
-            "validity": validity,
-            "settings": {
-                "protocol": "error-versus-reject",
-                "quality": "L2 norm of the raw embedding (flip sum when flip is on)",
-                "pair_quality": "min of the two images",
-                "score": "cosine similarity",
-                "fmrs": list(QUALITY_FMRS),
-                "threshold_modes": {
-                    "fixed": "threshold set once on all pairs (ISO/IEC 29794-1)",
-                    "recomputed": "threshold re-set on the remaining pairs per reject level (MagFace, CR-FIQA)",
-                },
-                **ctx.preprocess_settings(),
-                "unreadable_images": "pairs left out",
-                "min_valid_fraction": ctx.min_valid_fraction,
-            },
-        }
-        if plot_dir is not None:
-            curves = {
-                f"FMR {f} ({mode})": (r["reject_fractions"], r["curves"][f]["fnmr"])
-                for mode, r in res.items()
-                for f in r["curves"]
-            }
-            rec["plots"] = {"erc": str(plot_erc(curves, plot_dir / "erc.png", title=f"ERC: {ctx.name}"))}
-        return rec
+        pair_settings = {"pairs": pair_info["pairs"], "unreadable_images_in_pairs": "left out before pairing"}
+        return run_quality(
+            b,
+            ctx,
+            [files[i] for i in ok],
+            b.paths[0],
+            ia,
+            ib,
+            cos,
+            same,
+            info,
+            pair_settings,
+            plot_dir,
+            validity,
+        )
