@@ -37,9 +37,13 @@ CSV_COLUMNS = (
 
 
 def _add(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--gallery", required=True, help="folder of <identity>/<photo>, a SQLite gallery or postgresql://...")
+    p.add_argument(
+        "--gallery", required=True, help="folder of <identity>/<photo>, a SQLite gallery or postgresql://..."
+    )
     p.add_argument("--probes", required=True, help="folder of probe photos")
-    p.add_argument("--out", required=True, help="results CSV (a .json with the settings is written beside it)")
+    p.add_argument(
+        "--out", required=True, help="results CSV (a .json with the settings is written beside it)"
+    )
     p.add_argument("--model", default="default", help="embedder (default: SFace, else dlib)")
     p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--detector", default="yunet")
@@ -47,7 +51,9 @@ def _add(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-det-score", type=float, default=0.7)
     p.add_argument("--calibration", help="calibration JSON (default: the packaged one for the model)")
     p.add_argument("--threshold", type=float, help="fixed cosine threshold instead of a calibration")
-    p.add_argument("--fmr", type=float, default=None, help="target false-match rate of the decision (default 1e-4)")
+    p.add_argument(
+        "--fmr", type=float, default=None, help="target false-match rate of the decision (default 1e-4)"
+    )
     p.add_argument("--k", type=int, default=5, help="identities per probe face")
     p.add_argument("--save-db", help="with a gallery folder: keep the enrolled gallery in this SQLite file")
 
@@ -78,7 +84,15 @@ def _enrol_folder(service: Any, root: Path, skipped: list[dict[str, str]]) -> in
             face = photo.faces[0]
             service.pipeline.embed([face])
             faces.append(
-                NewFace(face.embedding, photo.sha256, face.box, face.landmarks, face.det_score, face.quality, face.crop_jpeg())
+                NewFace(
+                    face.embedding,
+                    photo.sha256,
+                    face.box,
+                    face.landmarks,
+                    face.det_score,
+                    face.quality,
+                    face.crop_jpeg(),
+                )
             )
         if faces:
             service.store.enrol(person.name, faces, service.gallery.model_id, actor)
@@ -148,8 +162,19 @@ def run(args: argparse.Namespace) -> int:
                         n_match += face["decision"] is not None
                         for rank, m in enumerate(face["matches"], start=1):
                             writer.writerow(
-                                (rel, fi, json.dumps(face["box"]), face["det_score"], rank, m["name"], m["identity_id"],
-                                 m["face_id"], f"{m['score']:.6f}", int(m["match"]), f"{decision.threshold:.6f}")
+                                (
+                                    rel,
+                                    fi,
+                                    json.dumps(face["box"]),
+                                    face["det_score"],
+                                    rank,
+                                    m["name"],
+                                    m["identity_id"],
+                                    m["face_id"],
+                                    f"{m['score']:.6f}",
+                                    int(m["match"]),
+                                    f"{decision.threshold:.6f}",
+                                )
                             )
             report = {
                 "gallery": describe_url(args.gallery),
@@ -160,7 +185,8 @@ def run(args: argparse.Namespace) -> int:
                 "probe_faces": n_faces,
                 "probe_faces_matched": n_match,
                 "k": args.k,
-                "decision_rule": decision.to_dict() | {"rule": "match = cosine >= threshold", "source": service.calibration.source},
+                "decision_rule": decision.to_dict()
+                | {"rule": "match = cosine >= threshold", "source": service.calibration.source},
                 "service": service.describe(),
                 "skipped": skipped,
             }

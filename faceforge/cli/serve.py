@@ -53,21 +53,36 @@ def _add(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibration", help="calibration JSON for the model (default: the packaged one, if any)")
     p.add_argument("--threshold", type=float, help="fixed cosine threshold instead of a calibration")
     p.add_argument("--max-body-mb", type=float, default=20.0, help="largest request body (MB)")
-    p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest photo (pixels, from its header)")
+    p.add_argument(
+        "--max-pixels", type=int, default=40_000_000, help="largest photo (pixels, from its header)"
+    )
     p.add_argument("--max-faces", type=int, default=20, help="most faces accepted in one photo")
     p.add_argument("--max-photos", type=int, default=10, help="most photos in one enrolment")
     p.add_argument("--rate-limit", type=int, default=120, help="requests per key per minute (0: no limit)")
     p.add_argument("--min-face-px", type=float, default=0.0, help="quality gate: smallest face box side (px)")
-    p.add_argument("--min-quality", type=float, default=0.0, help="quality gate: smallest detector score of a face")
-    p.add_argument("--hnsw-above", type=int, default=100_000, help="faces at which HNSW replaces exact search (0: never)")
+    p.add_argument(
+        "--min-quality", type=float, default=0.0, help="quality gate: smallest detector score of a face"
+    )
+    p.add_argument(
+        "--hnsw-above", type=int, default=100_000, help="faces at which HNSW replaces exact search (0: never)"
+    )
     p.add_argument("--hnsw-m", type=int, default=32)
     p.add_argument("--ef-construction", type=int, default=100)
     p.add_argument("--ef-search", type=int, default=128)
     p.add_argument("--workers", type=int, default=1, help="embedding worker threads")
     p.add_argument("--max-batch", type=int, default=32, help="most faces per embedder call")
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a batch waits for more requests")
-    p.add_argument("--no-crops", action="store_true", help="keep no aligned face crops (no re-embedding, no crops on the page)")
-    p.add_argument("--cors-origin", action="append", default=[], help="allow this browser origin (CORS is off by default)")
+    p.add_argument(
+        "--no-crops",
+        action="store_true",
+        help="keep no aligned face crops (no re-embedding, no crops on the page)",
+    )
+    p.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        help="allow this browser origin (CORS is off by default)",
+    )
     p.add_argument("--metrics-public", action="store_true", help="serve /metrics without a key")
     p.add_argument("--log-level", default="info")
 
@@ -77,16 +92,22 @@ def _add(p: argparse.ArgumentParser) -> None:
     kc = ksub.add_parser("create", help="create a key and print it once")
     _db_arg(kc)
     kc.add_argument("--name", required=True, help="who or what uses the key")
-    kc.add_argument("--scope", action="append", required=True, choices=["search", "enrol", "admin"], help="repeatable")
+    kc.add_argument(
+        "--scope", action="append", required=True, choices=["search", "enrol", "admin"], help="repeatable"
+    )
     kl = ksub.add_parser("list", help="list keys (ids, names, scopes; never the secrets)")
     _db_arg(kl)
     kr = ksub.add_parser("revoke", help="revoke a key by id or name")
     _db_arg(kr)
     kr.add_argument("key", help="key id (the 12 hex characters after ffk_) or name")
 
-    cal = sub.add_parser("calibrate", help="thresholds per target FMR from all-pairs scores of a labelled folder")
+    cal = sub.add_parser(
+        "calibrate", help="thresholds per target FMR from all-pairs scores of a labelled folder"
+    )
     _model_args(cal)
-    cal.add_argument("--images", required=True, help="photos in <identity>/<photo> folders (e.g. LFW's images)")
+    cal.add_argument(
+        "--images", required=True, help="photos in <identity>/<photo> folders (e.g. LFW's images)"
+    )
     cal.add_argument("--people-from", help="use only the people named in this LFW pairs file")
     cal.add_argument("--out", required=True, help="calibration JSON to write")
 
@@ -146,7 +167,9 @@ def _serve(args: argparse.Namespace) -> int:
         flush=True,
     )
     try:
-        uvicorn.run(create_app(service), host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+        uvicorn.run(
+            create_app(service), host=args.host, port=args.port, log_level=args.log_level, access_log=False
+        )
     finally:
         service.close()
     return 0
@@ -166,7 +189,11 @@ def _keys(args: argparse.Namespace) -> int:
             )
         elif args.keys_action == "list":
             for k in store.list_keys():
-                state = "revoked " + time.strftime("%Y-%m-%d %H:%M", time.gmtime(k.revoked_at)) if k.revoked_at else "active"
+                state = (
+                    "revoked " + time.strftime("%Y-%m-%d %H:%M", time.gmtime(k.revoked_at))
+                    if k.revoked_at
+                    else "active"
+                )
                 made = time.strftime("%Y-%m-%d %H:%M", time.gmtime(k.created_at))
                 print(f"{k.key_id}\t{k.name}\t{','.join(k.scopes)}\tcreated {made} UTC\t{state}")
         else:
@@ -211,7 +238,9 @@ def _calibrate(args: argparse.Namespace) -> int:
     embedder = load_model(args.model, parse_key_values(args.model_option, "--model-option"))
     detector = build_detector(args.detector, **parse_key_values(args.detector_option, "--detector-option"))
     batcher = Batcher(embedder, max_batch=64, max_wait_ms=0)
-    pipe = FacePipeline(detector, batcher, embedder.input_size, Limits(), PipelineSettings(args.min_det_score))
+    pipe = FacePipeline(
+        detector, batcher, embedder.input_size, Limits(), PipelineSettings(args.min_det_score)
+    )
     embs, labels, skipped = [], [], []
     faces, face_labels = [], []
     try:
@@ -244,8 +273,8 @@ def _calibrate(args: argparse.Namespace) -> int:
             + f"; {len(imp)} impostor and {len(gen)} genuine pairs (all pairs)"
         ),
         table=thresholds_from_scores(gen, imp),
-        impostor_pairs=int(len(imp)),
-        genuine_pairs=int(len(gen)),
+        impostor_pairs=len(imp),
+        genuine_pairs=len(gen),
         settings={
             "detector": args.detector,
             "detector_options": parse_key_values(args.detector_option, "--detector-option"),
@@ -260,7 +289,9 @@ def _calibrate(args: argparse.Namespace) -> int:
     cal.save(args.out)
     for row in cal.table:
         print(f"FMR {row['fmr']:g}: threshold {row['threshold']:.4f}, FNMR {row['fnmr'] * 100:.2f} %")
-    print(f"{args.out}: {len(imp)} impostor pairs, {len(gen)} genuine pairs, {len(skipped)} photos without a face")
+    print(
+        f"{args.out}: {len(imp)} impostor pairs, {len(gen)} genuine pairs, {len(skipped)} photos without a face"
+    )
     return 0
 
 
@@ -280,19 +311,29 @@ def _reembed(args: argparse.Namespace) -> int:
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
         if img.shape[0] != embedder.input_size:
-            raise ValueError(f"stored crops are {img.shape[0]} px, the new model takes {embedder.input_size} px")
+            raise ValueError(
+                f"stored crops are {img.shape[0]} px, the new model takes {embedder.input_size} px"
+            )
         return img
 
     store = Store(args.db)
     try:
-        n = store.reembed(lambda crops: l2_normalise(embedder.embed(np.stack(crops))), model_id_of(desc), desc, Actor(name="cli"), decode)
+        n = store.reembed(
+            lambda crops: l2_normalise(embedder.embed(np.stack(crops))),
+            model_id_of(desc),
+            desc,
+            Actor(name="cli"),
+            decode,
+        )
     finally:
         store.close()
     print(f"re-embedded {n} faces with {desc.get('kind')} ({model_id_of(desc)[:12]})")
     return 0
 
 
-@command("serve", "face search service: enrol, search, verify over HTTP; keys, calibration, re-embedding")(_add)
+@command("serve", "face search service: enrol, search, verify over HTTP; keys, calibration, re-embedding")(
+    _add
+)
 def run(args: argparse.Namespace) -> int:
     if args.action == "keys":
         return _keys(args)
@@ -301,4 +342,3 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "reembed":
         return _reembed(args)
     return _serve(args)
-

@@ -47,6 +47,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from faceforge.serve.pipeline import PhotoError, l2_normalise
 from faceforge.serve.security import Authenticator, AuthError, RateLimiter
@@ -131,12 +132,19 @@ class Metrics:
             registry=self.registry,
         )
         self.batch = Histogram(
-            "faceforge_embed_batch_faces", "faces per embedder call", buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry
+            "faceforge_embed_batch_faces",
+            "faces per embedder call",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=self.registry,
         )
-        self.batch_seconds = Histogram("faceforge_embed_batch_seconds", "time per embedder call", registry=self.registry)
+        self.batch_seconds = Histogram(
+            "faceforge_embed_batch_seconds", "time per embedder call", registry=self.registry
+        )
         faces = Gauge("faceforge_index_faces", "faces in the search index", registry=self.registry)
         faces.set_function(lambda: service.index.count)
-        seq = Gauge("faceforge_index_seq", "last database change applied to the index", registry=self.registry)
+        seq = Gauge(
+            "faceforge_index_seq", "last database change applied to the index", registry=self.registry
+        )
         seq.set_function(lambda: service.index.seq)
         service.batch_observers.append(self._observe_batch)
 
@@ -153,7 +161,11 @@ def _route_label(request: Request) -> str:
 async def _photos(form: Any, field: str, limit: int) -> list[tuple[str, bytes]]:
     files = [v for v in form.getlist(field) if isinstance(v, UploadFile)]
     if len(files) > limit:
-        raise PhotoError(f"{len(files)} photos in one request, more than the limit of {limit}", status=413, code="too_many_photos")
+        raise PhotoError(
+            f"{len(files)} photos in one request, more than the limit of {limit}",
+            status=413,
+            code="too_many_photos",
+        )
     return [(f.filename or f"{field}{i}", await f.read()) for i, f in enumerate(files)]
 
 
@@ -254,13 +266,11 @@ def create_app(service: Service) -> FastAPI:
         where = ".".join(str(p) for p in first.get("loc", []))
         return _error(422, "bad_request", f"{where}: {first.get('msg', 'invalid request')}")
 
-    @app.exception_handler(404)
-    async def _no_route(_: Request, __: Exception) -> JSONResponse:
-        return _error(404, "not_found", "no such route")
-
-    @app.exception_handler(405)
-    async def _no_method(_: Request, __: Exception) -> JSONResponse:
-        return _error(405, "method_not_allowed", "method not allowed on this route")
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+        message = "no such route" if exc.status_code == 404 else str(exc.detail)
+        return _error(exc.status_code, codes.get(exc.status_code, "bad_request"), message)
 
     async def need(request: Request, scope: str) -> Actor:
         key = await run_in_threadpool(
@@ -296,9 +306,13 @@ def create_app(service: Service) -> FastAPI:
         return await run_in_threadpool(gallery.add_faces, identity_id, photos, actor)
 
     @app.get("/v1/identities")
-    async def list_identities(request: Request, offset: int = 0, limit: int = 100, prefix: str | None = None) -> dict[str, Any]:
+    async def list_identities(
+        request: Request, offset: int = 0, limit: int = 100, prefix: str | None = None
+    ) -> dict[str, Any]:
         await need(request, "enrol")
-        rows = await run_in_threadpool(service.store.list_identities, max(0, offset), min(max(1, limit), 1000), prefix)
+        rows = await run_in_threadpool(
+            service.store.list_identities, max(0, offset), min(max(1, limit), 1000), prefix
+        )
         return {"identities": [r.to_dict() for r in rows], "offset": offset}
 
     @app.get("/v1/identities/{identity_id}")
@@ -381,14 +395,20 @@ def create_app(service: Service) -> FastAPI:
         k = int(body.get("k", 5))
         fmr = body.get("fmr")
         decision = gallery.decision(None if fmr is None else float(fmr))
-        matches = await run_in_threadpool(gallery.search_embeddings, l2_normalise(emb), max(1, min(k, 100)), decision)
+        matches = await run_in_threadpool(
+            gallery.search_embeddings, l2_normalise(emb), max(1, min(k, 100)), decision
+        )
         return {"matches": matches[0], "decision_rule": decision.to_dict()}
 
     # -- admin and health
     @app.get("/v1/audit")
     async def audit(request: Request, limit: int = 100, after_id: int = 0) -> dict[str, Any]:
         await need(request, "admin")
-        return {"entries": await run_in_threadpool(service.store.audit_entries, min(max(1, limit), 1000), after_id)}
+        return {
+            "entries": await run_in_threadpool(
+                service.store.audit_entries, min(max(1, limit), 1000), after_id
+            )
+        }
 
     @app.get("/v1/admin/status")
     async def status(request: Request) -> dict[str, Any]:
@@ -409,8 +429,13 @@ def create_app(service: Service) -> FastAPI:
     async def info(request: Request) -> dict[str, Any]:
         await need(request, "search")
         d = service.describe()
-        return {"model_id": d["model_id"], "model_kind": d["model"].get("kind"), "fmrs": d["calibration"]["fmrs"],
-                "default_fmr": gallery.decision().fmr, "limits": d["limits"]}
+        return {
+            "model_id": d["model_id"],
+            "model_kind": d["model"].get("kind"),
+            "fmrs": d["calibration"]["fmrs"],
+            "default_fmr": gallery.decision().fmr,
+            "limits": d["limits"],
+        }
 
     @app.get("/metrics")
     async def prometheus(request: Request) -> Response:
@@ -425,7 +450,9 @@ def create_app(service: Service) -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> HTMLResponse:
-        return HTMLResponse((static / "index.html").read_text(), headers={"Content-Security-Policy": PAGE_CSP})
+        return HTMLResponse(
+            (static / "index.html").read_text(), headers={"Content-Security-Policy": PAGE_CSP}
+        )
 
     @app.get("/static/{name}")
     async def static_file(name: str) -> Response:

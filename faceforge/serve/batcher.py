@@ -46,7 +46,8 @@ class Batcher:
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._closed = False
         self._threads = [
-            threading.Thread(target=self._work, name=f"faceforge-embed-{i}", daemon=True) for i in range(max(1, workers))
+            threading.Thread(target=self._work, name=f"faceforge-embed-{i}", daemon=True)
+            for i in range(max(1, workers))
         ]
         for t in self._threads:
             t.start()

@@ -57,7 +57,9 @@ class Calibration:
         ok = [r for r in rows if r["fmr"] is None or r["fmr"] <= fmr * (1 + 1e-9)]
         if not ok:
             lowest = min(r["fmr"] for r in rows if r["fmr"] is not None)
-            raise ValueError(f"target FMR {fmr:g} is below the lowest calibrated FMR {lowest:g} of this model")
+            raise ValueError(
+                f"target FMR {fmr:g} is below the lowest calibrated FMR {lowest:g} of this model"
+            )
         return dict(ok[0])
 
     def fmrs(self) -> list[float]:
@@ -104,9 +106,13 @@ def thresholds_from_scores(
     for fmr in targets:
         if n == 0 or fmr * n < 1:
             continue
-        k = int(math.floor(fmr * n + 1e-9))
+        k = math.floor(fmr * n + 1e-9)
         t = float(np.nextafter(imp[k], np.inf)) if k < n else float(imp[-1])
-        t = float(np.float32(t)) if np.float32(t) > imp[k] else float(np.nextafter(np.float32(imp[k]), np.float32(np.inf)))
+        t = (
+            float(np.float32(t))
+            if np.float32(t) > imp[k]
+            else float(np.nextafter(np.float32(imp[k]), np.float32(np.inf)))
+        )
         rows.append(
             {
                 "fmr": float(fmr),
@@ -118,7 +124,9 @@ def thresholds_from_scores(
     return rows
 
 
-def all_pair_scores(embeddings: np.ndarray, labels: np.ndarray, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+def all_pair_scores(
+    embeddings: np.ndarray, labels: np.ndarray, chunk: int = 2048
+) -> tuple[np.ndarray, np.ndarray]:
     """Cosine scores of every unordered pair: (genuine, impostor), by label equality."""
     e = np.asarray(embeddings, dtype=np.float32)
     e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)

@@ -88,7 +88,9 @@ class Gallery:
             for p, f in zip(detected, faces, strict=True)
         ]
 
-    def enrol(self, name: str, photos: list[tuple[str, bytes]], actor: Actor, create: bool = True) -> dict[str, Any]:
+    def enrol(
+        self, name: str, photos: list[tuple[str, bytes]], actor: Actor, create: bool = True
+    ) -> dict[str, Any]:
         """Detect, align, gate and embed the largest face of every photo, then store them all in one
         transaction (nothing is stored if any photo fails). Returns the identity and the face ids."""
         faces = self._faces_for_enrolment(photos)
@@ -167,7 +169,9 @@ class Gallery:
         emb = self.pipeline.embed(photo.faces[:1])
         return photo.faces[0], emb[0]
 
-    def verify_photos(self, a: tuple[str, bytes], b: tuple[str, bytes], fmr: float | None = None) -> dict[str, Any]:
+    def verify_photos(
+        self, a: tuple[str, bytes], b: tuple[str, bytes], fmr: float | None = None
+    ) -> dict[str, Any]:
         decision = self.decision(fmr)
         fa, ea = self._one_embedding(a[1], a[0])
         fb, eb = self._one_embedding(b[1], b[0])
@@ -180,7 +184,9 @@ class Gallery:
             "model_id": self.model_id,
         }
 
-    def verify_identity(self, photo: tuple[str, bytes], identity_id: int, fmr: float | None = None) -> dict[str, Any]:
+    def verify_identity(
+        self, photo: tuple[str, bytes], identity_id: int, fmr: float | None = None
+    ) -> dict[str, Any]:
         decision = self.decision(fmr)
         gallery = self.store.identity_embeddings(identity_id)
         f, e = self._one_embedding(photo[1], photo[0])

@@ -33,7 +33,9 @@ def _faiss() -> Any:
     try:
         import faiss
     except ImportError as exc:  # pragma: no cover - faiss-cpu is a dependency of faceforge[serve]
-        raise RuntimeError("the face index needs faiss: pip install faiss-cpu (or 'faceforge[serve]')") from exc
+        raise RuntimeError(
+            "the face index needs faiss: pip install faiss-cpu (or 'faceforge[serve]')"
+        ) from exc
     return faiss
 
 
@@ -45,7 +47,9 @@ def embedding_checksum(ids: np.ndarray, embeddings: np.ndarray) -> str:
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(ids[order]).astype("<i8").tobytes())
     if len(ids):
-        h.update(np.ascontiguousarray(np.asarray(embeddings, dtype=np.float32)[order]).astype("<f4").tobytes())
+        h.update(
+            np.ascontiguousarray(np.asarray(embeddings, dtype=np.float32)[order]).astype("<f4").tobytes()
+        )
     return h.hexdigest()
 
 
@@ -110,7 +114,9 @@ class FaceIndex:
         kind = kind or self._kind_for(len(ids))
         index = self._new_index(kind)
         if len(ids):
-            index.add_with_ids(np.ascontiguousarray(emb, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
+            index.add_with_ids(
+                np.ascontiguousarray(emb, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64)
+            )
         self._index, self.kind, self._tombstones = index, kind, set()
 
     def rebuild(self, store: Any) -> VerifyResult:
@@ -158,7 +164,9 @@ class FaceIndex:
             if any(int(i) in self._tombstones for i in ids):
                 # a re-added id (re-embedding) still has its old node in the HNSW graph: rebuild without it
                 cur_ids, cur_emb = self._contents()
-                self._build(np.concatenate([cur_ids, ids]), np.concatenate([cur_emb, np.asarray(emb, np.float32)]))
+                self._build(
+                    np.concatenate([cur_ids, ids]), np.concatenate([cur_emb, np.asarray(emb, np.float32)])
+                )
                 return
             self._index.add_with_ids(np.ascontiguousarray(emb, dtype=np.float32), ids)
             if self.kind == "flat" and self._kind_for(self.count) == "hnsw":
@@ -223,7 +231,9 @@ class FaceIndex:
         with self._lock:
             k_eff = max(1, min(int(k), max(1, self.count)))
             if self._tombstones:
-                sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.asarray(sorted(self._tombstones), dtype=np.int64)))
+                sel = faiss.IDSelectorNot(
+                    faiss.IDSelectorBatch(np.asarray(sorted(self._tombstones), dtype=np.int64))
+                )
                 params = faiss.SearchParametersHNSW(sel=sel, efSearch=self.settings.ef_search)
                 scores, ids = self._index.search(q, k_eff, params=params)
             else:
@@ -266,5 +276,10 @@ class FaceIndex:
         d: dict[str, Any] = {"kind": self.kind, "faces": self.count, "dim": self.dim, "seq": self.seq}
         d["hnsw_above"] = s.hnsw_above
         if self.kind == "hnsw":
-            d.update(M=s.hnsw_m, ef_construction=s.ef_construction, ef_search=s.ef_search, tombstones=len(self._tombstones))
+            d.update(
+                M=s.hnsw_m,
+                ef_construction=s.ef_construction,
+                ef_search=s.ef_search,
+                tombstones=len(self._tombstones),
+            )
         return d

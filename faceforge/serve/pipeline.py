@@ -56,12 +56,12 @@ def decode_photo(data: bytes, name: str, max_pixels: int) -> np.ndarray:
         raise PhotoError(f"photo {name!r} is empty", code="corrupt_image")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked below
             img = Image.open(io.BytesIO(data))
             w, h = img.size
             if w * h > max_pixels:
                 raise PhotoError(
-                    f"photo {name!r} is {w}x{h} = {w * h} pixels, more than the limit of {max_pixels}",
+                    f"photo {name!r} is {w}x{h} = {w * h} pixels, more than the limit of {max_pixels} pixels",
                     status=413,
                     code="too_many_pixels",
                 )
@@ -69,11 +69,19 @@ def decode_photo(data: bytes, name: str, max_pixels: int) -> np.ndarray:
             rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
     except PhotoError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise PhotoError(f"photo {name!r}: {exc}", status=413, code="too_many_pixels") from None
+    except Image.DecompressionBombError:
+        # Pillow's own guard fires in open() for more than 2 x MAX_IMAGE_PIXELS, before the size is known here
+        raise PhotoError(
+            f"photo {name!r} claims over {2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels, more than the limit of "
+            f"{max_pixels} pixels",
+            status=413,
+            code="too_many_pixels",
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise PhotoError(f"photo {name!r} is not a decodable image ({reason})", code="corrupt_image") from None
+        raise PhotoError(
+            f"photo {name!r} is not a decodable image ({reason})", code="corrupt_image"
+        ) from None
     return np.ascontiguousarray(rgb)
 
 
@@ -92,7 +100,9 @@ class Face:
         return self.det_score
 
     def crop_jpeg(self, quality: int = 90) -> bytes:
-        ok, enc = cv2.imencode(".jpg", cv2.cvtColor(self.aligned, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+        ok, enc = cv2.imencode(
+            ".jpg", cv2.cvtColor(self.aligned, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality]
+        )
         if not ok:  # pragma: no cover - a uint8 RGB array always encodes
             raise RuntimeError("could not encode the aligned face")
         return enc.tobytes()
@@ -126,7 +136,9 @@ class PipelineSettings:
 class FacePipeline:
     """Detect, gate, align and embed; thread-safe (the detector locks itself, the batcher queues)."""
 
-    def __init__(self, detector: Any, batcher: Any, input_size: int, limits: Limits, settings: PipelineSettings) -> None:
+    def __init__(
+        self, detector: Any, batcher: Any, input_size: int, limits: Limits, settings: PipelineSettings
+    ) -> None:
         self.detector = detector
         self.batcher = batcher
         self.input_size = int(input_size)

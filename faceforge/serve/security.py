@@ -91,7 +91,12 @@ class Authenticator:
             )
         key = self.store.check_key(secret)
         if key is None:
-            raise AuthError(401, "invalid_key", "invalid API key (unknown, malformed or revoked)", {"WWW-Authenticate": "Bearer"})
+            raise AuthError(
+                401,
+                "invalid_key",
+                "invalid API key (unknown, malformed or revoked)",
+                {"WWW-Authenticate": "Bearer"},
+            )
         if not key.allows(scope):
             raise AuthError(
                 403,

@@ -95,14 +95,22 @@ def resolve_calibration(model: dict[str, Any], path: str | None, threshold: floa
 class Service:
     """Everything a running gallery needs; :meth:`close` stops the worker pool and the database pool."""
 
-    def __init__(self, settings: ServiceSettings, embedder: Any | None = None, detector: Any | None = None) -> None:
+    def __init__(
+        self, settings: ServiceSettings, embedder: Any | None = None, detector: Any | None = None
+    ) -> None:
         from faceforge.deploy.detect import build_detector
 
         self.settings = settings
-        self.embedder = embedder if embedder is not None else load_model(settings.model, settings.model_options)
+        self.embedder = (
+            embedder if embedder is not None else load_model(settings.model, settings.model_options)
+        )
         self.model = self.embedder.describe()
         self.calibration = resolve_calibration(self.model, settings.calibration, settings.threshold)
-        self.detector = detector if detector is not None else build_detector(settings.detector, **settings.detector_options)
+        self.detector = (
+            detector
+            if detector is not None
+            else build_detector(settings.detector, **settings.detector_options)
+        )
         self.batch_sizes: list[int] = []
         self.store = Store(settings.db, pool_size=settings.pool_size)
         self.batcher = Batcher(
@@ -118,7 +126,12 @@ class Service:
             )
             self.index = FaceIndex(self.embedder.embedding_size, settings.index)
             self.gallery = Gallery(
-                self.store, self.index, self.pipeline, self.model, self.calibration, keep_crops=settings.keep_crops
+                self.store,
+                self.index,
+                self.pipeline,
+                self.model,
+                self.calibration,
+                keep_crops=settings.keep_crops,
             )
             self.startup_check: VerifyResult = self.index.rebuild(self.store)
             if not self.startup_check.ok:

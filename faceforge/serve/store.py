@@ -39,7 +39,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -211,10 +211,8 @@ class _Pool:
                 with self._lock:
                     if conn in self._all:
                         self._all.remove(conn)
-                try:
+                with suppress(Exception):
                     conn.close()
-                except Exception:
-                    pass
                 conn = None
             raise
         finally:
@@ -225,10 +223,8 @@ class _Pool:
     def close(self) -> None:
         with self._lock:
             for conn in self._all:
-                try:
+                with suppress(Exception):
                     conn.close()
-                except Exception:
-                    pass
             self._all.clear()
 
 
@@ -429,7 +425,9 @@ class Store:
     def gallery_model(self) -> dict[str, Any] | None:
         """``{"model_id": ..., "model": {...}}`` of the gallery, or None for a gallery never bound."""
         with self._tx(write=False) as cur:
-            rows = dict(cur.execute("SELECT key, value FROM meta WHERE key IN ('model_id', 'model')").fetchall())
+            rows = dict(
+                cur.execute("SELECT key, value FROM meta WHERE key IN ('model_id', 'model')").fetchall()
+            )
         if "model_id" not in rows:
             return None
         return {"model_id": rows["model_id"], "model": json.loads(rows.get("model", "{}"))}
@@ -487,7 +485,9 @@ class Store:
             ),
         )
 
-    def _insert_faces(self, cur: _Cursor, identity_id: int, faces: Sequence[NewFace], model_id: str) -> list[int]:
+    def _insert_faces(
+        self, cur: _Cursor, identity_id: int, faces: Sequence[NewFace], model_id: str
+    ) -> list[int]:
         ids = []
         now = time.time()
         for f in faces:
@@ -509,9 +509,7 @@ class Store:
                 ),
             ).fetchone()
             ids.append(int(row[0]))
-        cur.executemany(
-            "INSERT INTO changes (face_id, op, at) VALUES (?, 'add', ?)", [(i, now) for i in ids]
-        )
+        cur.executemany("INSERT INTO changes (face_id, op, at) VALUES (?, 'add', ?)", [(i, now) for i in ids])
         return ids
 
     def _require_model(self, cur: _Cursor, model_id: str) -> None:
@@ -596,7 +594,8 @@ class Store:
             if taken is not None:
                 raise ConflictError(f"identity name {name!r} is taken by id {taken[0]}")
             cur.execute(
-                "UPDATE identities SET name = ?, updated_at = ? WHERE id = ?", (name, time.time(), identity_id)
+                "UPDATE identities SET name = ?, updated_at = ? WHERE id = ?",
+                (name, time.time(), identity_id),
             )
             self._audit(cur, actor, "rename", identity_id, [], {"from": row[0], "to": name})
 
@@ -606,11 +605,16 @@ class Store:
             row = cur.execute("SELECT name FROM identities WHERE id = ?", (identity_id,)).fetchone()
             if row is None:
                 raise NotFoundError(f"no identity with id {identity_id}")
-            ids = [int(r[0]) for r in cur.execute("SELECT id FROM faces WHERE identity_id = ?", (identity_id,)).fetchall()]
+            ids = [
+                int(r[0])
+                for r in cur.execute("SELECT id FROM faces WHERE identity_id = ?", (identity_id,)).fetchall()
+            ]
             cur.execute("DELETE FROM faces WHERE identity_id = ?", (identity_id,))
             cur.execute("DELETE FROM identities WHERE id = ?", (identity_id,))
             now = time.time()
-            cur.executemany("INSERT INTO changes (face_id, op, at) VALUES (?, 'del', ?)", [(i, now) for i in ids])
+            cur.executemany(
+                "INSERT INTO changes (face_id, op, at) VALUES (?, 'del', ?)", [(i, now) for i in ids]
+            )
             self._audit(cur, actor, "delete_identity", identity_id, ids, {"name": row[0]})
         return ids
 
@@ -701,13 +705,22 @@ class Store:
                     )
             ids = [int(r[0]) for r in rows]
             # an index follows a re-embedding by dropping and re-adding every face
-            cur.executemany("INSERT INTO changes (face_id, op, at) VALUES (?, 'del', ?)", [(i, now) for i in ids])
-            cur.executemany("INSERT INTO changes (face_id, op, at) VALUES (?, 'add', ?)", [(i, now) for i in ids])
+            cur.executemany(
+                "INSERT INTO changes (face_id, op, at) VALUES (?, 'del', ?)", [(i, now) for i in ids]
+            )
+            cur.executemany(
+                "INSERT INTO changes (face_id, op, at) VALUES (?, 'add', ?)", [(i, now) for i in ids]
+            )
             old = cur.execute("SELECT value FROM meta WHERE key = 'model_id'").fetchone()
             self._set_meta(cur, "model_id", model_id)
             self._set_meta(cur, "model", json.dumps(model, sort_keys=True))
             self._audit(
-                cur, actor, "reembed", None, [], {"faces": len(ids), "from": old[0] if old else None, "to": model_id}
+                cur,
+                actor,
+                "reembed",
+                None,
+                [],
+                {"faces": len(ids), "from": old[0] if old else None, "to": model_id},
             )
         return len(rows)
 
@@ -743,7 +756,8 @@ class Store:
         """``(seq, face_id, op)`` of the changes after ``seq``, in order."""
         with self._tx(write=False) as cur:
             rows = cur.execute(
-                "SELECT seq, face_id, op FROM changes WHERE seq > ? ORDER BY seq LIMIT ?", (int(seq), int(limit))
+                "SELECT seq, face_id, op FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
+                (int(seq), int(limit)),
             ).fetchall()
         return [(int(s), int(f), str(o)) for s, f, o in rows]
 
@@ -769,7 +783,9 @@ class Store:
                     out[int(fid)] = (int(iid), str(name))
         return out
 
-    def list_identities(self, offset: int = 0, limit: int = 100, prefix: str | None = None) -> list[IdentityRow]:
+    def list_identities(
+        self, offset: int = 0, limit: int = 100, prefix: str | None = None
+    ) -> list[IdentityRow]:
         where, params = "", []
         if prefix:
             where, params = "WHERE i.name LIKE ?", [prefix.replace("%", "").replace("_", "") + "%"]
@@ -857,7 +873,9 @@ class Store:
         scopes = tuple(sorted(set(scopes)))
         bad = [s for s in scopes if s not in SCOPES]
         if bad or not scopes:
-            raise ValueError(f"scopes must be one or more of {', '.join(SCOPES)}; got {', '.join(scopes) or 'none'}")
+            raise ValueError(
+                f"scopes must be one or more of {', '.join(SCOPES)}; got {', '.join(scopes) or 'none'}"
+            )
         if not name.strip():
             raise ValueError("a key needs a name (who or what uses it)")
         key_id = secrets.token_hex(6)
@@ -869,7 +887,14 @@ class Store:
                 "VALUES (?, ?, ?, ?, ?, NULL)",
                 (key_id, name.strip(), _secret_hash(secret), ",".join(scopes), now),
             )
-            self._audit(cur, actor or Actor(), "key_create", None, [], {"key_id": key_id, "name": name, "scopes": scopes})
+            self._audit(
+                cur,
+                actor or Actor(),
+                "key_create",
+                None,
+                [],
+                {"key_id": key_id, "name": name, "scopes": scopes},
+            )
         return ApiKey(key_id, name.strip(), scopes, now), f"{KEY_PREFIX}_{key_id}_{secret}"
 
     def list_keys(self) -> list[ApiKey]:
@@ -877,7 +902,10 @@ class Store:
             rows = cur.execute(
                 "SELECT key_id, name, scopes, created_at, revoked_at FROM api_keys ORDER BY created_at"
             ).fetchall()
-        return [ApiKey(r[0], r[1], tuple(r[2].split(",")), float(r[3]), None if r[4] is None else float(r[4])) for r in rows]
+        return [
+            ApiKey(r[0], r[1], tuple(r[2].split(",")), float(r[3]), None if r[4] is None else float(r[4]))
+            for r in rows
+        ]
 
     def revoke_key(self, key_id_or_name: str, actor: Actor | None = None) -> ApiKey:
         """Revoke a key by id or (unique) name; takes effect on every server at its next request."""
@@ -896,7 +924,9 @@ class Store:
                 )
             now = time.time()
             cur.execute("UPDATE api_keys SET revoked_at = ? WHERE key_id = ?", (now, rows[0][0]))
-            self._audit(cur, actor or Actor(), "key_revoke", None, [], {"key_id": rows[0][0], "name": rows[0][1]})
+            self._audit(
+                cur, actor or Actor(), "key_revoke", None, [], {"key_id": rows[0][0], "name": rows[0][1]}
+            )
         r = rows[0]
         return ApiKey(r[0], r[1], tuple(r[2].split(",")), float(r[3]), now)
 

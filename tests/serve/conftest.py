@@ -72,7 +72,9 @@ def pg_url() -> Iterator[str]:
     """A fresh PostgreSQL database for one test."""
     admin = _pg_admin_url()
     if admin is None:
-        pytest.skip(f"PostgreSQL tests need {PG_ENV} (CI sets it from .ci/services.sh; run `. .ci/services.sh`)")
+        pytest.skip(
+            f"PostgreSQL tests need {PG_ENV} (CI sets it from .ci/services.sh; run `. .ci/services.sh`)"
+        )
     import psycopg
 
     name = f"ff_test_{uuid.uuid4().hex[:12]}"
@@ -111,7 +113,19 @@ class ServerProcess:
         self.log = log
         self._fh = log.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "faceforge", "serve", "--db", db, "--port", str(self.port), "--log-level", "warning", *extra],
+            [
+                sys.executable,
+                "-m",
+                "faceforge",
+                "serve",
+                "--db",
+                db,
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+                *extra,
+            ],
             stdout=self._fh,
             stderr=subprocess.STDOUT,
             env=env,
@@ -124,7 +138,9 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"server exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}"
+                )
             try:
                 if httpx.get(self.url + "/v1/health", timeout=1.0).status_code == 200:
                     return

@@ -34,7 +34,9 @@ class _FakeStore:
         from faceforge.serve.store import GallerySnapshot
 
         ok = [i for i in ids if i in self.rows]
-        return GallerySnapshot(np.asarray(ok, np.int64), np.stack([self.rows[i] for i in ok]) if ok else np.zeros((0, 4)), 0)
+        return GallerySnapshot(
+            np.asarray(ok, np.int64), np.stack([self.rows[i] for i in ok]) if ok else np.zeros((0, 4)), 0
+        )
 
     def changes_since(self, seq):
         return [c for c in self.changes if c[0] > seq]

@@ -27,7 +27,15 @@ ACTOR = Actor("0123456789ab", "tester")
 def _face(rng: np.random.Generator, dim: int = 8) -> NewFace:
     e = rng.standard_normal(dim).astype(np.float32)
     e /= np.linalg.norm(e)
-    return NewFace(e, "ab" * 32, [1, 2, 30, 40], [[10, 10], [20, 10], [15, 15], [11, 20], [19, 20]], 0.9, 0.9, b"\xff\xd8jpeg")
+    return NewFace(
+        e,
+        "ab" * 32,
+        [1, 2, 30, 40],
+        [[10, 10], [20, 10], [15, 15], [11, 20], [19, 20]],
+        0.9,
+        0.9,
+        b"\xff\xd8jpeg",
+    )
 
 
 @pytest.fixture

@@ -63,6 +63,7 @@ $("enrol-submit").addEventListener("click", async () => {
     const out = await api("/v1/identities", { method: "POST", body: form });
     setStatus(status, "enrolled " + out.identity.name + " (id " + out.identity.id + ") with " +
       out.face_ids.length + " face(s)", false);
+    $("enrol-photos").value = "";
   } catch (err) {
     setStatus(status, err.message, true);
   }

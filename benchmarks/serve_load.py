@@ -1,0 +1,369 @@
+"""Load test of ``faceforge serve`` on 127.0.0.1, and its index's recall and speed.
+
+For each gallery size (default 1k, 100k, 1M faces):
+
+1. A fresh SQLite gallery is filled with real faces (the first photo of LFW pairsDevTest people with at least
+   two photos, through the service's own pipeline: YuNet, ArcFace alignment, the default model) plus random
+   unit vectors (one synthetic identity each) up to the size, through ``Store.bulk_load``.
+2. ``faceforge serve`` starts on it (the start-up time includes rebuilding and checking the index).
+3. Bounded load: ``--requests`` searches (stopping early after ``--duration`` seconds) from ``--concurrency``
+   client threads, each posting another photo of one of the real people; latency per request, errors
+   (any status other than 200 counts; 0 are required), throughput. Then the same at concurrency 1.
+4. The same searches called directly in this process (decode + detect + align + embed + index search, one
+   photo at a time): the service's mean time per search at concurrency 1 over the direct time is the
+   overhead (target <= 30 %).
+5. Recall@1 of the service's index against exact search: for each probe the service's best face id is
+   compared with the exact inner-product best face over the same gallery (``faiss.IndexFlatIP``); with
+   HNSW (sizes >= ``--hnsw-above``) the index's own search time is compared with exact search on the same
+   queries (the speed-up).
+
+Stops by itself; only 127.0.0.1 is contacted. Writes JSON with every setting to benchmarks/results/.
+
+    .venv/bin/python benchmarks/serve_load.py                      # 1k, 100k, 1M (about 25 min here)
+    .venv/bin/python benchmarks/serve_load.py --sizes 1000 --requests 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("FACEFORGE_DATA", REPO.parent / "shared" / "data"))
+
+
+def pairs_people(pairs: Path) -> list[str]:
+    people = set()
+    for line in pairs.read_text().splitlines()[1:]:
+        p = line.split()
+        if len(p) == 3:
+            people.add(p[0])
+        elif len(p) == 4:
+            people.update((p[0], p[2]))
+    return sorted(people)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def percentiles(x: list[float]) -> dict[str, float]:
+    a = np.asarray(x) * 1000.0
+    return {
+        "mean_ms": round(float(a.mean()), 2),
+        "p50_ms": round(float(np.percentile(a, 50)), 2),
+        "p95_ms": round(float(np.percentile(a, 95)), 2),
+        "p99_ms": round(float(np.percentile(a, 99)), 2),
+    }
+
+
+def run_load(
+    url: str, key: str, probes: list[tuple[str, bytes]], requests: int, concurrency: int, duration: float
+) -> dict:
+    lat: list[float] = []
+    codes: dict[int, int] = {}
+    top: dict[int, int] = {}
+    lock = threading.Lock()
+    counter = iter(range(requests))
+    deadline = time.monotonic() + duration
+
+    def worker() -> None:
+        with httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=60) as c:
+            while time.monotonic() < deadline:
+                with lock:
+                    i = next(counter, None)
+                if i is None:
+                    return
+                name, data = probes[i % len(probes)]
+                t0 = time.perf_counter()
+                try:
+                    r = c.post("/v1/search", files={"photo": (name, data, "image/jpeg")}, data={"k": "1"})
+                    status = r.status_code
+                except httpx.HTTPError:
+                    status = -1
+                dt = time.perf_counter() - t0
+                with lock:
+                    lat.append(dt)
+                    codes[status] = codes.get(status, 0) + 1
+                    if status == 200 and i < len(probes):
+                        faces = r.json()["faces"]
+                        best = max(faces, key=lambda f: f["box"][2] - f["box"][0])
+                        top[i] = best["matches"][0]["face_id"] if best["matches"] else -1
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    return {
+        "concurrency": concurrency,
+        "requests": len(lat),
+        "seconds": round(wall, 2),
+        "searches_per_s": round(len(lat) / wall, 2),
+        "errors": sum(v for k, v in codes.items() if k != 200),
+        "status_codes": {str(k): v for k, v in codes.items()},
+        **percentiles(lat),
+        "_top": top,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="1000,100000,1000000")
+    ap.add_argument("--requests", type=int, default=300, help="searches per size under load")
+    ap.add_argument("--requests-c1", type=int, default=100, help="searches per size at concurrency 1")
+    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument(
+        "--duration", type=float, default=120.0, help="stop each load phase after this many seconds"
+    )
+    ap.add_argument("--people", type=int, default=300, help="real LFW people in every gallery")
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--hnsw-above", type=int, default=100_000)
+    ap.add_argument("--hnsw-m", type=int, default=32)
+    ap.add_argument("--ef-construction", type=int, default=100)
+    ap.add_argument("--ef-search", type=int, default=128)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work-dir", help="where the galleries go (default: a temporary folder, removed)")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "serve_load.json"))
+    args = ap.parse_args()
+
+    import faiss
+
+    from faceforge.deploy.detect import build_detector
+    from faceforge.serve.batcher import Batcher
+    from faceforge.serve.gallery import model_id_of
+    from faceforge.serve.index import FaceIndex, IndexSettings
+    from faceforge.serve.pipeline import FacePipeline, Limits, PhotoError, PipelineSettings
+    from faceforge.serve.service import load_model
+    from faceforge.serve.store import Actor, Store
+
+    sizes = [int(s) for s in args.sizes.split(",")]
+    lfw = DATA / "lfw" / "images"
+    people = [
+        p for p in pairs_people(DATA / "lfw" / "pairsDevTest.txt") if len(list((lfw / p).glob("*.jpg"))) >= 2
+    ]
+    people = people[: args.people]
+    embedder = load_model(args.model)
+    desc = embedder.describe()
+    detector = build_detector("yunet")
+    batcher = Batcher(embedder, max_wait_ms=0)
+    pipe = FacePipeline(detector, batcher, embedder.input_size, Limits(), PipelineSettings())
+
+    print(f"embedding {len(people)} gallery faces with {desc['kind']}", flush=True)
+    real_names, real_emb, probes = [], [], []
+    for person in people:
+        photos = sorted((lfw / person).glob("*.jpg"))
+        try:
+            g = pipe.detect(photos[0].read_bytes(), photos[0].name, select="largest")
+        except PhotoError:
+            continue
+        real_names.append(person)
+        real_emb.append(pipe.embed(g.faces)[0])
+        probes.append((photos[1].name, photos[1].read_bytes()))
+    real_emb = np.stack(real_emb)
+
+    # direct: the same work in one process, one photo at a time (the index search is added per size below)
+    direct_embed = []
+    direct_q = []
+    for name, data in probes:
+        t0 = time.perf_counter()
+        photo = pipe.detect(data, name, select="all")
+        e = pipe.embed(photo.faces)
+        direct_embed.append(time.perf_counter() - t0)
+        sizes_ = [f.box[2] - f.box[0] for f in photo.faces]
+        direct_q.append(e[int(np.argmax(sizes_))])
+    direct_q = np.stack(direct_q)
+
+    rng = np.random.default_rng(args.seed)
+    results = []
+    tmp_ctx = tempfile.TemporaryDirectory() if args.work_dir is None else None
+    work = Path(args.work_dir or tmp_ctx.name)
+    work.mkdir(parents=True, exist_ok=True)
+    model_id = model_id_of(desc)
+    try:
+        for size in sizes:
+            db = work / f"gallery_{size}.db"
+            if db.exists():
+                db.unlink()
+            store = Store(str(db))
+            store.bind_model(model_id, desc)
+            t0 = time.perf_counter()
+            n_rand = max(0, size - len(real_emb))
+            store.bulk_load(real_names, real_emb, model_id, Actor(name="bench"))
+            for start in range(0, n_rand, 100_000):
+                m = min(100_000, n_rand - start)
+                r = rng.standard_normal((m, real_emb.shape[1])).astype(np.float32)
+                r /= np.linalg.norm(r, axis=1, keepdims=True)
+                store.bulk_load(
+                    [f"synthetic-{start + i}" for i in range(m)], r, model_id, Actor(name="bench")
+                )
+            fill_s = time.perf_counter() - t0
+            _, key = store.create_key("bench", ["search"])
+            snap = store.snapshot()
+            store.close()
+            print(f"size {size}: gallery filled in {fill_s:.0f} s; starting the server", flush=True)
+
+            port = free_port()
+            log = work / f"server_{size}.log"
+            cmd = [
+                sys.executable,
+                "-m",
+                "faceforge",
+                "serve",
+                "--db",
+                str(db),
+                "--port",
+                str(port),
+                "--model",
+                args.model,
+                "--rate-limit",
+                "0",
+                "--log-level",
+                "warning",
+                "--hnsw-above",
+                str(args.hnsw_above),
+                "--hnsw-m",
+                str(args.hnsw_m),
+                "--ef-construction",
+                str(args.ef_construction),
+                "--ef-search",
+                str(args.ef_search),
+            ]
+            t0 = time.perf_counter()
+            with log.open("wb") as fh:
+                proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO)
+            url = f"http://127.0.0.1:{port}"
+            try:
+                while True:
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
+                    try:
+                        if httpx.get(url + "/v1/health", timeout=1).status_code == 200:
+                            break
+                    except httpx.HTTPError:
+                        time.sleep(0.5)
+                startup_s = time.perf_counter() - t0
+                run_load(url, key, probes[:8], 16, 2, 60)  # warm-up
+                load = run_load(url, key, probes, args.requests, args.concurrency, args.duration)
+                c1 = run_load(url, key, probes, args.requests_c1, 1, args.duration)
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
+            top = {**c1.pop("_top"), **load.pop("_top")}
+
+            # exact search over the same gallery, in this process
+            flat = faiss.IndexIDMap2(faiss.IndexFlatIP(snap.embeddings.shape[1]))
+            flat.add_with_ids(snap.embeddings, snap.ids)
+            t0 = time.perf_counter()
+            for q in direct_q:
+                flat.search(q[None], 1)
+            exact_s = (time.perf_counter() - t0) / len(direct_q)
+            _, exact_top = flat.search(direct_q, 1)
+            idx = [i for i in top if i < len(direct_q)]
+            recall = float(np.mean([top[i] == int(exact_top[i, 0]) for i in idx])) if idx else None
+            entry = {
+                "size": size,
+                "real_faces": len(real_emb),
+                "random_faces": n_rand,
+                "fill_seconds": round(fill_s, 1),
+                "startup_seconds": round(startup_s, 1),
+                "index": "hnsw" if args.hnsw_above and size >= args.hnsw_above else "flat",
+                "load": load,
+                "concurrency_1": c1,
+                "recall_at_1_vs_exact": recall,
+                "recall_queries": len(idx),
+                "exact_search_ms": round(exact_s * 1000, 3),
+            }
+            # direct path at this size: detect + embed (measured once) + this size's index search
+            ix = FaceIndex(
+                snap.embeddings.shape[1],
+                IndexSettings(args.hnsw_above, args.hnsw_m, args.ef_construction, args.ef_search),
+            )
+            t0 = time.perf_counter()
+            ix._build(snap.ids, snap.embeddings)
+            build_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            for q in direct_q:
+                ix.search(q[None], 4)
+            ix_s = (time.perf_counter() - t0) / len(direct_q)
+            direct_ms = (float(np.mean(direct_embed)) + ix_s) * 1000
+            entry.update(
+                index_build_seconds=round(build_s, 1),
+                index_search_ms=round(ix_s * 1000, 3),
+                direct_ms=round(direct_ms, 2),
+                overhead=round(c1["mean_ms"] / direct_ms - 1, 3),
+            )
+            if entry["index"] == "hnsw":
+                entry["hnsw_speedup_vs_exact"] = round(exact_s / ix_s, 1)
+                _, h = ix.search(direct_q, 1)
+                entry["recall_at_1_in_process"] = float(np.mean(h[:, 0] == exact_top[:, 0]))
+                # harder queries: gallery random vectors with noise (true neighbour = the vector itself)
+                pick = rng.choice(len(snap.ids), 500, replace=False)
+                noisy = (
+                    snap.embeddings[pick]
+                    + rng.standard_normal((500, snap.embeddings.shape[1])).astype(np.float32) * 0.05
+                )
+                noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
+                _, hs = ix.search(noisy, 1)
+                _, es = flat.search(noisy, 1)
+                entry["recall_at_1_noisy_gallery_queries"] = float(np.mean(hs[:, 0] == es[:, 0]))
+            del flat, ix
+            print(json.dumps(entry), flush=True)
+            results.append(entry)
+            db.unlink(missing_ok=True)
+    finally:
+        batcher.close()
+        if tmp_ctx is not None:
+            tmp_ctx.cleanup()
+
+    out = {
+        "benchmark": "serve_load",
+        "settings": {
+            "sizes": sizes,
+            "requests": args.requests,
+            "requests_c1": args.requests_c1,
+            "concurrency": args.concurrency,
+            "duration_cap_s": args.duration,
+            "people": len(real_emb),
+            "model": {k: desc.get(k) for k in ("kind", "sha256", "preprocess")},
+            "detector": "yunet",
+            "hnsw_above": args.hnsw_above,
+            "hnsw_m": args.hnsw_m,
+            "ef_construction": args.ef_construction,
+            "ef_search": args.ef_search,
+            "database": "SQLite (WAL)",
+            "seed": args.seed,
+            "direct_embed_ms": round(float(np.mean(direct_embed)) * 1000, 2),
+        },
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_avg_at_end": os.getloadavg(),
+        },
+        "results": results,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    bad = [r["size"] for r in results if r["load"]["errors"] or r["concurrency_1"]["errors"]]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
