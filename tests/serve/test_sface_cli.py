@@ -173,3 +173,50 @@ def test_offline_search_cli(tmp_path, default_embedder, lfw, capsys):
     )
     err = capsys.readouterr().err
     assert code == 2 and re.search(r"reembed|not available|not found", err), err
+
+
+def test_default_model_falls_back_to_dlib(monkeypatch, tmp_path):
+    """Without the SFace file (no network for `faceforge fetch sface`), the default model is dlib."""
+    pytest.importorskip("dlib")
+    from faceforge.serve.service import load_model
+
+    monkeypatch.setenv("FACEFORGE_MODELS", str(tmp_path / "empty"))
+    monkeypatch.setattr("faceforge.deploy.model_files._package_dir", lambda archive: None)
+    emb = load_model("default")
+    assert emb.describe()["kind"] == "dlib"
+
+
+def test_keys_cli_and_reembed(tmp_path, capsys, default_embedder, lfw):
+    from faceforge.cli.main import main
+    from faceforge.serve.store import Store
+
+    db = str(tmp_path / "g.db")
+    assert main(["serve", "keys", "create", "--db", db, "--name", "ops", "--scope", "enrol", "--scope", "search"]) == 0
+    secret = capsys.readouterr().out.strip()
+    assert secret.startswith("ffk_")
+    assert main(["serve", "--db", db, "keys", "list"]) == 0  # --db before the action works too
+    listed = capsys.readouterr().out
+    assert "ops\tenrol,search" in listed and secret.split("_")[2] not in listed
+    assert main(["serve", "keys", "revoke", "--db", db, "ops"]) == 0
+    assert Store(db).check_key(secret) is None
+    assert main(["serve", "keys", "revoke", "--db", db, "ops"]) == 2  # already revoked: one line, no traceback
+    assert "no active API key" in capsys.readouterr().err
+
+    # re-embedding: a gallery built with the default model moves to dlib through its stored crops
+    pytest.importorskip("dlib")
+    gallery, probes = tmp_path / "gallery", tmp_path / "probes"
+    probes.mkdir()
+    for person in PEOPLE[:3]:
+        (gallery / person).mkdir(parents=True)
+        os.symlink(lfw_photo(person, 1), gallery / person / "1.jpg")
+        os.symlink(lfw_photo(person, 2), probes / f"{person}.jpg")
+    saved = tmp_path / "saved.db"
+    out = tmp_path / "r.csv"
+    assert main(["search", "--gallery", str(gallery), "--probes", str(probes), "--out", str(out), "--save-db", str(saved)]) == 0
+    target = "dlib" if default_embedder.describe()["kind"] != "dlib" else "sface"
+    assert main(["serve", "reembed", "--db", str(saved), "--model", target]) == 0
+    assert f"re-embedded 3 faces with {target}" in capsys.readouterr().out
+    assert main(["search", "--gallery", str(saved), "--probes", str(probes), "--out", str(out), "--model", target]) == 0
+    top = {r["probe"]: r["identity"] for r in csv.DictReader(out.open()) if r["rank"] == "1"}
+    assert top == {f"{p}.jpg": p for p in PEOPLE[:3]}
+    assert [e["action"] for e in Store(str(saved)).audit_entries()][0] == "reembed"
