@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,9 +146,13 @@ class Gallery:
     ) -> dict[str, Any]:
         """Search every face of a photo; ``crops`` adds each probe face's aligned crop (a JPEG data URL)."""
         decision = self.decision(fmr)
+        t0 = time.perf_counter()
         photo = self.pipeline.detect(data, name, select="all")
+        t1 = time.perf_counter()
         emb = self.pipeline.embed(photo.faces)
+        t2 = time.perf_counter()
         results = self.search_embeddings(emb, k, decision)
+        t3 = time.perf_counter()
         faces = []
         for f, matches in zip(photo.faces, results, strict=True):
             top = matches[0] if matches and matches[0]["match"] else None
@@ -161,6 +166,12 @@ class Gallery:
             "faces": faces,
             "decision_rule": decision.to_dict(),
             "model_id": self.model_id,
+            # decode + detect + align, embed (incl. waiting for a batch), index sync + search + names
+            "timing_ms": {
+                "detect": round((t1 - t0) * 1000, 2),
+                "embed": round((t2 - t1) * 1000, 2),
+                "search": round((t3 - t2) * 1000, 2),
+            },
         }
 
     # -- verification
