@@ -191,7 +191,12 @@ def test_keys_cli_and_reembed(tmp_path, capsys, default_embedder, lfw):
     from faceforge.serve.store import Store
 
     db = str(tmp_path / "g.db")
-    assert main(["serve", "keys", "create", "--db", db, "--name", "ops", "--scope", "enrol", "--scope", "search"]) == 0
+    assert (
+        main(
+            ["serve", "keys", "create", "--db", db, "--name", "ops", "--scope", "enrol", "--scope", "search"]
+        )
+        == 0
+    )
     secret = capsys.readouterr().out.strip()
     assert secret.startswith("ffk_")
     assert main(["serve", "--db", db, "keys", "list"]) == 0  # --db before the action works too
@@ -199,7 +204,9 @@ def test_keys_cli_and_reembed(tmp_path, capsys, default_embedder, lfw):
     assert "ops\tenrol,search" in listed and secret.split("_")[2] not in listed
     assert main(["serve", "keys", "revoke", "--db", db, "ops"]) == 0
     assert Store(db).check_key(secret) is None
-    assert main(["serve", "keys", "revoke", "--db", db, "ops"]) == 2  # already revoked: one line, no traceback
+    assert (
+        main(["serve", "keys", "revoke", "--db", db, "ops"]) == 2
+    )  # already revoked: one line, no traceback
     assert "no active API key" in capsys.readouterr().err
 
     # re-embedding: a gallery built with the default model moves to dlib through its stored crops
@@ -212,11 +219,31 @@ def test_keys_cli_and_reembed(tmp_path, capsys, default_embedder, lfw):
         os.symlink(lfw_photo(person, 2), probes / f"{person}.jpg")
     saved = tmp_path / "saved.db"
     out = tmp_path / "r.csv"
-    assert main(["search", "--gallery", str(gallery), "--probes", str(probes), "--out", str(out), "--save-db", str(saved)]) == 0
+    assert (
+        main(
+            [
+                "search",
+                "--gallery",
+                str(gallery),
+                "--probes",
+                str(probes),
+                "--out",
+                str(out),
+                "--save-db",
+                str(saved),
+            ]
+        )
+        == 0
+    )
     target = "dlib" if default_embedder.describe()["kind"] != "dlib" else "sface"
     assert main(["serve", "reembed", "--db", str(saved), "--model", target]) == 0
     assert f"re-embedded 3 faces with {target}" in capsys.readouterr().out
-    assert main(["search", "--gallery", str(saved), "--probes", str(probes), "--out", str(out), "--model", target]) == 0
+    assert (
+        main(
+            ["search", "--gallery", str(saved), "--probes", str(probes), "--out", str(out), "--model", target]
+        )
+        == 0
+    )
     top = {r["probe"]: r["identity"] for r in csv.DictReader(out.open()) if r["rank"] == "1"}
     assert top == {f"{p}.jpg": p for p in PEOPLE[:3]}
-    assert [e["action"] for e in Store(str(saved)).audit_entries()][0] == "reembed"
+    assert Store(str(saved)).audit_entries()[0]["action"] == "reembed"
