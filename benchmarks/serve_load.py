@@ -16,6 +16,9 @@ For each gallery size (default 1k, 100k, 1M faces):
    against the work done inside the same request (detect + embed + index search, the ``timing_ms`` the
    service returns): client latency / that work - 1 is what HTTP, multipart parsing, JSON, the thread pool
    and the batch queue add.
+6. Durability (``--crash-rounds``): two clients stream enrolments, the server is killed with SIGKILL at a
+   random moment, restarted, and every acknowledged enrolment must be there with the index equal to the
+   database (count and checksum).
 5. Recall@1 of the service's index against exact search: for each probe the service's best face id is
    compared with the exact inner-product best face over the same gallery (``faiss.IndexFlatIP``); with
    HNSW (sizes >= ``--hnsw-above``) the index's own search time is compared with exact search on the same
@@ -173,6 +176,112 @@ def paired(
     return out, direct
 
 
+def _start_server(db: Path, model: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "faceforge", "serve", "--db", str(db), "--port", str(port), "--model", model]
+    proc = subprocess.Popen(
+        [*cmd, "--rate-limit", "0", "--log-level", "warning"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=REPO,
+    )
+    url = f"http://127.0.0.1:{port}"
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError("server exited during start-up")
+        try:
+            if httpx.get(url + "/v1/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.3)
+
+
+def _stream(
+    url: str, key: str, part: list[Path], prefix: str, acked: list[str], stop: threading.Event
+) -> None:
+    """Enrol one identity per photo until stopped or the server dies; record the acknowledged names."""
+    with httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=30) as c:
+        for i, path in enumerate(part):
+            if stop.is_set():
+                return
+            name = f"{prefix}-{i:04d}"
+            try:
+                resp = c.post(
+                    "/v1/identities", data={"name": name}, files=[("photos", (path.name, path.read_bytes()))]
+                )
+            except httpx.HTTPError:
+                return
+            if resp.status_code == 201:
+                acked.append(name)  # list.append is atomic
+
+
+def crash_rounds(rounds: int, stream_seconds: float, work: Path, model: str, lfw: Path) -> list[dict]:
+    """Durability: enrolments streamed by two clients, the server killed with SIGKILL at a random moment,
+    restarted; every acknowledged enrolment must be there and the rebuilt index must equal the database."""
+    import random
+
+    from faceforge.serve.store import Store
+
+    rnd = random.Random(0)
+    photos = [sorted(p.glob("*.jpg"))[0] for p in sorted(p for p in lfw.iterdir() if p.is_dir())]
+    out = []
+    for r in range(rounds):
+        db = work / f"crash_{r}.db"
+        store = Store(str(db))
+        _, key = store.create_key("stream", ["enrol"])
+        _, admin = store.create_key("admin", ["admin"])
+        store.close()
+        acked: list[str] = []
+        stop = threading.Event()
+        proc, url = _start_server(db, model)
+        rnd.shuffle(photos)
+        threads = [
+            threading.Thread(target=_stream, args=(url, key, photos[k::2], f"r{r}-t{k}", acked, stop))
+            for k in range(2)
+        ]
+        for t in threads:
+            t.start()
+        time.sleep(rnd.uniform(0.5, 1.0) * stream_seconds)
+        proc.kill()  # SIGKILL mid-stream
+        proc.wait()
+        stop.set()
+        for t in threads:
+            t.join()
+        proc, url = _start_server(db, model)
+        try:
+            with httpx.Client(base_url=url, headers={"X-API-Key": admin}, timeout=60) as c:
+                names: set[str] = set()
+                offset = 0
+                while True:
+                    page = c.get("/v1/identities", params={"limit": 1000, "offset": offset}).json()[
+                        "identities"
+                    ]
+                    names |= {i["name"] for i in page}
+                    if len(page) < 1000:
+                        break
+                    offset += 1000
+                status = c.get("/v1/admin/status").json()
+        finally:
+            proc.terminate()
+            proc.wait()
+        lost = [n for n in acked if n not in names]
+        out.append(
+            {
+                "round": r,
+                "acknowledged": len(acked),
+                "present_after_restart": len(names),
+                "committed_not_acknowledged": len(names) - (len(acked) - len(lost)),
+                "lost": lost,
+                "index_matches_db": status["index_check"]["ok"],
+                "index_faces": status["index_check"]["index_faces"],
+                "db_faces": status["counts"]["faces"],
+            }
+        )
+        print(json.dumps(out[-1]), flush=True)
+        db.unlink(missing_ok=True)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1000,100000,1000000")
@@ -189,6 +298,8 @@ def main() -> int:
     ap.add_argument("--ef-construction", type=int, default=100)
     ap.add_argument("--ef-search", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--crash-rounds", type=int, default=3, help="kill -9 durability rounds (0: none)")
+    ap.add_argument("--crash-seconds", type=float, default=20.0, help="enrolment stream length before a kill")
     ap.add_argument("--work-dir", help="where the galleries go (default: a temporary folder, removed)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "serve_load.json"))
     args = ap.parse_args()
@@ -203,13 +314,13 @@ def main() -> int:
     from faceforge.serve.service import load_model
     from faceforge.serve.store import Actor, Store
 
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     settings = IndexSettings(args.hnsw_above, args.hnsw_m, args.ef_construction, args.ef_search)
     lfw = DATA / "lfw" / "images"
     people = [
         p for p in pairs_people(DATA / "lfw" / "pairsDevTest.txt") if len(list((lfw / p).glob("*.jpg"))) >= 2
     ]
-    people = people[: args.people]
+    people = people[: args.people] if sizes else []
     embedder = load_model(args.model)
     desc = embedder.describe()
     detector = build_detector("yunet")
@@ -227,7 +338,7 @@ def main() -> int:
         real_names.append(person)
         real_emb.append(pipe.embed(g.faces)[0])
         probes.append((photos[1].name, photos[1].read_bytes()))
-    real_emb = np.stack(real_emb)
+    real_emb = np.stack(real_emb) if real_emb else np.zeros((0, embedder.embedding_size), np.float32)
 
     # the probes' embeddings (largest face), for exact search and recall
     direct_q = []
@@ -235,7 +346,7 @@ def main() -> int:
         photo = pipe.detect(data, name, select="all")
         e = pipe.embed(photo.faces)
         direct_q.append(e[int(np.argmax([f.box[2] - f.box[0] for f in photo.faces]))])
-    direct_q = np.stack(direct_q)
+    direct_q = np.stack(direct_q) if direct_q else real_emb
 
     rng = np.random.default_rng(args.seed)
     results = []
@@ -379,6 +490,11 @@ def main() -> int:
             print(json.dumps(entry), flush=True)
             results.append(entry)
             db.unlink(missing_ok=True)
+        durability = (
+            crash_rounds(args.crash_rounds, args.crash_seconds, work, args.model, lfw)
+            if args.crash_rounds
+            else []
+        )
     finally:
         batcher.close()
         if tmp_ctx is not None:
@@ -401,6 +517,8 @@ def main() -> int:
             "ef_search": args.ef_search,
             "database": "SQLite (WAL)",
             "seed": args.seed,
+            "crash_rounds": args.crash_rounds,
+            "crash_stream_seconds": args.crash_seconds,
             "faiss_threads": settings.threads,
         },
         "machine": {
@@ -409,12 +527,14 @@ def main() -> int:
             "load_avg_at_end": os.getloadavg(),
         },
         "results": results,
+        "durability": durability,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {args.out}")
     bad = [r["size"] for r in results if r["load"]["errors"] or r["concurrency_1"]["errors"]]
-    return 1 if bad else 0
+    lost = [d for d in durability if d["lost"] or not d["index_matches_db"]]
+    return 1 if bad or lost else 0
 
 
 if __name__ == "__main__":
