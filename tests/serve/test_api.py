@@ -18,7 +18,7 @@ from PIL import Image
 from faceforge.serve.app import create_app
 from faceforge.serve.pipeline import Limits
 from faceforge.serve.service import Service, ServiceSettings
-from tests.serve.conftest import PEOPLE, PHOTOS, lfw_photo
+from tests.serve.helpers import PEOPLE, PHOTOS, lfw_photo
 
 LIMITS = Limits(
     max_body_bytes=2_000_000, max_pixels=5_000_000, max_faces=5, max_photos=3, requests_per_minute=1000

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from faceforge.serve.store import Store
-from tests.serve.conftest import LFW, PEOPLE, ServerProcess, lfw_photo
+from tests.serve.helpers import LFW, PEOPLE, ServerProcess, lfw_photo
 
 httpx = pytest.importorskip("httpx")
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from faceforge.deploy.model_files import MODEL_ARCHIVES, SFACE_FILE, find_model_dir
-from tests.serve.conftest import PEOPLE, PHOTOS, lfw_photo
+from tests.serve.helpers import PEOPLE, PHOTOS, lfw_photo
 
 
 def _tiny_quantised_graph(path: Path) -> None:
