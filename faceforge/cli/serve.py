@@ -66,9 +66,9 @@ def _add(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--hnsw-above", type=int, default=100_000, help="faces at which HNSW replaces exact search (0: never)"
     )
-    p.add_argument("--hnsw-m", type=int, default=32)
-    p.add_argument("--ef-construction", type=int, default=100)
-    p.add_argument("--ef-search", type=int, default=128)
+    p.add_argument("--hnsw-m", type=int, default=24)
+    p.add_argument("--ef-construction", type=int, default=60)
+    p.add_argument("--ef-search", type=int, default=256)
     p.add_argument("--workers", type=int, default=1, help="embedding worker threads")
     p.add_argument("--max-batch", type=int, default=32, help="most faces per embedder call")
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a batch waits for more requests")
