@@ -4,7 +4,10 @@ For each gallery size (default 1k, 100k, 1M faces):
 
 1. A fresh SQLite gallery is filled with real faces (the first photo of LFW pairsDevTest people with at least
    two photos, through the service's own pipeline: YuNet, ArcFace alignment, the default model) plus random
-   unit vectors (one synthetic identity each) up to the size, through ``Store.bulk_load``.
+   unit vectors (one synthetic identity each) up to the size, through ``Store.bulk_load``. ``--filler face``
+   (default) draws them from a Gaussian with the mean and covariance of the real embeddings, so they fill
+   the region of the sphere that faces occupy; ``isotropic`` draws them uniformly on the sphere, which leaves
+   the real faces a small isolated cluster (HNSW's greedy search then reaches them less often).
 2. ``faceforge serve`` starts on it (the start-up time includes rebuilding and checking the index).
 3. Bounded load: ``--requests`` searches (stopping early after ``--duration`` seconds) from ``--concurrency``
    client threads, each posting another photo of one of the real people; latency per request, errors
@@ -302,8 +305,14 @@ def main() -> int:
     ap.add_argument("--hnsw-above", type=int, default=100_000)
     ap.add_argument("--hnsw-m", type=int, default=24)
     ap.add_argument("--ef-construction", type=int, default=60)
-    ap.add_argument("--ef-search", type=int, default=256)
+    ap.add_argument("--ef-search", type=int, default=512)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--filler",
+        choices=["face", "isotropic"],
+        default="face",
+        help="random unit vectors from a Gaussian fitted to the real face embeddings (face) or uniform on the sphere",
+    )
     ap.add_argument(
         "--local-hnsw-max", type=int, default=200_000, help="largest size with an in-process HNSW too"
     )
@@ -359,6 +368,13 @@ def main() -> int:
     direct_q = np.stack(direct_q) if direct_q else real_emb
 
     rng = np.random.default_rng(args.seed)
+    # face-like filler: x = mu + L z (mean and covariance of the real gallery and probe embeddings, shrunk
+    # towards a scaled identity by 0.1), normalised; isotropic: z normalised
+    fit = np.concatenate([real_emb, direct_q]) if len(real_emb) else np.zeros((2, 128), np.float32)
+    mu = fit.mean(0)
+    cov = np.cov((fit - mu).T)
+    cov = 0.9 * cov + 0.1 * np.eye(len(mu)) * np.trace(cov) / len(mu)
+    chol = np.linalg.cholesky(cov) if len(real_emb) else np.eye(len(mu))
     results = []
     tmp_ctx = tempfile.TemporaryDirectory() if args.work_dir is None else None
     work = Path(args.work_dir or tmp_ctx.name)
@@ -376,7 +392,8 @@ def main() -> int:
             store.bulk_load(real_names, real_emb, model_id, Actor(name="bench"))
             for start in range(0, n_rand, 100_000):
                 m = min(100_000, n_rand - start)
-                r = rng.standard_normal((m, real_emb.shape[1])).astype(np.float32)
+                z = rng.standard_normal((m, real_emb.shape[1]))
+                r = (mu + z @ chol.T if args.filler == "face" else z).astype(np.float32)
                 r /= np.linalg.norm(r, axis=1, keepdims=True)
                 store.bulk_load(
                     [f"synthetic-{start + i}" for i in range(m)], r, model_id, Actor(name="bench")
@@ -543,6 +560,7 @@ def main() -> int:
             "ef_search": args.ef_search,
             "database": "SQLite (WAL)",
             "seed": args.seed,
+            "filler": args.filler,
             "crash_rounds": args.crash_rounds,
             "crash_stream_seconds": args.crash_seconds,
             "faiss_threads": settings.threads,

@@ -68,7 +68,7 @@ def _add(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--hnsw-m", type=int, default=24)
     p.add_argument("--ef-construction", type=int, default=60)
-    p.add_argument("--ef-search", type=int, default=256)
+    p.add_argument("--ef-search", type=int, default=512)
     p.add_argument("--workers", type=int, default=1, help="embedding worker threads")
     p.add_argument("--max-batch", type=int, default=32, help="most faces per embedder call")
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a batch waits for more requests")

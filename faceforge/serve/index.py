@@ -61,7 +61,7 @@ class IndexSettings:
     hnsw_above: int = 100_000
     hnsw_m: int = 24
     ef_construction: int = 60
-    ef_search: int = 256
+    ef_search: int = 512
     compact_fraction: float = 0.1
     #: OpenMP threads faiss may use per search (process-wide). 1 suits a server: concurrent requests already
     #: fill the cores, and OpenMP's thread start-up dominates a single query on a small index.
