@@ -64,7 +64,7 @@ def _add(p: argparse.ArgumentParser) -> None:
         "--min-quality", type=float, default=0.0, help="quality gate: smallest detector score of a face"
     )
     p.add_argument(
-        "--hnsw-above", type=int, default=100_000, help="faces at which HNSW replaces exact search (0: never)"
+        "--hnsw-above", type=int, default=250_000, help="faces at which HNSW replaces exact search (0: never)"
     )
     p.add_argument("--hnsw-m", type=int, default=24)
     p.add_argument("--ef-construction", type=int, default=60)

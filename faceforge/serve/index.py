@@ -58,7 +58,7 @@ def embedding_checksum(ids: np.ndarray, embeddings: np.ndarray) -> str:
 class IndexSettings:
     """How the index searches. ``hnsw_above``: faces at which exact search gives way to HNSW (0: never)."""
 
-    hnsw_above: int = 100_000
+    hnsw_above: int = 250_000
     hnsw_m: int = 24
     ef_construction: int = 60
     ef_search: int = 512
