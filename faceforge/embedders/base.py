@@ -44,7 +44,7 @@ def embedder_from_spec(spec: str, **kwargs: Any) -> Embedder:
 
 
 def _register_builtin() -> None:
-    from faceforge.embedders import checkpoint, dlib_resnet, onnx_model  # noqa: F401
+    from faceforge.embedders import checkpoint, dlib_resnet, onnx_model, sface  # noqa: F401
 
 
 _register_builtin()

@@ -12,7 +12,15 @@
   faces are ArcFace-aligned (``arcface_112``) like every faceforge input.
 
 The network must have one float input ``[N, 3, S, S]`` (NCHW) and return ``[N, D]`` first.  A fixed batch
-dimension (``1`` in many exported files) is honoured by running that many faces per call.
+dimension (``1`` in many exported files) is honoured by running that many faces per call, unless
+``dynamic_batch=True`` declares it free (only for graphs known not to bake the batch size in, e.g. SFace).
+
+Graphs converted from older frameworks sometimes list weights as graph inputs (onnxruntime then sees many
+inputs). :func:`repair_graph_inputs` fixes such files when they are loaded: initialisers are taken out of
+the input list, and a weight input ``W`` whose dequantised copy the graph computes itself (a node output
+``W_reshaped`` or ``W_dequantized``, as in OpenCV Zoo's int8 block-quantised files) is rewired to that
+output and dropped; inputs no node reads are dropped too.  Any other extra input is left, and the model is
+refused with a message naming it.
 """
 
 from __future__ import annotations
@@ -64,6 +72,66 @@ def _dim(d: Any) -> int | None:
     return int(d) if isinstance(d, (int, np.integer)) and int(d) > 0 else None
 
 
+def repair_graph_inputs(model: Any, dynamic_batch: bool = False) -> list[str]:
+    """Repair ``model`` (an ``onnx.ModelProto``) in place so that only real inputs remain; see the module doc.
+
+    With ``dynamic_batch`` the first dimension of the first remaining input and of every output becomes the
+    symbolic ``N``.  Returns a list of what was changed (empty when nothing was).
+    """
+    graph = model.graph
+    initialisers = {i.name for i in graph.initializer}
+    produced = {o for n in graph.node for o in n.output}
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    changes: list[str] = []
+    keep = []
+    for inp in graph.input:
+        name = inp.name
+        if name in initialisers:
+            changes.append(f"initialiser {name} removed from the inputs")
+            continue
+        twin = next((f"{name}{s}" for s in ("_reshaped", "_dequantized") if f"{name}{s}" in produced), None)
+        if twin is not None:
+            for node in consumers.get(name, []):
+                for i, x in enumerate(node.input):
+                    if x == name:
+                        node.input[i] = twin
+            changes.append(f"input {name} rewired to {twin}")
+            continue
+        if name not in consumers and len(graph.input) > 1:
+            changes.append(f"unused input {name} dropped")
+            continue
+        keep.append(inp)
+    if len(keep) != len(graph.input):
+        del graph.input[:]
+        graph.input.extend(keep)
+    if dynamic_batch and graph.input:
+        if len(graph.value_info):  # intermediate shapes recorded with the old batch size
+            del graph.value_info[:]
+            changes.append("recorded intermediate shapes dropped")
+        for value in [graph.input[0], *graph.output]:
+            dims = value.type.tensor_type.shape.dim
+            if dims and dims[0].dim_param != "N":
+                dims[0].ClearField("dim_value")
+                dims[0].dim_param = "N"
+                changes.append(f"batch dimension of {value.name} made dynamic")
+    return changes
+
+
+def _load_repaired(path: Path, dynamic_batch: bool) -> tuple[bytes, list[str]]:
+    """The model file's bytes after :func:`repair_graph_inputs`, and the list of changes."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # onnx raises DecodeError and friends on files that are not ONNX
+        raise ValueError(f"{path} could not be read as an ONNX model ({type(exc).__name__}: {exc})") from None
+    changes = repair_graph_inputs(model, dynamic_batch=dynamic_batch)
+    return model.SerializeToString(), changes
+
+
 @EMBEDDERS.register("onnx")
 class OnnxEmbedder:
     """``embed(uint8 RGB aligned [N, S, S, 3]) -> float32 [N, D]`` with onnxruntime.
@@ -78,6 +146,8 @@ class OnnxEmbedder:
         colour: for files without faceforge metadata, channel order the network expects (``RGB``, the
             default, or ``BGR``).
         input_size: for files without faceforge metadata whose input height/width is dynamic (default 112).
+        dynamic_batch: treat a fixed batch dimension as free (see :func:`repair_graph_inputs`); only for
+            graphs known to allow it.
 
         Files with faceforge metadata use the preprocessing stored in them; these four options are then
         ignored (with a warning when given).
@@ -93,6 +163,7 @@ class OnnxEmbedder:
         std: float | Sequence[float] | None = None,
         colour: str | None = None,
         input_size: int | None = None,
+        dynamic_batch: bool = False,
         **ignored: Any,
     ) -> None:
         if source in (None, ""):
@@ -107,13 +178,23 @@ class OnnxEmbedder:
         self.providers = self._providers(ort, device)
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        self.graph_repairs: list[str] = []
+        model: str | bytes = str(self.path)
+        if dynamic_batch:
+            model, self.graph_repairs = _load_repaired(self.path, dynamic_batch=True)
         try:
-            self.session = ort.InferenceSession(str(self.path), opts, providers=self.providers)
+            self.session = ort.InferenceSession(model, opts, providers=self.providers)
+            if len(self.session.get_inputs()) > 1 and not self.graph_repairs:
+                model, self.graph_repairs = _load_repaired(self.path, dynamic_batch=False)
+                if self.graph_repairs:
+                    self.session = ort.InferenceSession(model, opts, providers=self.providers)
         except Exception as exc:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...) on bad files
             first = (str(exc).strip().splitlines() or [""])[0]
             raise ValueError(
                 f"{self.path} could not be loaded as an ONNX model ({type(exc).__name__}: {first})"
             ) from None
+        if self.graph_repairs:
+            log.debug("onnx embedder: %s repaired: %s", self.path.name, "; ".join(self.graph_repairs))
 
         self.metadata = self._read_metadata()
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
@@ -266,6 +347,8 @@ class OnnxEmbedder:
             "preprocess": pre,
             "preprocess_source": self.preprocess_source,
         }
+        if self.graph_repairs:
+            desc["graph_repairs"] = len(self.graph_repairs)
         if self.metadata is not None:
             desc["export"] = {
                 k: self.metadata.get(k)

@@ -1,0 +1,297 @@
+"""The faiss index over the gallery's face embeddings, kept equal to the database.
+
+* Exact search (``faiss.IndexFlatIP``: inner product = cosine on L2-normalised embeddings) up to
+  ``hnsw_above`` faces; past that an HNSW graph (``faiss.IndexHNSWFlat``, Malkov & Yashunin, "Efficient and
+  robust approximate nearest neighbor search using Hierarchical Navigable Small World graphs", TPAMI 2018)
+  with ``M`` links per node, ``ef_construction`` and ``ef_search``. Both sit in a ``faiss.IndexIDMap2``,
+  so faiss ids are the database's face ids (which are never reused).
+* Deletion: the exact index removes vectors (``remove_ids``). HNSW graphs cannot drop a node, so a deleted
+  face is kept in a tombstone set that every search excludes (an ``IDSelectorNot`` in the search
+  parameters); when tombstones pass ``compact_fraction`` of the index it is rebuilt without them.
+* Source of truth: :meth:`FaceIndex.rebuild` loads the database's snapshot, :meth:`FaceIndex.sync` applies
+  the database's change feed after the last applied ``seq`` (so other server processes' enrolments and
+  deletions arrive too), and :meth:`FaceIndex.verify` compares the index with the database by count and by
+  :func:`embedding_checksum`. A crash between a commit and the index update loses nothing: the next sync or
+  start-up reads the committed change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def _faiss() -> Any:
+    try:
+        import faiss
+    except ImportError as exc:  # pragma: no cover - faiss-cpu is a dependency of faceforge[serve]
+        raise RuntimeError(
+            "the face index needs faiss: pip install faiss-cpu (or 'faceforge[serve]')"
+        ) from exc
+    return faiss
+
+
+def embedding_checksum(ids: np.ndarray, embeddings: np.ndarray) -> str:
+    """Order-independent SHA-256 of (id, embedding) pairs: rows sorted by id, then the int64 ids and the
+    float32 embeddings hashed as bytes. Equal iff the same faces hold bit-identical embeddings."""
+    ids = np.asarray(ids, dtype=np.int64)
+    order = np.argsort(ids, kind="stable")
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(ids[order]).astype("<i8").tobytes())
+    if len(ids):
+        h.update(
+            np.ascontiguousarray(np.asarray(embeddings, dtype=np.float32)[order]).astype("<f4").tobytes()
+        )
+    return h.hexdigest()
+
+
+@dataclass
+class IndexSettings:
+    """How the index searches. ``hnsw_above``: faces at which exact search gives way to HNSW (0: never)."""
+
+    hnsw_above: int = 250_000
+    hnsw_m: int = 24
+    ef_construction: int = 60
+    ef_search: int = 512
+    compact_fraction: float = 0.1
+    #: OpenMP threads faiss may use per search (process-wide). 1 suits a server: concurrent requests already
+    #: fill the cores, and OpenMP's thread start-up dominates a single query on a small index.
+    threads: int = 1
+
+
+@dataclass
+class VerifyResult:
+    ok: bool
+    index_count: int
+    db_count: int
+    index_checksum: str
+    db_checksum: str
+    seq: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "index_faces": self.index_count,
+            "db_faces": self.db_count,
+            "index_checksum": self.index_checksum,
+            "db_checksum": self.db_checksum,
+            "seq": self.seq,
+        }
+
+
+class FaceIndex:
+    """faiss over face ids; thread-safe (one lock: searches are short, writes are rare)."""
+
+    def __init__(self, dim: int, settings: IndexSettings | None = None) -> None:
+        self.dim = int(dim)
+        self.settings = settings or IndexSettings()
+        self.seq = 0
+        self._lock = threading.RLock()
+        self._tombstones: set[int] = set()
+        if self.settings.threads > 0:
+            _faiss().omp_set_num_threads(int(self.settings.threads))
+        self._index = self._new_index("flat")
+        self.kind = "flat"
+
+    # -- construction
+    def _new_index(self, kind: str) -> Any:
+        faiss = _faiss()
+        if kind == "flat":
+            inner = faiss.IndexFlatIP(self.dim)
+        else:
+            inner = faiss.IndexHNSWFlat(self.dim, self.settings.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            inner.hnsw.efConstruction = self.settings.ef_construction
+            inner.hnsw.efSearch = self.settings.ef_search
+        return faiss.IndexIDMap2(inner)
+
+    def _kind_for(self, n: int) -> str:
+        return "hnsw" if self.settings.hnsw_above and n >= self.settings.hnsw_above else "flat"
+
+    def _build(self, ids: np.ndarray, emb: np.ndarray, kind: str | None = None) -> None:
+        kind = kind or self._kind_for(len(ids))
+        index = self._new_index(kind)
+        if len(ids):
+            faiss = _faiss()
+            faiss.omp_set_num_threads(os.cpu_count() or 1)  # a (re)build uses every core
+            try:
+                index.add_with_ids(
+                    np.ascontiguousarray(emb, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64)
+                )
+            finally:
+                if self.settings.threads > 0:
+                    faiss.omp_set_num_threads(int(self.settings.threads))
+        self._index, self.kind, self._tombstones = index, kind, set()
+
+    def rebuild(self, store: Any) -> VerifyResult:
+        """Load every face from ``store`` and check the result against it (count and checksum)."""
+        t0 = time.perf_counter()
+        snap = store.snapshot()
+        with self._lock:
+            if len(snap.ids) and snap.embeddings.shape[1] != self.dim:
+                raise ValueError(
+                    f"the gallery's embeddings have {snap.embeddings.shape[1]} values, the model gives {self.dim}"
+                )
+            self._build(snap.ids, snap.embeddings)
+            self.seq = snap.seq
+            ids, emb = self._contents()
+        result = VerifyResult(
+            ok=bool(len(ids) == len(snap.ids)),
+            index_count=len(ids),
+            db_count=len(snap.ids),
+            index_checksum=embedding_checksum(ids, emb),
+            db_checksum=embedding_checksum(snap.ids, snap.embeddings),
+            seq=snap.seq,
+        )
+        result.ok = result.ok and result.index_checksum == result.db_checksum
+        log.info(
+            "index rebuilt from the database: %d faces (%s) in %.1f s, checksum %s",
+            len(ids),
+            self.kind,
+            time.perf_counter() - t0,
+            "matches" if result.ok else "DIFFERS",
+        )
+        return result
+
+    # -- changes
+    def add(self, ids: np.ndarray, emb: np.ndarray) -> None:
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if not len(ids):
+            return
+        with self._lock:
+            present = [int(i) for i in ids if self._has(int(i))]
+            if present:  # applying the same change twice is harmless
+                keep = ~np.isin(ids, present)
+                ids, emb = ids[keep], np.asarray(emb)[keep]
+                if not len(ids):
+                    return
+            if any(int(i) in self._tombstones for i in ids):
+                # a re-added id (re-embedding) still has its old node in the HNSW graph: rebuild without it
+                cur_ids, cur_emb = self._contents()
+                self._build(
+                    np.concatenate([cur_ids, ids]), np.concatenate([cur_emb, np.asarray(emb, np.float32)])
+                )
+                return
+            self._index.add_with_ids(np.ascontiguousarray(emb, dtype=np.float32), ids)
+            if self.kind == "flat" and self._kind_for(self.count) == "hnsw":
+                cur_ids, cur_emb = self._contents()
+                self._build(cur_ids, cur_emb, "hnsw")
+
+    def remove(self, ids: np.ndarray) -> None:
+        ids = [int(i) for i in np.asarray(ids, dtype=np.int64)]
+        if not ids:
+            return
+        faiss = _faiss()
+        with self._lock:
+            if self.kind == "flat":
+                self._index.remove_ids(faiss.IDSelectorBatch(np.asarray(ids, dtype=np.int64)))
+                return
+            self._tombstones.update(i for i in ids if self._has_vector(i))
+            if len(self._tombstones) > self.settings.compact_fraction * max(1, self._index.ntotal):
+                cur_ids, cur_emb = self._contents()
+                self._build(cur_ids, cur_emb)
+
+    def _has_vector(self, face_id: int) -> bool:
+        try:
+            self._index.reconstruct(int(face_id))
+            return True
+        except RuntimeError:
+            return False
+
+    def _has(self, face_id: int) -> bool:
+        return face_id not in self._tombstones and self._has_vector(face_id)
+
+    def sync(self, store: Any) -> int:
+        """Apply the database's changes after :attr:`seq`; returns how many were applied."""
+        with self._lock:
+            changes = store.changes_since(self.seq)
+            if not changes:
+                return 0
+            # net effect per face in order: the last op wins; adds need the embedding as it is now
+            last: dict[int, str] = {}
+            for _, face_id, op in changes:
+                last[face_id] = op
+            dels = [f for f, op in last.items() if op == "del"]
+            adds = [f for f, op in last.items() if op == "add"]
+            # an add that follows a del of the same face (re-embedding) replaces the vector
+            readd = [f for f in adds if any(c[1] == f and c[2] == "del" for c in changes)]
+            self.remove(np.asarray(dels + readd, dtype=np.int64))
+            if adds:
+                snap = store.embeddings_of(adds)
+                self.add(snap.ids, snap.embeddings)
+            self.seq = changes[-1][0]
+            return len(changes)
+
+    # -- queries
+    @property
+    def count(self) -> int:
+        with self._lock:
+            return int(self._index.ntotal) - len(self._tombstones)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (scores [Q, k], face ids [Q, k]) by inner product; missing entries have id -1."""
+        faiss = _faiss()
+        q = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
+        with self._lock:
+            k_eff = max(1, min(int(k), max(1, self.count)))
+            if self._tombstones:
+                sel = faiss.IDSelectorNot(
+                    faiss.IDSelectorBatch(np.asarray(sorted(self._tombstones), dtype=np.int64))
+                )
+                params = faiss.SearchParametersHNSW(sel=sel, efSearch=self.settings.ef_search)
+                scores, ids = self._index.search(q, k_eff, params=params)
+            else:
+                scores, ids = self._index.search(q, k_eff)
+        return scores, ids
+
+    def _contents(self) -> tuple[np.ndarray, np.ndarray]:
+        """The live (id, embedding) pairs held by the faiss index itself (read back, not from a copy)."""
+        faiss = _faiss()
+        n = int(self._index.ntotal)
+        ids = faiss.vector_to_array(self._index.id_map).astype(np.int64) if n else np.zeros(0, np.int64)
+        emb = self._index.index.reconstruct_n(0, n) if n else np.zeros((0, self.dim), np.float32)
+        if self._tombstones:
+            keep = ~np.isin(ids, np.fromiter(self._tombstones, dtype=np.int64))
+            ids, emb = ids[keep], emb[keep]
+        return ids, np.asarray(emb, dtype=np.float32)
+
+    def verify(self, store: Any) -> VerifyResult:
+        """Sync, then compare the index with the database (count and checksum) as of the same ``seq``."""
+        with self._lock:
+            snap = store.snapshot()
+            self.sync(store)
+            if self.seq != snap.seq:  # writes landed between the two reads: compare at the newer state
+                snap = store.snapshot()
+                self.sync(store)
+            ids, emb = self._contents()
+        db_sum = embedding_checksum(snap.ids, snap.embeddings)
+        ix_sum = embedding_checksum(ids, emb)
+        return VerifyResult(
+            ok=len(ids) == len(snap.ids) and db_sum == ix_sum,
+            index_count=len(ids),
+            db_count=len(snap.ids),
+            index_checksum=ix_sum,
+            db_checksum=db_sum,
+            seq=snap.seq,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        s = self.settings
+        d: dict[str, Any] = {"kind": self.kind, "faces": self.count, "dim": self.dim, "seq": self.seq}
+        d["hnsw_above"] = s.hnsw_above
+        if self.kind == "hnsw":
+            d.update(
+                M=s.hnsw_m,
+                ef_construction=s.ef_construction,
+                ef_search=s.ef_search,
+                tombstones=len(self._tombstones),
+            )
+        return d
