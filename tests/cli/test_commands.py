@@ -13,17 +13,19 @@ from faceforge.cli.main import main
 
 
 @pytest.fixture(scope="module")
-def trained(lfw_small: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained(lfw_small: Path, tmp_path_factory: pytest.TempPathFactory, list_file) -> Path:
     run = tmp_path_factory.mktemp("cli_run")
     rc = main(
         [
             "train",
             "lfw_mobilefacenet_arcface",
             f"data.root={lfw_small}",
+            f"data.list_file={list_file(lfw_small, run / 'train.txt', per_person=4, people=8)}",
             f"run.dir={run}",
             "data.exclude_pairs=[]",
+            "data.preload=false",
             "optim.epochs=1",
-            "data.batch_size=32",
+            "data.batch_size=16",
             "model.embedding_size=128",
             "run.progress=false",
             "eval.pairs=null",
