@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-FACEFORGE_DATA ?= ../shared/data
+FACEFORGE_DATA ?= $(abspath ../shared/data)
 export FACEFORGE_DATA
 DEMO_OUT ?= demo_out
 PYTEST_ARGS ?=

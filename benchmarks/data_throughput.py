@@ -37,7 +37,7 @@ from faceforge.data.recordio import write_face_rec
 from faceforge.data.samples import Samples, scan_image_folder
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("FACEFORGE_DATA", REPO.parent / "shared" / "data"))
+DATA = Path(os.environ.get("FACEFORGE_DATA", REPO.parent / "shared" / "data")).resolve()
 CONFIG = "lfw_mobilefacenet_arcface"
 AUGMENT = "data.augment={flip: {p: 0.5}, lowres: {}, colour_jitter: {}}"
 

@@ -59,7 +59,7 @@ from faceforge.engine.loop import Trainer
 from faceforge.eval.benchmarks import run_benchmarks
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("FACEFORGE_DATA", REPO.parent / "shared" / "data"))
+DATA = Path(os.environ.get("FACEFORGE_DATA", REPO.parent / "shared" / "data")).resolve()
 RECIPE = "lfw_mobilefacenet_arcface"
 ROWS = ["scratch", "feature_l2", "cosine", "rkd", "sp", "ekd", "liaad", "ddl"]
 #: fine-tuning rows start from the ArcFace-only student (run.init) and train --finetune-epochs more

@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("FACEFORGE_DATA", REPO.parent / "shared" / "data"))
+DATA = Path(os.environ.get("FACEFORGE_DATA", REPO.parent / "shared" / "data")).resolve()
 RECIPE = "lfw_mobilefacenet_arcface"
 ROWS = ("cosface", "cosface_cifp", "arcface", "arcface_cifp")
 #: the objective keys of a CIFP row in the plug-in engine's config (issue 16)

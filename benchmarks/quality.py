@@ -63,7 +63,7 @@ from faceforge.eval.quality_sources import QualityInputs, parse_quality_sources,
 from faceforge.methods.sddfiqa import label_folder
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("FACEFORGE_DATA", REPO.parent / "shared" / "data"))
+DATA = Path(os.environ.get("FACEFORGE_DATA", REPO.parent / "shared" / "data")).resolve()
 RECIPE = "lfw_mobilefacenet_arcface"
 LANDMARKS = DATA / "lfw" / "landmarks_mtcnn_5pts_250px.csv"
 PAIRS = DATA / "lfw" / "pairsDevTest.txt"

@@ -30,7 +30,7 @@ from faceforge.data.dataset import Batch
 from faceforge.engine.loop import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("FACEFORGE_DATA", REPO.parent / "shared" / "data"))
+DATA = Path(os.environ.get("FACEFORGE_DATA", REPO.parent / "shared" / "data")).resolve()
 
 
 def ensure_aligned(root: Path) -> Path:

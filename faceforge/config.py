@@ -52,7 +52,7 @@ def data_folder() -> str:
 
     env = os.environ.get("FACEFORGE_DATA")
     if env:
-        return env
+        return str(Path(env).resolve())
     beside = Path(__file__).resolve().parents[2] / "shared" / "data"
     if beside.is_dir():
         return str(beside)

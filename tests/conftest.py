@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def data_root() -> Path:
-    return Path(os.environ.get("FACEFORGE_DATA", REPO.parent / "shared" / "data"))
+    return Path(os.environ.get("FACEFORGE_DATA", REPO.parent / "shared" / "data")).resolve()
 
 
 @pytest.fixture(scope="session")

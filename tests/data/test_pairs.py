@@ -13,7 +13,7 @@ from faceforge.data.pairs import Pair, lfw_image_path, read_lfw_pairs, resolve_p
 def _data_root() -> Path:
     env = os.environ.get("FACEFORGE_DATA")
     if env:
-        return Path(env)
+        return Path(env).resolve()
     return Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 

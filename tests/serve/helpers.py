@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-DATA = Path(os.environ.get("FACEFORGE_DATA", REPO.parent / "shared" / "data"))
+DATA = Path(os.environ.get("FACEFORGE_DATA", REPO.parent / "shared" / "data")).resolve()
 LFW = DATA / "lfw" / "images"
 PHOTOS = DATA / "photos"
 PG_ENV = "FACEFORGE_TEST_PG_URL"
