@@ -26,13 +26,16 @@ accuracy. The table says which, whatever the outcome.
         [--reuse] [--publish]
 
 Runs live in ``<out>/runs/<row>/seed<k>/``; a run whose ``checkpoints/model.pt`` exists is not trained
-again (so a run trained by hand with the same command is picked up). Writes ``<out>/fairness.json`` and
+again (so a run trained by hand with the same command is picked up) if its ``config.yaml`` matches the
+command's config (:func:`run_config_differences`); a run trained otherwise (other epochs, seed, head...)
+stops the script with the keys that differ. Writes ``<out>/fairness.json`` and
 ``<out>/fairness.md`` after every run; ``--publish`` copies both to benchmarks/results/.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -71,13 +74,15 @@ def training_command(
     """The ``faceforge train`` command line of one run (``python -m faceforge train RECIPE KEY=VALUE...``).
 
     Keys passed, in order: ``head=<cosface|arcface>`` (a group choice; scale 32 and margin 0.3 stay the
-    recipe's), ``data.root`` (the aligned LFW tree), ``run.dir``, ``run.seed``, ``optim.epochs``,
+    recipe's), ``data.root`` (the aligned LFW tree), ``run.dir`` (both made absolute: the training process
+    runs in the repository root, the script may not), ``run.seed``, ``optim.epochs``,
     ``eval.pairs=null`` (this script evaluates), ``run.progress=false``, then ``extra``
     (``--train-override``), and for a ``*_cifp`` row :data:`CIFP_KEYS`: the packaged ``method=cifp``, which
     replaces the margin objective by ``objectives.cifp`` (alpha null = 1/(C-1), penalty code_mean) on the same
     head.
     """
     head, cifp = split_row(row)
+    faces, run_dir = Path(faces).absolute(), Path(run_dir).absolute()  # the training runs with cwd=REPO
     cmd = [sys.executable, "-m", "faceforge", "train", RECIPE, f"head={head}"]
     cmd += [f"data.root={faces}", f"run.dir={run_dir}", f"run.seed={seed}", f"optim.epochs={epochs}"]
     cmd += ["eval.pairs=null", "run.progress=false", *extra]
@@ -124,6 +129,65 @@ def prepared_utkface(base: Path) -> Path:
 # ------------------------------------------------------------------------------------------------------
 # one run: train (unless its model exists), evaluate
 # ------------------------------------------------------------------------------------------------------
+#: config keys that do not change the trained model (where it lives, logging, threads, resuming, the
+#: trainer's own evaluation): a run that differs only there is the same run
+IGNORED_KEYS = (
+    "run.dir",
+    "run.progress",
+    "run.log_every",
+    "run.threads",
+    "run.resume",
+    "run.save_every_steps",
+    "run.cache_dir",
+    "data.num_workers",
+    "data.preload",
+    "eval",
+)
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out or {prefix.rstrip("."): {}}
+    return {prefix.rstrip("."): tree}
+
+
+@functools.lru_cache(maxsize=32)
+def _command_config(overrides: tuple[str, ...]) -> dict[str, Any]:
+    """The flattened, resolved config of ``faceforge train RECIPE *overrides``."""
+    from omegaconf import OmegaConf
+
+    from faceforge.config import compose_config
+
+    return _flat(OmegaConf.to_container(compose_config(RECIPE, list(overrides)), resolve=True))
+
+
+def run_config_differences(cmd: Sequence[str], run_dir: Path) -> list[str]:
+    """The config keys where ``run_dir/config.yaml`` (written by the trainer when the run started) differs
+    from the config of ``cmd`` (a :func:`training_command`), outside :data:`IGNORED_KEYS`; ``data.root`` is
+    compared as a path (relative paths from the repository root, where the training runs). A missing
+    ``config.yaml`` is reported as ``["config.yaml"]``."""
+    from omegaconf import OmegaConf
+
+    saved_file = run_dir / "config.yaml"
+    if not saved_file.is_file():
+        return ["config.yaml"]
+    args = list(cmd)
+    want = _command_config(tuple(args[args.index(RECIPE) + 1 :]))
+    have = _flat(OmegaConf.to_container(OmegaConf.load(saved_file), resolve=True))
+
+    def ignored(key: str) -> bool:
+        return any(key == k or key.startswith(k + ".") for k in IGNORED_KEYS)
+
+    def norm(key: str, value: Any) -> Any:
+        return (REPO / str(value)).resolve() if key == "data.root" and value is not None else value
+
+    keys = sorted(k for k in set(want) | set(have) if not ignored(k))
+    return [k for k in keys if norm(k, want.get(k, "<absent>")) != norm(k, have.get(k, "<absent>"))]
+
+
 def train(
     row: str, seed: int, faces: Path, run_dir: Path, epochs: int, extra: Sequence[str]
 ) -> dict[str, Any]:
@@ -131,7 +195,13 @@ def train(
     cmd = training_command(row, seed, faces, run_dir, epochs, extra)
     info: dict[str, Any] = {"command": cmd[2:], "model": str(model)}
     if model.is_file():
-        info["trained"] = "earlier (model.pt existed)"
+        differs = run_config_differences(cmd, run_dir)
+        if differs:
+            raise SystemExit(
+                f"{run_dir} holds a model trained with another config ({', '.join(differs)} differ from "
+                f"{' '.join(cmd[2:])}): remove that run folder or use another --out"
+            )
+        info["trained"] = "earlier (model.pt existed, same config)"
     else:
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, cwd=REPO, text=True, capture_output=True)
@@ -330,7 +400,7 @@ def table(
 
 # ------------------------------------------------------------------------------------------------------
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--out", default="benchmarks_out/fairness")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--seeds", default="0,1,2")

@@ -69,6 +69,56 @@ def test_training_command(fairness, tmp_path: Path) -> None:
         fairness.training_command("sphereface", 0, tmp_path, tmp_path, 1)
 
 
+def test_training_command_paths_are_absolute(fairness, tmp_path: Path, monkeypatch) -> None:
+    # the training process runs in the repository root: a relative --out or --lfw given from another
+    # folder must still point where the script looks for the model
+    monkeypatch.chdir(tmp_path)
+    cmd = fairness.training_command("cosface", 0, Path("faces"), Path("out/runs/cosface/seed0"), 2)
+    assert f"data.root={tmp_path / 'faces'}" in cmd
+    assert f"run.dir={tmp_path / 'out/runs/cosface/seed0'}" in cmd
+
+
+def _saved_config(cmd: list[str], run_dir: Path, **changes: str) -> None:
+    """Write ``run_dir/config.yaml`` as the trainer does for ``cmd``, with ``changes`` (dotted keys)."""
+    from omegaconf import OmegaConf
+
+    from faceforge.config import compose_config
+
+    args = cmd[cmd.index("lfw_mobilefacenet_arcface") + 1 :]
+    cfg = OmegaConf.to_container(compose_config("lfw_mobilefacenet_arcface", args), resolve=True)
+    for key, value in changes.items():
+        node = cfg
+        *path, last = key.split(".")
+        for part in path:
+            node = node[part]
+        node[last] = value
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))
+
+
+def test_existing_run_is_reused_only_with_the_same_config(fairness, tmp_path: Path) -> None:
+    faces, run_dir = tmp_path / "faces", tmp_path / "runs" / "cosface_cifp" / "seed1"
+    cmd = fairness.training_command("cosface_cifp", 1, faces, run_dir, 2, ["run.threads=1"])
+    assert fairness.run_config_differences(cmd, run_dir) == ["config.yaml"]  # nothing saved yet
+    # where the run lived, its threads and its log settings do not make another model
+    _saved_config(cmd, run_dir, **{"run.dir": "elsewhere", "run.threads": "2", "run.log_every": "50"})
+    assert fairness.run_config_differences(cmd, run_dir) == []
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "model.pt").write_bytes(b"")
+    info = fairness.train("cosface_cifp", 1, faces, run_dir, 2, ["run.threads=1"])
+    assert info["trained"].startswith("earlier") and "wall_seconds" not in info
+    # a run trained for 3 epochs is not a 2-epoch run: the script stops and names the key
+    _saved_config(cmd, run_dir, **{"optim.epochs": "3"})
+    assert fairness.run_config_differences(cmd, run_dir) == ["optim.epochs"]
+    with pytest.raises(SystemExit, match=r"optim\.epochs differ"):
+        fairness.train("cosface_cifp", 1, faces, run_dir, 2, ["run.threads=1"])
+    # the base row's run is not the CIFP row's run
+    plain = fairness.training_command("cosface", 1, faces, run_dir, 2, ["run.threads=1"])
+    assert {"objectives.margin", "objectives.cifp.alpha"} <= set(
+        fairness.run_config_differences(plain, run_dir)
+    )
+
+
 def test_aggregate_compare_and_table(fairness) -> None:
     # seeds of the base row: accuracy .80 / .82, Asian FMR .004 / .006, White .001 / .001 -> floored ratios 4, 6
     # CIFP row: accuracy .815 / .80, Asian .002 / .002, White .001 / .001 -> ratios 2, 2
