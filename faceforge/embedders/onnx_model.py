@@ -266,6 +266,8 @@ class OnnxEmbedder:
             "preprocess": pre,
             "preprocess_source": self.preprocess_source,
         }
+        if self.metadata is not None and isinstance(self.metadata.get("predicts"), str):
+            desc["predicts"] = self.metadata["predicts"]
         if self.metadata is not None:
             desc["export"] = {
                 k: self.metadata.get(k)
