@@ -216,7 +216,7 @@ def run_quality(args: argparse.Namespace) -> int:
         "images": str(args.images),
         "source": source.settings(),
         "flip": bool(args.flip) if source.name == "norm" else None,
-        "predicts": (source.settings().get("model") or {}).get("predicts") if source.name == "model" else None,
+        "predicts": (source.settings().get("model") or {}).get("predicts"),
         "n_images": len(paths),
         "n_scored": n_ok,
         "skipped": got.missing,
