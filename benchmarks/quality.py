@@ -16,10 +16,11 @@ Quality sources (rows; :mod:`faceforge.eval.quality_sources`):
   photo, from ``landmarks_mtcnn_5pts_250px.csv``;
 - sharpness: variance of the Laplacian of the aligned crop;
 - embedding norm of the recogniser that scores the pairs;
-- SDD-FIQA trained on pseudo-labels from dlib, and from the faceforge model (pseudo-labels on Train;
-  a quality regressor trained on them scores Test).  The regressor is trained through the engine
-  (issue 20 part 2), which is not there yet: :func:`sddfiqa_test_scores` computes the pseudo-labels and
-  returns no scores until the regressor exists, and the table says "pending".
+- SDD-FIQA trained on pseudo-labels from dlib, and from the faceforge model: pseudo-labels on Train, a quality
+  regressor trained on them through ``faceforge train lfw_sddfiqa`` (``method=sddfiqa``; MobileFaceNet whose
+  encoder is initialised from the faceforge recogniser, the only faceforge checkpoint here, for both label
+  sources), which scores Test with ``faceforge quality --model`` (:func:`sddfiqa_test_scores`; runs are kept
+  in ``<out>/sddfiqa/<labeller>/run`` and resumed, scores are reused).
 
 Per source: AOC (``1 - area(ERC) / area(random rejection)``, the normalised area over the curve of
 :mod:`faceforge.eval.quality`; higher is better, 0 = random) at each FMR with the threshold fixed on all
@@ -28,10 +29,13 @@ scored on the same pairs.  Also: Spearman correlations of the SDD pseudo-labels 
 and the embedding norm on Train (what the labels measure besides identity evidence).
 
     python benchmarks/quality.py [--out benchmarks_out/quality] [--model PATH] [--epochs 2]
-        [--recognisers dlib,faceforge] [--random-seeds 10]
+        [--recognisers dlib,faceforge] [--random-seeds 10] [--sdd-epochs 3 --sdd-milestones 2]
+
+``--out`` is reused: the aligned faces, the recogniser's run, the embedding cache, the pseudo-labels and the
+regressors found there are not recomputed (the dlib embeddings of ~9.7k faces take about 13 min the first time).
 
 Writes ``<out>/quality.json``, ``<out>/quality.md`` and the ERC plots under ``<out>/eval/``; copies the JSON
-and the table to ``benchmarks/results/``.
+and the table to ``benchmarks/results/`` and draws ``docs/quality_erc.png`` (all pairs, FMR 1e-3).
 """
 
 from __future__ import annotations
@@ -65,6 +69,10 @@ from faceforge.methods.sddfiqa import label_folder
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("FACEFORGE_DATA", REPO.parent / "shared" / "data")).resolve()
 RECIPE = "lfw_mobilefacenet_arcface"
+SDD_RECIPE = "lfw_sddfiqa"  # method=sddfiqa on the Train people (faceforge/configs/lfw_sddfiqa.yaml)
+#: the regressors' schedule here: a measured epoch took ~25 min on the shared 2-core CPU (see the README)
+SDD_EPOCHS = 3
+SDD_MILESTONES = (2,)
 LANDMARKS = DATA / "lfw" / "landmarks_mtcnn_5pts_250px.csv"
 PAIRS = DATA / "lfw" / "pairsDevTest.txt"
 #: FMR targets per comparison set: pairsDevTest has 500 impostor pairs, so 1e-3 and below are not resolvable
@@ -92,21 +100,28 @@ def align_lfw(out: Path) -> Path:
 
 
 def split_folders(faces: Path, out: Path) -> tuple[Path, Path]:
-    """``out/test`` (pairsDevTest people) and ``out/train`` (the others with >= 2 images): links to the
-    aligned identity folders, so file keys stay ``<identity>/<file>``."""
+    """``out/test`` (pairsDevTest people) and ``out/train`` (the others with >= 2 images): identity folders of
+    links to the aligned faces, so file keys stay ``<identity>/<file>`` (files are linked, not folders, because
+    folder listings do not follow linked folders)."""
     test_people = {n for p in read_lfw_pairs(PAIRS) for n in (p.name1, p.name2)}
     test, train = out / "test", out / "train"
     for folder in (test, train):
         folder.mkdir(parents=True, exist_ok=True)
     for d in sorted(p for p in faces.iterdir() if p.is_dir()):
+        images = sorted(d.glob("*.jpg"))
         if d.name in test_people:
             target = test / d.name
-        elif len(list(d.glob("*.jpg"))) >= 2:
+        elif len(images) >= 2:
             target = train / d.name
         else:
             continue
-        if not target.exists():
-            target.symlink_to(d.resolve(), target_is_directory=True)
+        if target.is_symlink():  # the layout of an earlier version: a link to the whole folder
+            target.unlink()
+        target.mkdir(exist_ok=True)
+        for f in images:
+            link = target / f.name
+            if not link.is_symlink():
+                link.symlink_to(f.resolve())
     return test, train
 
 
@@ -135,17 +150,27 @@ def faceforge_model(args: argparse.Namespace, faces: Path, out: Path) -> tuple[P
 # SDD-FIQA rows
 # --------------------------------------------------------------------------------------------
 def sddfiqa_test_scores(
-    labeller: Any, name: str, train: Path, test: Path, out: Path, cache: Path
+    labeller: Any,
+    name: str,
+    train: Path,
+    test: Path,
+    out: Path,
+    cache: Path,
+    faces: Path | None = None,
+    init_model: Path | None = None,
+    epochs: int = SDD_EPOCHS,
+    milestones: tuple[int, ...] = SDD_MILESTONES,
 ) -> tuple[Path | None, dict[str, Any]]:
     """The SDD-FIQA row trained on pseudo-labels from ``labeller``: a ``path,quality`` CSV over Test.
 
     1. pseudo-labels of Train from ``labeller`` (m = 24, K = 12, seed 0; one-image identities: none in Train);
-    2. a quality regressor trained on them through ``faceforge train`` (backbone initialised from the
-       labelling recogniser when it is a faceforge model, SmoothL1, Adam 1e-4; methods.md §5.2);
-    3. ``faceforge quality --model <regressor> --images <test> --out <csv>``.
+    2. a quality regressor trained on them through ``faceforge train lfw_sddfiqa`` (``method=sddfiqa``:
+       MobileFaceNet with the paper's widths whose encoder is initialised from ``init_model`` with
+       ``run.init_partial``, a fresh Flatten -> PReLU -> Dropout -> Linear head, SmoothL1, Adam 1e-4;
+       ``epochs`` epochs, lr x0.1 at ``milestones``; kept in ``out/sddfiqa/<name>/run`` and resumed there);
+    3. ``faceforge quality --model <regressor> --images <test> --out <csv>`` (and on Train, to see the fit).
 
-    Steps 2-3 need the quality-regressor method of the engine (issue 20 part 2), which does not exist yet:
-    until then this returns ``(None, info)`` with the pseudo-labels made and the row marked pending.
+    Without ``faces`` or ``init_model`` only step 1 runs and the row is marked pending.
     """
     folder = out / "sddfiqa" / name
     labels_csv = folder / "train_labels.csv"
@@ -154,14 +179,87 @@ def sddfiqa_test_scores(
         report = json.loads(report_file.read_text())
     else:
         report = label_folder(labeller, train, labels_csv, seed=0, cache_dir=cache, progress=False)
-    info = {
+    info: dict[str, Any] = {
         "pseudo_labels": str(labels_csv),
         "pseudo_label_settings": report["settings"],
         "pseudo_label_stats": report["labels"],
         "pseudo_label_seconds": report["seconds"],
-        "status": "pending: the quality regressor is trained through the engine (issue 20 part 2)",
     }
-    return None, info
+    if faces is None or init_model is None:
+        info["status"] = "pending: no recognition checkpoint to initialise the regressor from"
+        return None, info
+    run = folder / "run"
+    model = run / "checkpoints" / "model.pt"
+    if not model.is_file():
+        t0 = time.perf_counter()
+        cmd = [sys.executable, "-m", "faceforge", "train", SDD_RECIPE, f"data.root={faces}"]
+        cmd += [f"data.attributes={labels_csv}", f"run.init={init_model}", f"run.dir={run}"]
+        cmd += [f"optim.epochs={epochs}", f"optim.milestones=[{','.join(str(m) for m in milestones)}]"]
+        cmd += ["run.progress=false", "run.resume=auto"]
+        log.info("training the SDD-FIQA regressor on %s labels: %s", name, " ".join(cmd))
+        subprocess.run(cmd, check=True)
+        info["train_seconds_this_call"] = time.perf_counter() - t0
+    run_report = json.loads((run / "report.json").read_text())
+    hist = run_report["history"]
+    info["regressor"] = {
+        "model": str(model),
+        "recipe": SDD_RECIPE,
+        "init": str(init_model),
+        "epochs": epochs,
+        "milestones": list(milestones),
+        "steps": run_report["progress"]["global_step"],
+        "train_seconds": run_report["train_seconds_this_run"],
+        "images_per_s": run_report["images_per_s_this_run"],
+        "loss_first_logged": hist[0].get("quality") if hist else None,
+        "loss_last_logged": hist[-1].get("quality") if hist else None,
+        "mae_last_logged": hist[-1].get("quality/mae") if hist else None,
+    }
+    scores = {}
+    for split, folder_in in (("test", test), ("train", train)):
+        csv_path = folder / f"sddfiqa_{name}_labels_{split}.csv"
+        if not csv_path.is_file():
+            from faceforge.cli.main import main as faceforge
+
+            args = ["quality", "--model", str(model), "--images", str(folder_in), "--out", str(csv_path)]
+            if faceforge([*args, "--cache-dir", str(cache), "--no-progress"]) != 0:
+                raise SystemExit(f"faceforge quality failed on {folder_in}")
+        scores[split] = csv_path
+    q_report = json.loads(scores["test"].with_name(scores["test"].stem + "_report.json").read_text())
+    info["regressor"]["predicts"] = (q_report["source"].get("model") or {}).get("predicts")
+    info["fit"] = regressor_fit(labeller, name, labels_csv, scores, test, folder, cache)
+    info["status"] = "done"
+    return scores["test"], info
+
+
+def regressor_fit(
+    labeller: Any, name: str, labels_csv: Path, scores: dict[str, Path], test: Path, folder: Path, cache: Path
+) -> dict[str, Any]:
+    """Spearman correlation of the regressor's scores with the pseudo-labels: on Train (what it was fitted to)
+    and on Test (the labeller's pseudo-labels of the Test people, never trained on: does the regressor predict
+    them?)."""
+    from faceforge.eval.quality_sources import read_quality_csv
+
+    test_labels = folder / "test_labels.csv"
+    if not test_labels.is_file():
+        label_folder(labeller, test, test_labels, seed=0, cache_dir=cache, progress=False)
+    out: dict[str, Any] = {}
+    for split, labels in (("train", labels_csv), ("test", test_labels)):
+        lab, _ = read_quality_csv(labels)
+        pred, _ = read_quality_csv(scores[split])
+        keys = sorted(k for k in lab if lab[k] is not None and pred.get(k) is not None)
+        a = np.array([lab[k] for k in keys])
+        b = np.array([pred[k] for k in keys])
+        out[split] = {
+            "spearman": float(spearmanr(a, b).statistic),
+            "n": len(keys),
+            "pred_mean": float(b.mean()),
+            "pred_std": float(b.std()),
+            "label_mean": float(a.mean()),
+            "label_std": float(a.std()),
+        }
+    out["test_labels"] = str(test_labels)
+    out["note"] = "Test pseudo-labels: same labeller and settings; one-image identities have none"
+    return out
 
 
 def label_correlations(labels_csv: Path, train: Path, norms: dict[str, float]) -> dict[str, float]:
@@ -299,7 +397,9 @@ def table(result: dict[str, Any]) -> str:
                         _fmt(np.mean([ref[m][k]["mean"] for k in keys])) for m in ("fixed", "recomputed")
                     ]
                 elif got is None:
-                    status = rr.get("sddfiqa", {}).get(row, {}).get("status", "not run")
+                    status = (
+                        result.get("sddfiqa", rr.get("sddfiqa", {})).get(row, {}).get("status", "not run")
+                    )
                     cells += ["pending" if status.startswith("pending") else "n/a"] * (len(keys) + 2)
                 else:
                     cells += [_fmt(got["fixed"][k]) + mark[k] for k in keys]
@@ -332,6 +432,19 @@ def markdown(result: dict[str, Any]) -> str:
     txt.append("\nSpearman correlation of the SDD-FIQA pseudo-labels (Train) with other measures:\n")
     for lab, corr in result.get("pseudo_label_correlations", {}).items():
         txt.append(f"- labels from {lab}: " + ", ".join(f"{k} {v:+.3f}" for k, v in corr.items()))
+    sdd = result.get("sddfiqa", {})
+    if any(i.get("status") == "done" for i in sdd.values()):
+        txt.append("\nSDD-FIQA regressors (Spearman correlation of their scores with the pseudo-labels):\n")
+        for row, info in sdd.items():
+            reg, fit = info.get("regressor", {}), info.get("fit", {})
+            if not fit:
+                continue
+            txt.append(
+                f"- {row}: {reg['steps']} steps ({reg['epochs']} epochs) in {reg['train_seconds'] / 60:.0f} min "
+                f"({reg['images_per_s']:.1f} img/s); SmoothL1 {reg['loss_first_logged']:.2f} -> "
+                f"{reg['loss_last_logged']:.2f}; Train (fitted) rho {fit['train']['spearman']:+.3f}, "
+                f"Test (labels of the unseen people) rho {fit['test']['spearman']:+.3f} (n = {fit['test']['n']})"
+            )
     txt.append(f"\nAOC: {AOC_FORMULA}.")
     return "\n".join(txt) + "\n"
 
@@ -344,6 +457,13 @@ def main() -> None:
         "--epochs", type=int, default=2, help="epochs of the faceforge recogniser when trained here"
     )
     ap.add_argument("--recognisers", default="dlib,faceforge")
+    ap.add_argument("--sdd-epochs", type=int, default=SDD_EPOCHS, help="epochs of each SDD-FIQA regressor")
+    ap.add_argument(
+        "--sdd-milestones",
+        type=lambda t: [int(x) for x in t.split(",") if x],
+        default=list(SDD_MILESTONES),
+        help="epochs at which the regressor's lr drops x0.1 (comma-separated)",
+    )
     ap.add_argument("--random-seeds", type=int, default=10)
     ap.add_argument("--report-only", action="store_true", help="rebuild quality.md from <out>/quality.json")
     args = ap.parse_args()
@@ -373,7 +493,9 @@ def main() -> None:
     for r, emb in embedders.items():
         row = f"SDD-FIQA, {r} labels"
         t0 = time.perf_counter()
-        csv_path, info = sddfiqa_test_scores(emb, r, train, test, out, cache)
+        csv_path, info = sddfiqa_test_scores(
+            emb, r, train, test, out, cache, faces, model_path, args.sdd_epochs, tuple(args.sdd_milestones)
+        )
         info["seconds"] = time.perf_counter() - t0
         sdd_info[row] = info
         if csv_path is not None:
@@ -391,6 +513,7 @@ def main() -> None:
     labels = {"random rejection": "random=0", **{k: v for k, v in CLASSIC.items()}, "embedding norm": "norm"}
     labels.update({row: f"csv={p}" for row, p in sdd_csv.items()})
     result: dict[str, Any] = {"recognisers": {}}
+    curves: dict[str, dict[str, Any]] = {}
     for r, emb in embedders.items():
         t0 = time.perf_counter()
         recs = evaluate(emb, r, test, {row: f"csv={p}" for row, p in sdd_csv.items()}, out, cache)
@@ -416,7 +539,12 @@ def main() -> None:
             "seconds": time.perf_counter() - t0,
         }
         log.info("%s done in %.0f s", r, time.perf_counter() - t0)
+        curves[r] = {
+            row: recs["all pairs"]["quality"]["sources"][src]["fixed"] for row, src in labels.items()
+        }
+    result["sddfiqa"] = sdd_info
     result["pseudo_label_correlations"] = correlations
+    result["erc_plot"] = str(erc_plot(curves, REPO / "docs" / "quality_erc.png"))
     result["settings"] = {
         "test": "LFW people of pairsDevTest (963 people, 2,741 images), aligned with the shipped MTCNN landmarks",
         "train": "LFW people not in pairsDevTest with >= 2 images (the recogniser's and the pseudo-labels' set)",
@@ -438,11 +566,59 @@ def main() -> None:
         "random_seeds": args.random_seeds,
         "sources": {**labels},
         "faceforge_model": {"path": str(model_path), **model_info},
+        "sddfiqa": {
+            "recipe": f"faceforge train {SDD_RECIPE} (method=sddfiqa): sddfiqa_mobilefacenet scale 1, encoder "
+            "initialised from the faceforge recogniser (run.init_partial), SmoothL1, Adam 1e-4 "
+            "(betas 0.9/0.99, eps 1e-6, wd 5e-4), batch 64, bf16 autocast where the CPU has it",
+            "epochs": args.sdd_epochs,
+            "milestones": list(args.sdd_milestones),
+            "labels": "SDD-FIQA pseudo-labels of Train (m=24, K=12, seed 0) from each recogniser",
+            "scores": "faceforge quality --model <regressor> on Test: one forward pass, no flip",
+        },
         "machine": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
     }
     result["seconds"] = time.perf_counter() - t_start
     write_report(result, out)
+
+
+#: rows drawn in the summary ERC plot, with their colours
+PLOT_ROWS = {
+    "random rejection": "tab:gray",
+    "face size (eyes)": "tab:orange",
+    "sharpness": "tab:red",
+    "embedding norm": "tab:purple",
+    "SDD-FIQA, dlib labels": "tab:blue",
+    "SDD-FIQA, faceforge labels": "tab:green",
+}
+
+
+def erc_plot(curves: dict[str, dict[str, Any]], path: Path, fmr: str = "0.001") -> Path:
+    """One small PNG: ERC (fixed threshold, all pairs, FMR ``fmr``) of the main rows, one panel per recogniser."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.6 * len(curves), 3.4), squeeze=False)
+    for ax, (rec, rows) in zip(axes[0], curves.items(), strict=True):
+        for row, colour in PLOT_ROWS.items():
+            if row not in rows:
+                continue
+            erc = rows[row]
+            fnmr = np.array(erc["curves"][fmr]["fnmr"], dtype=float)
+            ax.plot(erc["reject_fractions"], 100 * fnmr, marker=".", ms=3, lw=1.2, color=colour, label=row)
+        ax.set_title(f"{rec}: all Test pairs, FMR {float(fmr):g}", fontsize=9)
+        ax.set_xlabel("fraction of pairs rejected (lowest quality first)", fontsize=8)
+        ax.set_ylabel("FNMR (%), threshold fixed on all pairs", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path.relative_to(REPO) if path.is_relative_to(REPO) else path
 
 
 def write_report(result: dict[str, Any], out: Path) -> None:

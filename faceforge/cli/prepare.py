@@ -53,8 +53,48 @@ def _add(p: argparse.ArgumentParser) -> None:
         default=None,
         help="detection score threshold in [0, 1] (default: the detector's own, 0.7 for yunet and mtcnn, 0.5 for dlib)",
     )
+    p.add_argument(
+        "--min-quality",
+        type=float,
+        default=None,
+        metavar="X",
+        help="drop aligned faces whose quality (--quality-model) is below X; each is listed in the report "
+        "with its score (faces already in --out are scored too)",
+    )
+    p.add_argument(
+        "--quality-model",
+        default=None,
+        metavar="MODEL",
+        help="quality model for --min-quality: a faceforge checkpoint or ONNX file with one output per face "
+        "(e.g. the SDD-FIQA regressor of 'faceforge train lfw_sddfiqa')",
+    )
     p.add_argument("--overwrite", action="store_true", help="redo photos whose outputs already exist")
     p.add_argument("--no-progress", action="store_true")
+
+
+def _quality_gate(args: argparse.Namespace):
+    """The --min-quality / --quality-model gate (both or neither)."""
+    if (args.min_quality is None) != (args.quality_model is None):
+        raise ValueError(
+            "--min-quality and --quality-model go together: give the threshold and the quality model that scores "
+            "the faces (e.g. --quality-model runs/lfw_sddfiqa/checkpoints/model.pt --min-quality 40)"
+        )
+    if args.quality_model is None:
+        return None
+    from faceforge.deploy.prepare import QualityGate
+    from faceforge.embedders import embedder_from_spec
+
+    model = embedder_from_spec(args.quality_model, batch_size=64)
+    if int(model.embedding_size) != 1:
+        raise ValueError(
+            f"--quality-model {args.quality_model} gives {model.embedding_size} values per face; a quality model "
+            "gives 1 (train one with 'faceforge train lfw_sddfiqa', or use a quality ONNX export)"
+        )
+
+    def score(faces):
+        return model.embed(faces)[:, 0]
+
+    return QualityGate(score, float(args.min_quality), int(model.input_size), model.describe())
 
 
 @command("prepare", "detect, select and align faces in a photo folder (ImageFolder or .rec output)")(_add)
@@ -72,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(
             f"unknown --detector-option {', '.join(unknown)} for {args.detector}; valid: {', '.join(sorted(valid))}"
         )
+    quality = _quality_gate(args)
     detector = builder(model_path=args.detector_model, **options)
     min_score = args.min_score if args.min_score is not None else detector.default_min_score
     report = prepare_folder(
@@ -85,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         overwrite=args.overwrite,
         detector_name=args.detector,
+        quality=quality,
     )
     report_path = f"{args.out}/{REPORT_NAME}"
     print(
@@ -94,6 +136,17 @@ def run(args: argparse.Namespace) -> int:
         f"{len(report.bad_landmarks)} with unusable landmarks, {len(report.name_taken)} with a taken output "
         f"name), {len(report.several_faces)} with several faces; report: {report_path}"
     )
+    if quality is not None:
+        print(
+            f"quality gate: {len(report.low_quality)} face(s) below {args.min_quality:g} dropped "
+            f"({report.dropped_photos} photo(s) left with no face); scores of the kept faces: {report.quality_csv}"
+        )
+        for e in report.low_quality[:20]:
+            q = "no score" if e["quality"] is None else f"{e['quality']:.4g}"
+            gone = ", removed from an earlier run" if e.get("removed_existing") else ""
+            print(f"  low quality: {printable(e['output'])} (quality {q}{gone})")
+        if len(report.low_quality) > 20:
+            print(f"  ... and {len(report.low_quality) - 20} more low quality in {report_path}")
     if report.rec:
         print(f"wrote {report.rec} ({report.rec_images} images, {report.num_classes} identities)")
     print_listed("no face", report.no_face, report=report_path)

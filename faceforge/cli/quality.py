@@ -4,10 +4,12 @@ faceforge quality-labels --model dlib --images lfw_aligned --out labels.csv [--s
 faceforge quality --measure sharpness --images DIR --out scores.csv
 faceforge quality --measure norm --model run/model.pt --images DIR --out norms.csv
 faceforge quality --model quality_model.onnx --images DIR --out scores.csv   (a model with one output)
+faceforge quality --model runs/lfw_sddfiqa/checkpoints/model.pt --images DIR --out scores.csv  (SDD-FIQA)
 
 Both write ``path,quality`` (path relative to the image folder), the attribute-file format that
 training (``read_sidecar``) and evaluation (``quality:...:csv=FILE``) read, and ``<out>_report.json``
-with the settings and every image that was skipped and why.
+with the settings and every image that was skipped and why (and, for a quality model, what its metadata says it
+predicts).
 """
 
 from __future__ import annotations
@@ -214,6 +216,7 @@ def run_quality(args: argparse.Namespace) -> int:
         "images": str(args.images),
         "source": source.settings(),
         "flip": bool(args.flip) if source.name == "norm" else None,
+        "predicts": (source.settings().get("model") or {}).get("predicts"),
         "n_images": len(paths),
         "n_scored": n_ok,
         "skipped": got.missing,
@@ -222,6 +225,8 @@ def run_quality(args: argparse.Namespace) -> int:
     report_path = out.with_name(out.stem + "_report.json")
     report_path.write_text(json.dumps(report, indent=2, default=str))
     print(f"wrote {n_ok} quality scores ({source.label}) of {len(paths)} images to {out}")
+    if report["predicts"]:
+        print(f"  the model predicts: {report['predicts']}")
     _print_skipped("unreadable or unscored", got.missing)
     print(f"  report: {report_path}")
     return 0

@@ -32,6 +32,10 @@ class RunConfig:
     # schedule, progress and distillation modules start fresh. run.resume, when it applies, wins.
     init: str | None = None
     init_head: bool = True  # also take the head's weights (same head and number of classes needed)
+    # run.init into another network that shares layers with the checkpoint's (e.g. a quality regressor's encoder
+    # from a recognition model): copy the backbone weights whose names this backbone has (a shape mismatch
+    # stops, naming the key); the others start fresh; both lists are logged and kept in the checkpoint metadata
+    init_partial: bool = False
     progress: bool = True
     deterministic: bool = False
     # modules imported before the run is built, so objectives / methods / backbones they register can be named

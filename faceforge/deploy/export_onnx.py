@@ -8,7 +8,8 @@ for.  Everything needed to turn aligned uint8 faces into ``input`` travels in th
     {"format": "faceforge-onnx", "version": 1, "embedding_size": D,
      "preprocess": {"input_size": S, "colour": "RGB", "mean": [...], "std": [...],
                     "alignment": "arcface_112", "formula": "x = (pixel/255 - mean) / std, ..."},
-     "input": {...}, "output": {...}, "backbone": {...}, "checkpoint": {...}, versions, exporter, opset}
+     "input": {...}, "output": {...}, "backbone": {...}, "checkpoint": {...}, versions, exporter, opset,
+     "predicts": what the output is (copied from the checkpoint's metadata when it says)}
 
 :class:`faceforge.embedders.onnx_model.OnnxEmbedder` reads it back and applies exactly the same
 :class:`~faceforge.data.preprocess.Preprocess` as the checkpoint embedder.
@@ -295,6 +296,7 @@ def export_onnx(
         },
         "backbone": meta["backbone"],
         "checkpoint": {"name": ckpt_path.name, "sha256": file_sha256(ckpt_path)},
+        **({"predicts": meta["predicts"]} if isinstance(meta.get("predicts"), str) else {}),
         "faceforge_version": faceforge.__version__,
         "torch_version": str(torch.__version__),
         "exporter": exporter,

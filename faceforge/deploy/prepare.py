@@ -24,14 +24,29 @@ broken symbolic links, FIFOs, ...; with the reason), photos too small for the de
 (``too_small``), photos whose detected landmarks give no usable alignment (``bad_landmarks``) and photos
 whose output name is taken (``name_taken``). One bad photo never stops the job. Outputs that already exist
 are kept, so running the same command again resumes an interrupted job.
+
+Quality gate (``faceforge prepare --min-quality X --quality-model Q``; :class:`QualityGate`): every aligned face
+is scored by a quality model (a faceforge checkpoint or ONNX file with one output per face, e.g. the SDD-FIQA
+regressor of ``faceforge train lfw_sddfiqa``), one forward pass, no flip. A face scoring below ``X`` (or with no
+finite score) is not written and is listed in ``low_quality`` with its score, the photo, the face's number
+(``select=all``) and the output it would have had; a photo all of whose faces are dropped counts in
+``dropped_photos``. Faces already in ``out`` from an earlier run are scored too, and removed and listed
+(``"removed_existing": true``) when below ``X``, so ``out`` always holds only faces at or above ``X``.
+``prepare_quality.csv`` (``path,quality``, paths relative to the aligned-face folder) holds the score of every
+face kept: an attribute sidecar for training and a ``csv=`` quality source for evaluation. The report records
+the threshold and the model's description (including what its metadata says it predicts).
 """
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -43,9 +58,33 @@ from faceforge.data.output_names import output_names
 from faceforge.deploy.detect import SELECT_POLICIES, FaceDetector, ImageTooSmallError, select_faces
 
 REPORT_NAME = "prepare_report.json"
+QUALITY_CSV = "prepare_quality.csv"
 OUT_FORMATS = ("folder", "rec")
 REC_STAGING = "aligned"
 REC_PREFIX = "train"
+
+
+@dataclass
+class QualityGate:
+    """Keep an aligned face only when ``score(faces) >= min_quality`` (see the module doc).
+
+    ``score`` maps uint8 RGB aligned faces ``[N, S, S, 3]`` to ``N`` numbers (higher = better); ``input_size``
+    (``S``) must equal the prepared faces' size; ``description`` goes to the report.
+    """
+
+    score: Callable[[np.ndarray], np.ndarray]
+    min_quality: float
+    input_size: int | None = None
+    description: dict[str, Any] = field(default_factory=dict)
+
+    def scores(self, faces: list[np.ndarray]) -> np.ndarray:
+        out = np.asarray(self.score(np.stack(faces)), dtype=np.float64).reshape(-1)
+        if out.shape != (len(faces),):
+            raise RuntimeError(f"the quality model gave {out.shape} scores for {len(faces)} faces")
+        return out
+
+    def keeps(self, q: float) -> bool:
+        return math.isfinite(q) and q >= self.min_quality
 
 
 @dataclass
@@ -75,6 +114,11 @@ class PrepareReport:
     idx: str | None = None
     rec_images: int = 0
     num_classes: int = 0
+    min_quality: float | None = None
+    quality_model: dict[str, Any] | None = None
+    low_quality: list[dict[str, Any]] = field(default_factory=list)
+    dropped_photos: int = 0
+    quality_csv: str | None = None
 
     @property
     def skipped(self) -> int:
@@ -124,11 +168,13 @@ def prepare_folder(
     progress: bool = True,
     overwrite: bool = False,
     detector_name: str | None = None,
+    quality: QualityGate | None = None,
 ) -> PrepareReport:
     """Detect, select and align every photo below ``images_dir`` into ``out_dir``; see the module doc.
 
     ``detector`` is any callable image -> list of :class:`~faceforge.deploy.detect.Detection` (e.g.
-    ``build_detector("yunet")``); detections scoring below ``min_score`` are ignored.
+    ``build_detector("yunet")``); detections scoring below ``min_score`` are ignored. ``quality``: drop faces
+    below a quality threshold (listed in the report with their scores).
     """
     src, out = Path(images_dir), Path(out_dir)
     if not src.is_dir():
@@ -138,6 +184,11 @@ def prepare_folder(
     if out_format not in OUT_FORMATS:
         raise ValueError(f"unknown output format {out_format!r}; choose one of {', '.join(OUT_FORMATS)}")
     template_for_size(size)  # fail early on a size the template cannot take
+    if quality is not None and quality.input_size is not None and quality.input_size != size:
+        raise ValueError(
+            f"the quality model takes {quality.input_size} px faces but --size is {size}: prepare at "
+            f"--size {quality.input_size}, or give a quality model for {size} px faces"
+        )
     faces_root = out / REC_STAGING if out_format == "rec" else out
     base = src.resolve()
     # an output folder inside the input tree is not input
@@ -156,6 +207,9 @@ def prepare_folder(
     name = detector_name or getattr(detector, "name", None) or type(detector).__name__
     report = PrepareReport(str(src), str(out), name, select, size, out_format, float(min_score))
     report.images = len(files)
+    if quality is not None:
+        report.min_quality, report.quality_model = float(quality.min_quality), quality.description
+    kept_scores: dict[Path, float] = {}  # written face -> its quality score (with a quality gate)
     names = output_names([p.relative_to(base) for p in files], ".jpg")
     report.renamed, report.name_taken = names.renamed, names.refused
     previous = _previous_several(out)
@@ -174,6 +228,8 @@ def prepare_folder(
             # with "all", faces are written last-to-first, so face 0 existing means the photo is complete
             if existing and (select != "all" or existing[0].name == f"{single.stem}_0.jpg"):
                 report.kept_existing += 1
+                if quality is not None:
+                    existing = _gate_existing(existing, key, select, quality, faces_root, report, kept_scores)
                 written[key] = existing
                 if key in previous:
                     report.several_faces.append(previous[key])
@@ -205,6 +261,18 @@ def prepare_folder(
             targets = [single.with_name(f"{single.stem}_{k}.jpg") for k in range(len(chosen))]
         else:
             targets = [single]
+        if quality is not None:
+            scores = quality.scores(faces)
+            for k, (target, q) in enumerate(zip(targets, scores.tolist(), strict=True)):
+                if not quality.keeps(q):
+                    report.low_quality.append(_low(key, k, select, target, faces_root, q))
+            keep = [quality.keeps(q) for q in scores.tolist()]
+            kept_scores.update({t: q for t, q, ok in zip(targets, scores.tolist(), keep, strict=True) if ok})
+            targets = [t for t, ok in zip(targets, keep, strict=True) if ok]
+            faces = [f for f, ok in zip(faces, keep, strict=True) if ok]
+            if not targets:
+                report.dropped_photos += 1
+                continue
         for target, face in reversed(list(zip(targets, faces, strict=True))):
             write_image_rgb(target, face)
         report.aligned_images += 1
@@ -212,10 +280,67 @@ def prepare_folder(
         written[key] = targets
 
     out.mkdir(parents=True, exist_ok=True)
+    if quality is not None:
+        report.quality_csv = str(_write_quality_csv(out / QUALITY_CSV, faces_root, kept_scores))
     if out_format == "rec":
         _write_rec(report, out, written)
     (out / REPORT_NAME).write_text(json.dumps(report.to_dict(), indent=2))
     return report
+
+
+def _low(key: str, k: int, select: str, target: Path, root: Path, q: float, existing: bool = False) -> dict:
+    entry: dict[str, Any] = {
+        "file": key,
+        "face": k if select == "all" else None,
+        "output": target.relative_to(root).as_posix(),
+        "quality": q if math.isfinite(q) else None,
+        "reason": f"quality {q:.4g} below the minimum" if math.isfinite(q) else "no finite quality score",
+    }
+    if existing:
+        entry["removed_existing"] = True
+    return entry
+
+
+def _gate_existing(
+    existing: list[Path],
+    key: str,
+    select: str,
+    quality: QualityGate,
+    root: Path,
+    report: PrepareReport,
+    kept_scores: dict[Path, float],
+) -> list[Path]:
+    """Score faces an earlier run wrote; remove and list those below the threshold; return the rest."""
+    pattern = re.compile(r"_(\d+)\.jpg$")
+    faces, readable = [], []
+    for p in existing:
+        try:
+            faces.append(read_image_rgb(p))
+            readable.append(True)
+        except (UnreadableImageError, OSError):  # a damaged output: no score, so it is removed and listed
+            readable.append(False)
+    got = iter(quality.scores(faces).tolist() if faces else [])
+    scores = np.array([next(got) if ok else float("nan") for ok in readable])
+    keep: list[Path] = []
+    for path, q in zip(existing, scores.tolist(), strict=True):
+        if quality.keeps(q):
+            keep.append(path)
+            kept_scores[path] = q
+            continue
+        m = pattern.search(path.name) if select == "all" else None
+        report.low_quality.append(
+            _low(key, int(m.group(1)) if m else 0, select, path, root, q, existing=True)
+        )
+        path.unlink()
+    return keep
+
+
+def _write_quality_csv(path: Path, root: Path, scores: dict[Path, float]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(["path", "quality"])
+        w.writerows([p.relative_to(root).as_posix(), format(q, ".9g")] for p, q in sorted(scores.items()))
+    return path
 
 
 def _write_rec(report: PrepareReport, out: Path, written: dict[str, list[Path]]) -> None:

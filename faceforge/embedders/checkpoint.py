@@ -96,7 +96,7 @@ class CheckpointEmbedder:
     def describe(self) -> dict[str, Any]:
         if self._sha256 is None:
             self._sha256 = file_sha256(self.path)
-        return {
+        desc = {
             "kind": "checkpoint",
             "path": str(self.path),
             "sha256": self._sha256,
@@ -105,3 +105,6 @@ class CheckpointEmbedder:
             "preprocess": self.preprocess.to_dict(),
             "precision": self.precision,
         }
+        if isinstance(self.meta.get("predicts"), str):  # what the output is (older checkpoints do not say)
+            desc["predicts"] = self.meta["predicts"]
+        return desc

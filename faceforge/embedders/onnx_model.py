@@ -349,6 +349,8 @@ class OnnxEmbedder:
         }
         if self.graph_repairs:
             desc["graph_repairs"] = len(self.graph_repairs)
+        if self.metadata is not None and isinstance(self.metadata.get("predicts"), str):
+            desc["predicts"] = self.metadata["predicts"]
         if self.metadata is not None:
             desc["export"] = {
                 k: self.metadata.get(k)

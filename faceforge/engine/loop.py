@@ -167,7 +167,9 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * cfg.optim.epochs
 
         if cfg.run.init:
-            TrainingState(self).init_from(cfg.run.init, head=bool(cfg.run.init_head))
+            TrainingState(self).init_from(
+                cfg.run.init, head=bool(cfg.run.init_head), partial=bool(cfg.run.init_partial)
+            )
         self.model: nn.Module = self.backbone
         if self.dist.enabled and self.method.trains_backbone:
             from torch.nn.parallel import DistributedDataParallel as DDP

@@ -5,7 +5,8 @@ A faceforge checkpoint (format ``faceforge-checkpoint``, version 2; :mod:`facefo
 atomically and reads it with ``weights_only=True``)::
 
     meta:        backbone name + kwargs, embedding size, preprocessing, head {name, num_classes}, objectives and
-                 method descriptions, data description, the resolved training config, versions
+                 method descriptions, data description, the resolved training config, versions; predicts (what
+                 the output is: an identity embedding, a quality score); init (what run.init copied, if used)
     backbone:    state dict (all that ``eval``, ``embed`` and ONNX export need)
     objectives:  {name: state}   (a sharded head gathered into one [C, D] weight)
     method:      state of the method's own modules (or None)
@@ -37,6 +38,9 @@ from faceforge.core.checkpoint import (
 from faceforge.objectives.margin import find_margin
 
 log = logging.getLogger(__name__)
+
+#: ``meta.predicts`` of a backbone without a ``predicts`` attribute
+IDENTITY_EMBEDDING = "identity embedding (compare with cosine similarity)"
 
 #: config keys whose change makes an exact resume impossible (the sample order or the schedule moves)
 RESUME_KEYS = ("data.batch_size", "optim.epochs", "optim.accumulate_steps", "run.seed")
@@ -80,7 +84,7 @@ class TrainingState:
         state: dict[str, Any] = {
             "format": FORMAT,
             "version": VERSION,
-            "meta": t.meta(),
+            "meta": {**t.meta(), **self.output_meta()},
             "backbone": t.backbone.state_dict(),
             "objectives": {name: obj.checkpoint_state() for name, obj in t.objectives.items()},
             "method": t.method.state_dict() if len(t.method.state_dict()) else None,
@@ -91,6 +95,15 @@ class TrainingState:
             state["scalers"] = {n: s.state_dict() for n, s in t.scalers.items() if s is not None}
             state["rng"] = rng_state()
         return state
+
+    def output_meta(self) -> dict[str, Any]:
+        """``predicts``: what the backbone's output is (its ``predicts`` attribute, e.g. a quality score; else an
+        identity embedding); ``init``: what ``run.init`` copied (see :meth:`init_from`), when it ran."""
+        t = self.t
+        out: dict[str, Any] = {"predicts": str(getattr(t.backbone, "predicts", IDENTITY_EMBEDDING))}
+        if getattr(t, "init_record", None):
+            out["init"] = t.init_record
+        return out
 
     def _optimizer_state(self, opt: torch.optim.Optimizer) -> dict[str, Any]:
         """The optimiser state with the per-class state of sharded parameters gathered to all classes."""
@@ -178,29 +191,35 @@ class TrainingState:
         log.info("resumed from %s at epoch %d step %d", path, t.progress.epoch, t.progress.global_step)
 
     # ------------------------------------------------------------------------------------------------ init
-    def init_from(self, path: str | Path, head: bool = True) -> None:
+    def init_from(self, path: str | Path, head: bool = True, partial: bool = False) -> None:
         """``run.init``: copy backbone (and margin-head) weights from a faceforge checkpoint, e.g. to fine-tune.
 
         Only weights are taken; optimisers, schedule, progress and every other objective start fresh. The
         backbone must be the same architecture; the head the same kind and number of classes
-        (``run.init_head=false`` keeps a fresh head, e.g. for new identities).
+        (``run.init_head=false`` keeps a fresh head, e.g. for new identities). ``partial`` (``run.init_partial``):
+        see :meth:`_init_partial`. What was taken is kept as ``trainer.init_record`` (checkpoint ``meta.init``).
         """
         t = self.t
         ckpt = load_checkpoint(path, map_location=t.device)
         meta = ckpt["meta"]
         theirs = meta.get("backbone", {})
-        mismatch = (
-            f"run.init={path} holds a {theirs.get('name')} backbone with {theirs.get('kwargs')}, but this run "
-            f"builds {t.backbone_meta['name']} with {t.backbone_meta['kwargs']}: set model= and its options to "
-            "match the checkpoint"
-        )
-        if theirs.get("name") != t.backbone_meta["name"]:
-            raise CheckpointError(mismatch)
-        try:
-            t.backbone.load_state_dict(ckpt["backbone"])
-        except RuntimeError as exc:  # missing/unexpected keys or other shapes (e.g. embedding_size)
-            raise CheckpointError(f"{mismatch} ({str(exc).splitlines()[0]})") from None
+        if partial:
+            record = self._init_partial(path, ckpt["backbone"], theirs)
+        else:
+            mismatch = (
+                f"run.init={path} holds a {theirs.get('name')} backbone with {theirs.get('kwargs')}, but this run "
+                f"builds {t.backbone_meta['name']} with {t.backbone_meta['kwargs']}: set model= and its options to "
+                "match the checkpoint (or run.init_partial=true to take the layers the two networks share)"
+            )
+            if theirs.get("name") != t.backbone_meta["name"]:
+                raise CheckpointError(mismatch)
+            try:
+                t.backbone.load_state_dict(ckpt["backbone"])
+            except RuntimeError as exc:  # missing/unexpected keys or other shapes (e.g. embedding_size)
+                raise CheckpointError(f"{mismatch} ({str(exc).splitlines()[0]})") from None
+            record = {"path": str(path), "backbone": theirs, "partial": False}
         margin = find_margin(t.objectives)
+        record["head"] = bool(head and margin is not None)
         if head and margin is not None:
             their_head = meta.get("head") or {}
             state = (ckpt.get("objectives") or {}).get("margin") or ckpt.get("head")
@@ -215,4 +234,59 @@ class TrainingState:
                     "run.init_head=false to start the head fresh"
                 )
             margin.load_checkpoint_state(state)
-        log.info("initialised %s from %s", "backbone and head" if head and margin else "backbone", path)
+        t.init_record = record
+        log.info("initialised %s from %s", "backbone and head" if record["head"] else "backbone", path)
+
+    def _init_partial(
+        self, path: str | Path, weights: dict[str, torch.Tensor], theirs: dict
+    ) -> dict[str, Any]:
+        """Copy every backbone tensor (parameters and buffers) whose name this run's backbone also has.
+
+        Names only here start fresh (``new``, e.g. a quality head), names only in the checkpoint are left out
+        (``left_out``, e.g. the recognition head); a shared name with another shape stops the run, naming every
+        such key, and so does a checkpoint with no name in common. Both lists are logged and returned.
+        """
+        t = self.t
+        ours = t.backbone.state_dict()
+        shared = [k for k in ours if k in weights]
+        wrong = [
+            f"{k} ({list(weights[k].shape)} saved, {list(ours[k].shape)} here)"
+            for k in shared
+            if weights[k].shape != ours[k].shape
+        ]
+        where = (
+            f"run.init={path} ({theirs.get('name')} {theirs.get('kwargs')}) into {t.backbone_meta['name']} "
+            f"{t.backbone_meta['kwargs']}"
+        )
+        if wrong:
+            raise CheckpointError(
+                f"{where}: shared weights differ in shape: {'; '.join(wrong[:5])}"
+                + (f" and {len(wrong) - 5} more" if len(wrong) > 5 else "")
+                + ". Set the model options (e.g. model.scale, model.embedding_size) to those of the checkpoint"
+            )
+        if not shared:
+            raise CheckpointError(
+                f"{where}: the two networks have no weight name in common, so nothing would be initialised; "
+                "give a checkpoint of the same encoder family"
+            )
+        new = [k for k in ours if k not in weights]
+        left_out = [k for k in weights if k not in ours]
+        with torch.no_grad():
+            for k in shared:
+                ours[k].copy_(weights[k])
+        log.info(
+            "run.init_partial: %d of %d backbone tensors copied from %s; fresh: %s; left out: %s",
+            len(shared),
+            len(ours),
+            path,
+            new or "none",
+            left_out or "none",
+        )
+        return {
+            "path": str(path),
+            "backbone": theirs,
+            "partial": True,
+            "copied": len(shared),
+            "new": new,
+            "left_out": left_out,
+        }

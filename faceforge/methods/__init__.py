@@ -7,3 +7,5 @@ before it validates a config), so ``objectives.<name>`` and ``method.name=...`` 
 ``core``, ``data``, ``models``, ``embedders``, ``eval``, ``distill``, ``objectives`` and the engine's contract
 (``faceforge.engine.method``, ``faceforge.engine.step``); never ``cli`` (the command line calls methods).
 """
+
+from faceforge.methods import sddfiqa  # noqa: F401  (SDD-FIQA: the quality_regression objective)

@@ -6,6 +6,7 @@
 Every backbone accepts ``embedding_size`` (default 512), ``input_size`` (only 112) and
 ``dropout`` (default 0.0), exposes ``.embedding_size`` and ``.input_size``, and returns an
 un-normalised fp32 embedding (its final Linear + BatchNorm1d run in fp32 even under autocast).
+The ``sddfiqa_*`` backbones (:mod:`.quality`) are quality regressors: ``embedding_size`` 1, output ``[N, 1]``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,14 @@ from .iresnet import (
     iresnet_se100,
 )
 from .mobilefacenet import MobileFaceNet, mobilefacenet
+from .quality import (
+    QualityIResNet,
+    QualityMobileFaceNet,
+    sddfiqa_iresnet18,
+    sddfiqa_iresnet50,
+    sddfiqa_iresnet100,
+    sddfiqa_mobilefacenet,
+)
 
 BACKBONES: Registry[nn.Module] = Registry("backbone")
 
@@ -37,6 +46,11 @@ BACKBONES.register("iresnet100")(iresnet100)
 BACKBONES.register("iresnet200")(iresnet200)
 BACKBONES.register("iresnet_se50")(iresnet_se50)
 BACKBONES.register("iresnet_se100")(iresnet_se100)
+# quality regressors (SDD-FIQA): a recognition encoder with a one-number head, output [N, 1]
+BACKBONES.register("sddfiqa_mobilefacenet")(sddfiqa_mobilefacenet)
+BACKBONES.register("sddfiqa_iresnet18")(sddfiqa_iresnet18)
+BACKBONES.register("sddfiqa_iresnet50")(sddfiqa_iresnet50)
+BACKBONES.register("sddfiqa_iresnet100")(sddfiqa_iresnet100)
 
 
 def build_backbone(name: str, **kwargs) -> nn.Module:
@@ -49,5 +63,7 @@ __all__ = [
     "IBasicBlock",
     "IResNet",
     "MobileFaceNet",
+    "QualityIResNet",
+    "QualityMobileFaceNet",
     "build_backbone",
 ]
