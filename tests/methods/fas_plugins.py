@@ -68,6 +68,8 @@ class TinyAge(Objective):
 
     def forward(self, batch: StepBatch) -> ObjectiveOutput:
         ages, mask = batch.attribute("age")
+        if not bool(mask.any()):
+            return ObjectiveOutput({"loss": batch.features["x_age"].sum() * 0.0})
         _, group_logits = self.estimator(batch.features["x_age"][mask])
         groups = torch.bucketize(ages[mask].float(), AGE_CUTS.to(ages.device), right=False)
         return ObjectiveOutput({"loss": F.cross_entropy(group_logits, groups)})

@@ -27,6 +27,7 @@ from faceforge.methods.mtlface.fas import (
 )
 from faceforge.methods.mtlface.generator import AgeGenerator, to_uint8
 from faceforge.methods.mtlface.router import TaskRouter, routed_width, unit_starts
+from tests.methods import fas_plugins  # noqa: F401  (the tiny AIFR backbone must be registered before config checks)
 
 PLUGIN = "tests.methods.fas_plugins"
 TINY_G = [
@@ -204,7 +205,7 @@ def _train(d: dict[str, Path], run: Path, *more: str) -> int:
     return main(
         ["train", "lfw_mobilefacenet_arcface", f"data.root={d['root']}", f"data.list_file={d['list']}",
          "data.exclude_pairs=[]", "data.preload=true", "data.num_workers=0", "data.batch_size=6",
-         "model.name=test_tiny_aifr", "model.embedding_size=16", "run.log_every=1", "run.progress=false",
+         "model=mobilefacenet", "model.name=test_tiny_aifr", "model.embedding_size=16", "run.log_every=1", "run.progress=false",
          "run.threads=2", "run.precision=fp32", "run.channels_last=false", "eval.pairs=null", f"run.dir={run}",
          f"run.plugins=[{PLUGIN}]", f"data.sources=[{{root: {d['utk']}, labeller: utkface}}]", *more]
     )  # fmt: skip
@@ -277,7 +278,7 @@ def test_fas_step_matches_a_hand_computation(fas_data: dict[str, Path], aifr_ckp
     cfg = compose_config(
         "lfw_mobilefacenet_arcface",
         [f"data.root={fas_data['root']}", f"data.list_file={fas_data['list']}", "data.exclude_pairs=[]",
-         "data.preload=true", "data.num_workers=0", "data.batch_size=6", "model.name=test_tiny_aifr",
+         "data.preload=true", "data.num_workers=0", "data.batch_size=6", "model=mobilefacenet", "model.name=test_tiny_aifr",
          "model.embedding_size=16", "run.progress=false", "run.precision=fp32", "run.channels_last=false",
          "eval.pairs=null", f"run.dir={fas_data['tmp'] / 'hand'}", f"run.plugins=[{PLUGIN}]",
          f"data.sources=[{{root: {fas_data['utk']}, labeller: utkface}}]", "method=mtlface_fas",

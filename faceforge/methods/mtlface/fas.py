@@ -441,7 +441,7 @@ class FaceAgeSynthesis(Method):
             kept.append((feats, fake if k == 1 else None))
             engine.log(
                 {
-                    "fas/d_loss": float(loss_d),
+                    "fas/d_loss": float(loss_d.detach()),
                     "fas/d_real": float(d_real.mean()),
                     "fas/d_fake": float(d_fake.mean()),
                 },
