@@ -3,3 +3,5 @@ or step (:class:`faceforge.engine.method.Method`), each in a subpackage with its
 ``faceforge/configs/method/``. Importing this package registers them (``faceforge.config`` does before it validates
 a config), so ``method.name=...`` finds them.
 """
+
+from faceforge.methods import mtlface  # noqa: F401  (MTLFace: the age and age_adversarial objectives)
