@@ -10,6 +10,12 @@ from torch import nn
 from faceforge.models.backbones import BACKBONES, IResNet, MobileFaceNet, build_backbone
 
 ALL_NAMES = [
+    "aifr_iresnet100",
+    "aifr_iresnet18",
+    "aifr_iresnet34",
+    "aifr_iresnet50",
+    "aifr_iresnet_se50",
+    "aifr_mobilefacenet",
     "iresnet100",
     "iresnet18",
     "iresnet200",

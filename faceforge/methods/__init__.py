@@ -4,4 +4,4 @@ or step (:class:`faceforge.engine.method.Method`), each in a subpackage with its
 a config), so ``method.name=...`` finds them.
 """
 
-from faceforge.methods import mtlface  # noqa: F401
+from faceforge.methods import mtlface  # noqa: F401  (MTLFace: the age and age_adversarial objectives)

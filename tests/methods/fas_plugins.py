@@ -1,22 +1,15 @@
-"""Test plug-ins for face age synthesis: a tiny encoder with the AIFR interface and a tiny age objective.
-
-They stand in for the AIFR backbone and its ``age`` objective at a size a CI run trains in seconds; they follow
-the same contract (``forward(x, return_features=True) -> (embedding, {x_id, x_age, x1..x4})``, an ``age``
-objective whose ``estimator`` submodule maps ``X_age`` to (age logits over 0..100, group logits)).
-"""
+"""A test plug-in for face age synthesis: a tiny encoder with the AIFR backbones' interface
+(``forward(x, return_features=True) -> (embedding, {x_id, x_age, x1..x4})``) that a CI run trains in seconds;
+the real ``age`` objective trains its estimator on the 32x7x7 ``X_age`` (``channels=32``)."""
 
 from __future__ import annotations
 
 import itertools
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from faceforge.models.backbones import BACKBONES
-from faceforge.objectives import OBJECTIVES, Needs, Objective, ObjectiveContext, ObjectiveOutput, StepBatch
-
-AGE_CUTS = torch.tensor([10.0, 20.0, 30.0, 40.0, 50.0, 60.0])
 
 
 class TinyAIFR(nn.Module):
@@ -46,36 +39,5 @@ class TinyAIFR(nn.Module):
         return (emb, {"x_id": x_id, "x_age": x_age, **maps}) if return_features else emb
 
 
-class TinyEstimator(nn.Module):
-    def __init__(self, in_features: int = 32 * 49, groups: int = 7) -> None:
-        super().__init__()
-        self.age = nn.Linear(in_features, 101)
-        self.group = nn.Linear(101, groups)
-
-    def forward(self, x_age: Tensor) -> tuple[Tensor, Tensor]:
-        logits = self.age(x_age.flatten(1))
-        return logits, self.group(logits)
-
-
-class TinyAge(Objective):
-    """Group cross-entropy of the estimator on ``X_age`` for rows with an age."""
-
-    needs = Needs(identity=False, attributes=("age",), features=("x_age",))
-
-    def __init__(self, ctx: ObjectiveContext, *, groups: int = 7) -> None:
-        super().__init__(ctx)
-        self.estimator = TinyEstimator(32 * 49, groups)
-
-    def forward(self, batch: StepBatch) -> ObjectiveOutput:
-        ages, mask = batch.attribute("age")
-        if not bool(mask.any()):
-            return ObjectiveOutput({"loss": batch.features["x_age"].sum() * 0.0})
-        _, group_logits = self.estimator(batch.features["x_age"][mask])
-        groups = torch.bucketize(ages[mask].float(), AGE_CUTS.to(ages.device), right=False)
-        return ObjectiveOutput({"loss": F.cross_entropy(group_logits, groups)})
-
-
 if "test_tiny_aifr" not in BACKBONES:
     BACKBONES.register("test_tiny_aifr")(TinyAIFR)
-if "test_tiny_age" not in OBJECTIVES:
-    OBJECTIVES.register("test_tiny_age")(TinyAge)

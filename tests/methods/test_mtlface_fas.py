@@ -215,7 +215,7 @@ def _train(d: dict[str, Path], run: Path, *more: str) -> int:
 def aifr_ckpt(fas_data: dict[str, Path]) -> Path:
     """A tiny 'AIFR' run: margin head + an age objective on X_age, 2 steps."""
     run = fas_data["tmp"] / "aifr"
-    assert _train(fas_data, run, "objectives.age.type=test_tiny_age", "objectives.age.weight=0.1",
+    assert _train(fas_data, run, "objectives.age.weight=0.1", "objectives.age.channels=32",
                   "optim.epochs=1", "run.max_steps=2") == 0  # fmt: skip
     return run / "checkpoints" / "last.pt"
 

@@ -43,7 +43,6 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,10 +51,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from faceforge.core import distributed as D
-from faceforge.core.checkpoint import CheckpointError, load_checkpoint
 from faceforge.data.dataset import Batch
 from faceforge.data.image_io import UnreadableImageError
 from faceforge.engine.method import METHODS, Method, MethodContext, OptimizerSpec
+from faceforge.methods.mtlface.age import age2group, load_age_estimator
 from faceforge.methods.mtlface.discriminator import PatchDiscriminator
 from faceforge.methods.mtlface.generator import AgeGenerator
 
@@ -170,19 +169,8 @@ def encoder_layout(backbone: nn.Module, input_size: int = 112) -> EncoderLayout:
 
 # ------------------------------------------------------------------------------------- the age estimator
 def age_to_group(ages: np.ndarray, groups: int) -> np.ndarray:
-    """The CVPR code's ``age2group`` (cuts at > 10, 20, ..., 60 for G = 7; boundary ages go to the lower group)."""
-    cuts = _GROUP_CUTS.get(int(groups))
-    if cuts is None:
-        raise ValueError(
-            f"age groups: G must be one of {sorted(_GROUP_CUTS)} (the MTLFace code's cuts), got {groups}"
-        )
-    return np.searchsorted(
-        np.asarray(cuts, dtype=np.float64), np.asarray(ages, dtype=np.float64), side="left"
-    )
-
-
-_GROUP_CUTS = {4: (30, 40, 50), 5: (20, 30, 40, 50), 6: (10, 20, 30, 40, 50), 7: (10, 20, 30, 40, 50, 60),
-               8: (12, 18, 25, 35, 45, 55, 65)}  # fmt: skip
+    """:func:`~faceforge.methods.mtlface.age.age2group` on a numpy array (the cut age belongs to the lower group)."""
+    return age2group(torch.as_tensor(np.asarray(ages, dtype=np.float64)), groups).numpy()
 
 
 class FrozenGroupHead(nn.Module):
@@ -197,24 +185,7 @@ class FrozenGroupHead(nn.Module):
         return super().train(False)
 
     def forward(self, x_age: Tensor) -> Tensor:
-        out = self.estimator(x_age)
-        return out[1] if isinstance(out, tuple) else out["group"]
-
-
-def load_group_head(
-    path: str | Path, objective: str, build: Callable[[dict[str, Any], dict[str, Any]], nn.Module]
-) -> nn.Module:
-    """The age estimator of objective ``objective`` in the faceforge checkpoint ``path`` (see :func:`_estimator_from`)."""
-    ckpt = load_checkpoint(path)
-    saved = (ckpt.get("objectives") or {}).get(objective)
-    if saved is None:
-        raise CheckpointError(
-            f"{path} has no {objective!r} objective (it has {sorted(ckpt.get('objectives') or {})}): give the "
-            "checkpoint of an AIFR run (method=mtlface) as method.aifr, or name its age objective with "
-            "method.estimator_objective"
-        )
-    spec = ((ckpt["meta"].get("train_config") or {}).get("objectives") or {}).get(objective) or {}
-    return build(spec, saved)
+        return self.estimator(x_age)[1]
 
 
 # --------------------------------------------------------------------------------------- target sampling
@@ -283,7 +254,7 @@ class FaceAgeSynthesis(Method):
 
     ``aifr``: the AIFR checkpoint the encoder starts from (``run.init``; the packaged config sets
     ``method.aifr: ${run.init}``), whose ``estimator_objective`` objective (``age``) holds the frozen age
-    estimator as its submodule ``estimator_module`` (``estimator``);
+    estimator (:func:`~faceforge.methods.mtlface.age.load_age_estimator`);
     ``groups`` (7), ``units`` (128), ``sigma`` (0.1; TPAMI 1/8), ``blocks`` (4), ``decoder_channels`` (null: the
     skips' widths), ``final_channels`` (32) of the generator; ``disc_width`` (64), ``disc_layers`` (4) of the
     discriminator; loss weights ``gan_weight`` (75), ``id_weight`` (0.002), ``age_weight`` (10); Adam ``lr`` (1e-4)
@@ -298,7 +269,6 @@ class FaceAgeSynthesis(Method):
         *,
         aifr: str | None = None,
         estimator_objective: str = "age",
-        estimator_module: str = "estimator",
         groups: int = 7,
         units: int = 128,
         sigma: float = 0.1,
@@ -322,8 +292,7 @@ class FaceAgeSynthesis(Method):
                 "whose encoder and age estimator it freezes: set run.init=PATH (the packaged config copies it)"
             )
         self.options = {
-            "aifr": str(aifr), "estimator_objective": estimator_objective,
-            "estimator_module": estimator_module, "groups": int(groups),
+            "aifr": str(aifr), "estimator_objective": estimator_objective, "groups": int(groups),
             "units": int(units), "sigma": float(sigma), "blocks": int(blocks),
             "decoder_channels": None if decoder_channels is None else [int(c) for c in decoder_channels],
             "final_channels": int(final_channels), "disc_width": int(disc_width), "disc_layers": int(disc_layers),
@@ -344,7 +313,7 @@ class FaceAgeSynthesis(Method):
             decoder_channels=decoder_channels,
         )
         self.discriminator = PatchDiscriminator(groups, disc_width, disc_layers)
-        self.group_head = FrozenGroupHead(self._load_estimator(ctx, aifr, estimator_objective))
+        self.group_head = FrozenGroupHead(load_age_estimator(aifr, estimator_objective))
         if ctx.attributes is None or age_attribute not in ctx.attributes.names:
             have = [] if ctx.attributes is None else ctx.attributes.names
             raise ValueError(
@@ -357,26 +326,6 @@ class FaceAgeSynthesis(Method):
         log.info("face age synthesis: real target faces per age group %s", self.targets.counts())
 
     # ------------------------------------------------------------------------------------------ parts
-    def _load_estimator(self, ctx: MethodContext, path: str, objective: str) -> nn.Module:
-        from faceforge.objectives import OBJECTIVES, ObjectiveContext
-
-        def build(spec: dict[str, Any], state: dict[str, Any]) -> nn.Module:
-            options = {k: v for k, v in dict(spec).items() if k not in ("type", "weight")}
-            octx = ObjectiveContext(
-                embedding_size=int(getattr(ctx.backbone, "embedding_size", ctx.embedding_size)),
-                num_classes=ctx.num_classes,
-                labels=ctx.labels,
-                classes=ctx.classes,
-                dataset=ctx.dataset,
-                seed=ctx.seed,
-                attributes=ctx.attributes,
-            )
-            obj = OBJECTIVES.get(str(spec.get("type", objective)))(octx, **options)
-            obj.load_checkpoint_state(state)
-            return estimator_of(obj, self.options["estimator_module"])
-
-        return load_group_head(path, objective, build)
-
     def train(self, mode: bool = True) -> FaceAgeSynthesis:
         super().train(mode)
         self.group_head.train(False)
@@ -442,8 +391,8 @@ class FaceAgeSynthesis(Method):
             engine.log(
                 {
                     "fas/d_loss": float(loss_d.detach()),
-                    "fas/d_real": float(d_real.mean()),
-                    "fas/d_fake": float(d_fake.mean()),
+                    "fas/d_real": float(d_real.detach().mean()),
+                    "fas/d_fake": float(d_fake.detach().mean()),
                 },
                 1.0 / k,
             )
@@ -476,15 +425,3 @@ class FaceAgeSynthesis(Method):
         finally:
             self.discriminator.requires_grad_(True)
         engine.optimizer_step("generator")
-
-
-def estimator_of(objective: nn.Module, name: str = "estimator") -> nn.Module:
-    """The age estimator submodule ``name`` of an AIFR ``age`` objective (``forward(x_age) -> (age logits,
-    group logits)``)."""
-    try:
-        return objective.get_submodule(name)
-    except AttributeError:
-        raise CheckpointError(
-            f"the {type(objective).__name__} objective has no submodule {name!r}: name its age estimator with "
-            "method.estimator_module"
-        ) from None

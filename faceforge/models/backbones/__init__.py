@@ -14,6 +14,16 @@ from torch import nn
 
 from faceforge.core.registry import Registry
 
+from .aifr import (
+    AIFRNet,
+    AttentionDecomposition,
+    aifr_iresnet18,
+    aifr_iresnet34,
+    aifr_iresnet50,
+    aifr_iresnet100,
+    aifr_iresnet_se50,
+    aifr_mobilefacenet,
+)
 from .iresnet import (
     IBasicBlock,
     IResNet,
@@ -37,6 +47,13 @@ BACKBONES.register("iresnet100")(iresnet100)
 BACKBONES.register("iresnet200")(iresnet200)
 BACKBONES.register("iresnet_se50")(iresnet_se50)
 BACKBONES.register("iresnet_se100")(iresnet_se100)
+# age-invariant (MTLFace AFD) versions: forward(x, return_features=True) also gives x_id, x_age, x1..x4
+BACKBONES.register("aifr_mobilefacenet")(aifr_mobilefacenet)
+BACKBONES.register("aifr_iresnet18")(aifr_iresnet18)
+BACKBONES.register("aifr_iresnet34")(aifr_iresnet34)
+BACKBONES.register("aifr_iresnet50")(aifr_iresnet50)
+BACKBONES.register("aifr_iresnet100")(aifr_iresnet100)
+BACKBONES.register("aifr_iresnet_se50")(aifr_iresnet_se50)
 
 
 def build_backbone(name: str, **kwargs) -> nn.Module:
@@ -46,6 +63,8 @@ def build_backbone(name: str, **kwargs) -> nn.Module:
 
 __all__ = [
     "BACKBONES",
+    "AIFRNet",
+    "AttentionDecomposition",
     "IBasicBlock",
     "IResNet",
     "MobileFaceNet",
