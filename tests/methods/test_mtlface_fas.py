@@ -224,11 +224,18 @@ def _fas(d: dict[str, Path], ckpt: Path, run: Path, *more: str) -> int:
     return _train(d, run, "method=mtlface_fas", f"run.init={ckpt}", "optim.epochs=1", *TINY_G, *more)
 
 
-def test_fas_trains_through_faceforge_train_and_resumes_exactly(
-    fas_data: dict[str, Path], aifr_ckpt: Path
-) -> None:
-    straight, broken = fas_data["tmp"] / "fas_straight", fas_data["tmp"] / "fas_broken"
+@pytest.fixture(scope="module")
+def fas_run(fas_data: dict[str, Path], aifr_ckpt: Path) -> Path:
+    """4 FAS steps through faceforge train (stopped by run.max_steps: last.pt, no model.pt)."""
+    straight = fas_data["tmp"] / "fas_straight"
     assert _fas(fas_data, aifr_ckpt, straight, "run.max_steps=4") == 0
+    return straight
+
+
+def test_fas_trains_through_faceforge_train_and_resumes_exactly(
+    fas_data: dict[str, Path], aifr_ckpt: Path, fas_run: Path
+) -> None:
+    straight, broken = fas_run, fas_data["tmp"] / "fas_broken"
     report = json.loads((straight / "report.json").read_text())
     hist = report["history"]
     assert len(hist) == 4 and report["progress"]["global_step"] == 4
@@ -341,3 +348,50 @@ def test_fas_refuses_missing_pieces(
     # no ages at all: the UTKFace source removed
     assert _fas(fas_data, aifr_ckpt, run, "data.sources=[]") == 2
     assert "age" in capsys.readouterr().err
+
+
+def test_synthesize_on_real_lfw_faces(
+    fas_data: dict[str, Path], fas_run: Path, lfw_small: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """faceforge synthesize: faces of LFW people not in the FAS training, at three groups, a grid, bad files listed."""
+    from faceforge.data.image_io import read_image_rgb
+    from faceforge.methods.mtlface.synthesis import Synthesizer
+
+    images = tmp_path / "in"
+    people = sorted(p for p in lfw_small.iterdir() if p.is_dir())[6:9]  # the training list holds the first 6
+    for person in people:
+        f = sorted(person.glob("*.jpg"))[0]
+        (images / person.name).mkdir(parents=True)
+        (images / person.name / f.name).write_bytes(f.read_bytes())
+    (images / "broken.jpg").write_bytes(b"not a jpeg")
+    Image.new("RGB", (160, 160)).save(images / "raw_photo.png")
+    model = fas_run / "checkpoints" / "last.pt"
+    out = tmp_path / "out"
+    assert main(["synthesize", "--model", str(model), "--images", str(images), "--age-groups", "0,3,6",
+                 "--out", str(out), "--device", "cpu"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "wrote 9 faces (3 faces x 3 groups)" in printed and "skipped 2 images" in printed
+    report = json.loads((out / "synthesize_report.json").read_text())
+    assert report["faces"] == 3 and report["target_ranges"] == ["0-10", "31-40", "61+"]
+    assert sorted(Path(s.split(":")[0]).name for s in report["skipped"]) == ["broken.jpg", "raw_photo.png"]
+    assert "not an aligned 112x112 face" in " ".join(report["skipped"])
+    grid = read_image_rgb(out / "grid.png")
+    assert grid.shape == (3 * 114 + 2, 4 * 114 + 2, 3)  # 3 faces x (source + 3 groups), 2 px padding
+    synth = Synthesizer(model, device="cpu")
+    src = np.stack([read_image_rgb(f) for f in sorted(images.rglob("*.jpg")) if f.name != "broken.jpg"])
+    for g in (0, 3, 6):
+        written = np.stack(
+            [read_image_rgb(out / f"group{g}" / p.name / next((images / p.name).glob("*.jpg")).with_suffix(".png").name)
+             for p in people]
+        )  # fmt: skip
+        assert np.array_equal(written, synth(src, g))  # the files are the generator's faces (lossless PNG)
+        # 4 steps at lr 1e-4 from the N(0, 0.01) init: the residual is below one grey level, the faces stay put
+        assert np.abs(written.astype(int) - src.astype(int)).max() <= 1
+    assert np.array_equal(grid[2:114, 2:114], src[0])  # first column: the source face
+    # user mistakes: one line each
+    assert main(["synthesize", "--model", str(model), "--images", str(images), "--age-groups", "0,9",
+                 "--out", str(out)]) == 2  # fmt: skip
+    assert "the model has groups 0..6" in capsys.readouterr().err
+    assert main(["synthesize", "--model", str(fas_data["tmp"] / "aifr" / "checkpoints" / "last.pt"),
+                 "--images", str(images), "--age-groups", "1", "--out", str(out)]) == 2  # fmt: skip
+    assert "not a face age synthesis model" in capsys.readouterr().err
