@@ -64,3 +64,66 @@ def run(args: argparse.Namespace) -> int:
         for s in rep.skipped[:10]:
             print(f"  {s}")
     return 0
+
+
+def _add_select(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "config", help="the AIFR run's training config (YAML path or packaged name): its data are the sources"
+    )
+    p.add_argument(
+        "overrides", nargs="*", help="config overrides, as for 'faceforge train' (e.g. data.root=...)"
+    )
+    p.add_argument("--fas", required=True, help="model.pt / last.pt of the face age synthesis run")
+    p.add_argument(
+        "--aifr", required=True, help="the AIFR checkpoint to fine-tune (it judges identity and age)"
+    )
+    p.add_argument(
+        "--out", required=True, help="output folder: faces/, selected.txt (training list), selection.json"
+    )
+    p.add_argument("--age-groups", default=None, help="target groups, comma-separated (default: all)")
+    p.add_argument("--per-identity", type=int, default=2, help="source faces per person (default 2)")
+    p.add_argument(
+        "--id-threshold", type=float, default=0.5, help="keep if cos(AIFR(source), AIFR(synthesised)) >= this"
+    )
+    p.add_argument(
+        "--age-margin",
+        type=float,
+        default=5.0,
+        help="the estimator's age may leave the group's range by this many years",
+    )
+    p.add_argument(
+        "--age-model",
+        default=None,
+        help="another checkpoint with an 'age' objective to judge age (default: --aifr's)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+
+
+@command(
+    "select-synthetic",
+    "selective fine-tuning data (MTLFace TPAMI): synthesised faces that keep identity and age",
+)(_add_select)
+def run_select(args: argparse.Namespace) -> int:
+    from faceforge.config import compose_config
+    from faceforge.data.sources import build_training_data
+    from faceforge.methods.mtlface.selection import SelectionRule, select_synthesised
+
+    cfg = compose_config(args.config, args.overrides)
+    data = build_training_data(cfg.data, seed=cfg.run.seed, progress=False)
+    main_rows = len(data.samples.paths)  # the main source's people (data.sources rows stay as they are)
+    groups = None if not args.age_groups else [int(g) for g in args.age_groups.split(",") if g.strip()]
+    rep = select_synthesised(
+        args.fas, args.aifr, data.dataset, data.labels[:main_rows], data.samples.paths, args.out, target_groups=groups,
+        per_identity=args.per_identity, rule=SelectionRule(args.id_threshold, args.age_margin),
+        age_model=args.age_model, seed=args.seed, device=args.device,
+    )  # fmt: skip
+    print(
+        f"kept {rep.kept} of {rep.candidates} synthesised faces; training list {Path(args.out) / 'selected.txt'} "
+        f"(fine-tune: faceforge train {args.config} ... data.list_file=<that list> run.init={args.aifr})"
+    )
+    for g, s in rep.per_group.items():
+        print(
+            f"  group {g}: identity ok {s['identity_ok']}, age ok {s['age_ok']}, kept {s['kept']} of {s['candidates']}"
+        )
+    return 0

@@ -395,3 +395,51 @@ def test_synthesize_on_real_lfw_faces(
     assert main(["synthesize", "--model", str(fas_data["tmp"] / "aifr" / "checkpoints" / "last.pt"),
                  "--images", str(images), "--age-groups", "1", "--out", str(out)]) == 2  # fmt: skip
     assert "not a face age synthesis model" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ selective fine-tuning
+def test_age_consistency_rule_by_hand() -> None:
+    from faceforge.methods.mtlface.selection import age_consistent, group_bounds
+
+    assert (
+        group_bounds(0, 7) == (0.0, 10.0)
+        and group_bounds(3, 7) == (31.0, 40.0)
+        and group_bounds(6, 7) == (61.0, 100.0)
+    )
+    ages = np.array([25.0, 27.0, 44.9, 46.0, 35.0])
+    pred = np.array([3, 3, 3, 3, 2])
+    # group 3 = 31-40, margin 5: 26..45 allowed, and the estimator's group must be 3
+    assert age_consistent(ages, pred, 3, 7, 5.0).tolist() == [False, True, True, False, False]
+
+
+def test_select_synthetic_writes_a_trainable_list(
+    fas_data: dict[str, Path], fas_run: Path, aifr_ckpt: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = fas_data["tmp"] / "select"
+    common = [f"data.root={fas_data['root']}", f"data.list_file={fas_data['list']}", "data.exclude_pairs=[]",
+              "model=mobilefacenet", "model.name=test_tiny_aifr", f"run.plugins=[{PLUGIN}]"]  # fmt: skip
+    args = ["select-synthetic", "lfw_mobilefacenet_arcface", *common, "--fas", str(fas_run / "checkpoints" / "last.pt"),
+            "--aifr", str(aifr_ckpt), "--age-groups", "0,6", "--per-identity", "1", "--device", "cpu"]  # fmt: skip
+    # an identity threshold above 1 keeps nothing; below -1 keeps whatever passes the age check
+    assert main([*args, "--out", str(out / "none"), "--id-threshold", "1.01"]) == 0
+    sel = json.loads((out / "none" / "selection.json").read_text())
+    assert sel["candidates"] == 12 and sel["kept"] == 0  # 6 people x 1 face x 2 groups
+    assert (out / "none" / "selected.txt").read_text().count("\n") == 24  # the training rows only
+    assert main([*args, "--out", str(out / "all"), "--id-threshold", "-1.01", "--age-margin", "200"]) == 0
+    sel = json.loads((out / "all" / "selection.json").read_text())
+    assert all(s["identity_ok"] == 6 for s in sel["per_group"].values())
+    kept = sel["kept"]
+    assert kept == sum(
+        s["age_ok"] for s in sel["per_group"].values()
+    )  # only the estimator's group decides now
+    lines = (out / "all" / "selected.txt").read_text().splitlines()
+    assert len(lines) == 24 + kept and len(list((out / "all" / "faces").glob("*.png"))) == kept
+    from faceforge.data.samples import read_list_file
+
+    listed = read_list_file(
+        out / "all" / "selected.txt", "/nonexistent"
+    )  # absolute paths: the root is not used
+    assert listed.num_classes == 6 and all(Path(p).is_file() for p in listed.paths)
+    capsys.readouterr()
+    # the identity cosine of a barely trained generator: its faces are almost the sources
+    assert all(v > 0.99 for v in sel["identity_cosine_mean"].values())

@@ -421,7 +421,7 @@ class FaceAgeSynthesis(Method):
                     engine.backward(terms["total"] / k, "generator")
                 hit = float((logits.argmax(1) == g).float().mean())
                 logs = {f"fas/{n}": float(v.detach()) for n, v in terms.items()}
-                engine.log({**logs, "fas/age_hit": hit, "loss": float(terms["total"])}, 1.0 / k)
+                engine.log({**logs, "fas/age_hit": hit, "loss": float(terms["total"].detach())}, 1.0 / k)
         finally:
             self.discriminator.requires_grad_(True)
         engine.optimizer_step("generator")
