@@ -246,3 +246,55 @@ def test_age_mae_report() -> None:
     assert r["mean_baseline_mae"] == pytest.approx((10 + 5 + 25) / 3)
     assert r["group_accuracy"] == pytest.approx(2 / 3)  # 22 vs 25: both 21-30; 70 vs 60: 61+ vs 51-60
     assert r["n"] == 3 and math.isfinite(r["train_mean"])
+
+
+# ---------------------------------------------------------------------------------------------- objectives
+def _step_batch(fmap: torch.Tensor, ages: torch.Tensor, mask: torch.Tensor, name: str):
+    from faceforge.objectives import StepBatch
+
+    n = len(ages)
+    return StepBatch(
+        torch.zeros(n, 4), torch.full((n,), -1), torch.arange(n), attributes={"age": (ages, mask)},
+        features={name: fmap},
+    )  # fmt: skip
+
+
+def _ctx():
+    from faceforge.objectives import ObjectiveContext
+
+    return ObjectiveContext(embedding_size=4, num_classes=0, labels=np.zeros(0), classes=[], dataset=None)
+
+
+def test_age_objectives_mask_rows_and_reverse_the_gradient() -> None:
+    from faceforge.methods.mtlface.objectives import AgeAdversarialObjective, AgeObjective
+
+    torch.manual_seed(0)
+    obj = AgeObjective(_ctx(), channels=4, spatial=3, hidden=8).eval()
+    fmap = torch.randn(5, 4, 3, 3, requires_grad=True)
+    ages = torch.tensor([20.0, 0.0, 35.0, 0.0, 61.0])
+    mask = torch.tensor([True, False, True, False, True])
+    out = obj(_step_batch(fmap, ages, mask, "x_age"))
+    z, g = obj.estimator(fmap[mask])
+    ref, _ = age_loss(z, g, ages[mask])
+    assert float(out.terms["loss"]) == pytest.approx(float(ref)) and out.logs["used"] == 3
+    out.terms["loss"].backward()
+    assert float(fmap.grad[~mask].abs().max()) == 0.0 and float(fmap.grad[mask].abs().max()) > 0
+    # the adversarial one reads x_id through the gradient reversal: same value, gradient negated (coeff 0.5)
+    adv = AgeAdversarialObjective(_ctx(), channels=4, spatial=3, hidden=8, coeff=0.5).eval()
+    adv.estimator.load_state_dict(obj.estimator.state_dict())
+    x_id = fmap.detach().clone().requires_grad_(True)
+    out_adv = adv(_step_batch(x_id, ages, mask, "x_id"))
+    assert float(out_adv.terms["loss"]) == pytest.approx(float(ref))
+    out_adv.terms["loss"].backward()
+    torch.testing.assert_close(x_id.grad, -0.5 * fmap.grad)
+    assert adv.optimizer_settings() == {"weight_decay": 0.0} and obj.optimizer_settings() == {}
+    # a batch without any age: a zero term whose gradients reach every estimator parameter (as zeros)
+    obj.zero_grad()
+    none = obj(
+        _step_batch(fmap.detach().requires_grad_(True), ages, torch.zeros(5, dtype=torch.bool), "x_age")
+    )
+    none.terms["loss"].backward()
+    assert float(none.terms["loss"]) == 0.0 and none.logs == {"used": 0.0}
+    assert all(p.grad is not None and float(p.grad.abs().max()) == 0.0 for p in obj.estimator.parameters())
+    with pytest.raises(ValueError, match="max_age"):
+        AgeObjective(_ctx(), max_age=116)
