@@ -52,7 +52,7 @@ def parse_key_values(items: list[str], flag: str) -> dict[str, object]:
 
 
 def _load_commands() -> None:
-    from faceforge.cli import align, embed, evaluate, export, fetch, prepare, synthesize, train  # noqa: F401
+    from faceforge.cli import align, attributes, embed, evaluate, export, fetch, prepare, synthesize, train  # noqa: F401
 
 
 def build_parser() -> argparse.ArgumentParser:

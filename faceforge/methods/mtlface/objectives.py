@@ -8,7 +8,8 @@
 
 With CosFace (s=64, m=0.35) these give ``L = L_CosFace + 0.001 * L_age + 0.002 * L_adv`` (the objective weights of
 the ``mtlface`` method config). Rows without an age (a source without ages, an empty sidecar cell) are left out;
-a batch with none gives a zero term that still touches the features (every rank returns the same keys).
+a batch with none gives a zero term that still touches the features and the estimator (zero gradients, so under
+torchrun every rank has a gradient to average for the same parameters; every rank returns the same keys).
 
 Logged per objective: ``mse``, ``group_ce``, ``mae`` (years), ``group_top1`` on the rows used, ``used`` (rows).
 """
@@ -37,8 +38,9 @@ class AgeObjective(Objective):
     """Age estimation on the backbone's ``X_age`` (see the module doc).
 
     Options: ``groups`` (7, or MTLFace's 4/5/6/8 variants), ``channels`` / ``spatial`` (the map's C and side: 512
-    and 7 for every ``aifr_*`` backbone at 112 px), ``max_age`` (top of the DEX range the MSE target is clamped
-    to; the estimator's ages are 0..100).
+    and 7 for every ``aifr_*`` backbone at 112 px), ``hidden`` (width of the estimator's hidden layer, 512 as
+    MTLFace; its first Linear has C*s*s*hidden weights, 12.8M at 512), ``max_age`` (top of the DEX range the MSE
+    target is clamped to; the estimator's ages are 0..100).
     """
 
     feature: ClassVar[str] = "x_age"
@@ -51,6 +53,7 @@ class AgeObjective(Objective):
         groups: int = 7,
         channels: int = 512,
         spatial: int = 7,
+        hidden: int = 512,
         max_age: float = 100.0,
     ) -> None:
         super().__init__(ctx)
@@ -59,7 +62,7 @@ class AgeObjective(Objective):
             raise ValueError(f"max_age={max_age} must be in (0, 100]: the DEX estimator covers ages 0..100")
         self.groups = int(groups)
         self.max_age = float(max_age)
-        self.estimator = AgeEstimator(channels, spatial, groups)
+        self.estimator = AgeEstimator(channels, spatial, groups, hidden)
 
     def estimator_input(self, x: Tensor) -> Tensor:
         return x
@@ -69,8 +72,8 @@ class AgeObjective(Objective):
         self.estimator.check_input(fmap, self.feature)
         ages, mask = batch.attribute("age")
         used = int(mask.sum())
-        if used == 0:
-            zero = fmap.sum() * 0.0
+        if used == 0:  # zero gradients for the estimator too, so every rank averages the same parameters
+            zero = fmap.sum() * 0.0 + sum(p.sum() for p in self.estimator.parameters()) * 0.0
             return ObjectiveOutput({"loss": zero}, {"used": 0.0})
         x = self.estimator_input(fmap[mask] if used < len(mask) else fmap)
         age_logits, group_logits = self.estimator(x)
@@ -104,10 +107,13 @@ class AgeAdversarialObjective(AgeObjective):
         groups: int = 7,
         channels: int = 512,
         spatial: int = 7,
+        hidden: int = 512,
         max_age: float = 100.0,
         coeff: float = 1.0,
     ) -> None:
-        super().__init__(ctx, groups=groups, channels=channels, spatial=spatial, max_age=max_age)
+        super().__init__(
+            ctx, groups=groups, channels=channels, spatial=spatial, hidden=hidden, max_age=max_age
+        )
         self.coeff = float(coeff)
 
     def estimator_input(self, x: Tensor) -> Tensor:

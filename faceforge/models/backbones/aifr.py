@@ -32,7 +32,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from faceforge.core.precision import no_autocast
@@ -56,18 +55,42 @@ DECOMPOSITIONS = ("cvpr", "tpami")
 CHANNEL_POOLINGS = ("sum", "concat")
 
 
+def adaptive_bins(size: int, out: int) -> list[tuple[int, int]]:
+    """The ``[start, end)`` windows of adaptive pooling from ``size`` to ``out`` cells (PyTorch's rule:
+    ``start = floor(i * size / out)``, ``end = ceil((i + 1) * size / out)``; 7 -> 2 gives [0, 4) and [3, 7))."""
+    return [((i * size) // out, -((-(i + 1) * size) // out)) for i in range(out)]
+
+
 class SpatialPyramid(nn.Module):
     """Adaptive ``mode`` pooling at each grid size, flattened and concatenated: [N, C, H, W] -> [N, C*sum(s^2), 1, 1]
-    (each grid flattened channel-major, as ``SPPModule`` of the MTLFace code)."""
+    (each grid flattened channel-major, as ``SPPModule`` of the MTLFace code).
+
+    The cells are pooled window by window (the windows of :func:`adaptive_bins`, the same numbers as
+    ``F.adaptive_*_pool2d``), because ONNX has no adaptive pooling to grids that do not divide the map (7 -> 2, 3).
+    """
 
     def __init__(self, mode: str, sizes: Sequence[int]) -> None:
         super().__init__()
+        if mode not in ("avg", "max"):
+            raise ValueError(f"pooling mode {mode!r} must be 'avg' or 'max'")
         self.mode = mode
         self.sizes = tuple(int(s) for s in sizes)
 
+    def _pool(self, x: Tensor, s: int) -> Tensor:
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        if s == 1:
+            return x.amax(dim=(2, 3)) if self.mode == "max" else x.mean(dim=(2, 3))
+        cells = []
+        for r0, r1 in adaptive_bins(h, s):
+            for c0, c1 in adaptive_bins(w, s):
+                win = x[:, :, r0:r1, c0:c1]
+                cells.append(win.amax(dim=(2, 3)) if self.mode == "max" else win.mean(dim=(2, 3)))
+        return torch.stack(cells, dim=2).flatten(
+            1
+        )  # [N, C, s*s] -> channel-major, like pool(x, s).flatten(1)
+
     def forward(self, x: Tensor) -> Tensor:
-        pool = F.adaptive_avg_pool2d if self.mode == "avg" else F.adaptive_max_pool2d
-        out = torch.cat([pool(x, s).flatten(1) for s in self.sizes], dim=1)
+        out = torch.cat([self._pool(x, s) for s in self.sizes], dim=1)
         return out[:, :, None, None]
 
 
