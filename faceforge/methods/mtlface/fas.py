@@ -314,6 +314,11 @@ class FaceAgeSynthesis(Method):
         )
         self.discriminator = PatchDiscriminator(groups, disc_width, disc_layers)
         self.group_head = FrozenGroupHead(load_age_estimator(aifr, estimator_objective))
+        if self.group_head.estimator.groups != int(groups):
+            raise ValueError(
+                f"method.groups={groups}, but the age estimator in {aifr} predicts {self.group_head.estimator.groups} "
+                f"groups: set method.groups={self.group_head.estimator.groups}"
+            )
         if ctx.attributes is None or age_attribute not in ctx.attributes.names:
             have = [] if ctx.attributes is None else ctx.attributes.names
             raise ValueError(
