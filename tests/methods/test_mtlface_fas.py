@@ -443,3 +443,41 @@ def test_select_synthetic_writes_a_trainable_list(
     capsys.readouterr()
     # the identity cosine of a barely trained generator: its faces are almost the sources
     assert all(v > 0.99 for v in sel["identity_cosine_mean"].values())
+
+
+def test_target_sampler_draws_real_faces_of_the_target_group() -> None:
+    from faceforge.data.image_io import UnreadableImageError
+    from faceforge.methods.mtlface.fas import TargetSampler
+
+    class Faces:
+        def __init__(self, bad: set[int]) -> None:
+            self.bad = bad
+
+        def image(self, i: int) -> np.ndarray:
+            if i in self.bad:
+                raise UnreadableImageError(f"img{i}.jpg", "truncated")
+            face = np.zeros((4, 4, 3), np.uint8)
+            face[:, 0] = i + 1  # the row number + 1 in the left column (the right one after a mirror)
+            return face
+
+    ages = np.array([5, 15, 25, 35, 45, 55, 65, 8, 0, 70])
+    mask = np.ones(10, bool)
+    mask[8] = False  # row 8 has no age: never a target
+    s = TargetSampler(Faces({7}), ages, mask, groups=7, seed=3, flip=0.5)
+    assert s.counts() == [2, 1, 1, 1, 1, 1, 2]
+    groups, faces, rows = s.sample(step=5, n=64)
+    assert torch.equal(groups, s.sample(5, 64)[0]) and not torch.equal(groups, s.sample(6, 64)[0])
+    assert not torch.equal(groups, s.sample(5, 64, rank=1)[0])  # another rank draws other targets
+    assert set(groups.tolist()) == set(range(7))
+    mirrored = 0
+    for g, face, row in zip(groups.tolist(), faces.numpy(), rows, strict=True):
+        assert int(age_to_group(ages[[row]], 7)[0]) == g and row not in (7, 8)
+        left, right = int(face[0, 0, 0]) - 1, int(face[0, -1, 0]) - 1
+        assert row in (left, right)
+        mirrored += int(right == row)
+    assert 0 < mirrored < 64
+    assert s.skipped and all(x == "img7.jpg: truncated" for x in s.skipped)  # unreadable: drawn again, listed
+    with pytest.raises(ValueError, match="20 unreadable real faces in a row for age group 3"):
+        TargetSampler(Faces({3}), ages, mask, groups=7, seed=3).sample(step=5, n=64)
+    with pytest.raises(ValueError, match=r"group\(s\) \[1, 3, 4, 5, 6\]"):
+        TargetSampler(Faces(set()), np.array([5, 25]), np.ones(2, bool), groups=7, seed=0)
