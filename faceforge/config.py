@@ -222,7 +222,7 @@ def _check_numbers(cfg: DictConfig) -> None:
 def _check_plugins_objectives_method(cfg: DictConfig) -> None:
     """``run.plugins`` import; every ``objectives.<name>`` and ``method`` against its class's options."""
     import faceforge.methods  # noqa: F401  (registers the packaged methods)
-    from faceforge.engine.method import METHODS
+    from faceforge.engine.method import METHODS, Method
     from faceforge.engine.setup import import_plugins, method_spec, objective_specs
     from faceforge.objectives import OBJECTIVES
 
@@ -239,7 +239,11 @@ def _check_plugins_objectives_method(cfg: DictConfig) -> None:
         if isinstance(weight, bool) or not isinstance(weight, int | float):
             raise ConfigError(f"objectives.{name}.weight={weight!r} must be a number")
     specs = objective_specs(cfg.objectives)
-    if not specs:
+    mname, moptions = method_spec(cfg.method)
+    if mname not in METHODS:
+        raise ConfigError(f"method.name: unknown method '{mname}'; available: {METHODS.names()}")
+    # a method with a step of its own (a GAN on a frozen encoder) may train without any objective
+    if not specs and METHODS.get(mname).step is Method.step:
         raise ConfigError("no objective left: objectives needs at least one (e.g. objectives.margin={})")
     for name, kind, _, options in specs:
         if kind not in OBJECTIVES:
@@ -248,9 +252,6 @@ def _check_plugins_objectives_method(cfg: DictConfig) -> None:
                 "(or register one in a module listed in run.plugins)"
             )
         check_options(f"objectives.{name}", options, OBJECTIVES.get(kind).option_targets())
-    mname, moptions = method_spec(cfg.method)
-    if mname not in METHODS:
-        raise ConfigError(f"method.name: unknown method '{mname}'; available: {METHODS.names()}")
     check_options("method", moptions, [METHODS.get(mname).__init__])
 
 

@@ -94,6 +94,7 @@ def print_listed(what: str, entries: list, limit: int = 20, report: str = "") ->
 def _load_commands() -> None:
     from faceforge.cli import (  # noqa: F401  (each module registers its command)
         align,
+        attributes,
         embed,
         evaluate,
         export,
@@ -102,6 +103,7 @@ def _load_commands() -> None:
         quality,
         search,
         serve,
+        synthesize,
         train,
     )
 

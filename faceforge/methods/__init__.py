@@ -8,4 +8,7 @@ before it validates a config), so ``objectives.<name>`` and ``method.name=...`` 
 (``faceforge.engine.method``, ``faceforge.engine.step``); never ``cli`` (the command line calls methods).
 """
 
-from faceforge.methods import sddfiqa  # noqa: F401  (SDD-FIQA: the quality_regression objective)
+from faceforge.methods import (
+    mtlface,  # noqa: F401  (MTLFace: the age and age_adversarial objectives)
+    sddfiqa,  # noqa: F401  (SDD-FIQA: the quality_regression objective)
+)

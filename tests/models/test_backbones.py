@@ -10,6 +10,12 @@ from torch import nn
 from faceforge.models.backbones import BACKBONES, IResNet, MobileFaceNet, build_backbone
 
 ALL_NAMES = [
+    "aifr_iresnet100",
+    "aifr_iresnet18",
+    "aifr_iresnet34",
+    "aifr_iresnet50",
+    "aifr_iresnet_se50",
+    "aifr_mobilefacenet",
     "iresnet100",
     "iresnet18",
     "iresnet200",
@@ -18,6 +24,10 @@ ALL_NAMES = [
     "iresnet_se100",
     "iresnet_se50",
     "mobilefacenet",
+    "sddfiqa_iresnet100",
+    "sddfiqa_iresnet18",
+    "sddfiqa_iresnet50",
+    "sddfiqa_mobilefacenet",
 ]
 
 

@@ -15,6 +15,16 @@ from torch import nn
 
 from faceforge.core.registry import Registry
 
+from .aifr import (
+    AIFRNet,
+    AttentionDecomposition,
+    aifr_iresnet18,
+    aifr_iresnet34,
+    aifr_iresnet50,
+    aifr_iresnet100,
+    aifr_iresnet_se50,
+    aifr_mobilefacenet,
+)
 from .iresnet import (
     IBasicBlock,
     IResNet,
@@ -51,6 +61,13 @@ BACKBONES.register("sddfiqa_mobilefacenet")(sddfiqa_mobilefacenet)
 BACKBONES.register("sddfiqa_iresnet18")(sddfiqa_iresnet18)
 BACKBONES.register("sddfiqa_iresnet50")(sddfiqa_iresnet50)
 BACKBONES.register("sddfiqa_iresnet100")(sddfiqa_iresnet100)
+# age-invariant (MTLFace AFD) versions: forward(x, return_features=True) also gives x_id, x_age, x1..x4
+BACKBONES.register("aifr_mobilefacenet")(aifr_mobilefacenet)
+BACKBONES.register("aifr_iresnet18")(aifr_iresnet18)
+BACKBONES.register("aifr_iresnet34")(aifr_iresnet34)
+BACKBONES.register("aifr_iresnet50")(aifr_iresnet50)
+BACKBONES.register("aifr_iresnet100")(aifr_iresnet100)
+BACKBONES.register("aifr_iresnet_se50")(aifr_iresnet_se50)
 
 
 def build_backbone(name: str, **kwargs) -> nn.Module:
@@ -60,6 +77,8 @@ def build_backbone(name: str, **kwargs) -> nn.Module:
 
 __all__ = [
     "BACKBONES",
+    "AIFRNet",
+    "AttentionDecomposition",
     "IBasicBlock",
     "IResNet",
     "MobileFaceNet",

@@ -200,24 +200,44 @@ class IResNet(nn.Module):
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
         self.gradient_checkpointing = bool(enabled)
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        """Return the [N, 512, 7, 7] map after the final BN2d (runs under the caller's autocast)."""
+    @property
+    def level_channels(self) -> tuple[int, int, int, int]:
+        """Channels of the four stage outputs of :meth:`forward_levels` (strides 2, 4, 8, 16)."""
+        return self.stage_channels
+
+    @property
+    def map_channels(self) -> int:
+        """Channels of the last feature map (the input of :meth:`embed_map`)."""
+        return self.stage_channels[-1]
+
+    def forward_levels(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        """The four stage outputs (56, 28, 14 and 7 px for a 112 input; 64/128/256/512 channels) and the last
+        feature map, here the last stage's output itself (before the head's BN2d); caller's autocast."""
         x = self.prelu(self.bn1(self.conv1(x)))
+        levels = []
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
             for block in stage:
                 if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                     x = checkpoint(block, x, use_reentrant=False)
                 else:
                     x = block(x)
-        return self.bn2(x)
+            levels.append(x)
+        return levels, x
+
+    def embed_map(self, x: Tensor) -> Tensor:
+        """The embedding head on a [N, 512, 7, 7] map: BN2d -> Dropout -> Flatten -> Linear -> BN1d (the last
+        two in fp32 with autocast off)."""
+        x = torch.flatten(self.dropout(self.bn2(x)), 1)
+        with no_autocast(x.device):
+            return self.features(self.fc(x.float()))
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Return the [N, 512, 7, 7] map after the final BN2d (runs under the caller's autocast)."""
+        return self.bn2(self.forward_levels(x)[1])
 
     def forward(self, x: Tensor) -> Tensor:
         check_backbone_input(self.name, x, self.input_size)
-        x = self.dropout(self.forward_features(x))
-        x = torch.flatten(x, 1)
-        with no_autocast(x.device):
-            x = self.features(self.fc(x.float()))
-        return x
+        return self.embed_map(self.forward_levels(x)[1])
 
     def extra_repr(self) -> str:
         se = ", se=True" if self.se else ""

@@ -192,15 +192,41 @@ class MobileFaceNet(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    #: positions in ``layers`` whose outputs are the four levels of :meth:`forward_levels`
+    LEVEL_LAYERS = (1, 3, 5, 7)
+
+    @property
+    def level_channels(self) -> tuple[int, int, int, int]:
+        """Channels of the four levels of :meth:`forward_levels` (strides 2, 4, 8, 16)."""
+        c1, c2 = 64 * self.scale, 128 * self.scale
+        return (c1, c1, c2, c2)
+
+    @property
+    def map_channels(self) -> int:
+        """Channels of the last feature map (conv_sep's output, the input of :meth:`embed_map`)."""
+        return 512
+
+    def forward_levels(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        """The outputs of stage 0 and of the three downsampling stages (56, 28, 14 and 7 px for a 112 input;
+        ``level_channels``) and the last feature map (conv_sep, 512 x 7 x 7); caller's autocast."""
+        levels = []
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i in self.LEVEL_LAYERS:
+                levels.append(x)
+        return levels, self.conv_sep(x)
+
+    def embed_map(self, x: Tensor) -> Tensor:
+        """The GDC embedding head on the [N, 512, 7, 7] map."""
+        return self.features(x)
+
     def forward_features(self, x: Tensor) -> Tensor:
         """Return the [N, 512, 7, 7] map after conv_sep (runs under the caller's autocast)."""
-        for layer in self.layers:
-            x = layer(x)
-        return self.conv_sep(x)
+        return self.forward_levels(x)[1]
 
     def forward(self, x: Tensor) -> Tensor:
         check_backbone_input("mobilefacenet", x, self.input_size)
-        return self.features(self.forward_features(x))
+        return self.embed_map(self.forward_levels(x)[1])
 
     def extra_repr(self) -> str:
         return f"blocks={list(self.blocks)}, scale={self.scale}, embedding_size={self.embedding_size}"
