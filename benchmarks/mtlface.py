@@ -28,6 +28,10 @@ Pipeline (every stage is skipped when its output exists, so an interrupted run r
    the ``agegap`` kind on the LFW age-gap list (accuracy per band 0-5, 5-10, 10-20, 20+ estimated years), and for
    models with an age head its MAE on the UTKFace held-out faces. Flip-sum embeddings, as ``faceforge eval``.
 
+Seeds run one after the other (every row of seed 0, then of seed 1, ...), so the table is complete after each.
+``--train-only`` trains the rows that need no ages (plain, liaad_general) and stops, so they can train while the
+age estimator does; the next run evaluates them.
+
 Hook for rows trained elsewhere (e.g. AIFR + selective fine-tuning from the face-age-synthesis branch):
 ``--external NAME=SEED:MODEL.pt[,SEED:MODEL.pt...]`` evaluates given models under the same protocol and puts
 them in the table, and :data:`ROWS` takes more row builders (``ROWS["name"] = Row(label, overrides)``).
@@ -78,6 +82,7 @@ class Row:
     label: str
     overrides: Callable[[dict[str, Any], int], list[str]]  # (context, seed) -> faceforge train overrides
     age_head: bool = False
+    needs_ages: bool = False  # trains on the estimated LFW ages (or on a model that did)
 
 
 def _plain(ctx: dict[str, Any], seed: int) -> list[str]:
@@ -102,9 +107,9 @@ def _liaad_both(ctx: dict[str, Any], seed: int) -> list[str]:
 #: the rows of the table, in order (name -> Row); more can be added by a script that imports this one
 ROWS: dict[str, Row] = {
     "plain": Row("MobileFaceNet + CosFace (LIAAD student, no teacher)", _plain),
-    "aifr": Row("AIFR: + AFD + age + GRL-adversarial age (MTLFace)", _aifr, age_head=True),
+    "aifr": Row("AIFR: + AFD + age + GRL-adversarial age (MTLFace)", _aifr, age_head=True, needs_ages=True),
     "liaad_general": Row("LIAAD student, general teacher only (dlib)", _liaad_general),
-    "liaad_both": Row("LIAAD student, dlib + AIFR teachers", _liaad_both),
+    "liaad_both": Row("LIAAD student, dlib + AIFR teachers", _liaad_both, needs_ages=True),
 }
 
 
@@ -199,10 +204,18 @@ def train_age_estimator(utk: Path, out: Path, epochs: int) -> tuple[Path, dict[s
     return model, info
 
 
-def lfw_ages(model: Path, faces: Path, out: Path) -> Path:
+def lfw_ages(model: Path, faces: Path, train: Path, out: Path) -> Path:
+    """Estimated ages of the training faces and of every image of the pairsDevTest people (the age-gap list's)."""
     csv_path = out / "lfw_ages.csv"
     if not csv_path.is_file():
-        args = ["attributes", "--model", str(model), "--images", str(faces), "--out", str(csv_path)]
+        dev = sorted(
+            {n for p in read_lfw_pairs(DATA / "lfw" / "pairsDevTest.txt") for n in (p.name1, p.name2)}
+        )
+        needed = [line.split()[0] for line in train.read_text().splitlines() if line.strip()]
+        needed += [f.relative_to(faces).as_posix() for d in dev for f in sorted((faces / d).glob("*.jpg"))]
+        listing = faces / f"ages_needed_{train.stem}.txt"
+        listing.write_text("\n".join(sorted(set(needed))) + "\n")
+        args = ["attributes", "--model", str(model), "--images", str(listing), "--out", str(csv_path)]
         if faceforge([*args, "--no-progress"]) != 0:
             raise SystemExit("faceforge attributes failed")
     return csv_path
@@ -365,6 +378,7 @@ def main() -> None:
     ap.add_argument("--teacher-seed", type=int, default=0, help="the AIFR run that teaches liaad_both")
     ap.add_argument("--external", action="append", default=[], help="NAME=SEED:MODEL.pt[,SEED:MODEL.pt]")
     ap.add_argument("--faces", type=Path, default=None, help="folder holding lfw_aligned/ and utk_aligned/")
+    ap.add_argument("--train-only", action="store_true", help="train the rows that need no ages, then stop")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     out: Path = args.out
@@ -377,6 +391,22 @@ def main() -> None:
     def save() -> None:
         saved.write_text(json.dumps(result, indent=2, default=str))
 
+    ctx: dict[str, Any] = {
+        "faces": faces, "utk": utk, "runs": out / "runs", "train_list": train_list(faces, out, args.max_per_person),
+        "devtest": devtest_folder(faces, out), "teacher_cache": out / "teacher_cache", "eval_cache": out / "eval_cache",
+        "teacher_seed": args.teacher_seed,
+    }  # fmt: skip
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    wanted = [r for r in args.rows.split(",") if r]
+    unknown = [r for r in wanted if r not in ROWS]
+    if unknown:
+        raise SystemExit(f"unknown rows {unknown}: rows are {list(ROWS)}")
+    if args.train_only:  # rows that need no ages can train while the age estimator does (evaluated later)
+        for seed in seeds:
+            for name in [r for r in wanted if not ROWS[r].needs_ages]:
+                train_row(name, seed, ctx, args)
+        return
+
     age_model, age_info = train_age_estimator(utk, out, args.age_epochs)
     if "age_estimator" not in result:
         result["age_estimator"] = {
@@ -386,24 +416,16 @@ def main() -> None:
         }
         result["age_estimator"]["split"] = json.loads((utk / "age_split.json").read_text())
         save()
-    ages_csv = lfw_ages(age_model, faces, out)
-    agegap = out / "lfw_agegap.txt"
+    ctx["lfw_ages"] = lfw_ages(age_model, faces, ctx["train_list"], out)
+    ctx["agegap"] = agegap = out / "lfw_agegap.txt"
     if not agegap.is_file():
-        result["agegap_list"] = build_agegap_pairs(ages_csv, faces, DATA / "lfw" / "pairsDevTest.txt", agegap)
+        result["agegap_list"] = build_agegap_pairs(
+            ctx["lfw_ages"], faces, DATA / "lfw" / "pairsDevTest.txt", agegap
+        )
         save()
-    ctx = {
-        "faces": faces, "utk": utk, "lfw_ages": ages_csv, "agegap": agegap, "runs": out / "runs",
-        "train_list": train_list(faces, out, args.max_per_person), "devtest": devtest_folder(faces, out),
-        "teacher_cache": out / "teacher_cache", "eval_cache": out / "eval_cache", "teacher_seed": args.teacher_seed,
-    }  # fmt: skip
     runs: dict[str, Any] = result.setdefault("runs", {})
-    seeds = [int(s) for s in args.seeds.split(",") if s]
-    wanted = [r for r in args.rows.split(",") if r]
-    unknown = [r for r in wanted if r not in ROWS]
-    if unknown:
-        raise SystemExit(f"unknown rows {unknown}: rows are {list(ROWS)}")
-    for name in wanted:
-        for seed in seeds:
+    for seed in seeds:  # seed by seed: a complete table after each one
+        for name in wanted:
             key = str(seed)
             if "eval" in runs.get(name, {}).get(key, {}):
                 continue
