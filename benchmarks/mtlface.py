@@ -37,7 +37,7 @@ Hook for rows trained elsewhere (e.g. AIFR + selective fine-tuning from the face
 them in the table, and :data:`ROWS` takes more row builders (``ROWS["name"] = Row(label, overrides)``).
 
     python benchmarks/mtlface.py [--out benchmarks_out/mtlface] [--seeds 0,1,2] [--epochs 2]
-        [--rows plain,aifr,liaad_general,liaad_both] [--max-per-person 10] [--age-epochs 4]
+        [--rows plain,aifr,liaad_general,liaad_both] [--max-per-person 4] [--age-epochs 2] [--age-model M]
 
 Writes ``<out>/mtlface.json`` (after every run: nothing is lost) and ``<out>/mtlface.md``; copies both to
 benchmarks/results/. General teacher: dlib (SFace lands with ``faceforge fetch sface`` on another branch).
@@ -253,13 +253,14 @@ def train_row(
 
 
 def evaluate(model: Path | str, ctx: dict[str, Any], out_dir: Path, age_head: bool) -> dict[str, Any]:
+    """pairsDevTest 10-fold, all-pairs TAR@FAR=1e-3 on its images, the LFW age-gap bands, and the age head's MAE."""
     emb = embedder_from_spec(str(model), batch_size=64)
     specs = [
         f"lfw:{DATA / 'lfw' / 'pairsDevTest.txt'}:{ctx['devtest']}",
         f"allpairs:{ctx['devtest']}",
         f"agegap:{ctx['agegap']}:{ctx['faces']}",
     ]
-    run = run_benchmarks(emb, specs, out_dir, cache_dir=ctx["eval_cache"], flip=True, progress=False)
+    run = run_benchmarks(emb, specs, out_dir, cache_dir=ctx["eval_cache"], flip=ctx["flip"], progress=False)
     lfw, allp, gap = list(run["benchmarks"].values())
     r: dict[str, Any] = {
         "pairs_accuracy": lfw["summary"]["accuracy"],
@@ -275,6 +276,26 @@ def evaluate(model: Path | str, ctx: dict[str, Any], out_dir: Path, age_head: bo
     if age_head:
         r["age"] = age_mae(Path(model), ctx["utk"])
     return r
+
+
+def record_path(out: Path, name: str, seed: int | str) -> Path:
+    return out / "records" / name / f"seed{seed}.json"
+
+
+def load_runs(out: Path) -> dict[str, dict[str, Any]]:
+    """Every finished (row, seed) record: one file each, so several workers can train and evaluate at once."""
+    runs: dict[str, dict[str, Any]] = {}
+    for f in sorted((out / "records").glob("*/seed*.json")):
+        runs.setdefault(f.parent.name, {})[f.stem.removeprefix("seed")] = json.loads(f.read_text())
+    return runs
+
+
+def save_record(out: Path, name: str, seed: int | str, record: dict[str, Any]) -> None:
+    path = record_path(out, name, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=str))
+    tmp.replace(path)
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -369,8 +390,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--rows", default=",".join(ROWS))
-    ap.add_argument("--max-per-person", type=int, default=10, help="training images per LFW person (0: all)")
-    ap.add_argument("--age-epochs", type=int, default=4, help="epochs of the UTKFace age estimator")
+    ap.add_argument("--max-per-person", type=int, default=4, help="training images per LFW person (0: all)")
+    ap.add_argument("--age-epochs", type=int, default=2, help="epochs of the UTKFace age estimator")
     ap.add_argument(
         "--scale", type=float, default=32.0, help="CosFace s (the demo's small-data choice; paper 64)"
     )
@@ -379,6 +400,13 @@ def main() -> None:
     ap.add_argument("--external", action="append", default=[], help="NAME=SEED:MODEL.pt[,SEED:MODEL.pt]")
     ap.add_argument("--faces", type=Path, default=None, help="folder holding lfw_aligned/ and utk_aligned/")
     ap.add_argument("--train-only", action="store_true", help="train the rows that need no ages, then stop")
+    ap.add_argument("--report-only", action="store_true", help="aggregate the finished runs into the table")
+    ap.add_argument(
+        "--age-model", type=Path, default=None, help="a trained age estimator (skips stage 2's training)"
+    )
+    ap.add_argument(
+        "--flip", action="store_true", help="evaluate flip-sum embeddings (default: one per image)"
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     out: Path = args.out
@@ -394,7 +422,7 @@ def main() -> None:
     ctx: dict[str, Any] = {
         "faces": faces, "utk": utk, "runs": out / "runs", "train_list": train_list(faces, out, args.max_per_person),
         "devtest": devtest_folder(faces, out), "teacher_cache": out / "teacher_cache", "eval_cache": out / "eval_cache",
-        "teacher_seed": args.teacher_seed,
+        "teacher_seed": args.teacher_seed, "flip": args.flip,
     }  # fmt: skip
     seeds = [int(s) for s in args.seeds.split(",") if s]
     wanted = [r for r in args.rows.split(",") if r]
@@ -407,48 +435,56 @@ def main() -> None:
                 train_row(name, seed, ctx, args)
         return
 
-    age_model, age_info = train_age_estimator(utk, out, args.age_epochs)
-    if "age_estimator" not in result:
-        result["age_estimator"] = {
-            "model": str(age_model),
-            "training": age_info,
-            "heldout": age_mae(age_model, utk),
-        }
-        result["age_estimator"]["split"] = json.loads((utk / "age_split.json").read_text())
-        save()
-    ctx["lfw_ages"] = lfw_ages(age_model, faces, ctx["train_list"], out)
-    ctx["agegap"] = agegap = out / "lfw_agegap.txt"
-    if not agegap.is_file():
-        result["agegap_list"] = build_agegap_pairs(
-            ctx["lfw_ages"], faces, DATA / "lfw" / "pairsDevTest.txt", agegap
-        )
-        save()
-    runs: dict[str, Any] = result.setdefault("runs", {})
-    for seed in seeds:  # seed by seed: a complete table after each one
-        for name in wanted:
-            key = str(seed)
-            if "eval" in runs.get(name, {}).get(key, {}):
-                continue
-            t0 = time.perf_counter()
-            model, info = train_row(name, seed, ctx, args)
-            info["wall_seconds"] = time.perf_counter() - t0
-            ev = evaluate(model, ctx, out / "eval" / name / f"seed{seed}", ROWS[name].age_head)
-            runs.setdefault(name, {})[key] = {"model": str(model), "training": info, "eval": ev}
-            save()
-            log.info(
-                "%s seed %d: %s", name, seed, json.dumps({k: v for k, v in ev.items() if k != "result_file"})
-            )
     labels = {n: r.label for n, r in ROWS.items()}
-    for spec in args.external:  # rows trained elsewhere, evaluated here under the same protocol
-        name, _, models = spec.partition("=")
-        labels[name] = name
-        for item in models.split(","):
-            seed, _, path = item.partition(":")
-            if "eval" not in runs.get(name, {}).get(seed, {}):
-                ev = evaluate(path, ctx, out / "eval" / name / f"seed{seed}", True)
-                runs.setdefault(name, {})[seed] = {"model": path, "training": {"external": True}, "eval": ev}
-                save()
-    summary = aggregate({n: runs[n] for n in [*ROWS, *labels] if n in runs})
+    if not args.report_only:
+        if args.age_model:
+            age_model, age_info = args.age_model, {"trained": "outside this script (--age-model)"}
+        else:
+            age_model, age_info = train_age_estimator(utk, out, args.age_epochs)
+        if "age_estimator" not in result:
+            held = age_mae(age_model, utk)
+            split = json.loads((utk / "age_split.json").read_text())
+            result["age_estimator"] = {
+                "model": str(age_model),
+                "training": age_info,
+                "heldout": held,
+                "split": split,
+            }
+            save()
+        ctx["lfw_ages"] = lfw_ages(age_model, faces, ctx["train_list"], out)
+        ctx["agegap"] = agegap = out / "lfw_agegap.txt"
+        if not agegap.is_file():
+            pairs_people = DATA / "lfw" / "pairsDevTest.txt"
+            result["agegap_list"] = build_agegap_pairs(ctx["lfw_ages"], faces, pairs_people, agegap)
+            save()
+        for seed in seeds:  # seed by seed: a complete table after each one
+            for name in wanted:
+                if record_path(out, name, seed).is_file():
+                    continue
+                t0 = time.perf_counter()
+                model, info = train_row(name, seed, ctx, args)
+                info["wall_seconds"] = time.perf_counter() - t0
+                t1 = time.perf_counter()
+                ev = evaluate(model, ctx, out / "eval" / name / f"seed{seed}", ROWS[name].age_head)
+                ev["eval_seconds"] = time.perf_counter() - t1
+                save_record(out, name, seed, {"model": str(model), "training": info, "eval": ev})
+                log.info(
+                    "%s seed %d: %s",
+                    name,
+                    seed,
+                    json.dumps({k: v for k, v in ev.items() if k != "result_file"}),
+                )
+        for spec in args.external:  # rows trained elsewhere, evaluated here under the same protocol
+            name, _, models = spec.partition("=")
+            labels[name] = name
+            for item in models.split(","):
+                seed, _, path = item.partition(":")
+                if not record_path(out, name, seed).is_file():
+                    ev = evaluate(path, ctx, out / "eval" / name / f"seed{seed}", True)
+                    save_record(out, name, seed, {"model": path, "training": {"external": True}, "eval": ev})
+    runs = load_runs(out)
+    labels.update({n: n for n in runs if n not in labels})
+    summary = aggregate({n: runs[n] for n in labels if n in runs})
     result["summary"] = summary
     result["targets"] = targets(summary)
     result["settings"] = {
@@ -459,7 +495,7 @@ def main() -> None:
         "train_list": str(ctx["train_list"]),
         "age_estimator_epochs": args.age_epochs,
         "teacher_seed": args.teacher_seed,
-        "flip": "flip-sum embeddings (faceforge eval default)",
+        "flip": "flip-sum embeddings" if args.flip else "no flip (one embedding per image)",
         "agegap": "LFW age-gap list of the pairsDevTest people (lfw_agegap_pairs.py); gaps of estimated ages",
         "general_teacher": "dlib ResNet (SFace is not on main yet)",
         "torch_threads": torch.get_num_threads(),
