@@ -28,12 +28,16 @@ Pipeline (every stage is skipped when its output exists, so an interrupted run r
    the ``agegap`` kind on the LFW age-gap list (accuracy per band 0-5, 5-10, 10-20, 20+ estimated years), and for
    models with an age head its MAE on the UTKFace held-out faces. Flip-sum embeddings, as ``faceforge eval``.
 
+Seeds run one after the other (every row of seed 0, then of seed 1, ...), so the table is complete after each.
+``--train-only`` trains the rows that need no ages (plain, liaad_general) and stops, so they can train while the
+age estimator does; the next run evaluates them.
+
 Hook for rows trained elsewhere (e.g. AIFR + selective fine-tuning from the face-age-synthesis branch):
 ``--external NAME=SEED:MODEL.pt[,SEED:MODEL.pt...]`` evaluates given models under the same protocol and puts
 them in the table, and :data:`ROWS` takes more row builders (``ROWS["name"] = Row(label, overrides)``).
 
     python benchmarks/mtlface.py [--out benchmarks_out/mtlface] [--seeds 0,1,2] [--epochs 2]
-        [--rows plain,aifr,liaad_general,liaad_both] [--max-per-person 10] [--age-epochs 4]
+        [--rows plain,aifr,liaad_general,liaad_both] [--max-per-person 4] [--age-epochs 2] [--age-model M]
 
 Writes ``<out>/mtlface.json`` (after every run: nothing is lost) and ``<out>/mtlface.md``; copies both to
 benchmarks/results/. General teacher: dlib (SFace lands with ``faceforge fetch sface`` on another branch).
@@ -78,6 +82,7 @@ class Row:
     label: str
     overrides: Callable[[dict[str, Any], int], list[str]]  # (context, seed) -> faceforge train overrides
     age_head: bool = False
+    needs_ages: bool = False  # trains on the estimated LFW ages (or on a model that did)
 
 
 def _plain(ctx: dict[str, Any], seed: int) -> list[str]:
@@ -102,9 +107,9 @@ def _liaad_both(ctx: dict[str, Any], seed: int) -> list[str]:
 #: the rows of the table, in order (name -> Row); more can be added by a script that imports this one
 ROWS: dict[str, Row] = {
     "plain": Row("MobileFaceNet + CosFace (LIAAD student, no teacher)", _plain),
-    "aifr": Row("AIFR: + AFD + age + GRL-adversarial age (MTLFace)", _aifr, age_head=True),
+    "aifr": Row("AIFR: + AFD + age + GRL-adversarial age (MTLFace)", _aifr, age_head=True, needs_ages=True),
     "liaad_general": Row("LIAAD student, general teacher only (dlib)", _liaad_general),
-    "liaad_both": Row("LIAAD student, dlib + AIFR teachers", _liaad_both),
+    "liaad_both": Row("LIAAD student, dlib + AIFR teachers", _liaad_both, needs_ages=True),
 }
 
 
@@ -199,10 +204,18 @@ def train_age_estimator(utk: Path, out: Path, epochs: int) -> tuple[Path, dict[s
     return model, info
 
 
-def lfw_ages(model: Path, faces: Path, out: Path) -> Path:
+def lfw_ages(model: Path, faces: Path, train: Path, out: Path) -> Path:
+    """Estimated ages of the training faces and of every image of the pairsDevTest people (the age-gap list's)."""
     csv_path = out / "lfw_ages.csv"
     if not csv_path.is_file():
-        args = ["attributes", "--model", str(model), "--images", str(faces), "--out", str(csv_path)]
+        dev = sorted(
+            {n for p in read_lfw_pairs(DATA / "lfw" / "pairsDevTest.txt") for n in (p.name1, p.name2)}
+        )
+        needed = [line.split()[0] for line in train.read_text().splitlines() if line.strip()]
+        needed += [f.relative_to(faces).as_posix() for d in dev for f in sorted((faces / d).glob("*.jpg"))]
+        listing = faces / f"ages_needed_{train.stem}.txt"
+        listing.write_text("\n".join(sorted(set(needed))) + "\n")
+        args = ["attributes", "--model", str(model), "--images", str(listing), "--out", str(csv_path)]
         if faceforge([*args, "--no-progress"]) != 0:
             raise SystemExit("faceforge attributes failed")
     return csv_path
@@ -240,13 +253,14 @@ def train_row(
 
 
 def evaluate(model: Path | str, ctx: dict[str, Any], out_dir: Path, age_head: bool) -> dict[str, Any]:
+    """pairsDevTest 10-fold, all-pairs TAR@FAR=1e-3 on its images, the LFW age-gap bands, and the age head's MAE."""
     emb = embedder_from_spec(str(model), batch_size=64)
     specs = [
         f"lfw:{DATA / 'lfw' / 'pairsDevTest.txt'}:{ctx['devtest']}",
         f"allpairs:{ctx['devtest']}",
         f"agegap:{ctx['agegap']}:{ctx['faces']}",
     ]
-    run = run_benchmarks(emb, specs, out_dir, cache_dir=ctx["eval_cache"], flip=True, progress=False)
+    run = run_benchmarks(emb, specs, out_dir, cache_dir=ctx["eval_cache"], flip=ctx["flip"], progress=False)
     lfw, allp, gap = list(run["benchmarks"].values())
     r: dict[str, Any] = {
         "pairs_accuracy": lfw["summary"]["accuracy"],
@@ -262,6 +276,26 @@ def evaluate(model: Path | str, ctx: dict[str, Any], out_dir: Path, age_head: bo
     if age_head:
         r["age"] = age_mae(Path(model), ctx["utk"])
     return r
+
+
+def record_path(out: Path, name: str, seed: int | str) -> Path:
+    return out / "records" / name / f"seed{seed}.json"
+
+
+def load_runs(out: Path) -> dict[str, dict[str, Any]]:
+    """Every finished (row, seed) record: one file each, so several workers can train and evaluate at once."""
+    runs: dict[str, dict[str, Any]] = {}
+    for f in sorted((out / "records").glob("*/seed*.json")):
+        runs.setdefault(f.parent.name, {})[f.stem.removeprefix("seed")] = json.loads(f.read_text())
+    return runs
+
+
+def save_record(out: Path, name: str, seed: int | str, record: dict[str, Any]) -> None:
+    path = record_path(out, name, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=str))
+    tmp.replace(path)
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -356,8 +390,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--rows", default=",".join(ROWS))
-    ap.add_argument("--max-per-person", type=int, default=10, help="training images per LFW person (0: all)")
-    ap.add_argument("--age-epochs", type=int, default=4, help="epochs of the UTKFace age estimator")
+    ap.add_argument("--max-per-person", type=int, default=4, help="training images per LFW person (0: all)")
+    ap.add_argument("--age-epochs", type=int, default=2, help="epochs of the UTKFace age estimator")
     ap.add_argument(
         "--scale", type=float, default=32.0, help="CosFace s (the demo's small-data choice; paper 64)"
     )
@@ -365,6 +399,14 @@ def main() -> None:
     ap.add_argument("--teacher-seed", type=int, default=0, help="the AIFR run that teaches liaad_both")
     ap.add_argument("--external", action="append", default=[], help="NAME=SEED:MODEL.pt[,SEED:MODEL.pt]")
     ap.add_argument("--faces", type=Path, default=None, help="folder holding lfw_aligned/ and utk_aligned/")
+    ap.add_argument("--train-only", action="store_true", help="train the rows that need no ages, then stop")
+    ap.add_argument("--report-only", action="store_true", help="aggregate the finished runs into the table")
+    ap.add_argument(
+        "--age-model", type=Path, default=None, help="a trained age estimator (skips stage 2's training)"
+    )
+    ap.add_argument(
+        "--flip", action="store_true", help="evaluate flip-sum embeddings (default: one per image)"
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     out: Path = args.out
@@ -377,56 +419,72 @@ def main() -> None:
     def save() -> None:
         saved.write_text(json.dumps(result, indent=2, default=str))
 
-    age_model, age_info = train_age_estimator(utk, out, args.age_epochs)
-    if "age_estimator" not in result:
-        result["age_estimator"] = {
-            "model": str(age_model),
-            "training": age_info,
-            "heldout": age_mae(age_model, utk),
-        }
-        result["age_estimator"]["split"] = json.loads((utk / "age_split.json").read_text())
-        save()
-    ages_csv = lfw_ages(age_model, faces, out)
-    agegap = out / "lfw_agegap.txt"
-    if not agegap.is_file():
-        result["agegap_list"] = build_agegap_pairs(ages_csv, faces, DATA / "lfw" / "pairsDevTest.txt", agegap)
-        save()
-    ctx = {
-        "faces": faces, "utk": utk, "lfw_ages": ages_csv, "agegap": agegap, "runs": out / "runs",
-        "train_list": train_list(faces, out, args.max_per_person), "devtest": devtest_folder(faces, out),
-        "teacher_cache": out / "teacher_cache", "eval_cache": out / "eval_cache", "teacher_seed": args.teacher_seed,
+    ctx: dict[str, Any] = {
+        "faces": faces, "utk": utk, "runs": out / "runs", "train_list": train_list(faces, out, args.max_per_person),
+        "devtest": devtest_folder(faces, out), "teacher_cache": out / "teacher_cache", "eval_cache": out / "eval_cache",
+        "teacher_seed": args.teacher_seed, "flip": args.flip,
     }  # fmt: skip
-    runs: dict[str, Any] = result.setdefault("runs", {})
     seeds = [int(s) for s in args.seeds.split(",") if s]
     wanted = [r for r in args.rows.split(",") if r]
     unknown = [r for r in wanted if r not in ROWS]
     if unknown:
         raise SystemExit(f"unknown rows {unknown}: rows are {list(ROWS)}")
-    for name in wanted:
+    if args.train_only:  # rows that need no ages can train while the age estimator does (evaluated later)
         for seed in seeds:
-            key = str(seed)
-            if "eval" in runs.get(name, {}).get(key, {}):
-                continue
-            t0 = time.perf_counter()
-            model, info = train_row(name, seed, ctx, args)
-            info["wall_seconds"] = time.perf_counter() - t0
-            ev = evaluate(model, ctx, out / "eval" / name / f"seed{seed}", ROWS[name].age_head)
-            runs.setdefault(name, {})[key] = {"model": str(model), "training": info, "eval": ev}
-            save()
-            log.info(
-                "%s seed %d: %s", name, seed, json.dumps({k: v for k, v in ev.items() if k != "result_file"})
-            )
+            for name in [r for r in wanted if not ROWS[r].needs_ages]:
+                train_row(name, seed, ctx, args)
+        return
+
     labels = {n: r.label for n, r in ROWS.items()}
-    for spec in args.external:  # rows trained elsewhere, evaluated here under the same protocol
-        name, _, models = spec.partition("=")
-        labels[name] = name
-        for item in models.split(","):
-            seed, _, path = item.partition(":")
-            if "eval" not in runs.get(name, {}).get(seed, {}):
-                ev = evaluate(path, ctx, out / "eval" / name / f"seed{seed}", True)
-                runs.setdefault(name, {})[seed] = {"model": path, "training": {"external": True}, "eval": ev}
-                save()
-    summary = aggregate({n: runs[n] for n in [*ROWS, *labels] if n in runs})
+    if not args.report_only:
+        if args.age_model:
+            age_model, age_info = args.age_model, {"trained": "outside this script (--age-model)"}
+        else:
+            age_model, age_info = train_age_estimator(utk, out, args.age_epochs)
+        if "age_estimator" not in result:
+            held = age_mae(age_model, utk)
+            split = json.loads((utk / "age_split.json").read_text())
+            result["age_estimator"] = {
+                "model": str(age_model),
+                "training": age_info,
+                "heldout": held,
+                "split": split,
+            }
+            save()
+        ctx["lfw_ages"] = lfw_ages(age_model, faces, ctx["train_list"], out)
+        ctx["agegap"] = agegap = out / "lfw_agegap.txt"
+        if not agegap.is_file():
+            pairs_people = DATA / "lfw" / "pairsDevTest.txt"
+            result["agegap_list"] = build_agegap_pairs(ctx["lfw_ages"], faces, pairs_people, agegap)
+            save()
+        for seed in seeds:  # seed by seed: a complete table after each one
+            for name in wanted:
+                if record_path(out, name, seed).is_file():
+                    continue
+                t0 = time.perf_counter()
+                model, info = train_row(name, seed, ctx, args)
+                info["wall_seconds"] = time.perf_counter() - t0
+                t1 = time.perf_counter()
+                ev = evaluate(model, ctx, out / "eval" / name / f"seed{seed}", ROWS[name].age_head)
+                ev["eval_seconds"] = time.perf_counter() - t1
+                save_record(out, name, seed, {"model": str(model), "training": info, "eval": ev})
+                log.info(
+                    "%s seed %d: %s",
+                    name,
+                    seed,
+                    json.dumps({k: v for k, v in ev.items() if k != "result_file"}),
+                )
+        for spec in args.external:  # rows trained elsewhere, evaluated here under the same protocol
+            name, _, models = spec.partition("=")
+            labels[name] = name
+            for item in models.split(","):
+                seed, _, path = item.partition(":")
+                if not record_path(out, name, seed).is_file():
+                    ev = evaluate(path, ctx, out / "eval" / name / f"seed{seed}", True)
+                    save_record(out, name, seed, {"model": path, "training": {"external": True}, "eval": ev})
+    runs = load_runs(out)
+    labels.update({n: n for n in runs if n not in labels})
+    summary = aggregate({n: runs[n] for n in labels if n in runs})
     result["summary"] = summary
     result["targets"] = targets(summary)
     result["settings"] = {
@@ -437,7 +495,7 @@ def main() -> None:
         "train_list": str(ctx["train_list"]),
         "age_estimator_epochs": args.age_epochs,
         "teacher_seed": args.teacher_seed,
-        "flip": "flip-sum embeddings (faceforge eval default)",
+        "flip": "flip-sum embeddings" if args.flip else "no flip (one embedding per image)",
         "agegap": "LFW age-gap list of the pairsDevTest people (lfw_agegap_pairs.py); gaps of estimated ages",
         "general_teacher": "dlib ResNet (SFace is not on main yet)",
         "torch_threads": torch.get_num_threads(),
