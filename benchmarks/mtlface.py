@@ -72,7 +72,7 @@ from faceforge.eval.benchmarks import run_benchmarks
 from faceforge.methods.mtlface.predict import AttributePredictor, age_mae_report, predict_folder
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("FACEFORGE_DATA", REPO.parent / "shared" / "data"))
+DATA = Path(os.environ.get("FACEFORGE_DATA", REPO.parent / "shared" / "data")).resolve()
 RECIPE = "lfw_mobilefacenet_arcface"
 log = logging.getLogger("mtlface")
 

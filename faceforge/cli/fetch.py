@@ -8,7 +8,7 @@ from faceforge.cli.main import command
 
 
 def _add(p: argparse.ArgumentParser) -> None:
-    from faceforge.deploy.model_files import MODEL_ARCHIVES
+    from faceforge.core.model_files import MODEL_ARCHIVES
 
     p.add_argument("name", choices=MODEL_ARCHIVES.names(), help="which model files to fetch")
     p.add_argument("--dest", default=None, help="folder for the files (default: $FACEFORGE_MODELS/NAME)")
@@ -17,7 +17,7 @@ def _add(p: argparse.ArgumentParser) -> None:
 
 @command("fetch", "download pretrained model files (e.g. the MTCNN weights), checked by SHA-256")(_add)
 def run(args: argparse.Namespace) -> int:
-    from faceforge.deploy.model_files import fetch_model
+    from faceforge.core.model_files import fetch_model
 
     folder = fetch_model(args.name, args.dest, force=args.force)
     print(f"{args.name}: files in {folder}")

@@ -18,7 +18,7 @@ Landmarks come in the ArcFace order (image-left eye, image-right eye, nose, imag
 image-right mouth corner) and in 0-based pixel coordinates; boxes are 0-based ``x1, y1, x2, y2``.
 
 The weights are the P/R/O-Net state dicts that ship in the facenet-pytorch wheel
-(:mod:`faceforge.deploy.model_files`; ``faceforge fetch mtcnn``). Their dense layers were converted from
+(:mod:`faceforge.core.model_files`; ``faceforge fetch mtcnn``). Their dense layers were converted from
 Caffe models trained on transposed images, which is why R-Net and O-Net flatten their feature maps in
 (W, H, C) order. The networks are defined here; only the weight files are taken from the wheel.
 """
@@ -34,8 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from faceforge.core.model_files import find_model_dir
 from faceforge.deploy.detect import DETECTORS, Detection, _check_rgb, finite_detections, resize_for_search
-from faceforge.deploy.model_files import find_model_dir
 
 
 class PNet(nn.Module):
@@ -181,7 +181,7 @@ class MTCNNDetector:
 
     Args:
         model_path: folder holding ``pnet.pt``, ``rnet.pt``, ``onet.pt`` (default: found or fetched by
-            :func:`~faceforge.deploy.model_files.find_model_dir`).
+            :func:`~faceforge.core.model_files.find_model_dir`).
         score_threshold: O-Net probability a face must reach (the reference uses 0.7).
         stage_thresholds: P-Net and R-Net thresholds (reference 0.6, 0.7).
         min_face: smallest face side searched, in pixels (reference 20).

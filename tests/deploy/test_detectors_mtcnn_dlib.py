@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from faceforge.core import model_files
 from faceforge.data.align import ARCFACE_TEMPLATE_112, estimate_similarity, transform_points
 from faceforge.data.image_io import read_image_rgb
-from faceforge.deploy import model_files
 from faceforge.deploy.detect import DETECTORS, select_faces
 from faceforge.deploy.mtcnn import MTCNNDetector, nms, pyramid_scales, regress, square
 from faceforge.deploy.prepare import REPORT_NAME

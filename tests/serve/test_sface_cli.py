@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from faceforge.deploy.model_files import MODEL_ARCHIVES, SFACE_FILE, find_model_dir
+from faceforge.core.model_files import MODEL_ARCHIVES, SFACE_FILE, find_model_dir
 from tests.serve.helpers import PEOPLE, PHOTOS, lfw_photo
 
 
@@ -181,7 +181,7 @@ def test_default_model_falls_back_to_dlib(monkeypatch, tmp_path):
     from faceforge.serve.service import load_model
 
     monkeypatch.setenv("FACEFORGE_MODELS", str(tmp_path / "empty"))
-    monkeypatch.setattr("faceforge.deploy.model_files._package_dir", lambda archive: None)
+    monkeypatch.setattr("faceforge.core.model_files._package_dir", lambda archive: None)
     emb = load_model("default")
     assert emb.describe()["kind"] == "dlib"
 
