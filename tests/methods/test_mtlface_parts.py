@@ -234,7 +234,7 @@ def test_age_estimator_layers_and_loss_by_hand() -> None:
     gl = g.detach().double().numpy()
     lse = np.log(np.exp(gl - gl.max(1, keepdims=True)).sum(1)) + gl.max(1)
     ce = np.mean(lse - gl[np.arange(5), groups])
-    assert float(loss) == pytest.approx(mse + ce, rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(mse + ce, rel=1e-5)
     assert float(parts["mae"]) == pytest.approx(np.mean(np.abs(expected - ages.numpy())), rel=1e-5)
     with pytest.raises(ValueError, match="channels=8 and spatial=7"):
         est.check_input(torch.zeros(1, 8, 7, 7), "x_age")
@@ -276,7 +276,7 @@ def test_age_objectives_mask_rows_and_reverse_the_gradient() -> None:
     out = obj(_step_batch(fmap, ages, mask, "x_age"))
     z, g = obj.estimator(fmap[mask])
     ref, _ = age_loss(z, g, ages[mask])
-    assert float(out.terms["loss"]) == pytest.approx(float(ref)) and out.logs["used"] == 3
+    assert float(out.terms["loss"].detach()) == pytest.approx(float(ref.detach())) and out.logs["used"] == 3
     out.terms["loss"].backward()
     assert float(fmap.grad[~mask].abs().max()) == 0.0 and float(fmap.grad[mask].abs().max()) > 0
     # the adversarial one reads x_id through the gradient reversal: same value, gradient negated (coeff 0.5)

@@ -72,7 +72,8 @@ def calibrate_bn(model: nn.Module, batch: int = 8) -> nn.Module:
 
 
 def test_registry_names():
-    assert BACKBONES.names() == ALL_NAMES
+    # test plugins (e.g. tests/methods/fas_plugins.py, imported at collection) register `test_*` backbones
+    assert [n for n in BACKBONES.names() if not n.startswith("test_")] == ALL_NAMES
 
 
 def test_unknown_name_lists_available():
