@@ -40,7 +40,7 @@ them in the table, and :data:`ROWS` takes more row builders (``ROWS["name"] = Ro
         [--rows plain,aifr,liaad_general,liaad_both] [--max-per-person 4] [--age-epochs 2] [--age-model M]
 
 Writes ``<out>/mtlface.json`` (after every run: nothing is lost) and ``<out>/mtlface.md``; copies both to
-benchmarks/results/. General teacher: dlib (SFace lands with ``faceforge fetch sface`` on another branch).
+benchmarks/results/. General teacher: dlib's ResNet (OpenCV Zoo's SFace, ``faceforge fetch sface``, is the other one available here).
 """
 
 from __future__ import annotations
@@ -497,7 +497,7 @@ def main() -> None:
         "teacher_seed": args.teacher_seed,
         "flip": "flip-sum embeddings" if args.flip else "no flip (one embedding per image)",
         "agegap": "LFW age-gap list of the pairsDevTest people (lfw_agegap_pairs.py); gaps of estimated ages",
-        "general_teacher": "dlib ResNet (SFace is not on main yet)",
+        "general_teacher": "dlib ResNet (SFace after `faceforge fetch sface` is the other choice: teachers.0.model=sface)",
         "torch_threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
