@@ -107,17 +107,28 @@ def _check_rgb(image: np.ndarray) -> np.ndarray:
 
 
 def finite_detections(dets: Sequence[Detection], image_shape: Sequence[int] | None = None) -> list[Detection]:
-    """The detections that can be faces: finite box, score and landmarks, a box of positive size, and
-    (given ``image_shape``) a box centre inside the image.
+    """The detections that can be faces: finite box, score and landmarks, a box of positive size, every
+    landmark within the box grown by its own width and height on each side, and (given ``image_shape``) a box
+    centre inside the image.
 
     YuNet returns rows of NaN/inf, or huge values with an empty box and score 1, on images smaller than
-    its coarsest stride (e.g. 5x1000 or 2x2 pixels); they are no faces.
+    its coarsest stride (e.g. 5x1000 or 2x2 pixels), and on thin ones (20x400, padded to 32x400) boxes with
+    score 0.98 whose "eyes" lie several box widths away; they are no faces.
     """
     out = []
     for d in dets:
         if not (np.isfinite(d.score) and np.all(np.isfinite(d.box)) and np.all(np.isfinite(d.landmarks))):
             continue
         if d.box[2] <= d.box[0] or d.box[3] <= d.box[1]:
+            continue
+        bw, bh = d.box[2] - d.box[0], d.box[3] - d.box[1]
+        lx, ly = d.landmarks[:, 0], d.landmarks[:, 1]
+        if (
+            np.any(lx < d.box[0] - bw)
+            or np.any(lx > d.box[2] + bw)
+            or np.any(ly < d.box[1] - bh)
+            or np.any(ly > d.box[3] + bh)
+        ):
             continue
         if image_shape is not None:
             cx, cy = d.center

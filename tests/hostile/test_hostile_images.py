@@ -264,3 +264,16 @@ def test_yunet_finds_no_face_in_tiny_or_thin_images(yunet_model: Path, lfw_photo
             for _ in range(3):  # the garbage was not even the same from one call to the next
                 assert det(img) == [], (h, w)
     assert len(det(read_image_rgb(lfw_photos[0]))) == 1  # a real face is still found
+
+
+def test_detections_with_landmarks_far_outside_their_box_are_dropped() -> None:
+    """The garbage YuNet gave on a 20x400 image (box 25 px wide, "eyes" 40-60 px to its right) is no face; a real
+    face's points inside its box, and a face cut by the image border, stay."""
+    from faceforge.deploy.detect import Detection, finite_detections
+
+    box = np.array([246.8, 6.8, 271.4, 31.0])
+    garbage = np.array([[310.8, 25.2], [311.2, 49.0], [200.7, 34.8], [260.0, 20.0], [262.0, 25.0]])
+    face = np.array([[253.0, 14.0], [265.0, 14.0], [259.0, 20.0], [254.0, 26.0], [264.0, 26.0]])
+    at_border = face - np.array([0.0, 20.0])  # eyes above the image, still within one box height of the box
+    dets = [Detection(box, 0.98, garbage), Detection(box, 0.9, face), Detection(box, 0.8, at_border)]
+    assert [d.score for d in finite_detections(dets, (40, 400))] == [0.9, 0.8]

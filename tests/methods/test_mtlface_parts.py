@@ -284,7 +284,7 @@ def test_age_objectives_mask_rows_and_reverse_the_gradient() -> None:
     adv.estimator.load_state_dict(obj.estimator.state_dict())
     x_id = fmap.detach().clone().requires_grad_(True)
     out_adv = adv(_step_batch(x_id, ages, mask, "x_id"))
-    assert float(out_adv.terms["loss"]) == pytest.approx(float(ref))
+    assert float(out_adv.terms["loss"].detach()) == pytest.approx(float(ref.detach()))
     out_adv.terms["loss"].backward()
     torch.testing.assert_close(x_id.grad, -0.5 * fmap.grad)
     assert adv.optimizer_settings() == {"weight_decay": 0.0} and obj.optimizer_settings() == {}
