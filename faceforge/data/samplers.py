@@ -88,7 +88,24 @@ class _BalancedStream:
         return out
 
 
-class IdentityBalancedBatchSampler:
+class ResumableBatches:
+    """Epoch bookkeeping of a resumable batch sampler: ``set_epoch(epoch, start_batch)`` skips the batches a
+    resumed run already took; ``len`` counts the rest. Subclasses set ``batches_per_epoch``."""
+
+    batches_per_epoch: int
+    epoch: int = 0
+    start_batch: int = 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        if not 0 <= start_batch <= self.batches_per_epoch:
+            raise ValueError(f"start_batch must lie in [0, {self.batches_per_epoch}], got {start_batch}")
+        self.epoch, self.start_batch = int(epoch), int(start_batch)
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch - self.start_batch
+
+
+class IdentityBalancedBatchSampler(ResumableBatches):
     """Batches of ``p`` identities x ``k`` images each (``p * k`` indices, identity-major order).
 
     Identities with fewer than ``k`` images are sampled with replacement; identities with fewer than
@@ -106,14 +123,6 @@ class IdentityBalancedBatchSampler:
         self.batches_per_epoch = int(batches_per_epoch or self._stream.steps_per_cycle)
         self.epoch = 0
         self.start_batch = 0
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        if not 0 <= start_batch <= self.batches_per_epoch:
-            raise ValueError(f"start_batch must lie in [0, {self.batches_per_epoch}], got {start_batch}")
-        self.epoch, self.start_batch = int(epoch), int(start_batch)
-
-    def __len__(self) -> int:
-        return self.batches_per_epoch - self.start_batch
 
     def __iter__(self) -> Iterator[list[int]]:
         for step in range(self.start_batch, self.batches_per_epoch):

@@ -23,6 +23,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from faceforge.data.samplers import ResumableBatches
+
 __all__ = ["BinBalancedBatchSampler", "label_bins"]
 
 
@@ -38,7 +40,7 @@ def label_bins(values: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(idx, 0, bins - 1), edges
 
 
-class BinBalancedBatchSampler:
+class BinBalancedBatchSampler(ResumableBatches):
     """Batch sampler (lists of dataset rows) balanced over equal-width bins of ``values[mask]`` (module doc)."""
 
     branch_names = ("all",)
@@ -74,14 +76,6 @@ class BinBalancedBatchSampler:
             )
         self.epoch = 0
         self.start_batch = 0
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        if not 0 <= start_batch <= self.batches_per_epoch:
-            raise ValueError(f"start_batch must lie in [0, {self.batches_per_epoch}], got {start_batch}")
-        self.epoch, self.start_batch = int(epoch), int(start_batch)
-
-    def __len__(self) -> int:
-        return self.batches_per_epoch - self.start_batch
 
     def per_bin(self, step: int) -> np.ndarray:
         """How many rows each non-empty bin gives to this rank's batch at ``step``."""
