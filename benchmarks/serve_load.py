@@ -8,7 +8,10 @@ For each gallery size (default 1k, 100k, 1M faces):
    (default) draws them from a Gaussian with the mean and covariance of the real embeddings, so they fill
    the region of the sphere that faces occupy; ``isotropic`` draws them uniformly on the sphere, which leaves
    the real faces a small isolated cluster (HNSW's greedy search then reaches them less often).
-2. ``faceforge serve`` starts on it (the start-up time includes rebuilding and checking the index).
+2. ``faceforge serve`` starts on it (the start-up time includes building and checking the index; an HNSW
+   graph is then saved to the gallery's graph file). After the load phases it is stopped and started again:
+   the restart time is what a second start costs when it loads that file and checks it against the
+   database instead of building.
 3. Bounded load: ``--requests`` searches (stopping early after ``--duration`` seconds) from ``--concurrency``
    client threads, each posting another photo of one of the real people; latency per request, errors
    (any status other than 200 counts; 0 are required), throughput. Then the same at concurrency 1.
@@ -19,14 +22,16 @@ For each gallery size (default 1k, 100k, 1M faces):
    against the work done inside the same request (detect + embed + index search, the ``timing_ms`` the
    service returns): client latency / that work - 1 is what HTTP, multipart parsing, JSON, the thread pool
    and the batch queue add.
-6. Durability (``--crash-rounds``): two clients stream enrolments, the server is killed with SIGKILL at a
-   random moment, restarted, and every acknowledged enrolment must be there with the index equal to the
-   database (count and checksum).
 5. Recall@1 of the service's index against exact search: for each probe the service's best face id is
    compared with the exact inner-product best face over the same gallery (``faiss.IndexFlatIP``), over all
    probes and over those whose exact best score reaches the FMR 1e-4 threshold (the searches that end in a
    match); with HNSW (sizes >= ``--hnsw-above``) the server's own faiss search time (``timing_ms.index``)
    is compared with exact search on the same queries in this process, both on one thread (the speed-up).
+   ``ef_search_sweep``: the server's graph file loaded in this process, recall@1 and time per query for
+   several ``efSearch`` (``--ef-sweep``), exact search timed on the same queries just before, one thread.
+6. Durability (``--crash-rounds``): two clients stream enrolments, the server is killed with SIGKILL at a
+   random moment, restarted, and every acknowledged enrolment must be there with the index equal to the
+   database (count and checksum).
 
 Stops by itself; only 127.0.0.1 is contacted. Writes JSON with every setting to benchmarks/results/.
 
@@ -50,6 +55,8 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+
+from faceforge.serve.index import IndexSettings
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("FACEFORGE_DATA", REPO.parent / "shared" / "data")).resolve()
@@ -185,6 +192,82 @@ def paired(
     return out, direct
 
 
+def _launch(cmd: list[str], log: Path, url: str) -> subprocess.Popen:
+    """Start the server (output appended to ``log``) and wait until ``/v1/health`` answers."""
+    with log.open("ab") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO)
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(url + "/v1/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.5)
+
+
+def _per_query_ms(search, queries: np.ndarray) -> float:
+    """Mean time of one-query searches (one thread), after one warm-up query."""
+    search(queries[:1])
+    t0 = time.perf_counter()
+    for q in queries:
+        search(q[None])
+    return (time.perf_counter() - t0) / len(queries) * 1000
+
+
+def ef_sweep(
+    ix,
+    flat,
+    probes: np.ndarray,
+    matched: np.ndarray,
+    rng: np.random.Generator,
+    gallery: np.ndarray,
+    efs: list[int],
+    configured: int,
+) -> dict:
+    """Recall@1 against exact search and time per query for several efSearch on one HNSW graph, with the
+    exact index timed on the same queries right before (one thread, this process): the recall/speed curve.
+
+    Query sets: the real probes (all; and those whose exact best score reaches the FMR 1e-4 threshold, the
+    searches that end in a match) and 500 gallery vectors plus Gaussian noise (sigma 0.05 per dimension,
+    renormalised), whose exact best is almost always the vector itself."""
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+    pick = rng.choice(len(gallery), 500, replace=False)
+    noisy = gallery[pick] + rng.standard_normal((500, gallery.shape[1])).astype(np.float32) * 0.05
+    noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
+    _, exact_p = flat.search(probes, 1)
+    _, exact_n = flat.search(noisy, 1)
+    exact_ms = _per_query_ms(lambda q: flat.search(q, 1), probes)
+    hnsw = faiss.downcast_index(ix._index.index).hnsw
+    rows = []
+    for ef in sorted(set(efs) | {configured}):
+        hnsw.efSearch = ef
+        _, got_p = ix._index.search(probes, 1)
+        _, got_n = ix._index.search(noisy, 1)
+        ms = _per_query_ms(lambda q: ix._index.search(q, 1), probes)
+        hit = got_p[:, 0] == exact_p[:, 0]
+        rows.append(
+            {
+                "ef_search": ef,
+                "configured": ef == configured,
+                "recall_at_1_probes": round(float(hit.mean()), 4),
+                "recall_at_1_matched_probes": round(float(hit[matched].mean()), 4) if len(matched) else None,
+                "recall_at_1_noisy_gallery": round(float((got_n[:, 0] == exact_n[:, 0]).mean()), 4),
+                "ms_per_query": round(ms, 3),
+                "speedup_vs_exact": round(exact_ms / ms, 2),
+            }
+        )
+    hnsw.efSearch = configured
+    return {
+        "exact_ms_per_query": round(exact_ms, 3),
+        "queries": {"probes": len(probes), "matched_probes": len(matched), "noisy_gallery": len(noisy)},
+        "threads": 1,
+        "rows": rows,
+    }
+
+
 def _start_server(db: Path, model: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     cmd = [sys.executable, "-m", "faceforge", "serve", "--db", str(db), "--port", str(port), "--model", model]
@@ -303,9 +386,9 @@ def main() -> int:
     ap.add_argument("--people", type=int, default=300, help="real LFW people in every gallery")
     ap.add_argument("--model", default="default")
     ap.add_argument("--hnsw-above", type=int, default=100_000)
-    ap.add_argument("--hnsw-m", type=int, default=24)
-    ap.add_argument("--ef-construction", type=int, default=60)
-    ap.add_argument("--ef-search", type=int, default=512)
+    ap.add_argument("--hnsw-m", type=int, default=IndexSettings.hnsw_m)
+    ap.add_argument("--ef-construction", type=int, default=IndexSettings.ef_construction)
+    ap.add_argument("--ef-search", type=int, default=IndexSettings.ef_search)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--filler",
@@ -314,7 +397,9 @@ def main() -> int:
         help="random unit vectors from a Gaussian fitted to the real face embeddings (face) or uniform on the sphere",
     )
     ap.add_argument(
-        "--local-hnsw-max", type=int, default=200_000, help="largest size with an in-process HNSW too"
+        "--ef-sweep",
+        default="128,256,512,1024,2048",
+        help="efSearch values whose recall and speed are measured on the server's HNSW graph, in this process",
     )
     ap.add_argument("--crash-rounds", type=int, default=3, help="kill -9 durability rounds (0: none)")
     ap.add_argument("--crash-seconds", type=float, default=20.0, help="enrolment stream length before a kill")
@@ -328,12 +413,13 @@ def main() -> int:
     from faceforge.serve.batcher import Batcher
     from faceforge.serve.calibration import packaged_calibration
     from faceforge.serve.gallery import model_id_of
-    from faceforge.serve.index import FaceIndex, IndexSettings
+    from faceforge.serve.index import FaceIndex
     from faceforge.serve.pipeline import FacePipeline, Limits, PhotoError, PipelineSettings
     from faceforge.serve.service import load_model
     from faceforge.serve.store import Actor, Store
 
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    efs = [int(s) for s in args.ef_sweep.split(",") if s.strip()]
     settings = IndexSettings(args.hnsw_above, args.hnsw_m, args.ef_construction, args.ef_search)
     lfw = DATA / "lfw" / "images"
     people = [
@@ -404,20 +490,12 @@ def main() -> int:
             store.close()
             print(f"size {size}: gallery filled in {fill_s:.0f} s; starting the server", flush=True)
 
-            # this process's own index over the same gallery, for the direct path (an HNSW graph only up to
-            # --local-hnsw-max faces: past that the build takes as long as the server's, and the direct path
-            # adds the server's own faiss search time instead)
             hnsw = bool(args.hnsw_above and size >= args.hnsw_above)
-            ix = None
-            build_s = None
-            if not hnsw or size <= args.local_hnsw_max:
-                ix = FaceIndex(snap.embeddings.shape[1], settings)
-                t0 = time.perf_counter()
-                ix._build(snap.ids, snap.embeddings)
-                build_s = time.perf_counter() - t0
-
             port = free_port()
+            url = f"http://127.0.0.1:{port}"
             log = work / f"server_{size}.log"
+            graph = work / f"gallery_{size}.index.npz"
+            graph.unlink(missing_ok=True)
             cmd = [
                 sys.executable,
                 "-m",
@@ -441,27 +519,31 @@ def main() -> int:
                 str(args.ef_construction),
                 "--ef-search",
                 str(args.ef_search),
+                "--index-file",
+                str(graph),
             ]
             t0 = time.perf_counter()
-            with log.open("wb") as fh:
-                proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO)
-            url = f"http://127.0.0.1:{port}"
+            proc = _launch(cmd, log, url)
+            startup_s = time.perf_counter() - t0
             try:
-                while True:
-                    if proc.poll() is not None:
-                        raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
-                    try:
-                        if httpx.get(url + "/v1/health", timeout=1).status_code == 200:
-                            break
-                    except httpx.HTTPError:
-                        time.sleep(0.5)
-                startup_s = time.perf_counter() - t0
+                # this process's index for the direct path: the server's own graph file for HNSW (no second
+                # build), an exact index otherwise
+                ix = FaceIndex(snap.embeddings.shape[1], settings)
+                if not (hnsw and ix._load_graph(graph)):
+                    ix._build(snap.ids, snap.embeddings)
                 run_load(url, key, probes[:8], 16, 2, 60)  # warm-up
                 load = run_load(url, key, probes, args.requests, args.concurrency, args.duration)
                 c1, direct = paired(url, key, probes[: args.requests_c1], pipe, ix, args.duration)
             finally:
                 proc.terminate()
-                proc.wait(timeout=30)
+                proc.wait(timeout=120)
+            # a second start on the same database: with HNSW it loads the graph file and checks it
+            t0 = time.perf_counter()
+            proc = _launch(cmd, log, url)
+            restart_s = time.perf_counter() - t0
+            info = httpx.get(url + "/v1/info", headers={"X-API-Key": key}, timeout=10).json()
+            proc.terminate()
+            proc.wait(timeout=120)
             top = {**c1.pop("_top"), **load.pop("_top")}
 
             # exact search over the same gallery, in this process
@@ -480,6 +562,8 @@ def main() -> int:
                 "random_faces": n_rand,
                 "fill_seconds": round(fill_s, 1),
                 "startup_seconds": round(startup_s, 1),
+                "restart_seconds": round(restart_s, 1),
+                "restart_index": info["index"]["loaded_from"],
                 "load": load,
                 "concurrency_1": c1,
                 "recall_at_1_vs_exact": recall,
@@ -489,24 +573,24 @@ def main() -> int:
             service_c1 = np.asarray(c1.pop("_lat"))
             inside = c1.pop("_inside")
             server_index_ms = float(np.mean(c1.pop("_index_ms")))
-            direct_ms = float(np.mean(direct)) * 1000 + (server_index_ms if ix is None else 0.0)
+            direct_ms = float(np.mean(direct)) * 1000
             thr = None
+            matched_idx = np.arange(len(direct_q))
             cal = packaged_calibration(desc)
             if cal is not None:
                 thr = cal.threshold_for(1e-4)["threshold"]
                 exact_scores, _ = flat.search(direct_q, 1)
                 matched = [i for i in idx if exact_scores[i, 0] >= thr]
+                matched_idx = np.flatnonzero(exact_scores[:, 0] >= thr)
                 entry["recall_at_1_on_matches"] = (
                     float(np.mean([top[i] == int(exact_top[i, 0]) for i in matched])) if matched else None
                 )
                 entry["matched_queries"] = len(matched)
             entry.update(
                 index="hnsw" if hnsw else "flat",
-                local_index_build_seconds=None if build_s is None else round(build_s, 1),
                 server_index_search_ms=round(server_index_ms, 3),
                 direct_ms=round(direct_ms, 2),
-                direct_note="detect + align + embed + index search in this process"
-                + ("" if ix is not None else " (index search time: the server's own faiss time)"),
+                direct_note="detect + align + embed + index search in this process (the server's graph for HNSW)",
                 overhead=round(c1["mean_ms"] / direct_ms - 1, 3),
                 overhead_median_of_pairs=round(float(np.median(service_c1 / np.asarray(direct))) - 1, 3),
                 service_work_ms=round(float(np.mean(inside)) * 1000, 2),
@@ -515,24 +599,15 @@ def main() -> int:
                 ),
             )
             if hnsw:
-                entry["hnsw_speedup_vs_exact"] = round(exact_s * 1000 / server_index_ms, 1)
-            if hnsw and ix is not None:
-                _, h = ix.search(direct_q, 1)
-                entry["recall_at_1_in_process"] = float(np.mean(h[:, 0] == exact_top[:, 0]))
-                # harder queries: gallery random vectors with noise (true neighbour = the vector itself)
-                pick = rng.choice(len(snap.ids), 500, replace=False)
-                noisy = (
-                    snap.embeddings[pick]
-                    + rng.standard_normal((500, snap.embeddings.shape[1])).astype(np.float32) * 0.05
+                entry["hnsw_speedup_vs_exact_server_time"] = round(exact_s * 1000 / server_index_ms, 2)
+                entry["ef_search_sweep"] = ef_sweep(
+                    ix, flat, direct_q, matched_idx, rng, snap.embeddings, efs, args.ef_search
                 )
-                noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
-                _, hs = ix.search(noisy, 1)
-                _, es = flat.search(noisy, 1)
-                entry["recall_at_1_noisy_gallery_queries"] = float(np.mean(hs[:, 0] == es[:, 0]))
             del flat, ix
             print(json.dumps(entry), flush=True)
             results.append(entry)
             db.unlink(missing_ok=True)
+            graph.unlink(missing_ok=True)
         durability = (
             crash_rounds(args.crash_rounds, args.crash_seconds, work, args.model, lfw)
             if args.crash_rounds

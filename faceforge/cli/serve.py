@@ -63,12 +63,24 @@ def _add(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--min-quality", type=float, default=0.0, help="quality gate: smallest detector score of a face"
     )
+    ix = _index_defaults()
     p.add_argument(
-        "--hnsw-above", type=int, default=250_000, help="faces at which HNSW replaces exact search (0: never)"
+        "--hnsw-above",
+        type=int,
+        default=ix.hnsw_above,
+        help="faces at which HNSW replaces exact search (0: never)",
     )
-    p.add_argument("--hnsw-m", type=int, default=24)
-    p.add_argument("--ef-construction", type=int, default=60)
-    p.add_argument("--ef-search", type=int, default=512)
+    p.add_argument("--hnsw-m", type=int, default=ix.hnsw_m, help="HNSW links per node")
+    p.add_argument("--ef-construction", type=int, default=ix.ef_construction, help="HNSW build beam width")
+    p.add_argument(
+        "--ef-search", type=int, default=ix.ef_search, help="HNSW search beam width (recall vs time)"
+    )
+    p.add_argument(
+        "--index-file",
+        default=None,
+        help="where the HNSW graph is kept between runs (default: <db>.index.npz for a SQLite file, none for "
+        "PostgreSQL; 'none': always build at start-up)",
+    )
     p.add_argument("--workers", type=int, default=1, help="embedding worker threads")
     p.add_argument("--max-batch", type=int, default=32, help="most faces per embedder call")
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a batch waits for more requests")
@@ -117,6 +129,19 @@ def _add(p: argparse.ArgumentParser) -> None:
     re.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE")
 
 
+def _index_defaults() -> Any:
+    from faceforge.serve.index import IndexSettings
+
+    return IndexSettings()
+
+
+def _graph_file(args: argparse.Namespace) -> str | None:
+    """``--index-file``: 'none' turns it off; by default beside a SQLite database, none for a URL."""
+    if args.index_file is not None:
+        return None if args.index_file.lower() == "none" else args.index_file
+    return None if "://" in str(args.db) else f"{args.db}.index.npz"
+
+
 def _settings(args: argparse.Namespace) -> Any:
     from faceforge.serve.index import IndexSettings
     from faceforge.serve.pipeline import Limits, PipelineSettings
@@ -138,7 +163,13 @@ def _settings(args: argparse.Namespace) -> Any:
             requests_per_minute=args.rate_limit,
         ),
         pipeline=PipelineSettings(args.min_det_score, args.min_face_px, args.min_quality),
-        index=IndexSettings(args.hnsw_above, args.hnsw_m, args.ef_construction, args.ef_search),
+        index=IndexSettings(
+            args.hnsw_above,
+            args.hnsw_m,
+            args.ef_construction,
+            args.ef_search,
+            graph_file=_graph_file(args),
+        ),
         workers=args.workers,
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
@@ -161,7 +192,7 @@ def _serve(args: argparse.Namespace) -> int:
     check = service.startup_check
     print(
         f"faceforge serve: {describe_url(args.db)}: {check.db_count} faces, index {desc['index']['kind']} "
-        f"matches the database (checksum {check.db_checksum[:12]}), model {desc['model'].get('kind')} "
+        f"(from the {desc['index']['loaded_from']}) matches the database (checksum {check.db_checksum[:12]}), model {desc['model'].get('kind')} "
         f"{desc['model_id'][:12]}, thresholds from: {service.calibration.source[:80]}; ready in "
         f"{time.perf_counter() - t0:.1f} s on http://{args.host}:{args.port}/",
         flush=True,

@@ -21,14 +21,13 @@ backbones are known: :func:`faceforge.embedders.checkpoint.backbone_from_checkpo
 from __future__ import annotations
 
 import math
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from faceforge.core.atomic import atomic_writer
 from faceforge.core.errors import InputError
 
 FORMAT = "faceforge-checkpoint"
@@ -45,19 +44,9 @@ class CheckpointError(InputError):
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    with atomic_writer(path) as fh:
+        torch.save(obj, fh)
+    return Path(path)
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from faceforge.core.atomic import atomic_writer
 from faceforge.data.image_io import UnreadableImageError, decode_image_rgb, read_image_bytes
 
 __all__ = [
@@ -159,14 +159,8 @@ class EmbeddingStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         hashes = np.array(list(self._index), dtype="<U40")
         emb = np.stack(self._rows).astype(np.float32) if self._rows else np.zeros((0, self.dim), np.float32)
-        fd, tmp = tempfile.mkstemp(prefix=self.path.stem + ".", suffix=".tmp.npz", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, hashes=hashes, embeddings=emb)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_writer(self.path) as fh:
+            np.savez(fh, hashes=hashes, embeddings=emb)
         self._new.clear()
 
 

@@ -14,14 +14,13 @@ the source and the unreadable images that were left out with their reasons (``sk
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from faceforge.core.atomic import atomic_writer
 from faceforge.data.files import list_images
 from faceforge.embedders.cache import cached_embed_paths
 from faceforge.eval.kinds.base import embedding_settings_record
@@ -54,15 +53,8 @@ def _names(paths: list[Path], base: Path) -> np.ndarray:
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
     """``np.savez`` to a temporary file in the same folder, then renamed: never half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_writer(path) as fh:
+        np.savez(fh, **arrays)
 
 
 def embed_files(

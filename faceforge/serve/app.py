@@ -435,6 +435,7 @@ def create_app(service: Service) -> FastAPI:
             "fmrs": d["calibration"]["fmrs"],
             "default_fmr": gallery.decision().fmr,
             "limits": d["limits"],
+            "index": {k: d["index"][k] for k in ("kind", "loaded_from")},
         }
 
     @app.get("/metrics")

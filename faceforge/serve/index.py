@@ -13,19 +13,31 @@
   deletions arrive too), and :meth:`FaceIndex.verify` compares the index with the database by count and by
   :func:`embedding_checksum`. A crash between a commit and the index update loses nothing: the next sync or
   start-up reads the committed change.
+* Graph file (``graph_file``): building an HNSW graph over a million faces takes minutes, so after a build
+  and at :meth:`FaceIndex.save_graph` (the service calls it on shutdown) the index is written to one ``.npz``
+  (the serialised faiss index, its ``seq``, tombstones and settings; no pickle), atomically. At start-up
+  :meth:`FaceIndex.rebuild` loads it, applies the database's changes after its ``seq`` and compares the
+  result with the database exactly as after a build (count and checksum): the file is a shortcut, never a
+  second source of truth. A missing, unreadable or stale file, other settings or another dimension mean a
+  full build from the database. The file holds the embeddings, so it gets the database's protection.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import threading
 import time
+import zipfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from faceforge.core.atomic import atomic_writer
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +78,12 @@ class IndexSettings:
     #: OpenMP threads faiss may use per search (process-wide). 1 suits a server: concurrent requests already
     #: fill the cores, and OpenMP's thread start-up dominates a single query on a small index.
     threads: int = 1
+    #: where the HNSW graph is saved and loaded from (module doc); ``None``: always build at start-up
+    graph_file: str | None = None
+
+
+#: version of the graph file layout; another version is ignored (full build)
+GRAPH_FORMAT = 1
 
 
 @dataclass
@@ -101,6 +119,9 @@ class FaceIndex:
             _faiss().omp_set_num_threads(int(self.settings.threads))
         self._index = self._new_index("flat")
         self.kind = "flat"
+        self._saved_seq = -1  # seq of the last graph file written or loaded (-1: none)
+        #: where the last :meth:`rebuild` got the index: "database" (built) or "graph file" (loaded, checked)
+        self.source = "database"
 
     # -- construction
     def _new_index(self, kind: str) -> Any:
@@ -132,8 +153,31 @@ class FaceIndex:
         self._index, self.kind, self._tombstones = index, kind, set()
 
     def rebuild(self, store: Any) -> VerifyResult:
-        """Load every face from ``store`` and check the result against it (count and checksum)."""
+        """Make the index equal to ``store`` and check it (count and checksum): from the graph file when it
+        holds a graph that, after the database's later changes, matches; else built from the database."""
         t0 = time.perf_counter()
+        path = Path(self.settings.graph_file) if self.settings.graph_file else None
+        if path is not None and path.is_file() and self._load_graph(path):
+            n_changes = store.latest_seq() - self.seq
+            while self.sync(store):  # the changes after the file's seq (sync applies them in slices)
+                pass
+            result = self.verify(store)
+            if result.ok:
+                log.info(
+                    "index loaded from %s: %d faces (%s), %d later changes applied, in %.1f s; checksum matches",
+                    path,
+                    result.index_count,
+                    self.kind,
+                    max(0, n_changes),
+                    time.perf_counter() - t0,
+                )
+                self._saved_seq = result.seq if n_changes == 0 else -1
+                self.source = "graph file"
+                return result
+            log.warning(
+                "the graph in %s does not match the database %s: building from the database", path, result
+            )
+        self.source = "database"
         snap = store.snapshot()
         with self._lock:
             if len(snap.ids) and snap.embeddings.shape[1] != self.dim:
@@ -159,7 +203,72 @@ class FaceIndex:
             time.perf_counter() - t0,
             "matches" if result.ok else "DIFFERS",
         )
+        if result.ok:
+            self.save_graph()
         return result
+
+    # -- the graph file
+    def _graph_meta(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "format": GRAPH_FORMAT,
+            "kind": self.kind,
+            "dim": self.dim,
+            "M": s.hnsw_m,
+            "ef_construction": s.ef_construction,
+        }
+
+    def save_graph(self) -> Path | None:
+        """Write the HNSW index to ``graph_file`` (atomically) unless it is exact search (fast to build),
+        no file is configured or nothing changed since the last save; returns the path written."""
+        if not self.settings.graph_file:
+            return None
+        faiss = _faiss()
+        with self._lock:
+            if self.kind != "hnsw" or self.seq == self._saved_seq:
+                return None
+            meta = {**self._graph_meta(), "seq": self.seq, "faces": int(self._index.ntotal)}
+            data = faiss.serialize_index(self._index)
+            tomb = np.asarray(sorted(self._tombstones), dtype=np.int64)
+            seq = self.seq
+        path = Path(self.settings.graph_file)
+        t0 = time.perf_counter()
+        with atomic_writer(path) as fh:
+            np.savez(fh, index=data, tombstones=tomb, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+        self._saved_seq = seq
+        log.info(
+            "index graph saved to %s (%d faces, seq %d) in %.1f s",
+            path,
+            meta["faces"],
+            seq,
+            time.perf_counter() - t0,
+        )
+        return path
+
+    def _load_graph(self, path: Path) -> bool:
+        """Replace the index by the one in ``path`` if it is readable and was made with these settings."""
+        faiss = _faiss()
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(bytes(z["meta"]).decode())
+                want = {**self._graph_meta(), "kind": "hnsw"}
+                differs = {k: (meta.get(k), v) for k, v in want.items() if meta.get(k) != v}
+                if differs:
+                    log.info("graph file %s was made with other settings %s: building", path, differs)
+                    return False
+                index = faiss.deserialize_index(np.ascontiguousarray(z["index"], dtype=np.uint8))
+                tomb = {int(i) for i in z["tombstones"]}
+                seq = int(meta["seq"])
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError, zipfile.BadZipFile) as exc:
+            log.warning("graph file %s is unreadable (%s): building from the database", path, exc)
+            return False
+        if index.d != self.dim or not hasattr(index, "id_map"):
+            log.warning("graph file %s holds another kind of index: building from the database", path)
+            return False
+        faiss.downcast_index(index.index).hnsw.efSearch = self.settings.ef_search
+        with self._lock:
+            self._index, self.kind, self._tombstones, self.seq = index, "hnsw", tomb, seq
+        return True
 
     # -- changes
     def add(self, ids: np.ndarray, emb: np.ndarray) -> None:
@@ -285,7 +394,13 @@ class FaceIndex:
 
     def describe(self) -> dict[str, Any]:
         s = self.settings
-        d: dict[str, Any] = {"kind": self.kind, "faces": self.count, "dim": self.dim, "seq": self.seq}
+        d: dict[str, Any] = {
+            "kind": self.kind,
+            "faces": self.count,
+            "dim": self.dim,
+            "seq": self.seq,
+            "loaded_from": self.source,
+        }
         d["hnsw_above"] = s.hnsw_above
         if self.kind == "hnsw":
             d.update(

@@ -162,6 +162,11 @@ class Service:
         }
 
     def close(self) -> None:
+        if getattr(self, "index", None) is not None:
+            try:
+                self.index.save_graph()  # start-up then loads it instead of building (index module doc)
+            except OSError as exc:
+                log.warning("could not save the index graph: %s", exc)
         if getattr(self, "batcher", None) is not None:
             self.batcher.close()
         if getattr(self, "store", None) is not None:

@@ -10,9 +10,11 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from faceforge.serve.store import Store
+from faceforge.serve.gallery import model_id_of
+from faceforge.serve.store import Actor, Store
 from tests.serve.helpers import LFW, PEOPLE, ServerProcess, lfw_photo
 
 httpx = pytest.importorskip("httpx")
@@ -39,14 +41,24 @@ def _stream_enrolments(
 
 
 def test_kill9_during_enrolments_loses_no_acknowledged_enrolment(tmp_path, default_embedder, lfw):
+    """With an HNSW gallery: the first server builds the graph and saves its graph file at start-up, the
+    enrolments streamed before the kill are not in that file, so the restart must load it, replay them from
+    the database's change feed and check the result (count and checksum)."""
     db = str(tmp_path / "gallery.db")
     store = Store(db)
+    desc = default_embedder.describe()
+    store.bind_model(model_id_of(desc), desc)
+    rng = np.random.default_rng(0)
+    filler = rng.standard_normal((40, default_embedder.embedding_size)).astype(np.float32)
+    filler /= np.linalg.norm(filler, axis=1, keepdims=True)
+    store.bulk_load([f"filler-{i}" for i in range(40)], filler, model_id_of(desc), Actor(name="test"))
     _, key = store.create_key("stream", ["enrol"])
     _, admin = store.create_key("admin", ["admin"])
     store.close()
     people = sorted(p for p in LFW.iterdir() if p.is_dir())[:400]
     photos = [next(iter(sorted(p.glob("*.jpg")))) for p in people]
-    server = ServerProcess(db, tmp_path / "server1.log", "--rate-limit", "0")
+    hnsw = ("--hnsw-above", "30", "--hnsw-m", "8", "--ef-construction", "40")
+    server = ServerProcess(db, tmp_path / "server1.log", "--rate-limit", "0", *hnsw)
     try:
         server.wait_ready()
         acked: list[str] = []
@@ -68,7 +80,8 @@ def test_kill9_during_enrolments_loses_no_acknowledged_enrolment(tmp_path, defau
         server.stop()
     assert len(acked) >= 8, server.log.read_text()[-2000:]
 
-    restarted = ServerProcess(db, tmp_path / "server2.log")
+    assert Path(db + ".index.npz").is_file()  # saved after the start-up build
+    restarted = ServerProcess(db, tmp_path / "server2.log", *hnsw)
     try:
         restarted.wait_ready()
         with httpx.Client(base_url=restarted.url, headers={"X-API-Key": admin}, timeout=30) as c:
@@ -80,7 +93,8 @@ def test_kill9_during_enrolments_loses_no_acknowledged_enrolment(tmp_path, defau
     assert not missing, f"acknowledged but lost: {missing}"
     assert status["index_check"]["ok"]
     assert status["index_check"]["index_faces"] == status["counts"]["faces"] == len(names) >= len(acked)
-    assert "matches the database" in restarted.log.read_text()
+    assert "index hnsw (from the graph file) matches the database" in restarted.log.read_text()
+    assert status["service"]["index"]["loaded_from"] == "graph file"
 
 
 def _chromium():

@@ -41,6 +41,9 @@ class _FakeStore:
     def changes_since(self, seq):
         return [c for c in self.changes if c[0] > seq]
 
+    def latest_seq(self):
+        return self.changes[-1][0] if self.changes else 0
+
     def add(self, i, e):
         self.rows[i] = e
         self.changes.append((len(self.changes) + 1, i, "add"))
@@ -117,6 +120,45 @@ def test_exact_index_turns_into_hnsw_past_the_threshold_and_compacts():
     assert index.describe().get("tombstones", 0) == 0 and index.count == 61 and index.verify(store).ok
 
 
+def test_graph_file_is_loaded_checked_and_falls_back_to_a_build(tmp_path):
+    rng = np.random.default_rng(2)
+    ids = np.arange(1, 201, dtype=np.int64)
+    store = _FakeStore(ids, _unit(rng, 200, 8))
+    path = tmp_path / "g.index.npz"
+    settings = IndexSettings(hnsw_above=100, hnsw_m=8, ef_construction=40, ef_search=32, graph_file=str(path))
+    first = FaceIndex(8, settings)
+    assert first.rebuild(store).ok and first.source == "database" and path.is_file()
+    assert first.save_graph() is None  # nothing changed since the build wrote it
+    # the database moves on (3 enrolments, 2 deletions, a re-embedding) while no server runs
+    for i in (201, 202, 203):
+        store.add(i, _unit(rng, 1, 8)[0])
+    store.delete(5)
+    store.delete(6)
+    store.delete(7)
+    store.add(7, _unit(rng, 1, 8)[0])
+    second = FaceIndex(8, settings)
+    check = second.rebuild(store)
+    assert second.source == "graph file" and check.ok and check.index_count == 201
+    assert second.describe()["loaded_from"] == "graph file"
+    q = _unit(rng, 10, 8)
+    first.sync(store)
+    assert np.array_equal(second.search(q, 5)[1], first.search(q, 5)[1])
+    assert second.save_graph() == path  # later changes: saved again, and a third start needs no replay
+    third = FaceIndex(8, settings)
+    assert third.rebuild(store).ok and third.source == "graph file" and third.save_graph() is None
+    # other settings, a file of another gallery, a damaged file: each is built from the database instead
+    other = FaceIndex(8, IndexSettings(hnsw_above=100, hnsw_m=12, graph_file=str(path)))
+    assert other.rebuild(store).ok and other.source == "database"
+    elsewhere = _FakeStore(ids, _unit(rng, 200, 8))
+    other_gallery = FaceIndex(8, settings)
+    assert other_gallery.rebuild(elsewhere).ok and other_gallery.source == "database"
+    assert other_gallery.search(elsewhere.snapshot().embeddings[:1], 1)[1][0, 0] == 1
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    damaged = FaceIndex(8, settings)
+    assert damaged.rebuild(store).ok and damaged.source == "database"
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
 def test_thresholds_by_hand():
     # 10 impostor scores; FMR 0.1 allows 1 impostor at or above the threshold: the second-highest (0.8)
     # must be below it, so the threshold is the next float above 0.8
@@ -152,3 +194,14 @@ def test_all_pair_scores_by_hand():
     e = np.array([[1, 0], [1, 0], [0, 1]], dtype=np.float32)
     gen, imp = all_pair_scores(e, np.array(["a", "a", "b"]), chunk=2)
     assert sorted(gen.tolist()) == [1.0] and sorted(imp.tolist()) == [0.0, 0.0]
+
+
+def test_graph_file_defaults_beside_a_sqlite_gallery_and_never_for_a_url():
+    from argparse import Namespace
+
+    from faceforge.cli.serve import _graph_file
+
+    assert _graph_file(Namespace(index_file=None, db="/srv/g.db")) == "/srv/g.db.index.npz"
+    assert _graph_file(Namespace(index_file=None, db="postgresql://u@h/db")) is None
+    assert _graph_file(Namespace(index_file="none", db="/srv/g.db")) is None
+    assert _graph_file(Namespace(index_file="/fast/g.npz", db="postgresql://u@h/db")) == "/fast/g.npz"
