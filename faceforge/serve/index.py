@@ -66,6 +66,19 @@ def embedding_checksum(ids: np.ndarray, embeddings: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def _remove_stale_writes(path: Path, older_than_s: float = 3600.0) -> None:
+    """Delete the temporary files a writer killed mid-save left beside ``path`` (``.<name>.*.tmp``, see
+    :func:`faceforge.core.atomic.atomic_writer`) once they are an hour old (a live writer's is younger)."""
+    now = time.time()
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            if now - tmp.stat().st_mtime > older_than_s:
+                tmp.unlink()
+                log.info("removed %s, left by an interrupted graph save", tmp)
+        except OSError:
+            pass
+
+
 @dataclass
 class IndexSettings:
     """How the index searches. ``hnsw_above``: faces at which exact search gives way to HNSW (0: never)."""
@@ -157,6 +170,8 @@ class FaceIndex:
         holds a graph that, after the database's later changes, matches; else built from the database."""
         t0 = time.perf_counter()
         path = Path(self.settings.graph_file) if self.settings.graph_file else None
+        if path is not None:
+            _remove_stale_writes(path)
         if path is not None and path.is_file() and self._load_graph(path):
             n_changes = store.latest_seq() - self.seq
             while self.sync(store):  # the changes after the file's seq (sync applies them in slices)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 
 import numpy as np
 import pytest
@@ -157,6 +159,13 @@ def test_graph_file_is_loaded_checked_and_falls_back_to_a_build(tmp_path):
     damaged = FaceIndex(8, settings)
     assert damaged.rebuild(store).ok and damaged.source == "database"
     assert not list(tmp_path.glob(".*.tmp"))
+    # what a save killed mid-write leaves is removed at the next start once it is old
+    stale, fresh = tmp_path / ".g.index.npz.x1.tmp", tmp_path / ".g.index.npz.x2.tmp"
+    stale.write_bytes(b"half")
+    fresh.write_bytes(b"half")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    assert FaceIndex(8, settings).rebuild(store).ok
+    assert not stale.exists() and fresh.exists()
 
 
 def test_thresholds_by_hand():
