@@ -148,7 +148,7 @@ class Branch:
         return int(self.source) if isinstance(self.source, int | np.integer) else len(self.source)
 
 
-class MultiBranchBatchSampler:
+class MultiBranchBatchSampler(ResumableBatches):
     """Each step yields one batch per branch, concatenated into one flat list of global indices.
 
     The dataset is the branches' datasets concatenated (``torch.utils.data.ConcatDataset`` order): global
@@ -189,25 +189,17 @@ class MultiBranchBatchSampler:
             else:
                 raise ValueError(f"branch {i}: unknown kind {b.kind!r} (use 'random' or 'balanced')")
         self.seed, self.rank, self.world_size = int(seed), rank, world_size
-        self.steps_per_epoch = int(steps_per_epoch or self._streams[0].steps_per_cycle)
+        self.batches_per_epoch = int(steps_per_epoch or self._streams[0].steps_per_cycle)
         self.batch_size = sum(self.sizes)
         self.epoch = 0
         self.start_batch = 0
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        if not 0 <= start_batch <= self.steps_per_epoch:
-            raise ValueError(f"start_batch must lie in [0, {self.steps_per_epoch}], got {start_batch}")
-        self.epoch, self.start_batch = int(epoch), int(start_batch)
-
-    def __len__(self) -> int:
-        return self.steps_per_epoch - self.start_batch
 
     def batch(self, step: int) -> list[int]:
         parts = [s.batch(self.epoch, step) + off for s, off in zip(self._streams, self.offsets, strict=True)]
         return np.concatenate(parts).tolist()
 
     def __iter__(self) -> Iterator[list[int]]:
-        for step in range(self.start_batch, self.steps_per_epoch):
+        for step in range(self.start_batch, self.batches_per_epoch):
             yield self.batch(step)
 
     def split(self, batch):
