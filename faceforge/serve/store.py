@@ -46,27 +46,13 @@ from typing import Any
 
 import numpy as np
 
+from faceforge.serve.errors import ConflictError, ModelMismatchError, NotFoundError, StoreError
+
 SCHEMA_VERSION = 2
 SCOPES = ("search", "enrol", "admin")
 KEY_PREFIX = "ffk"
 #: PostgreSQL advisory lock key taken by every write transaction (serialises commits, see the module doc)
 PG_WRITE_LOCK = 0x66616365  # "face"
-
-
-class StoreError(RuntimeError):
-    """A store operation that cannot be done as asked (the message says why and what to do)."""
-
-
-class ModelMismatchError(StoreError):
-    """The gallery's embeddings come from another model than the one in use."""
-
-
-class NotFoundError(StoreError):
-    """An identity, face or key that does not exist."""
-
-
-class ConflictError(StoreError):
-    """A name that is already taken."""
 
 
 @dataclass

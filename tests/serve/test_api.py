@@ -452,7 +452,8 @@ def test_two_servers_share_a_postgresql_gallery(pg_url, default_embedder, detect
 
 
 def test_gallery_refuses_another_model(tmp_path, default_embedder, detector):
-    from faceforge.serve.store import ModelMismatchError, Store
+    from faceforge.serve.errors import ModelMismatchError
+    from faceforge.serve.store import Store
 
     db = str(tmp_path / "g.db")
     Store(db).bind_model("0" * 64, {"kind": "some-other-model"})

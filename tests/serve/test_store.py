@@ -7,17 +7,14 @@ import threading
 import numpy as np
 import pytest
 
+from faceforge.serve.errors import ConflictError, ModelMismatchError, NotFoundError, StoreError
 from faceforge.serve.index import FaceIndex, embedding_checksum
 from faceforge.serve.store import (
     MIGRATIONS,
     SCHEMA_VERSION,
     Actor,
-    ConflictError,
-    ModelMismatchError,
     NewFace,
-    NotFoundError,
     Store,
-    StoreError,
 )
 
 MODEL = "a" * 64
