@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     from faceforge.serve.index import IndexSettings
     from faceforge.serve.pipeline import PhotoError, PipelineSettings
     from faceforge.serve.service import Service, ServiceSettings
-    from faceforge.serve.store import describe_url
+    from faceforge.serve.sql import describe_url
 
     probes = Path(args.probes)
     if not probes.is_dir():

@@ -184,7 +184,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from faceforge.serve.app import create_app
     from faceforge.serve.service import Service
-    from faceforge.serve.store import describe_url
+    from faceforge.serve.sql import describe_url
 
     t0 = time.perf_counter()
     service = Service(_settings(args))

@@ -1,6 +1,6 @@
-"""The errors of the gallery database (:mod:`~faceforge.serve.store`), in a module of their own so that
-the store's parts can raise them without importing the store. Every one is a :class:`StoreError`; the
-message says why and what to do.
+"""The errors of the gallery database (:mod:`~faceforge.serve.store` and its SQL plumbing,
+:mod:`~faceforge.serve.sql`), in a module of their own so that each can raise them without importing the
+other. Every one is a :class:`StoreError`; the message says why and what to do.
 """
 
 from __future__ import annotations

@@ -9,13 +9,8 @@ import pytest
 
 from faceforge.serve.errors import ConflictError, ModelMismatchError, NotFoundError, StoreError
 from faceforge.serve.index import FaceIndex, embedding_checksum
-from faceforge.serve.store import (
-    MIGRATIONS,
-    SCHEMA_VERSION,
-    Actor,
-    NewFace,
-    Store,
-)
+from faceforge.serve.sql import MIGRATIONS, SCHEMA_VERSION
+from faceforge.serve.store import Actor, NewFace, Store
 
 MODEL = "a" * 64
 ACTOR = Actor("0123456789ab", "tester")
