@@ -414,9 +414,10 @@ def main() -> int:
     from faceforge.serve.calibration import packaged_calibration
     from faceforge.serve.gallery import model_id_of
     from faceforge.serve.index import FaceIndex
+    from faceforge.serve.keys import Actor
     from faceforge.serve.pipeline import FacePipeline, Limits, PhotoError, PipelineSettings
     from faceforge.serve.service import load_model
-    from faceforge.serve.store import Actor, Store
+    from faceforge.serve.store import Store
 
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     efs = [int(s) for s in args.ef_sweep.split(",") if s.strip()]

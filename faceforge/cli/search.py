@@ -65,8 +65,9 @@ def _is_db(spec: str) -> bool:
 def _enrol_folder(service: Any, root: Path, skipped: list[dict[str, str]]) -> int:
     """Enrol every identity folder below ``root``; a bad photo is skipped and listed, never fatal."""
     from faceforge.data.image_io import is_image_file
+    from faceforge.serve.keys import Actor
     from faceforge.serve.pipeline import PhotoError
-    from faceforge.serve.store import Actor, NewFace
+    from faceforge.serve.store import NewFace
 
     people = sorted(d for d in root.iterdir() if d.is_dir())
     if not people:

@@ -207,7 +207,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _keys(args: argparse.Namespace) -> int:
-    from faceforge.serve.store import Actor, Store
+    from faceforge.serve.keys import Actor
+    from faceforge.serve.store import Store
 
     store = Store(args.db)
     try:
@@ -331,9 +332,10 @@ def _reembed(args: argparse.Namespace) -> int:
     import numpy as np
 
     from faceforge.serve.gallery import model_id_of
+    from faceforge.serve.keys import Actor
     from faceforge.serve.pipeline import l2_normalise
     from faceforge.serve.service import load_model
-    from faceforge.serve.store import Actor, Store
+    from faceforge.serve.store import Store
 
     embedder = load_model(args.model, parse_key_values(args.model_option, "--model-option"))
     desc = embedder.describe()

@@ -6,8 +6,8 @@ Parts, each a small module:
   URL), one schema with versioned migrations: identities, faces (source image hash, box, landmarks,
   quality, model id, embedding, aligned crop), an audit log, a change feed and the API keys (hashes only).
   The database is the source of truth. :mod:`~faceforge.serve.sql` holds its plumbing (the SQLite and
-  PostgreSQL dialects, the schema and its migrations, the connection pool), :mod:`~faceforge.serve.errors`
-  its errors.
+  PostgreSQL dialects, the schema and its migrations, the connection pool), :mod:`~faceforge.serve.keys`
+  the API keys' table methods, :mod:`~faceforge.serve.errors` its errors.
 * :mod:`~faceforge.serve.index`: the faiss index over the faces' embeddings (exact inner product, HNSW past
   a configurable size), rebuilt from the database at start-up, kept in step through the change feed and
   checked against the database by count and checksum.

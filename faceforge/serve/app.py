@@ -50,10 +50,10 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from faceforge.serve.errors import ConflictError, ModelMismatchError, NotFoundError, StoreError
+from faceforge.serve.keys import Actor
 from faceforge.serve.pipeline import PhotoError, l2_normalise
 from faceforge.serve.security import Authenticator, AuthError, RateLimiter
 from faceforge.serve.service import Service
-from faceforge.serve.store import Actor
 
 PAGE_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "

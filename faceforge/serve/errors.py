@@ -1,6 +1,7 @@
-"""The errors of the gallery database (:mod:`~faceforge.serve.store` and its SQL plumbing,
-:mod:`~faceforge.serve.sql`), in a module of their own so that each can raise them without importing the
-other. Every one is a :class:`StoreError`; the message says why and what to do.
+"""The errors of the gallery database (:mod:`~faceforge.serve.store`, its SQL plumbing
+:mod:`~faceforge.serve.sql` and its API keys :mod:`~faceforge.serve.keys`), in a module of their own so
+that each of those can raise them without importing the others. Every one is a :class:`StoreError`; the
+message says why and what to do.
 """
 
 from __future__ import annotations

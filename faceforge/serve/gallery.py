@@ -25,8 +25,9 @@ import numpy as np
 
 from faceforge.serve.calibration import Calibration
 from faceforge.serve.index import FaceIndex
+from faceforge.serve.keys import Actor
 from faceforge.serve.pipeline import FacePipeline, Photo
-from faceforge.serve.store import Actor, NewFace, Store
+from faceforge.serve.store import NewFace, Store
 
 OVERFETCH = 4
 

@@ -2,7 +2,7 @@
 
 * Keys: ``ffk_<12 hex id>_<43 url-safe characters>`` (256 random bits), sent as ``Authorization: Bearer
   KEY`` or ``X-API-Key: KEY``. The database keeps only the id and a SHA-256 of the secret
-  (:mod:`faceforge.serve.store`); ``faceforge serve keys create`` prints the key once.
+  (:mod:`faceforge.serve.keys`); ``faceforge serve keys create`` prints the key once.
 * Scopes: ``search`` (search, verify, face crops of matches), ``enrol`` (enrol, add photos, list and read
   identities), ``admin`` (everything: rename, delete, embeddings, audit log, index check, metrics).
 * Rate limit: at most ``requests_per_minute`` requests per key in any sliding 60 s window, counted in the
@@ -27,7 +27,8 @@ import math
 import threading
 import time
 
-from faceforge.serve.store import ApiKey, Store
+from faceforge.serve.keys import ApiKey
+from faceforge.serve.store import Store
 
 
 class AuthError(Exception):

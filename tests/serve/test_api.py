@@ -435,7 +435,7 @@ def test_two_servers_share_a_postgresql_gallery(pg_url, default_embedder, detect
     a = Service(ServiceSettings(db=pg_url), embedder=default_embedder, detector=detector)
     b = Service(ServiceSettings(db=pg_url), embedder=default_embedder, detector=detector)
     try:
-        from faceforge.serve.store import Actor
+        from faceforge.serve.keys import Actor
 
         person = PEOPLE[1]
         photos = [(p.name, p.read_bytes()) for p in (lfw_photo(person, 1), lfw_photo(person, 2))]

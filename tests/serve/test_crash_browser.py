@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from faceforge.serve.gallery import model_id_of
-from faceforge.serve.store import Actor, Store
+from faceforge.serve.keys import Actor
+from faceforge.serve.store import Store
 from tests.serve.helpers import LFW, PEOPLE, ServerProcess, lfw_photo
 
 httpx = pytest.importorskip("httpx")

@@ -9,8 +9,9 @@ import pytest
 
 from faceforge.serve.errors import ConflictError, ModelMismatchError, NotFoundError, StoreError
 from faceforge.serve.index import FaceIndex, embedding_checksum
+from faceforge.serve.keys import Actor
 from faceforge.serve.sql import MIGRATIONS, SCHEMA_VERSION
-from faceforge.serve.store import Actor, NewFace, Store
+from faceforge.serve.store import NewFace, Store
 
 MODEL = "a" * 64
 ACTOR = Actor("0123456789ab", "tester")
