@@ -11,6 +11,7 @@ faceforge serve reembed --db gallery.db --model NEW_MODEL
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from faceforge.cli.main import command, parse_key_values
+from faceforge.core.errors import InputError
 
 log = logging.getLogger(__name__)
 DB_ENV = "FACEFORGE_DB"
@@ -123,6 +125,32 @@ def _add(p: argparse.ArgumentParser) -> None:
     cal.add_argument("--people-from", help="use only the people named in this LFW pairs file")
     cal.add_argument("--out", required=True, help="calibration JSON to write")
 
+    rc = sub.add_parser(
+        "recall",
+        help="recall@1 and time per query of the HNSW index against exact search, on this gallery",
+        description="Loads the gallery's graph file (or builds the index with the serve options given before "
+        "'recall', without saving it) and compares it with exact search over the same faces, on queries made "
+        "from the gallery (a face plus noise, cosine about --query-cosine with it) and on --probes embeddings. "
+        "Use 'faceforge serve --hnsw-above 1 recall' to try HNSW on a gallery that is still below the switch.",
+    )
+    _db_arg(rc)
+    rc.add_argument(
+        "--ef-values", default="64,128,256,512,1024,2048", help="efSearch values to try (comma-separated)"
+    )
+    rc.add_argument("--queries", type=int, default=1000, help="probe-like queries made from the gallery")
+    rc.add_argument(
+        "--query-cosine",
+        type=float,
+        default=0.6,
+        help="expected cosine of a made query with its source face (0.6: a typical genuine pair)",
+    )
+    rc.add_argument(
+        "--probes", help="an .npy file of real probe embeddings (L2-normalised, the gallery's model)"
+    )
+    rc.add_argument("--threads", type=int, default=1, help="OpenMP threads per search while timing")
+    rc.add_argument("--seed", type=int, default=0)
+    rc.add_argument("--out", help="also write the numbers and settings to this JSON file")
+
     re = sub.add_parser("reembed", help="move a gallery to another model using its stored face crops")
     _db_arg(re)
     re.add_argument("--model", required=True)
@@ -142,8 +170,15 @@ def _graph_file(args: argparse.Namespace) -> str | None:
     return None if "://" in str(args.db) else f"{args.db}.index.npz"
 
 
-def _settings(args: argparse.Namespace) -> Any:
+def _settings_index(args: argparse.Namespace) -> Any:
     from faceforge.serve.index import IndexSettings
+
+    return IndexSettings(
+        args.hnsw_above, args.hnsw_m, args.ef_construction, args.ef_search, graph_file=_graph_file(args)
+    )
+
+
+def _settings(args: argparse.Namespace) -> Any:
     from faceforge.serve.pipeline import Limits, PipelineSettings
     from faceforge.serve.service import ServiceSettings
 
@@ -163,13 +198,7 @@ def _settings(args: argparse.Namespace) -> Any:
             requests_per_minute=args.rate_limit,
         ),
         pipeline=PipelineSettings(args.min_det_score, args.min_face_px, args.min_quality),
-        index=IndexSettings(
-            args.hnsw_above,
-            args.hnsw_m,
-            args.ef_construction,
-            args.ef_search,
-            graph_file=_graph_file(args),
-        ),
+        index=_settings_index(args),
         workers=args.workers,
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
@@ -234,6 +263,80 @@ def _keys(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return 0
+
+
+def _recall(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from faceforge.serve.index import FaceIndex
+    from faceforge.serve.recall import probe_like_queries, recall_sweep
+    from faceforge.serve.sql import describe_url
+    from faceforge.serve.store import Store
+
+    try:
+        efs = [int(v) for v in args.ef_values.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"--ef-values must be comma-separated integers, got {args.ef_values!r}") from None
+    if not efs or min(efs) < 1 or args.queries < 1:
+        raise InputError("--ef-values needs positive integers and --queries at least 1")
+    store = Store(args.db)
+    try:
+        snap = store.snapshot()
+        if not len(snap.ids):
+            raise InputError(f"{args.db} holds no faces: enrol some first")
+        settings = _settings_index(args)
+        index = FaceIndex(snap.embeddings.shape[1], settings)
+        t0 = time.perf_counter()
+        check = index.rebuild(store, save=False)
+        ready_s = time.perf_counter() - t0
+    finally:
+        store.close()
+    if not check.ok:
+        raise InputError(f"the index does not match {args.db}: {check.to_dict()}")
+    rng = np.random.default_rng(args.seed)
+    sets = {"made": probe_like_queries(snap.embeddings, args.queries, args.query_cosine, rng)}
+    if args.probes:
+        probes = _load_probes(args.probes, snap.embeddings.shape[1])
+        sets = {"probes": probes, **sets}
+    res = recall_sweep(index, sets, efs, threads=args.threads)
+    res["settings"] = {
+        "db": describe_url(args.db),
+        "index_ready_seconds": round(ready_s, 1),
+        "index_from": index.source,
+        "query_cosine": args.query_cosine,
+        "seed": args.seed,
+        "probes": args.probes,
+    }
+    print(
+        f"{res['faces']} faces, index {index.kind} (from the {index.source}, ready in {ready_s:.1f} s); exact "
+        f"search {res['exact_ms_per_query']:.3f} ms per query on {args.threads} thread(s)"
+    )
+    keys = [k for k in res["rows"][0] if k.startswith("recall_at_1")]
+    print("\t".join(["efSearch", *keys, "ms/query", "speed-up"]))
+    for r in res["rows"]:
+        cells = [str(r["ef_search"] if r["ef_search"] is not None else "exact")]
+        cells += [f"{r[k]:.4f}" for k in keys] + [f"{r['ms_per_query']:.3f}", f"{r['speedup_vs_exact']:.2f}x"]
+        print("\t".join(cells))
+    if args.out:
+        Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+    return 0
+
+
+def _load_probes(path: str, dim: int) -> Any:
+    import numpy as np
+
+    try:
+        probes = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(
+            f"cannot read probe embeddings {path}: {exc} (expected an .npy of float rows)"
+        ) from None
+    if probes.ndim != 2 or probes.shape[1] != dim or not np.isfinite(probes).all():
+        raise InputError(
+            f"{path}: probe embeddings must be finite rows of {dim} values (the gallery's model), got shape "
+            f"{probes.shape}"
+        )
+    return probes / np.linalg.norm(probes, axis=1, keepdims=True).clip(1e-12)
 
 
 def _people_from(pairs: str) -> set[str]:
@@ -368,10 +471,5 @@ def _reembed(args: argparse.Namespace) -> int:
     _add
 )
 def run(args: argparse.Namespace) -> int:
-    if args.action == "keys":
-        return _keys(args)
-    if args.action == "calibrate":
-        return _calibrate(args)
-    if args.action == "reembed":
-        return _reembed(args)
-    return _serve(args)
+    actions = {"keys": _keys, "calibrate": _calibrate, "reembed": _reembed, "recall": _recall}
+    return actions.get(args.action, _serve)(args)

@@ -168,9 +168,10 @@ class FaceIndex:
                     faiss.omp_set_num_threads(int(self.settings.threads))
         self._index, self.kind, self._tombstones = index, kind, set()
 
-    def rebuild(self, store: Any) -> VerifyResult:
+    def rebuild(self, store: Any, save: bool = True) -> VerifyResult:
         """Make the index equal to ``store`` and check it (count and checksum): from the graph file when it
-        holds a graph that, after the database's later changes, matches; else built from the database."""
+        holds a graph that, after the database's later changes, matches; else built from the database (and
+        saved to the graph file unless ``save`` is false)."""
         t0 = time.perf_counter()
         path = Path(self.settings.graph_file) if self.settings.graph_file else None
         if path is not None:
@@ -221,7 +222,7 @@ class FaceIndex:
             time.perf_counter() - t0,
             "matches" if result.ok else "DIFFERS",
         )
-        if result.ok:
+        if result.ok and save:
             self.save_graph()
         return result
 
@@ -363,21 +364,30 @@ class FaceIndex:
         with self._lock:
             return int(self._index.ntotal) - len(self._tombstones)
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` (scores [Q, k], face ids [Q, k]) by inner product; missing entries have id -1."""
+    def search(
+        self, queries: np.ndarray, k: int, ef_search: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (scores [Q, k], face ids [Q, k]) by inner product; missing entries have id -1.
+        ``ef_search`` overrides the HNSW beam width for this call (ignored by exact search)."""
         faiss = _faiss()
         q = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
         with self._lock:
             k_eff = max(1, min(int(k), max(1, self.count)))
-            if self._tombstones:
-                sel = faiss.IDSelectorNot(
-                    faiss.IDSelectorBatch(np.asarray(sorted(self._tombstones), dtype=np.int64))
-                )
-                params = faiss.SearchParametersHNSW(sel=sel, efSearch=self.settings.ef_search)
-                scores, ids = self._index.search(q, k_eff, params=params)
+            if self.kind == "hnsw" and (self._tombstones or ef_search is not None):
+                kwargs: dict[str, Any] = {"efSearch": int(ef_search or self.settings.ef_search)}
+                if self._tombstones:
+                    kwargs["sel"] = faiss.IDSelectorNot(
+                        faiss.IDSelectorBatch(np.asarray(sorted(self._tombstones), dtype=np.int64))
+                    )
+                scores, ids = self._index.search(q, k_eff, params=faiss.SearchParametersHNSW(**kwargs))
             else:
                 scores, ids = self._index.search(q, k_eff)
         return scores, ids
+
+    def contents(self) -> tuple[np.ndarray, np.ndarray]:
+        """The live ``(face ids, embeddings)`` the index holds (read back from faiss, tombstones left out)."""
+        with self._lock:
+            return self._contents()
 
     def _contents(self) -> tuple[np.ndarray, np.ndarray]:
         """The live (id, embedding) pairs held by the faiss index itself (read back, not from a copy)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 
@@ -214,3 +215,74 @@ def test_graph_file_defaults_beside_a_sqlite_gallery_and_never_for_a_url():
     assert _graph_file(Namespace(index_file=None, db="postgresql://u@h/db")) is None
     assert _graph_file(Namespace(index_file="none", db="/srv/g.db")) is None
     assert _graph_file(Namespace(index_file="/fast/g.npz", db="postgresql://u@h/db")) == "/fast/g.npz"
+
+
+def test_probe_like_queries_have_the_asked_cosine_with_their_source():
+    from faceforge.serve.recall import probe_like_queries
+
+    rng = np.random.default_rng(3)
+    gallery = _unit(rng, 50, 128)
+    for c in (0.6, 0.9):
+        q = probe_like_queries(gallery, 2000, c, np.random.default_rng(4))
+        assert np.allclose(np.linalg.norm(q, axis=1), 1.0, atol=1e-5)
+        # the source of each query is its most similar gallery row, at cosine ~c
+        best = (q @ gallery.T).max(axis=1)
+        assert abs(float(np.mean(best)) - c) < 0.02
+    with pytest.raises(ValueError, match="target cosine"):
+        probe_like_queries(gallery, 5, 1.5, rng)
+
+
+def test_recall_sweep_against_exact_search():
+    from faceforge.serve.recall import probe_like_queries, recall_sweep
+
+    rng = np.random.default_rng(5)
+    emb = _unit(rng, 3000, 32)
+    ids = np.arange(10, 3010, dtype=np.int64)
+    store = _FakeStore(ids, emb)
+    hard = probe_like_queries(emb, 300, 0.5, rng)
+    exact = FaceIndex(32, IndexSettings(hnsw_above=0))
+    exact.rebuild(store)
+    res = recall_sweep(exact, {"hard": hard}, [1, 64], match_threshold=0.45)
+    assert [r["ef_search"] for r in res["rows"]] == [None]  # exact search: one row, recall 1 by definition
+    assert res["rows"][0]["recall_at_1 hard"] == 1.0 and res["faces"] == 3000
+    # by hand: the matches are the queries whose exact best cosine reaches the threshold
+    assert res["matches"]["hard"] == int(((hard @ emb.T).max(axis=1) >= 0.45).sum())
+    graph = FaceIndex(32, IndexSettings(hnsw_above=100, hnsw_m=8, ef_construction=16))
+    graph.rebuild(store)
+    store.delete(10)  # a tombstone: the exact side must leave it out too
+    graph.sync(store)
+    res = recall_sweep(graph, {"hard": hard, "same": emb[1:40]}, [1, 2048])
+    low, high = res["rows"]
+    assert low["ef_search"] == 1 and high["ef_search"] == 2048
+    assert low["recall_at_1 hard"] < high["recall_at_1 hard"] == 1.0  # a beam wider than most of the gallery
+    assert high["recall_at_1 same"] == 1.0 and res["faces"] == 2999
+    assert low["speedup_vs_exact"] > 0 and res["timing"]["threads"] == 1
+
+
+def test_serve_recall_command(tmp_path):
+    from faceforge.cli.main import main
+    from faceforge.serve.keys import Actor
+    from faceforge.serve.store import Store
+
+    db = str(tmp_path / "g.db")
+    store = Store(db)
+    store.bind_model("m" * 64, {"kind": "test"})
+    rng = np.random.default_rng(6)
+    store.bulk_load([f"p{i}" for i in range(400)], _unit(rng, 400, 16), "m" * 64, Actor(name="test"))
+    store.close()
+    out = tmp_path / "recall.json"
+    probes = tmp_path / "probes.npy"
+    np.save(probes, _unit(rng, 20, 16) * 3.0)  # not normalised: the command normalises
+    args = ["serve", "--hnsw-above", "1", "--hnsw-m", "8", "--ef-construction", "40", "recall", "--db", db]
+    assert (
+        main([*args, "--queries", "100", "--ef-values", "16,512", "--probes", str(probes), "--out", str(out)])
+        == 0
+    )
+    res = json.loads(out.read_text())
+    assert res["index"]["kind"] == "hnsw" and res["faces"] == 400
+    assert res["queries"] == {"probes": 20, "made": 100}
+    assert res["rows"][-1]["ef_search"] == 512 and res["rows"][-1]["recall_at_1 made"] == 1.0
+    assert not (tmp_path / "g.db.index.npz").exists()  # trying settings never overwrites the server's graph
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.zeros((3, 5), np.float32))
+    assert main([*args, "--probes", str(bad)]) == 2
