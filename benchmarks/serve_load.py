@@ -268,6 +268,47 @@ def ef_sweep(
     }
 
 
+def graph_settings(
+    db: Path,
+    dim: int,
+    probes: np.ndarray,
+    thr: float | None,
+    graphs: list[tuple[int, int]],
+    efs: list[int],
+    seed: int,
+) -> list[dict]:
+    """``--index-only``: for each (M, efConstruction) an HNSW graph built from the gallery database in this
+    process (every core), then :func:`faceforge.serve.recall.recall_sweep` on the real probes and on 1,000
+    probe-like queries made from the gallery (cosine 0.6 with their source)."""
+    from faceforge.serve.index import FaceIndex
+    from faceforge.serve.recall import probe_like_queries, recall_sweep
+    from faceforge.serve.store import Store
+
+    rows = []
+    for m, efc in graphs:
+        store = Store(str(db))
+        try:
+            ix = FaceIndex(dim, IndexSettings(hnsw_above=1, hnsw_m=m, ef_construction=efc))
+            t0 = time.perf_counter()
+            check = ix.rebuild(store, save=False)
+            build_s = time.perf_counter() - t0
+            made = probe_like_queries(store.snapshot().embeddings, 1000, 0.6, np.random.default_rng(seed))
+        finally:
+            store.close()
+        sweep = recall_sweep(ix, {"probes": probes, "made": made}, efs, match_threshold=thr)
+        row = {
+            "M": m,
+            "ef_construction": efc,
+            "build_seconds": round(build_s, 1),
+            "index_ok": check.ok,
+            **sweep,
+        }
+        print(json.dumps({k: v for k, v in row.items() if k != "index"}), flush=True)
+        rows.append(row)
+        del ix
+    return rows
+
+
 def _start_server(db: Path, model: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     cmd = [sys.executable, "-m", "faceforge", "serve", "--db", str(db), "--port", str(port), "--model", model]
@@ -401,6 +442,13 @@ def main() -> int:
         default="128,256,512,1024,2048",
         help="efSearch values whose recall and speed are measured on the server's HNSW graph, in this process",
     )
+    ap.add_argument(
+        "--index-only",
+        default="",
+        metavar="MxEFC,...",
+        help="no server: build HNSW graphs with these M x efConstruction (e.g. 24x60,32x200) on each gallery "
+        "and measure their recall and speed for --ef-sweep (writes graphs, not load numbers)",
+    )
     ap.add_argument("--crash-rounds", type=int, default=3, help="kill -9 durability rounds (0: none)")
     ap.add_argument("--crash-seconds", type=float, default=20.0, help="enrolment stream length before a kill")
     ap.add_argument("--work-dir", help="where the galleries go (default: a temporary folder, removed)")
@@ -462,6 +510,9 @@ def main() -> int:
     cov = np.cov((fit - mu).T)
     cov = 0.9 * cov + 0.1 * np.eye(len(mu)) * np.trace(cov) / len(mu)
     chol = np.linalg.cholesky(cov) if len(real_emb) else np.eye(len(mu))
+    cal = packaged_calibration(desc)
+    thr = None if cal is None else cal.threshold_for(1e-4)["threshold"]  # FMR 1e-4: "a match"
+    graphs = [tuple(int(v) for v in g.split("x")) for g in args.index_only.split(",") if g.strip()]
     results = []
     tmp_ctx = tempfile.TemporaryDirectory() if args.work_dir is None else None
     work = Path(args.work_dir or tmp_ctx.name)
@@ -489,6 +540,20 @@ def main() -> int:
             _, key = store.create_key("bench", ["search"])
             snap = store.snapshot()
             store.close()
+            if graphs:
+                print(f"size {size}: gallery filled in {fill_s:.0f} s; building graphs", flush=True)
+                results.append(
+                    {
+                        "size": size,
+                        "real_faces": len(real_emb),
+                        "random_faces": n_rand,
+                        "graphs": graph_settings(
+                            db, snap.embeddings.shape[1], direct_q, thr, graphs, efs, args.seed
+                        ),
+                    }
+                )
+                db.unlink(missing_ok=True)
+                continue
             print(f"size {size}: gallery filled in {fill_s:.0f} s; starting the server", flush=True)
 
             hnsw = bool(args.hnsw_above and size >= args.hnsw_above)
@@ -575,11 +640,8 @@ def main() -> int:
             inside = c1.pop("_inside")
             server_index_ms = float(np.mean(c1.pop("_index_ms")))
             direct_ms = float(np.mean(direct)) * 1000
-            thr = None
             matched_idx = np.arange(len(direct_q))
-            cal = packaged_calibration(desc)
-            if cal is not None:
-                thr = cal.threshold_for(1e-4)["threshold"]
+            if thr is not None:
                 exact_scores, _ = flat.search(direct_q, 1)
                 matched = [i for i in idx if exact_scores[i, 0] >= thr]
                 matched_idx = np.flatnonzero(exact_scores[:, 0] >= thr)
@@ -611,7 +673,7 @@ def main() -> int:
             graph.unlink(missing_ok=True)
         durability = (
             crash_rounds(args.crash_rounds, args.crash_seconds, work, args.model, lfw)
-            if args.crash_rounds
+            if args.crash_rounds and not graphs
             else []
         )
     finally:
@@ -634,6 +696,9 @@ def main() -> int:
             "hnsw_m": args.hnsw_m,
             "ef_construction": args.ef_construction,
             "ef_search": args.ef_search,
+            "ef_sweep": efs,
+            "index_only": args.index_only or None,
+            "match_threshold_fmr_1e-4": thr,
             "database": "SQLite (WAL)",
             "seed": args.seed,
             "filler": args.filler,
@@ -652,7 +717,9 @@ def main() -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {args.out}")
-    bad = [r["size"] for r in results if r["load"]["errors"] or r["concurrency_1"]["errors"]]
+    bad = [
+        r["size"] for r in results if "load" in r and (r["load"]["errors"] or r["concurrency_1"]["errors"])
+    ]
     lost = [d for d in durability if d["lost"] or not d["index_matches_db"]]
     return 1 if bad or lost else 0
 
