@@ -8,6 +8,11 @@
 * Deletion: the exact index removes vectors (``remove_ids``). HNSW graphs cannot drop a node, so a deleted
   face is kept in a tombstone set that every search excludes (an ``IDSelectorNot`` in the search
   parameters); when tombstones pass ``compact_fraction`` of the index it is rebuilt without them.
+* Builds while serving: the compaction and the switch from exact search to HNSW at ``hnsw_above`` build
+  the new index in a background thread (minutes for a million faces) while searches go on against the
+  current one; enrolments and deletions made meanwhile go to the current index and are replayed onto the
+  new one before it takes over. Only a re-embedded face (an id added back after its deletion) rebuilds
+  synchronously.
 * Source of truth: :meth:`FaceIndex.rebuild` loads the database's snapshot, :meth:`FaceIndex.sync` applies
   the database's change feed after the last applied ``seq`` (so other server processes' enrolments and
   deletions arrive too), and :meth:`FaceIndex.verify` compares the index with the database by count and by
@@ -136,6 +141,8 @@ class FaceIndex:
         self._index = self._new_index("flat")
         self.kind = "flat"
         self._saved_seq = -1  # seq of the last graph file written or loaded (-1: none)
+        self._builder: threading.Thread | None = None  # a background build (compaction, exact -> HNSW)
+        self._replay: list[tuple[str, np.ndarray, Any]] | None = None  # changes made during that build
         #: where the last :meth:`rebuild` got the index: "database" (built) or "graph file" (loaded, checked)
         self.source = "database"
 
@@ -155,7 +162,11 @@ class FaceIndex:
 
     def _build(self, ids: np.ndarray, emb: np.ndarray, kind: str | None = None) -> None:
         kind = kind or self._kind_for(len(ids))
-        index = self._new_index(kind)
+        index = self._fill(self._new_index(kind), ids, emb)
+        self._index, self.kind, self._tombstones = index, kind, set()
+
+    def _fill(self, index: Any, ids: np.ndarray, emb: np.ndarray) -> Any:
+        """Add ``(ids, emb)`` to an empty ``index`` on every core; returns it."""
         if len(ids):
             faiss = _faiss()
             faiss.omp_set_num_threads(os.cpu_count() or 1)  # a (re)build uses every core
@@ -166,13 +177,14 @@ class FaceIndex:
             finally:
                 if self.settings.threads > 0:
                     faiss.omp_set_num_threads(int(self.settings.threads))
-        self._index, self.kind, self._tombstones = index, kind, set()
+        return index
 
     def rebuild(self, store: Any, save: bool = True) -> VerifyResult:
         """Make the index equal to ``store`` and check it (count and checksum): from the graph file when it
         holds a graph that, after the database's later changes, matches; else built from the database (and
         saved to the graph file unless ``save`` is false)."""
         t0 = time.perf_counter()
+        self.wait_for_build()  # a background build would replace what this makes
         path = Path(self.settings.graph_file) if self.settings.graph_file else None
         if path is not None:
             _remove_stale_writes(path)
@@ -303,15 +315,21 @@ class FaceIndex:
                     return
             if any(int(i) in self._tombstones for i in ids):
                 # a re-added id (re-embedding) still has its old node in the HNSW graph: rebuild without it
+                # (synchronously: a re-embedding moves the whole gallery, which needs a new graph anyway);
+                # a background build running meanwhile sees the add and gives way (_replay_onto)
+                if self._replay is not None:
+                    self._replay.append(("add", ids, np.ascontiguousarray(emb, dtype=np.float32)))
                 cur_ids, cur_emb = self._contents()
                 self._build(
                     np.concatenate([cur_ids, ids]), np.concatenate([cur_emb, np.asarray(emb, np.float32)])
                 )
                 return
-            self._index.add_with_ids(np.ascontiguousarray(emb, dtype=np.float32), ids)
+            emb = np.ascontiguousarray(emb, dtype=np.float32)
+            self._index.add_with_ids(emb, ids)
+            if self._replay is not None:
+                self._replay.append(("add", ids, emb))
             if self.kind == "flat" and self._kind_for(self.count) == "hnsw":
-                cur_ids, cur_emb = self._contents()
-                self._build(cur_ids, cur_emb, "hnsw")
+                self._build_in_background("hnsw")
 
     def remove(self, ids: np.ndarray) -> None:
         ids = [int(i) for i in np.asarray(ids, dtype=np.int64)]
@@ -319,13 +337,76 @@ class FaceIndex:
             return
         faiss = _faiss()
         with self._lock:
+            if self._replay is not None:
+                self._replay.append(("del", np.asarray(ids, dtype=np.int64), None))
             if self.kind == "flat":
                 self._index.remove_ids(faiss.IDSelectorBatch(np.asarray(ids, dtype=np.int64)))
                 return
             self._tombstones.update(i for i in ids if self._has_vector(i))
             if len(self._tombstones) > self.settings.compact_fraction * max(1, self._index.ntotal):
-                cur_ids, cur_emb = self._contents()
-                self._build(cur_ids, cur_emb)
+                self._build_in_background(self._kind_for(self.count))
+
+    # -- background builds
+    def _build_in_background(self, kind: str) -> None:
+        """Build a new index of ``kind`` over the live faces in a thread while searches go on against the
+        current one (call with the lock held). Changes made meanwhile are recorded and replayed onto the new
+        index before it replaces the current one, so nothing is lost; one build at a time (a build due
+        while one runs is left to the next change)."""
+        if self._builder is not None:
+            return
+        ids, emb = self._contents()
+        self._replay = []
+        self._builder = threading.Thread(
+            target=self._background_build, args=(ids, emb, kind), name="faceforge-index-build", daemon=True
+        )
+        self._builder.start()
+
+    def _background_build(self, ids: np.ndarray, emb: np.ndarray, kind: str) -> None:
+        t0 = time.perf_counter()
+        try:
+            index = self._fill(self._new_index(kind), ids, emb)
+            with self._lock:
+                tombstones = self._replay_onto(index, kind, self._replay or [])
+                if tombstones is None:  # a re-added face: only a build over the current contents will do
+                    cur_ids, cur_emb = self._contents()
+                    self._build(cur_ids, cur_emb, kind)
+                else:
+                    self._index, self.kind, self._tombstones = index, kind, tombstones
+                log.info(
+                    "index rebuilt in the background: %d faces (%s) in %.1f s, %d changes replayed",
+                    self.count,
+                    self.kind,
+                    time.perf_counter() - t0,
+                    len(self._replay or []),
+                )
+        except Exception:  # the current index stays in use; the next change due a build tries again
+            log.exception("background index build failed; the current index stays in use")
+        finally:
+            with self._lock:
+                self._replay, self._builder = None, None
+
+    def _replay_onto(self, index: Any, kind: str, ops: list[tuple[str, np.ndarray, Any]]) -> set[int] | None:
+        """Apply recorded ``(op, ids, embeddings)`` to a freshly built ``index``; returns its tombstones, or
+        None when an add hits a tombstoned id (a graph cannot take a node back)."""
+        faiss = _faiss()
+        tombstones: set[int] = set()
+        for op, ids, emb in ops:
+            if op == "add":
+                if any(int(i) in tombstones for i in ids):
+                    return None
+                index.add_with_ids(emb, ids)
+            elif kind == "flat":
+                index.remove_ids(faiss.IDSelectorBatch(ids))
+            else:
+                tombstones.update(int(i) for i in ids)
+        return tombstones
+
+    def wait_for_build(self, timeout: float | None = None) -> bool:
+        """Wait for a background build to finish; True when none is running (any more)."""
+        builder = self._builder
+        if builder is not None:
+            builder.join(timeout)
+        return self._builder is None
 
     def _has_vector(self, face_id: int) -> bool:
         try:
@@ -437,4 +518,5 @@ class FaceIndex:
                 ef_search=s.ef_search,
                 tombstones=len(self._tombstones),
             )
+        d["rebuilding"] = self._builder is not None
         return d

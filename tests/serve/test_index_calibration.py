@@ -112,6 +112,7 @@ def test_exact_index_turns_into_hnsw_past_the_threshold_and_compacts():
     for i in range(51, 71):
         store.add(i, _unit(rng, 1, 8)[0])
     index.sync(store)
+    assert index.wait_for_build(30)
     assert index.kind == "hnsw" and index.count == 70 and index.verify(store).ok
     for i in range(1, 6):  # 5 tombstones: below 10 % of 70
         store.delete(i)
@@ -120,7 +121,51 @@ def test_exact_index_turns_into_hnsw_past_the_threshold_and_compacts():
     for i in range(6, 10):  # 9 > 7: rebuilt without them
         store.delete(i)
     index.sync(store)
+    assert index.wait_for_build(30)
     assert index.describe().get("tombstones", 0) == 0 and index.count == 61 and index.verify(store).ok
+
+
+@pytest.mark.parametrize("readd", [False, True])
+def test_background_build_keeps_serving_and_replays_the_changes_made_meanwhile(readd):
+    import threading
+
+    rng = np.random.default_rng(7)
+    store = _FakeStore(np.arange(1, 101, dtype=np.int64), _unit(rng, 100, 8))
+    index = FaceIndex(8, IndexSettings(hnsw_above=50, compact_fraction=0.1, hnsw_m=8, ef_search=200))
+    assert index.rebuild(store).ok and index.kind == "hnsw"
+    gate, started = threading.Event(), threading.Event()
+    fill = index._fill
+
+    def slow_fill(ix, ids, emb):  # the background build waits until the test has made its changes
+        if threading.current_thread().name == "faceforge-index-build":
+            started.set()
+            assert gate.wait(30)
+        return fill(ix, ids, emb)
+
+    index._fill = slow_fill
+    for i in range(1, 12):  # 11 > 10 % of 100: a background compaction starts
+        store.delete(i)
+    index.sync(store)
+    assert started.wait(30) and index.describe()["rebuilding"]
+    # meanwhile: searches answer (deleted faces never), enrolments and deletions land
+    q = store.rows[50][None]
+    assert index.search(q, 1)[1][0, 0] == 50
+    new = _unit(rng, 1, 8)[0]
+    store.add(101, new)
+    store.delete(50)
+    if readd:  # a re-embedding of face 60 during the build: the build gives way to a full one
+        store.delete(60)
+        store.add(60, _unit(rng, 1, 8)[0])
+    index.sync(store)
+    assert index.search(new[None], 1)[1][0, 0] == 101 and 50 not in index.search(q, 5)[1][0]
+    gate.set()
+    assert index.wait_for_build(30) and not index.describe()["rebuilding"]
+    index._fill = fill
+    # face 50, deleted during the build, is a tombstone of the new graph (none after the full build a
+    # re-embedding forces)
+    assert index.describe()["tombstones"] == (0 if readd else 1)
+    assert index.count == 89 and index.verify(store).ok
+    assert index.search(new[None], 1)[1][0, 0] == 101 and 50 not in index.search(q, 5)[1][0]
 
 
 def test_graph_file_is_loaded_checked_and_falls_back_to_a_build(tmp_path):
