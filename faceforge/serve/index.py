@@ -96,8 +96,9 @@ class IndexSettings:
     ef_construction: int = 400
     ef_search: int = 512
     compact_fraction: float = 0.1
-    #: OpenMP threads faiss may use per search (process-wide). 1 suits a server: concurrent requests already
-    #: fill the cores, and OpenMP's thread start-up dominates a single query on a small index.
+    #: OpenMP threads faiss may use per search (set in each thread that searches: OpenMP keeps the count per
+    #: thread). 1 suits a server: concurrent requests already fill the cores, and OpenMP's thread start-up
+    #: dominates a single query on a small index.
     threads: int = 1
     #: where the HNSW graph is saved and loaded from (module doc); ``None``: always build at start-up
     graph_file: str | None = None
@@ -141,6 +142,7 @@ class FaceIndex:
         self._index = self._new_index("flat")
         self.kind = "flat"
         self._saved_seq = -1  # seq of the last graph file written or loaded (-1: none)
+        self._threads_set = threading.local()  # OpenMP's thread count is per calling thread
         self._builder: threading.Thread | None = None  # a background build (compaction, exact -> HNSW)
         self._replay: list[tuple[str, np.ndarray, Any]] | None = None  # changes made during that build
         #: where the last :meth:`rebuild` got the index: "database" (built) or "graph file" (loaded, checked)
@@ -451,6 +453,10 @@ class FaceIndex:
         """Top-``k`` (scores [Q, k], face ids [Q, k]) by inner product; missing entries have id -1.
         ``ef_search`` overrides the HNSW beam width for this call (ignored by exact search)."""
         faiss = _faiss()
+        if self.settings.threads > 0 and not getattr(self._threads_set, "done", False):
+            # omp_set_num_threads holds for the calling thread only: set it in each request thread
+            faiss.omp_set_num_threads(int(self.settings.threads))
+            self._threads_set.done = True
         q = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
         with self._lock:
             k_eff = max(1, min(int(k), max(1, self.count)))

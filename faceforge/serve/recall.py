@@ -74,6 +74,7 @@ def recall_sweep(
         raise ValueError("no queries")
     timed = sets[timing_set or next(iter(sets))][:timing_queries]
     truth = {k: exact.search(q, 1) for k, q in sets.items()}
+    index.search(timed[:1], 1)  # the index sets its own per-thread OpenMP count on a thread's first search
     faiss.omp_set_num_threads(int(threads))
     try:
         exact_ms = _per_query_ms(lambda q: exact.search(q, 1), timed)

@@ -103,6 +103,27 @@ def test_search_delete_and_verify(kind):
     assert index.verify(store).ok
 
 
+def test_searches_run_on_the_configured_openmp_threads_in_every_thread():
+    import threading
+
+    import faiss
+
+    rng = np.random.default_rng(8)
+    store = _FakeStore(np.arange(1, 21, dtype=np.int64), _unit(rng, 20, 8))
+    index = FaceIndex(8, IndexSettings(threads=1))
+    index.rebuild(store)
+    seen = []
+
+    def request() -> None:  # a server's request thread: OpenMP's default until the first search
+        index.search(_unit(rng, 1, 8), 1)
+        seen.append(faiss.omp_get_max_threads())
+
+    t = threading.Thread(target=request)
+    t.start()
+    t.join()
+    assert seen == [1]
+
+
 def test_exact_index_turns_into_hnsw_past_the_threshold_and_compacts():
     rng = np.random.default_rng(1)
     store = _FakeStore(np.arange(1, 51, dtype=np.int64), _unit(rng, 50, 8))
