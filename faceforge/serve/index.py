@@ -89,12 +89,12 @@ class IndexSettings:
     """How the index searches. ``hnsw_above``: faces at which exact search gives way to HNSW (0: never)."""
 
     hnsw_above: int = 250_000
-    #: M 48 / efConstruction 400 / efSearch 512 give recall@1 0.997 against exact search at 1M face-like
-    #: 128-d vectors, 7x faster than exact on one thread (benchmarks/serve_load.py; M 24 / 60 gave 0.90,
-    #: M 32 / 200 gave 0.967 at the same efSearch)
+    #: M 48 / efConstruction 400 / efSearch 1024: recall@1 against exact search 0.993 (300 real probes) at
+    #: 1M face-like 128-d vectors, 3.05x faster than exact on one thread; efSearch 512 gave 0.987 (6.1x) in
+    #: the same run, 0.997 on another build (benchmarks/serve_load.py; README "Numbers")
     hnsw_m: int = 48
     ef_construction: int = 400
-    ef_search: int = 512
+    ef_search: int = 1024
     compact_fraction: float = 0.1
     #: OpenMP threads faiss may use per search (set in each thread that searches: OpenMP keeps the count per
     #: thread). 1 suits a server: concurrent requests already fill the cores, and OpenMP's thread start-up
