@@ -57,6 +57,7 @@ import httpx
 import numpy as np
 
 from faceforge.serve.index import IndexSettings
+from faceforge.serve.recall import per_query_ms
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("FACEFORGE_DATA", REPO.parent / "shared" / "data")).resolve()
@@ -206,15 +207,6 @@ def _launch(cmd: list[str], log: Path, url: str) -> subprocess.Popen:
             time.sleep(0.5)
 
 
-def _per_query_ms(search, queries: np.ndarray) -> float:
-    """Mean time of one-query searches (one thread), after one warm-up query."""
-    search(queries[:1])
-    t0 = time.perf_counter()
-    for q in queries:
-        search(q[None])
-    return (time.perf_counter() - t0) / len(queries) * 1000
-
-
 def ef_sweep(
     ix,
     flat,
@@ -239,14 +231,14 @@ def ef_sweep(
     noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
     _, exact_p = flat.search(probes, 1)
     _, exact_n = flat.search(noisy, 1)
-    exact_ms = _per_query_ms(lambda q: flat.search(q, 1), probes)
+    exact_ms = per_query_ms(lambda q: flat.search(q, 1), probes)
     hnsw = faiss.downcast_index(ix._index.index).hnsw
     rows = []
     for ef in sorted(set(efs) | {configured}):
         hnsw.efSearch = ef
         _, got_p = ix._index.search(probes, 1)
         _, got_n = ix._index.search(noisy, 1)
-        ms = _per_query_ms(lambda q: ix._index.search(q, 1), probes)
+        ms = per_query_ms(lambda q: ix._index.search(q, 1), probes)
         hit = got_p[:, 0] == exact_p[:, 0]
         rows.append(
             {

@@ -18,31 +18,26 @@
   deletions arrive too), and :meth:`FaceIndex.verify` compares the index with the database by count and by
   :func:`embedding_checksum`. A crash between a commit and the index update loses nothing: the next sync or
   start-up reads the committed change.
-* Graph file (``graph_file``): building an HNSW graph over a million faces takes minutes, so after a build
-  and at :meth:`FaceIndex.save_graph` (the service calls it on shutdown) the index is written to one ``.npz``
-  (the serialised faiss index, its ``seq``, tombstones and settings; no pickle), atomically. At start-up
-  :meth:`FaceIndex.rebuild` loads it, applies the database's changes after its ``seq`` and compares the
-  result with the database exactly as after a build (count and checksum): the file is a shortcut, never a
-  second source of truth. A missing, unreadable or stale file, other settings or another dimension mean a
-  full build from the database. The file holds the embeddings, so it gets the database's protection.
+* Graph file (``graph_file``, layout in :mod:`~faceforge.serve.graph_file`): saved after a build and at
+  :meth:`FaceIndex.save_graph` (on shutdown); at start-up :meth:`FaceIndex.rebuild` loads it, applies the
+  database's later changes and checks the result like a build (count and checksum). A missing, unreadable
+  or stale file, other settings or another dimension mean a full build from the database.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import threading
 import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from faceforge.core.atomic import atomic_writer
+from faceforge.serve.graph_file import GRAPH_FORMAT, read_graph, remove_stale_writes, write_graph
 
 log = logging.getLogger(__name__)
 
@@ -71,19 +66,6 @@ def embedding_checksum(ids: np.ndarray, embeddings: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def _remove_stale_writes(path: Path, older_than_s: float = 3600.0) -> None:
-    """Delete the temporary files a writer killed mid-save left beside ``path`` (``.<name>.*.tmp``, see
-    :func:`faceforge.core.atomic.atomic_writer`) once they are an hour old (a live writer's is younger)."""
-    now = time.time()
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        try:
-            if now - tmp.stat().st_mtime > older_than_s:
-                tmp.unlink()
-                log.info("removed %s, left by an interrupted graph save", tmp)
-        except OSError:
-            pass
-
-
 @dataclass
 class IndexSettings:
     """How the index searches. ``hnsw_above``: faces at which exact search gives way to HNSW (0: never)."""
@@ -102,10 +84,6 @@ class IndexSettings:
     threads: int = 1
     #: where the HNSW graph is saved and loaded from (module doc); ``None``: always build at start-up
     graph_file: str | None = None
-
-
-#: version of the graph file layout; another version is ignored (full build)
-GRAPH_FORMAT = 1
 
 
 @dataclass
@@ -189,7 +167,7 @@ class FaceIndex:
         self.wait_for_build()  # a background build would replace what this makes
         path = Path(self.settings.graph_file) if self.settings.graph_file else None
         if path is not None:
-            _remove_stale_writes(path)
+            remove_stale_writes(path)
         if path is not None and path.is_file() and self._load_graph(path):
             n_changes = store.latest_seq() - self.seq
             while self.sync(store):  # the changes after the file's seq (sync applies them in slices)
@@ -266,8 +244,7 @@ class FaceIndex:
             seq = self.seq
         path = Path(self.settings.graph_file)
         t0 = time.perf_counter()
-        with atomic_writer(path) as fh:
-            np.savez(fh, index=data, tombstones=tomb, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+        write_graph(path, data, tomb, meta)
         self._saved_seq = seq
         log.info(
             "index graph saved to %s (%d faces, seq %d) in %.1f s",
@@ -281,18 +258,13 @@ class FaceIndex:
     def _load_graph(self, path: Path) -> bool:
         """Replace the index by the one in ``path`` if it is readable and was made with these settings."""
         faiss = _faiss()
+        found = read_graph(path, {**self._graph_meta(), "kind": "hnsw"})
+        if found is None:
+            return False
+        data, tomb, seq = found
         try:
-            with np.load(path, allow_pickle=False) as z:
-                meta = json.loads(bytes(z["meta"]).decode())
-                want = {**self._graph_meta(), "kind": "hnsw"}
-                differs = {k: (meta.get(k), v) for k, v in want.items() if meta.get(k) != v}
-                if differs:
-                    log.info("graph file %s was made with other settings %s: building", path, differs)
-                    return False
-                index = faiss.deserialize_index(np.ascontiguousarray(z["index"], dtype=np.uint8))
-                tomb = {int(i) for i in z["tombstones"]}
-                seq = int(meta["seq"])
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError, zipfile.BadZipFile) as exc:
+            index = faiss.deserialize_index(data)
+        except RuntimeError as exc:
             log.warning("graph file %s is unreadable (%s): building from the database", path, exc)
             return False
         if index.d != self.dim or not hasattr(index, "id_map"):

@@ -44,7 +44,8 @@ def probe_like_queries(
     return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
 
 
-def _per_query_ms(search: Callable[[np.ndarray], Any], queries: np.ndarray) -> float:
+def per_query_ms(search: Callable[[np.ndarray], Any], queries: np.ndarray) -> float:
+    """Mean milliseconds of one-query calls of ``search`` over ``queries``, after one warm-up call."""
     search(queries[:1])
     t0 = time.perf_counter()
     for q in queries:
@@ -77,7 +78,7 @@ def recall_sweep(
     index.search(timed[:1], 1)  # the index sets its own per-thread OpenMP count on a thread's first search
     faiss.omp_set_num_threads(int(threads))
     try:
-        exact_ms = _per_query_ms(lambda q: exact.search(q, 1), timed)
+        exact_ms = per_query_ms(lambda q: exact.search(q, 1), timed)
         rows = []
         efs = sorted({int(e) for e in ef_values}) if index.kind == "hnsw" else [None]
         for ef in efs:
@@ -90,7 +91,7 @@ def recall_sweep(
                 if match_threshold is not None:
                     m = scores[:, 0] >= match_threshold
                     row[f"recall_at_1 {name} (matches)"] = round(float(hit[m].mean()), 4) if m.any() else None
-            ms = _per_query_ms(lambda q, ef=ef: index.search(q, 1, ef_search=ef), timed)
+            ms = per_query_ms(lambda q, ef=ef: index.search(q, 1, ef_search=ef), timed)
             row.update(ms_per_query=round(ms, 3), speedup_vs_exact=round(exact_ms / ms, 2))
             rows.append(row)
     finally:
