@@ -99,6 +99,7 @@ def _load_commands() -> None:
         evaluate,
         export,
         fetch,
+        import_model,
         prepare,
         quality,
         search,

@@ -14,7 +14,7 @@ PACKAGE = Path(faceforge.__file__).resolve().parent
 LAYERS: list[set[str]] = [
     {"core"},
     {"data", "models"},
-    {"embedders"},
+    {"embedders", "importers"},
     {"deploy", "eval", "distill"},
     {"objectives"},
     {"engine"},
