@@ -25,6 +25,7 @@ from .aifr import (
     aifr_iresnet_se50,
     aifr_mobilefacenet,
 )
+from .dlib_resnet import DlibResNet, dlib_resnet
 from .iresnet import (
     IBasicBlock,
     IResNet,
@@ -56,6 +57,8 @@ BACKBONES.register("iresnet100")(iresnet100)
 BACKBONES.register("iresnet200")(iresnet200)
 BACKBONES.register("iresnet_se50")(iresnet_se50)
 BACKBONES.register("iresnet_se100")(iresnet_se100)
+# dlib's face-recognition ResNet (faceforge import dlib reads its weights from the .dat file)
+BACKBONES.register("dlib_resnet")(dlib_resnet)
 # quality regressors (SDD-FIQA): a recognition encoder with a one-number head, output [N, 1]
 BACKBONES.register("sddfiqa_mobilefacenet")(sddfiqa_mobilefacenet)
 BACKBONES.register("sddfiqa_iresnet18")(sddfiqa_iresnet18)
@@ -79,6 +82,7 @@ __all__ = [
     "BACKBONES",
     "AIFRNet",
     "AttentionDecomposition",
+    "DlibResNet",
     "IBasicBlock",
     "IResNet",
     "MobileFaceNet",
