@@ -222,7 +222,9 @@ def fold(op: str, attrs: dict[str, Any], inputs: list[np.ndarray | None]) -> lis
     while inputs and inputs[-1] is None:  # trailing omitted optional inputs
         inputs = inputs[:-1]
     try:
-        return FOLDABLE[op](attrs, *inputs)
+        outs = FOLDABLE[op](attrs, *inputs)
+        # numpy hands back scalars for 0-d results (and a bare "N" from an object array): arrays again
+        return [o if isinstance(o, np.ndarray) else np.array(o, dtype=object if o == BATCH else None) for o in outs]
     except FoldError:
         raise
     except (ValueError, TypeError, IndexError, KeyError) as exc:
