@@ -11,9 +11,10 @@ The graph is interpreted once at import, node by node in topological order:
   the same code that runs it later, on a zero batch of 2 faces and one of 3: that is the shape inference used
   for ``auto_pad``, PRelu's channel axis and ``Shape`` (the dimensions that differ between the two runs are the
   batch size, ``"N"`` in a folded shape), and it checks that the graph keeps the batch axis from input to
-  output (``[N, 3, S, S] -> [N, D]``: a recognition graph). (Real tensors, not PyTorch's ``meta`` device: its
+  output (``[N, 3, S, S] -> [N, D]``: a recognition graph). Real tensors, not PyTorch's ``meta`` device (its
   shape functions are Python decompositions that import torch._dynamo, seconds slower than five small
-  forward passes; values no later node reads are freed as the walk goes.)
+  forward passes), so each node's output size is bounded before it runs (:mod:`.onnx_bounds`); values no
+  later node reads are freed as the walk goes.
 
 Afterwards nodes the output does not need are dropped, and a constant ``Add`` right after a bias-less Linear or
 Conv becomes its (trainable) bias. Every refusal is one :class:`~faceforge.importers.base.ModelImportError`
@@ -32,6 +33,7 @@ import torch
 from torch import Tensor
 
 from faceforge.importers.base import ModelImportError
+from faceforge.importers.onnx_bounds import MAX_ACTIVATION_ELEMENTS, output_bound
 from faceforge.importers.onnx_fold import BATCH, FoldError, fold, is_symbolic
 from faceforge.importers.onnx_handlers import HANDLERS, Unsupported
 from faceforge.importers.onnx_read import MAX_TENSOR_ELEMENTS, Node, OnnxFile
@@ -173,6 +175,19 @@ class Converter:
             fn = module_call(op, self.run_modules[module], attrs) if module else build_op(op, attrs)
         except (KeyError, TypeError, ValueError) as exc:
             raise self.fail(node, f"attributes not supported ({exc})") from None
+        shapes = [list(a.val[-1].shape) if isinstance(a, Act) else self.constants[a] for a in inputs]
+        try:
+            bound = output_bound(op, shapes, attrs, self.modules.get(module or ""))
+        except (RuntimeError, ValueError, KeyError, IndexError, TypeError) as exc:
+            raise self.fail(
+                node, f"its inputs' shapes do not fit ({exc})", "the graph is corrupted"
+            ) from None
+        if bound > MAX_ACTIVATION_ELEMENTS:
+            raise self.fail(
+                node,
+                f"its output would hold {bound} values for {BATCHES[-1]} faces (more than {MAX_ACTIVATION_ELEMENTS})",
+                "the file is corrupted or hostile",
+            )
         outs: list[list[Tensor]] = []
         for k, b in enumerate(BATCHES):
             args = [a.val[k] if isinstance(a, Act) else self.weights[f"constants.{a}"] for a in inputs]

@@ -224,7 +224,10 @@ def fold(op: str, attrs: dict[str, Any], inputs: list[np.ndarray | None]) -> lis
     try:
         outs = FOLDABLE[op](attrs, *inputs)
         # numpy hands back scalars for 0-d results (and a bare "N" from an object array): arrays again
-        return [o if isinstance(o, np.ndarray) else np.array(o, dtype=object if o == BATCH else None) for o in outs]
+        return [
+            o if isinstance(o, np.ndarray) else np.array(o, dtype=object if o == BATCH else None)
+            for o in outs
+        ]
     except FoldError:
         raise
     except (ValueError, TypeError, IndexError, KeyError) as exc:

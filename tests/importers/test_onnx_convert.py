@@ -273,6 +273,22 @@ def test_hostile_tensor_sizes_are_refused_before_allocation(tmp_path: Path) -> N
     with pytest.raises(ModelImportError) as e:
         import_onnx(tmp_path / "short.onnx")
     _one_line(e, "short.onnx", "holds")
+    pads = numpy_helper.from_array(np.array([0, 0, 4096, 4096, 0, 0, 4096, 4096], np.int64), "pads")
+    nodes = [
+        helper.make_node("Pad", ["x", "pads"], ["p"]),  # (112 + 8192)^2 pixels per channel, from 64 bytes
+        helper.make_node("GlobalAveragePool", ["p"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["y"]),
+    ]
+    save(model(nodes, [pads], 112, 3), tmp_path / "pad.onnx")
+    with pytest.raises(ModelImportError) as e:
+        import_onnx(tmp_path / "pad.onnx")
+    _one_line(e, "pad.onnx", "node 'Pad'", "its output would hold")
+    m = tiny_net()
+    m.metadata_props.add(key="faceforge", value=json.dumps({"preprocess": {"input_size": 1 << 20}}))
+    onnx.save(m, str(tmp_path / "meta.onnx"))
+    with pytest.raises(ModelImportError) as e:
+        import_onnx(tmp_path / "meta.onnx")
+    _one_line(e, "meta.onnx", "input_size")
     m = tiny_net()
     t = m.graph.initializer[0]
     t.ClearField("raw_data")
