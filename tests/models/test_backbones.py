@@ -24,6 +24,7 @@ ALL_NAMES = [
     "iresnet_se100",
     "iresnet_se50",
     "mobilefacenet",
+    "onnx_graph",
     "sddfiqa_iresnet100",
     "sddfiqa_iresnet18",
     "sddfiqa_iresnet50",
