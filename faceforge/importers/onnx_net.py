@@ -338,9 +338,7 @@ def import_onnx(source: str | Path | None = None, **options: Any) -> ImportedMod
     c = convert_graph(f, size)
     notes += c.notes
     if f.repairs:
-        notes.append(
-            f"graph inputs repaired ({len(f.repairs)}: weights listed as inputs), e.g. {f.repairs[0]}"
-        )
+        notes.append(f"graph inputs repaired: {'; '.join(f.repairs)}")
     if c.folded.get("DequantizeLinear"):
         notes.append(
             f"{c.folded['DequantizeLinear']} quantised weight tensors dequantised to float32 at import"

@@ -224,28 +224,31 @@ def _load(path: Path) -> Any:
 
 
 def _repair_inputs(graph: Any, initialisers: set[str]) -> tuple[list[Any], dict[str, str], list[str]]:
+    """(the inputs kept, weight inputs rewired to their twins, a summary of the changes)."""
     produced = {o for n in graph.node for o in n.output}
     read = {i for n in graph.node for i in n.input}
-    keep, rewire, changes = [], {}, []
-    listed = sum(inp.name in initialisers for inp in graph.input)
-    if listed:
-        changes.append(f"{listed} initialiser(s) taken out of the inputs")
+    keep, rewire = [], {}
+    counts = {
+        "initialiser(s) listed as inputs taken out": 0,
+        "unread weight input(s) dropped": 0,
+        "unused input(s) dropped": 0,
+    }
     for inp in graph.input:
         name = inp.name
-        if name in initialisers:
-            continue
         twin = next((f"{name}{s}" for s in ("_reshaped", "_dequantized") if f"{name}{s}" in produced), None)
-        if twin is not None:
-            if name in read:
-                rewire[name] = twin
-                changes.append(f"input {name} rewired to {twin}")
-            else:
-                changes.append(f"weight input {name} dropped (the graph reads {twin})")
-            continue
-        if name not in read and len(graph.input) > 1:
-            changes.append(f"unused input {name} dropped")
-            continue
-        keep.append(inp)
+        if name in initialisers:
+            counts["initialiser(s) listed as inputs taken out"] += 1
+        elif twin is not None and name in read:
+            rewire[name] = twin
+        elif twin is not None:
+            counts["unread weight input(s) dropped"] += 1
+        elif name not in read and len(graph.input) > 1:
+            counts["unused input(s) dropped"] += 1
+        else:
+            keep.append(inp)
+    changes = [f"{n} {what}" for what, n in counts.items() if n]
+    if rewire:
+        changes.append(f"{len(rewire)} weight input(s) rewired to the dequantised copies the graph computes")
     return keep, rewire, changes
 
 
