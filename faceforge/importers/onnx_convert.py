@@ -172,7 +172,11 @@ class Converter:
         """Append a program node and run it on the two zero batches; returns its outputs."""
         attrs = attrs or {}
         try:
-            fn = module_call(op, self.run_modules[module], attrs) if module else build_op(op, attrs)
+            if module:
+                mod, call = self.run_modules[module], module_call(op, attrs)
+                fn = lambda xs, ctx: call(mod, xs, ctx)  # noqa: E731
+            else:
+                fn = build_op(op, attrs)
         except (KeyError, TypeError, ValueError) as exc:
             raise self.fail(node, f"attributes not supported ({exc})") from None
         shapes = [list(a.val[-1].shape) if isinstance(a, Act) else self.constants[a] for a in inputs]

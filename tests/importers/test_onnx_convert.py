@@ -3,6 +3,7 @@ onnxruntime, the program as a trainable module, and the one-line refusals."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -198,6 +199,17 @@ def test_the_op_set_matches_onnxruntime_and_trains(tmp_path: Path) -> None:
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
     assert not torch.equal(before, bn.running_mean)
     assert isinstance(bn, torch.nn.BatchNorm2d) and isinstance(net.layers["bn1"], torch.nn.BatchNorm1d)
+
+
+def test_a_copied_network_runs_its_own_modules(tmp_path: Path) -> None:
+    net = import_onnx(save(tiny_net(), tmp_path / "tiny.onnx")).build()
+    twin = copy.deepcopy(net)
+    x = torch.randn(2, 3, 112, 112)
+    with torch.no_grad():
+        before = net(x)
+        twin.layers["fc0"].weight.zero_()
+        twin.layers["fc0"].bias.zero_()
+        assert torch.equal(net(x), before) and not twin(x).any()
 
 
 def test_a_program_is_checked_when_built(tmp_path: Path) -> None:

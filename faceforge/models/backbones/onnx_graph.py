@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from .onnx_ops import (
     MAX_TENSOR_ELEMENTS,
     MODULE_OPS,
+    ModuleFn,
     OpContext,
     OpFn,
     SlopePReLU,
@@ -144,13 +145,14 @@ class OnnxGraphNet(nn.Module):
         if total > MAX_TOTAL_ELEMENTS:
             raise ValueError(f"onnx_graph: the program holds {total} weights, more than {MAX_TOTAL_ELEMENTS}")
 
-        self._program: list[tuple[OpFn, list[tuple[bool, str]], list[str], list[str]]] = []
+        # (function, module name or None, inputs as (is_constant, name), outputs, values to free after it)
+        self._program: list[tuple[Any, str | None, list[tuple[bool, str]], list[str], list[str]]] = []
         self._dropouts: list[int] = []
         self._build_program(nodes, set(constants), dropout)
 
     def _build_program(self, nodes: list[Any], constants: set[str], dropout: float | None) -> None:
         defined = {self.input_name}
-        steps: list[tuple[OpFn, list[tuple[bool, str]], list[str]]] = []
+        steps: list[tuple[Any, str | None, list[tuple[bool, str]], list[str]]] = []
         for i, node in enumerate(nodes):
             where = f"onnx_graph: node {i}"
             if not isinstance(node, dict) or not isinstance(node.get("op"), str):
@@ -174,6 +176,7 @@ class OnnxGraphNet(nn.Module):
                     raise ValueError(f"{where} ({op}) reads {name!r}, which nothing before it defines")
             if op == "Dropout" and dropout is not None:
                 attrs = {**attrs, "ratio": float(dropout)}
+            mod_name = None
             try:
                 if op in MODULE_OPS:
                     mod_name = node.get("module")
@@ -182,7 +185,7 @@ class OnnxGraphNet(nn.Module):
                     kind = modules_type(self.layers[mod_name])
                     if kind not in MODULE_OPS[op]:
                         raise ValueError(f"module {mod_name} is a {kind}, not one of {MODULE_OPS[op]}")
-                    fn = module_call(op, self.layers[mod_name], attrs)
+                    fn: OpFn | ModuleFn = module_call(op, attrs)
                 else:
                     fn = build_op(op, attrs)
             except (KeyError, TypeError, ValueError) as exc:
@@ -194,13 +197,13 @@ class OnnxGraphNet(nn.Module):
                 defined.add(name)
             if op == "Dropout":
                 self._dropouts.append(i)
-            steps.append((fn, refs, [str(o) for o in outs]))
+            steps.append((fn, mod_name, refs, [str(o) for o in outs]))
         if self.output_name not in defined:
             raise ValueError(f"onnx_graph: the output {self.output_name!r} is never computed")
         if dropout is not None and dropout > 0 and not self._dropouts:
             raise ValueError("onnx_graph: dropout was given but the imported graph has no Dropout node")
         last_use: dict[str, int] = {}
-        for i, (_, refs, _) in enumerate(steps):
+        for i, (_, _, refs, _) in enumerate(steps):
             for is_const, name in refs:
                 if not is_const:
                     last_use[name] = i
@@ -208,7 +211,7 @@ class OnnxGraphNet(nn.Module):
         for name, i in last_use.items():
             if name != self.output_name:
                 free[i].append(name)
-        self._program = [(fn, refs, outs, free[i]) for i, (fn, refs, outs) in enumerate(steps)]
+        self._program = [(fn, mod, refs, outs, free[i]) for i, (fn, mod, refs, outs) in enumerate(steps)]
 
     def forward(self, x: Tensor) -> Tensor:
         s = self.input_size
@@ -219,9 +222,9 @@ class OnnxGraphNet(nn.Module):
             )
         env: dict[str, Tensor] = {self.input_name: x}
         ctx = OpContext(batch=x.shape[0], training=self.training)
-        for fn, refs, outs, free in self._program:
+        for fn, mod, refs, outs, free in self._program:
             args = [getattr(self.constants, name) if is_const else env[name] for is_const, name in refs]
-            env.update(zip(outs, fn(args, ctx), strict=True))
+            env.update(zip(outs, fn(self.layers[mod], args, ctx) if mod else fn(args, ctx), strict=True))
             for name in free:
                 env.pop(name, None)
         return env[self.output_name].reshape(x.shape[0], -1).float()

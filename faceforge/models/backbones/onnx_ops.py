@@ -30,7 +30,16 @@ from torch import Tensor, nn
 
 from faceforge.core.precision import no_autocast
 
-__all__ = ["MODULE_OPS", "OPS", "OpContext", "SlopePReLU", "build_module", "build_op"]
+__all__ = [
+    "MODULE_OPS",
+    "OPS",
+    "ModuleFn",
+    "OpContext",
+    "SlopePReLU",
+    "build_module",
+    "build_op",
+    "module_call",
+]
 
 #: bound on the number of elements of one weight tensor (far above any face network's, far below exhausting memory)
 MAX_TENSOR_ELEMENTS = 1 << 28
@@ -138,24 +147,27 @@ MODULE_OPS: dict[str, tuple[str, ...]] = {
 }
 
 
-def module_call(op: str, module: nn.Module, attrs: dict[str, Any]) -> OpFn:
-    """The function that runs a module-backed node."""
+ModuleFn = Callable[[nn.Module, list[Tensor], OpContext], list[Tensor]]
+
+
+def module_call(op: str, attrs: dict[str, Any]) -> ModuleFn:
+    """The function that runs a module-backed node, given its module (looked up by the caller at each call, so
+    that a copied network runs its own modules)."""
     if op == "Conv":
         pad = _ints(attrs["pad"], "Conv pad", 4, 0, 4096) if "pad" in attrs else None
 
-        def conv(xs: list[Tensor], ctx: OpContext) -> list[Tensor]:
-            x = F.pad(xs[0], pad) if pad else xs[0]
-            return [module(x)]
+        def conv(module: nn.Module, xs: list[Tensor], ctx: OpContext) -> list[Tensor]:
+            return [module(F.pad(xs[0], pad) if pad else xs[0])]
 
         return conv
     if op == "Linear":
 
-        def linear(xs: list[Tensor], ctx: OpContext) -> list[Tensor]:
+        def linear(module: nn.Module, xs: list[Tensor], ctx: OpContext) -> list[Tensor]:
             with no_autocast(xs[0].device):
                 return [module(xs[0].float())]
 
         return linear
-    return lambda xs, ctx: [module(xs[0])]
+    return lambda module, xs, ctx: [module(xs[0])]
 
 
 # ------------------------------------------------------------------------------------------ plain ops
