@@ -74,7 +74,9 @@ def _dlib_descriptors(chips: np.ndarray) -> np.ndarray:
     return np.asarray([np.asarray(v) for v in net.compute_face_descriptor(list(chips))], np.float32)
 
 
-def _forward(model: torch.nn.Module, pre: Preprocess, chips: np.ndarray, precision: str, batch: int = 64) -> np.ndarray:
+def _forward(
+    model: torch.nn.Module, pre: Preprocess, chips: np.ndarray, precision: str, batch: int = 64
+) -> np.ndarray:
     out = []
     with torch.inference_mode():
         for i in range(0, len(chips), batch):
@@ -144,7 +146,9 @@ def measure_template(aligned: Path, pairs: Path, limit: int) -> dict[str, Any]:
     import dlib
 
     emb = DlibResNetEmbedder(mode="landmarks")
-    coord = np.stack(np.meshgrid(np.arange(256), np.arange(256), indexing="xy") + [np.zeros((256, 256))], -1).astype(np.uint8)
+    coord = np.stack(
+        [*np.meshgrid(np.arange(256), np.arange(256), indexing="xy"), np.zeros((256, 256))], -1
+    ).astype(np.uint8)
     u, v = np.meshgrid(np.arange(150), np.arange(150))
     fits = []
     for f in people_faces(aligned, pairs, limit, step=3):
@@ -197,7 +201,9 @@ def main() -> None:
             acc[name] = {}
             for flip in (True, False):
                 out = args.work / f"eval_{len(acc)}_{flip}.json"
-                acc[name]["flip" if flip else "no_flip"] = accuracy(model, options, args.aligned, lfw / "pairsDevTest.txt", flip, out)
+                acc[name]["flip" if flip else "no_flip"] = accuracy(
+                    model, options, args.aligned, lfw / "pairsDevTest.txt", flip, out
+                )
         result["pairsDevTest_accuracy"] = acc
     if args.measure_template:
         result["template"] = measure_template(args.aligned, lfw / "pairsDevTrain.txt", 1500)

@@ -38,6 +38,7 @@ from .iresnet import (
     iresnet_se100,
 )
 from .mobilefacenet import MobileFaceNet, mobilefacenet
+from .onnx_graph import OnnxGraphNet, onnx_graph
 from .quality import (
     QualityIResNet,
     QualityMobileFaceNet,
@@ -71,6 +72,8 @@ BACKBONES.register("aifr_iresnet34")(aifr_iresnet34)
 BACKBONES.register("aifr_iresnet50")(aifr_iresnet50)
 BACKBONES.register("aifr_iresnet100")(aifr_iresnet100)
 BACKBONES.register("aifr_iresnet_se50")(aifr_iresnet_se50)
+# an imported ONNX recognition graph (faceforge import onnx): its program travels as the JSON kwarg 'graph'
+BACKBONES.register("onnx_graph")(onnx_graph)
 
 
 def build_backbone(name: str, **kwargs) -> nn.Module:
@@ -86,6 +89,7 @@ __all__ = [
     "IBasicBlock",
     "IResNet",
     "MobileFaceNet",
+    "OnnxGraphNet",
     "QualityIResNet",
     "QualityMobileFaceNet",
     "build_backbone",
