@@ -7,8 +7,9 @@ later ``eval`` / ``embed`` / ``serve`` would silently feed it the wrong pixels. 
 in this order (:func:`input_preprocess`):
 
 1. ``run.init``'s ``meta.preprocess`` (the weights were trained with it);
-2. the backbone's own ``preprocess`` attribute, a dict of :class:`~faceforge.data.preprocess.Preprocess` fields
-   (a network that always takes, say, BGR pixels 0-255 declares it once, in its module);
+2. the backbone's own ``preprocess_meta`` attribute (or property), a dict of
+   :class:`~faceforge.data.preprocess.Preprocess` fields (a network that always takes, say, dlib's mean and 1/256
+   scaling, declares it once, in its module: ``faceforge.models.backbones.dlib_resnet``);
 3. faceforge's default, ``Preprocess(input_size=data.image_size)`` (RGB, ``(x/255 - 0.5)/0.5``).
 
 Its input size must be ``data.image_size`` (the training images are read at that size).
@@ -101,7 +102,7 @@ def input_preprocess(cfg: Any, backbone: nn.Module, init: InitSource | None) -> 
     """The run's preprocessing and where it came from (see the module doc); stops, in one line, when its input
     size is not ``data.image_size``."""
     size = int(cfg.data.image_size)
-    declared = getattr(backbone, "preprocess", None)
+    declared = getattr(backbone, "preprocess_meta", None)
     pre = init.preprocess() if init is not None else None
     if pre is not None:
         origin = f"run.init={init.path}"  # type: ignore[union-attr]

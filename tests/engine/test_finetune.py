@@ -243,10 +243,10 @@ def test_preprocessing_mismatches_stop_in_one_line(setup: dict[str, Path], tmp_p
 
 
 def test_a_backbone_declares_its_own_preprocessing(setup: dict[str, Path], tmp_path: Path) -> None:
-    """Without run.init, a backbone's ``preprocess`` attribute is the run's preprocessing."""
+    """Without run.init, a backbone's ``preprocess_meta`` attribute is the run's preprocessing."""
 
     class BGRNet(TinyNet):
-        preprocess: ClassVar[dict] = {"colour": "BGR", "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
+        preprocess_meta: ClassVar[dict] = {"colour": "BGR", "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
 
     BACKBONES.register("test_finetune_bgr")(BGRNet)
     try:
@@ -401,3 +401,36 @@ def test_bad_patterns_and_head_conflicts_stop_in_one_line(setup: dict[str, Path]
                      "finetune.head_init=random"))  # fmt: skip
     assert torch.equal(t.objectives["margin"].head.weight.detach(), ckpt["objectives"]["margin"]["weight"])
     assert t.init_record["head"] is True
+
+
+# ------------------------------------------------------------------------------ the recipe, end to end
+@pytest.mark.slow
+def test_the_packaged_recipe_through_faceforge_train(setup: dict[str, Path], tmp_path: Path, capsys) -> None:
+    """CI smoke: ``faceforge train finetune`` on an imported MobileFaceNet (BGR, SFace's input) with the recipe's
+    every option, evaluated by ``faceforge eval``'s code on 4 people it did not train on."""
+    import shutil
+
+    from faceforge.cli.main import main
+
+    held_out = tmp_path / "held_out"
+    for person in sorted(p for p in setup["root"].iterdir() if p.is_dir())[8:]:
+        (held_out / person.name).mkdir(parents=True)
+        for f in sorted(person.glob("*.jpg"))[:3]:
+            shutil.copy(f, held_out / person.name / f.name)
+    imported = _import(tmp_path / "mbf.pt", name="mobilefacenet", kwargs={"embedding_size": 64, "scale": 1},
+                       **SFACE_LIKE)  # fmt: skip
+    run = tmp_path / "run"
+    code = main(["train", "finetune", f"run.init={imported}", f"data.root={setup['root']}",
+                 f"data.list_file={setup['list']}", "data.batch_size=16", "optim.epochs=2", "run.progress=false",
+                 f"run.dir={run}", f"eval.benchmarks=[allpairs:{held_out}]"])  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    assert '"global_step": 4' in out and "allpairs:held_out" in out
+    meta = load_checkpoint(run / "checkpoints/model.pt")["meta"]
+    assert meta["backbone"] == {"name": "mobilefacenet", "kwargs": {"embedding_size": 64, "scale": 1}}
+    assert (
+        meta["preprocess"]["colour"] == "BGR" and meta["init"]["source"]["network"] == "random mobilefacenet"
+    )
+    ft = meta["finetune"]
+    assert (ft["head_init"]["name"], ft["backbone_lr_mult"], ft["freeze_bn"]) == ("class_mean", 0.1, "stats")
+    assert (ft["head_only_steps"], ft["backbone_warmup_steps"]) == (1, 1)
