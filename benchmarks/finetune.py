@@ -141,7 +141,7 @@ def evaluate(model: Path, pairs_file: Path, images: Path, out_dir: Path) -> dict
 
 
 def train(model: Path, row: str, seed: int, faces: Path, list_file: Path, epochs: int, run_dir: Path,
-          plugins: list[str]) -> tuple[Path, dict[str, Any]]:  # fmt: skip
+          plugins: list[str], extra: list[str]) -> tuple[Path, dict[str, Any]]:  # fmt: skip
     size = int(load_checkpoint(model)["meta"].get("preprocess", {}).get("input_size", 112))
     overrides = [
         f"run.init={model}",
@@ -152,6 +152,7 @@ def train(model: Path, row: str, seed: int, faces: Path, list_file: Path, epochs
         f"data.image_size={size}",
         f"optim.epochs={epochs}",
         "run.progress=false",
+        *extra,
         *(ROWS[row] or []),
     ]
     if plugins:
@@ -184,18 +185,19 @@ def summarise(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def estimate_full(result: dict[str, Any], full_images: int, full_epochs: int, seeds: int) -> dict[str, Any]:
-    """Hours the full run would take here, from this run's measured speeds (train and class-mean images/s,
-    evaluation seconds per image, scaled to the full training set and pairsDevTest's 1,655 images)."""
+    """Hours the full run would take here, from this run's measured speeds (train images/s, set-up and class-mean
+    seconds per image, evaluation seconds per image, scaled to the full training set and pairsDevTest's 1,655
+    images)."""
     full_eval_images = 1655
     per_model = {}
     for name, m in result["models"].items():
-        imp = m["rows"]["imported"]["runs"]["-"]
-        eval_s = imp["eval_seconds"] / imp["eval_images"] * full_eval_images
         trained = [
             r for row in ("naive", "finetune") for r in m["rows"].get(row, {}).get("runs", {}).values()
         ]
         if not trained:
             continue
+        evaluated = [r for row in m["rows"].values() for r in row.get("runs", {}).values()]
+        eval_s = statistics.fmean(r["eval_seconds"] / r["eval_images"] for r in evaluated) * full_eval_images
         ips = statistics.fmean(r["training"]["images_per_s"] for r in trained)
         setup_per_image = statistics.fmean(
             r["training"]["setup_seconds_incl_class_means"] / r["training"]["num_images"] for r in trained
@@ -249,6 +251,13 @@ def main() -> None:
     ap.add_argument("--quick-pairs", type=int, default=100, help="matched and mismatched pairs each")
     ap.add_argument("--plugins", default="", help="modules that register backbones (comma-separated)")
     ap.add_argument("--reuse", action="store_true", help="keep runs whose results exist")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override for every trained row, before the row's own (e.g. head.margin=0.2)",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     models = dict(spec.split("=", 1) for spec in args.model)
@@ -274,7 +283,7 @@ def main() -> None:
     result["settings"] = {
         "quick": args.quick, "recipe": RECIPE, "naive_overrides": NAIVE, "epochs": epochs, "seeds": seeds,
         "train_images": n_images, "train_people": n_people, "pairs": f"{pairs_file.name} (flip-sum, 10 folds)",
-        "allpairs_rule": "conservative: largest TAR with FAR <= 1e-3", "faces": str(faces),
+        "allpairs_rule": "conservative: largest TAR with FAR <= 1e-3", "faces": str(faces), "set": args.set,
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()},
     }  # fmt: skip
 
@@ -300,7 +309,9 @@ def main() -> None:
                 if row == "imported":
                     runs[seed] = evaluate(model, pairs_file, images, where / "eval")
                 else:
-                    trained, info = train(model, row, int(seed), faces, list_file, epochs, where, plugins)
+                    trained, info = train(
+                        model, row, int(seed), faces, list_file, epochs, where, plugins, args.set
+                    )
                     runs[seed] = {**evaluate(trained, pairs_file, images, where / "eval"), "training": info}
                 entry["rows"][row]["summary"] = summarise(runs)
                 save()

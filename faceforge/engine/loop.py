@@ -8,6 +8,11 @@ go to the history, tensorboard and the progress bar (:mod:`faceforge.engine.repo
 scaler and the RNG; samplers and augmentation are seeded from (seed, epoch, index), so a run stopped mid-epoch and
 resumed gives the same weights as one that never stopped.
 
+Fine-tuning is this loop too: a run started from ``run.init`` takes the checkpoint's weights, its preprocessing and,
+with ``model=from_init``, its architecture (:mod:`faceforge.engine.init_source`); the head starts as
+``finetune.head_init`` says (:mod:`faceforge.engine.head_init`), and the ``finetune`` options decide before every
+step what of the backbone trains and at which rate (:mod:`faceforge.engine.finetune`).
+
 Evaluation is not the engine's: the caller passes ``evaluate(model_path, out_dir) -> {benchmark: summary}``
 (``faceforge train`` builds it from the ``eval`` config section), run on rank 0 every ``eval.every_epochs`` and at
 the end.

@@ -6,7 +6,9 @@ atomically and reads it with ``weights_only=True``)::
 
     meta:        backbone name + kwargs, embedding size, preprocessing, head {name, num_classes}, objectives and
                  method descriptions, data description, the resolved training config, versions; predicts (what
-                 the output is: an identity embedding, a quality score); init (what run.init copied, if used)
+                 the output is: an identity embedding, a quality score); init (what run.init copied, if used,
+                 with the file's SHA-256 and its own import record and init); finetune (the fine-tuning options,
+                 what they froze, and how the head started)
     backbone:    state dict (all that ``eval``, ``embed`` and ONNX export need)
     objectives:  {name: state}   (a sharded head gathered into one [C, D] weight)
     method:      state of the method's own modules (or None)
