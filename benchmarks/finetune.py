@@ -6,8 +6,8 @@ For every ``--model NAME=PATH`` (a faceforge checkpoint, e.g. ``faceforge import
 * ``imported``: the model as imported, no training (evaluated once: it has no seed);
 * ``naive``: the packaged ``finetune`` recipe with every fine-tuning option off: a random head, the backbone at the
   full learning rate, BatchNorm statistics re-estimated, nothing frozen, no head-only phase;
-* ``finetune``: the packaged recipe as it is (class-mean head, backbone at 0.1x, frozen BN statistics, head-only
-  phase, backbone ramp; see faceforge/configs/finetune.yaml).
+* ``finetune``: the packaged recipe as it is (class-mean head, backbone at 0.01x, frozen BN statistics, a head-only
+  epoch, backbone ramp; see faceforge/configs/finetune.yaml).
 
 Training data: the demo's identities -- LFW people who are not in pairsDevTest and have at least 2 images (1,262
 people, 6,968 images) from the aligned folder ``--faces`` (``faceforge align`` of LFW; made under ``--out`` when
@@ -68,7 +68,7 @@ ROWS: dict[str, list[str] | None] = {"imported": None, "naive": NAIVE, "finetune
 LABELS = {
     "imported": "as imported (no training)",
     "naive": "naive fine-tune (random head, full lr, nothing frozen)",
-    "finetune": "finetune recipe (class-mean head, 0.1x backbone lr, frozen BN stats, head-only phase)",
+    "finetune": "finetune recipe (class-mean head, 0.01x backbone lr, frozen BN stats, head-only epoch)",
 }
 METRICS = ("pairs_accuracy", "allpairs_tar@far=1e-3")
 

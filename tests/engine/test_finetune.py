@@ -211,7 +211,7 @@ def test_class_means_on_two_ranks_fill_a_sharded_head(tmp_path: Path) -> None:
 def test_architecture_and_preprocessing_come_from_run_init(setup: dict[str, Path], tmp_path: Path) -> None:
     """model=from_init builds the import's network; a BGR 0-255 checkpoint (SFace's input) trains on BGR 0-255
     input, and the fine-tuned model.pt says so and keeps the import record."""
-    t = Trainer(_cfg(setup, tmp_path / "run", "optim.epochs=1", init="bgr"))
+    t = Trainer(_cfg(setup, tmp_path / "run", "optim.epochs=1", "finetune.head_only_epochs=0.5", init="bgr"))
     assert t.backbone_meta == {"name": TINY, "kwargs": KWARGS}
     assert t.preprocess == Preprocess(input_size=112, **SFACE_LIKE)
     seen: list[torch.Tensor] = []
@@ -432,5 +432,5 @@ def test_the_packaged_recipe_through_faceforge_train(setup: dict[str, Path], tmp
         meta["preprocess"]["colour"] == "BGR" and meta["init"]["source"]["network"] == "random mobilefacenet"
     )
     ft = meta["finetune"]
-    assert (ft["head_init"]["name"], ft["backbone_lr_mult"], ft["freeze_bn"]) == ("class_mean", 0.1, "stats")
-    assert (ft["head_only_steps"], ft["backbone_warmup_steps"]) == (1, 1)
+    assert (ft["head_init"]["name"], ft["backbone_lr_mult"], ft["freeze_bn"]) == ("class_mean", 0.01, "stats")
+    assert (ft["head_only_steps"], ft["backbone_warmup_steps"]) == (2, 1)
