@@ -59,8 +59,7 @@ def test_summary_table_and_estimate(bench) -> None:
     assert "| m | as imported (no training) | 99.00 % | 95.00 % | - |" in text
     assert "| 98.00 % ± 1.00 | 90.00 % ± 2.00 | 3 |" in text and "QUICK" in text
     est = bench.estimate_full(result, full_images=1000, full_epochs=3, seeds=3)
-    # eval: the mean of 10 s and 3 x 20 s per 100 images, x 1655; per trained run 1000 x 3 / 10 img/s (training)
-    # + 1000 x 0.1 s (set-up and class means) + that eval
+    # eval: the mean of 10 s and 3 x 20 s per 100 images, x 1655; the naive row (the only trained one here):
+    # 3 seeds x (1000 x 3 / 10 img/s of training + 1000 x 0.1 s of set-up and class means + that eval)
     eval_s = (10 + 3 * 20) / 4 / 100 * 1655
-    run_s = 300 + 100 + eval_s
-    assert est["hours_per_model"]["m"] == pytest.approx((eval_s + 6 * run_s) / 3600)
+    assert est["hours_per_model"]["m"] == pytest.approx((eval_s + 3 * (300 + 100 + eval_s)) / 3600)
