@@ -17,6 +17,7 @@ directory).
 from __future__ import annotations
 
 import inspect
+import math
 import re
 import types
 import typing
@@ -172,7 +173,7 @@ def validate_config(
     from faceforge.models.backbones import BACKBONES
     from faceforge.models.heads import HEADS
 
-    check_constructor_args("model", cfg.model, BACKBONES, reserved=())
+    _check_model(cfg, BACKBONES)
     head_layout = {k: cfg.head[k] for k in HEAD_LAYOUT_KEYS if k in cfg.head}
     head_args = OmegaConf.create({k: v for k, v in to_dict(cfg.head).items() if k not in HEAD_LAYOUT_KEYS})
     check_constructor_args("head", head_args, HEADS, reserved=("embedding_size", "num_classes"))
@@ -183,6 +184,7 @@ def validate_config(
 
     _check_choice("optim.name", cfg.optim.name, OPTIMIZERS)
     _check_numbers(cfg)
+    _check_finetune(cfg)
     _check_data_format(cfg.data)
     from faceforge.engine.schedule import SCHEDULES
 
@@ -237,6 +239,54 @@ def _check_numbers(cfg: DictConfig) -> None:
         raise ConfigError(f"optim.lr={cfg.optim.lr} must be > 0")
     if not 0.0 <= cfg.data.max_skipped <= 1.0:
         raise ConfigError(f"data.max_skipped={cfg.data.max_skipped} must be a fraction in [0, 1]")
+
+
+def _check_model(cfg: DictConfig, backbones: Any) -> None:
+    """``model``: a registered backbone and its arguments, or ``from_init`` (run.init's architecture, no options)."""
+    from faceforge.engine.init_source import FROM_INIT
+
+    if cfg.model.get("name") != FROM_INIT:
+        check_constructor_args("model", cfg.model, backbones, reserved=())
+        return
+    if not cfg.run.init:
+        raise ConfigError(
+            "model=from_init builds run.init's architecture: set run.init=CHECKPOINT.pt (or choose a model by name)"
+        )
+    extra = [k for k in cfg.model if k != "name"]
+    if extra:
+        raise ConfigError(
+            f"model=from_init takes the architecture and its options from run.init's checkpoint: remove "
+            f"model.{extra[0]} (or choose the model by name, e.g. model=iresnet50, to set its options)"
+        )
+
+
+def _check_finetune(cfg: DictConfig) -> None:
+    """The ``finetune`` section: names from their tables, numbers in range (patterns are matched against the
+    backbone when the run is built)."""
+    from faceforge.engine.finetune import BN_FREEZE
+    from faceforge.engine.head_init import HEAD_INITS
+
+    f = cfg.finetune
+    _check_choice("finetune.head_init", f.head_init, tuple(HEAD_INITS.names()))
+    _check_choice("finetune.freeze_bn", f.freeze_bn, tuple(BN_FREEZE))
+    mult = float(f.backbone_lr_mult)
+    if not (math.isfinite(mult) and mult > 0):
+        raise ConfigError(
+            f"finetune.backbone_lr_mult={f.backbone_lr_mult} must be a finite number > 0 (the backbone's learning "
+            "rate is this times the schedule's); to keep backbone layers fixed use finetune.freeze=['*']"
+        )
+    bad = [p for p in f.freeze if not isinstance(p, str) or not p.strip()]
+    if bad:
+        raise ConfigError(f"finetune.freeze: {bad[0]!r} is not a name pattern (e.g. 'conv1.*', 'layer1.*')")
+    for key in ("head_only_epochs", "backbone_warmup_epochs"):
+        value = float(f[key])
+        if not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"finetune.{key}={f[key]} must be a number of epochs >= 0")
+    if float(f.head_only_epochs) >= cfg.optim.epochs:
+        raise ConfigError(
+            f"finetune.head_only_epochs={f.head_only_epochs} leaves no epoch of optim.epochs={cfg.optim.epochs} to "
+            "train the backbone: lower it, or freeze the backbone for the whole run with finetune.freeze=['*']"
+        )
 
 
 def _check_plugins_objectives_method(cfg: DictConfig) -> None:

@@ -28,10 +28,12 @@ class RunConfig:
         0  # stop (with a checkpoint) after this many optimiser steps in this process; 0: no limit
     )
     resume: str | None = None  # a checkpoint path, or "auto" for <dir>/checkpoints/last.pt if present
-    # fine-tuning: start from the weights of a faceforge checkpoint (model.pt or last.pt); the optimiser,
-    # schedule, progress and distillation modules start fresh. run.resume, when it applies, wins.
+    # fine-tuning: start from the weights of a faceforge checkpoint (model.pt or last.pt, or one written by
+    # 'faceforge import'); the optimiser, schedule, progress and distillation modules start fresh. Training and the
+    # saved model use the checkpoint's preprocessing; model=from_init builds the checkpoint's own architecture.
+    # run.resume, when it applies, wins.
     init: str | None = None
-    init_head: bool = True  # also take the head's weights (same head and number of classes needed)
+    init_head: bool = True  # also take its head's weights, if any (same head and number of classes needed)
     # run.init into another network that shares layers with the checkpoint's (e.g. a quality regressor's encoder
     # from a recognition model): copy the backbone weights whose names this backbone has (a shape mismatch
     # stops, naming the key); the others start fresh; both lists are logged and kept in the checkpoint metadata
@@ -131,6 +133,27 @@ class TeacherConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """Fine-tuning options (faceforge.engine.finetune); every one also applies without run.init."""
+
+    # the head's first weights: random (N(0, 0.01)) | class_mean (each identity's normalised mean embedding
+    # under the initial backbone, eval mode, no augmentation: weight imprinting, Qi et al. CVPR 2018)
+    head_init: str = "random"
+    # the backbone's learning rate = this x the schedule's (its own parameter groups); > 0
+    backbone_lr_mult: float = 1.0
+    # backbone parameter names to keep fixed, as fnmatch patterns ("conv1.*", "layer1.*"); a pattern matching
+    # nothing stops the run. Frozen parameters leave the optimiser; a BN layer frozen whole keeps its statistics
+    freeze: list[str] = field(default_factory=list)
+    # batch-norm layers of the backbone: none | stats (eval mode while training: running statistics stay as
+    # loaded) | all (stats, and their affine weight and bias frozen too)
+    freeze_bn: str = "none"
+    # train the head alone (backbone frozen, eval mode) for this many epochs first; < optim.epochs
+    head_only_epochs: float = 0.0
+    # then ramp the backbone's learning rate linearly from 0 to its full value over this many epochs
+    backbone_warmup_epochs: float = 0.0
+
+
+@dataclass
 class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
     model: dict[str, Any] = field(default_factory=lambda: {"name": "mobilefacenet"})
@@ -138,6 +161,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     # instance name -> {type (default: the name), weight (default 1), options of the objective}; null removes one
     objectives: dict[str, Any] = field(default_factory=lambda: {"margin": {}})
     teachers: list[TeacherConfig] = field(

@@ -8,6 +8,11 @@ go to the history, tensorboard and the progress bar (:mod:`faceforge.engine.repo
 scaler and the RNG; samplers and augmentation are seeded from (seed, epoch, index), so a run stopped mid-epoch and
 resumed gives the same weights as one that never stopped.
 
+Fine-tuning is this loop too: a run started from ``run.init`` takes the checkpoint's weights, its preprocessing and,
+with ``model=from_init``, its architecture (:mod:`faceforge.engine.init_source`); the head starts as
+``finetune.head_init`` says (:mod:`faceforge.engine.head_init`), and the ``finetune`` options decide before every
+step what of the backbone trains and at which rate (:mod:`faceforge.engine.finetune`).
+
 Evaluation is not the engine's: the caller passes ``evaluate(model_path, out_dir) -> {benchmark: summary}``
 (``faceforge train`` builds it from the ``eval`` config section), run on rank 0 every ``eval.every_epochs`` and at
 the end.
@@ -33,9 +38,11 @@ from faceforge.core.checkpoint import atomic_torch_save, remove_stale_temporarie
 from faceforge.core.precision import make_scaler, resolve_device, resolve_precision
 from faceforge.core.schema import to_dict
 from faceforge.data.dataset import ResumableSampler, TaggedRows, collate_faces
-from faceforge.data.preprocess import Preprocess
 from faceforge.data.sources import build_training_data
 from faceforge.engine import setup
+from faceforge.engine.finetune import FineTuning
+from faceforge.engine.head_init import HEAD_INITS
+from faceforge.engine.init_source import InitSource, input_preprocess
 from faceforge.engine.method import MethodContext
 from faceforge.engine.reporting import TrainingLog, run_report
 from faceforge.engine.schedule import learning_rate
@@ -80,8 +87,10 @@ class Trainer:
         # data: the main source and data.sources, with identities (-1: none) and attributes of every row
         self.data = build_training_data(cfg.data, seed=cfg.run.seed, progress=cfg.run.progress)
         self.dataset = self.data.dataset
-        self.preprocess = Preprocess(input_size=cfg.data.image_size)
-        self.backbone, self.backbone_meta = setup.build_backbone_from(cfg, self.device)
+        # run.init's checkpoint, read once: weights, and the architecture (model=from_init) and preprocessing
+        init = InitSource.load(cfg.run.init, self.device) if cfg.run.init else None
+        self.backbone, self.backbone_meta = setup.build_backbone_from(cfg, self.device, init)
+        self.preprocess, self.preprocess_origin = input_preprocess(cfg, self.backbone, init)
         self.embedding_size = int(self.backbone.embedding_size)
 
         # objectives (teacher tables are filled by rank 0 first; the other ranks then read the cache)
@@ -132,7 +141,7 @@ class Trainer:
         if not self.method.trains_backbone:
             self.backbone.requires_grad_(False)
         self.attribute_names = sorted({a for o in self.objectives.values() for a in o.needs.attributes})
-        self.feature_names = setup.needed_features(self.objectives, self.backbone, cfg.model.name)
+        self.feature_names = setup.needed_features(self.objectives, self.backbone, self.backbone_meta["name"])
         self.attribute_columns = {
             n: tuple(torch.from_numpy(a) for a in self.data.attributes.numeric(n))
             for n in self.attribute_names
@@ -166,12 +175,19 @@ class Trainer:
             )
         self.total_steps = self.steps_per_epoch * cfg.optim.epochs
 
-        if cfg.run.init:
+        if init is not None:
             TrainingState(self).init_from(
-                cfg.run.init, head=bool(cfg.run.init_head), partial=bool(cfg.run.init_partial)
+                init, head=bool(cfg.run.init_head), partial=bool(cfg.run.init_partial)
             )
+        del init  # the checkpoint's weights are copied
+        # fine-tuning options (freezing before DDP sees the parameters) and the head's start (not when resuming:
+        # the checkpoint brings the head)
+        self.finetune = FineTuning(cfg, self.backbone, self.steps_per_epoch, self.method.trains_backbone)
+        self.head_init_record: dict[str, Any] = {"name": str(cfg.finetune.head_init)}
+        if self.resume_checkpoint() is None:
+            self.head_init_record = HEAD_INITS.get(str(cfg.finetune.head_init))(self)
         self.model: nn.Module = self.backbone
-        if self.dist.enabled and self.method.trains_backbone:
+        if self.dist.enabled and self.method.trains_backbone and self.finetune.trainable:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -183,9 +199,10 @@ class Trainer:
         self.ddp_param_ids = (
             {id(p) for p in self.backbone.parameters()} if self.model is not self.backbone else set()
         )
+        self.wrapped_model = self.model  # the head-only phase runs the bare backbone (no DDP hooks)
         trained = ([self.backbone] if self.method.trains_backbone else []) + [self.objectives, self.method]
         self.optimizers, self.schedules, self.grad_clip = setup.build_optimizers(
-            cfg, trained, self.method, self.steps_per_epoch, self.total_steps
+            cfg, trained, self.method, self.steps_per_epoch, self.total_steps, self.finetune.group_settings()
         )
         self.scalers = {name: make_scaler(self.device, self.precision) for name in self.optimizers}
         self.progress = Progress()
@@ -193,12 +210,20 @@ class Trainer:
         self.engine = StepEngine(self)
 
     # -------------------------------------------------------------------------------------------- helpers
+    def resume_checkpoint(self) -> str | None:
+        """The checkpoint ``run.resume`` continues from (``auto``: ``last.pt`` if there is one), or None."""
+        resume = self.cfg.run.resume
+        if resume == "auto":
+            last = self.ckpt_dir / "last.pt"
+            return str(last) if last.is_file() else None
+        return resume or None
+
     def meta(self) -> dict[str, Any]:
         margin = find_margin(self.objectives)
         return {
             "backbone": self.backbone_meta,
             "embedding_size": self.embedding_size,
-            "preprocess": self.preprocess.to_dict(),
+            "preprocess": {**self.preprocess.to_dict(), "origin": self.preprocess_origin},
             "head": {"name": margin.head_name, "num_classes": margin.num_classes}
             if margin is not None
             else None,
@@ -267,9 +292,11 @@ class Trainer:
             lr = learning_rate(step, self.schedules[name])
             self.engine.lr[name] = lr
             for group in opt.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * self.finetune.lr_factor(group, step)
         self.engine.step = step
         self.backbone.train(self.method.trains_backbone)
+        self.model = self.wrapped_model if self.finetune.before_step(step) else self.backbone
+        self.engine.log(self.finetune.logs(self.engine.lr.get("main", 0.0), step))
         self.objectives.train()
         self.method.train()
         self.method.step(self.engine, batch)
@@ -283,9 +310,7 @@ class Trainer:
             (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
             for stale in remove_stale_temporaries(self.ckpt_dir):
                 log.warning("removed %s, left by a save that was interrupted", stale)
-        resume = cfg.run.resume
-        if resume == "auto":
-            resume = str(self.ckpt_dir / "last.pt") if (self.ckpt_dir / "last.pt").is_file() else None
+        resume = self.resume_checkpoint()
         if resume:
             self.resume(resume)
         self.progress.skipped_images = list(
@@ -301,7 +326,7 @@ class Trainer:
             self._check_skipped(at_least=1)
         log.info(
             "training %s with objectives %s on %d images of %d identities, %d steps/epoch, precision %s, %d rank(s)",
-            cfg.model.name,
+            self.backbone_meta["name"],
             dict(self.objective_weights),
             len(self.data.labels),
             self.data.num_classes,

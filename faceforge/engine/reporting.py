@@ -133,6 +133,9 @@ def run_report(t: Any, stopped_early: bool, seconds: float, steps: int, history:
         "images_per_s_this_run": steps * t.cfg.data.batch_size * world / max(seconds, 1e-9),
         "world_size": world,
         "objectives": t.meta()["objectives"],
+        "preprocess": t.meta()["preprocess"],
+        # run.init's origin and the fine-tuning options, as the checkpoint's metadata holds them
+        **{k: v for k, v in t.state.output_meta().items() if k in ("init", "finetune")},
         "method": t.method.describe(),
         "num_images": len(t.data.labels),
         "num_identities": t.data.num_classes,

@@ -18,7 +18,9 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from faceforge.core.checkpoint import CheckpointError
 from faceforge.core.schema import to_dict
+from faceforge.engine.init_source import FROM_INIT, InitSource, model_spec
 from faceforge.engine.method import METHODS, Method, MethodContext, OptimizerSpec
 from faceforge.engine.optim import build_optimizer, parameter_groups
 from faceforge.engine.schedule import ScheduleSpec
@@ -65,19 +67,30 @@ def method_spec(method_cfg: Any) -> tuple[str, dict[str, Any]]:
     return str(raw.pop("name", "standard")), raw
 
 
-def build_backbone_from(cfg: Any, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
-    kwargs = {k: v for k, v in to_dict(cfg.model).items() if k != "name"}
-    backbone = build_backbone(cfg.model.name, **kwargs).to(device)
+def build_backbone_from(
+    cfg: Any, device: torch.device, init: InitSource | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The run's backbone and its ``{name, kwargs}``: ``cfg.model``, or run.init's architecture for
+    ``model=from_init`` (:func:`faceforge.engine.init_source.model_spec`)."""
+    name, kwargs = model_spec(cfg, init)
+    try:
+        backbone = build_backbone(name, **kwargs).to(device)
+    except (TypeError, ValueError) as exc:
+        if init is None or cfg.model.name != FROM_INIT:
+            raise
+        raise CheckpointError(
+            f"model=from_init: run.init={init.path} asks for {name} with {kwargs}, which cannot be built ({exc})"
+        ) from None
     if cfg.run.channels_last:
         backbone = backbone.to(memory_format=torch.channels_last)
     if cfg.run.gradient_checkpointing:
         if not hasattr(backbone, "set_gradient_checkpointing"):
             raise ValueError(
-                f"run.gradient_checkpointing=true is not supported by model {cfg.model.name}; "
+                f"run.gradient_checkpointing=true is not supported by model {name}; "
                 "use an IResNet backbone or set run.gradient_checkpointing=false"
             )
         backbone.set_gradient_checkpointing(True)
-    return backbone, {"name": cfg.model.name, "kwargs": kwargs}
+    return backbone, {"name": name, "kwargs": kwargs}
 
 
 def build_objectives(
@@ -148,10 +161,19 @@ def schedule_spec(optim: Any, steps_per_epoch: int, total_steps: int) -> Schedul
 
 
 def build_optimizers(
-    cfg: Any, main_modules: list[nn.Module], method: Method, steps_per_epoch: int, total_steps: int
+    cfg: Any,
+    main_modules: list[nn.Module],
+    method: Method,
+    steps_per_epoch: int,
+    total_steps: int,
+    group_settings: Sequence[tuple[nn.Module, dict[str, Any]]] = (),
 ) -> tuple[dict[str, torch.optim.Optimizer], dict[str, ScheduleSpec], dict[str, float]]:
     """The main optimiser (``optim``) over ``main_modules`` minus what the method's own optimisers take, and
-    the method's optimisers (``optim`` with their settings on top), with their schedules and clip norms."""
+    the method's optimisers (``optim`` with their settings on top), with their schedules and clip norms.
+
+    ``group_settings``: ``(module, settings)`` whose trainable parameters get parameter groups of their own in
+    the main optimiser (decay / no-decay as usual) carrying ``settings`` (e.g. the fine-tuned backbone's
+    ``{"backbone": True, "lr_mult": 0.1}``, read by the trainer when it sets each step's learning rate)."""
     own: dict[str, OptimizerSpec] = method.optimizers()
     if "main" in own:
         raise ValueError(
@@ -161,6 +183,11 @@ def build_optimizers(
     optimizers, schedules, clip = {}, {}, {}
     # objectives whose parameters take other settings (e.g. no weight decay) get parameter groups of their own
     special: list[dict[str, Any]] = []
+    for module, settings in group_settings:
+        groups = parameter_groups([module], cfg.optim.weight_decay, bool(cfg.optim.no_decay_bn_bias), taken)
+        scale = float(settings.get("lr_mult", 1.0))
+        special += [{**g, **settings, "lr": float(cfg.optim.lr) * scale} for g in groups if g["params"]]
+        taken = taken | {id(p) for g in groups for p in g["params"]}
     for m in main_modules:
         for obj in m.modules():
             settings = obj.optimizer_settings() if isinstance(obj, Objective) else {}

@@ -6,7 +6,9 @@ atomically and reads it with ``weights_only=True``)::
 
     meta:        backbone name + kwargs, embedding size, preprocessing, head {name, num_classes}, objectives and
                  method descriptions, data description, the resolved training config, versions; predicts (what
-                 the output is: an identity embedding, a quality score); init (what run.init copied, if used)
+                 the output is: an identity embedding, a quality score); init (what run.init copied, if used,
+                 with the file's SHA-256 and its own import record and init); finetune (the fine-tuning options,
+                 what they froze, and how the head started)
     backbone:    state dict (all that ``eval``, ``embed`` and ONNX export need)
     objectives:  {name: state}   (a sharded head gathered into one [C, D] weight)
     method:      state of the method's own modules (or None)
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
 from faceforge.core.checkpoint import (
     FORMAT,
@@ -35,6 +38,8 @@ from faceforge.core.checkpoint import (
     rng_state,
     set_rng_state,
 )
+from faceforge.core.schema import TrainConfig, to_dict
+from faceforge.engine.init_source import InitSource
 from faceforge.objectives.margin import find_margin
 
 log = logging.getLogger(__name__)
@@ -42,8 +47,20 @@ log = logging.getLogger(__name__)
 #: ``meta.predicts`` of a backbone without a ``predicts`` attribute
 IDENTITY_EMBEDDING = "identity embedding (compare with cosine similarity)"
 
-#: config keys whose change makes an exact resume impossible (the sample order or the schedule moves)
-RESUME_KEYS = ("data.batch_size", "optim.epochs", "optim.accumulate_steps", "run.seed")
+#: config keys whose change makes an exact resume impossible (the sample order, the schedule or what trains moves)
+RESUME_KEYS = (
+    "data.batch_size",
+    "optim.epochs",
+    "optim.accumulate_steps",
+    "run.seed",
+    "finetune.backbone_lr_mult",
+    "finetune.freeze",
+    "finetune.freeze_bn",
+    "finetune.head_only_epochs",
+    "finetune.backbone_warmup_epochs",
+)
+#: the schema's defaults: a key a saved config lacks (written before the key existed) had its default value
+_DEFAULTS: dict[str, Any] = to_dict(OmegaConf.structured(TrainConfig))
 
 
 @dataclass
@@ -69,6 +86,12 @@ def _select(cfg: dict[str, Any], dotted: str) -> Any:
     for part in dotted.split("."):
         node = node.get(part) if isinstance(node, dict) else None
     return node
+
+
+def _saved(cfg: dict[str, Any], dotted: str) -> Any:
+    """A saved config's value, or the schema default where the saved config predates the key."""
+    value = _select(cfg, dotted)
+    return _select(_DEFAULTS, dotted) if value is None else value
 
 
 class TrainingState:
@@ -103,6 +126,8 @@ class TrainingState:
         out: dict[str, Any] = {"predicts": str(getattr(t.backbone, "predicts", IDENTITY_EMBEDDING))}
         if getattr(t, "init_record", None):
             out["init"] = t.init_record
+        if getattr(t, "finetune", None) is not None:
+            out["finetune"] = {**t.finetune.describe(), "head_init": t.head_init_record}
         return out
 
     def _optimizer_state(self, opt: torch.optim.Optimizer) -> dict[str, Any]:
@@ -144,7 +169,7 @@ class TrainingState:
         meta = ckpt["meta"]
         saved_cfg = meta.get("train_config") or {}
         now = t.config_dict
-        changed = [k for k in RESUME_KEYS if _select(saved_cfg, k) != _select(now, k)]
+        changed = [k for k in RESUME_KEYS if _saved(saved_cfg, k) != _select(now, k)]
         data = meta.get("data") or {}
         if data.get("num_rows") != len(t.data.labels) or data.get("num_classes") != t.data.num_classes:
             changed.append(
@@ -188,20 +213,26 @@ class TrainingState:
             p["epoch"], p["step_in_epoch"], p["global_step"], p["images_seen"], list(p["skipped_images"])
         )
         set_rng_state(ckpt["rng"])
+        saved_init = (ckpt["meta"].get("finetune") or {}).get("head_init")
+        if saved_init is not None:  # how the head started, in the run that started it
+            t.head_init_record = saved_init
         log.info("resumed from %s at epoch %d step %d", path, t.progress.epoch, t.progress.global_step)
 
     # ------------------------------------------------------------------------------------------------ init
-    def init_from(self, path: str | Path, head: bool = True, partial: bool = False) -> None:
+    def init_from(self, source: str | Path | InitSource, head: bool = True, partial: bool = False) -> None:
         """``run.init``: copy backbone (and margin-head) weights from a faceforge checkpoint, e.g. to fine-tune.
 
         Only weights are taken; optimisers, schedule, progress and every other objective start fresh. The
-        backbone must be the same architecture; the head the same kind and number of classes
-        (``run.init_head=false`` keeps a fresh head, e.g. for new identities). ``partial`` (``run.init_partial``):
-        see :meth:`_init_partial`. What was taken is kept as ``trainer.init_record`` (checkpoint ``meta.init``).
+        backbone must be the same architecture (``model=from_init`` builds the checkpoint's); the head the same
+        kind and number of classes (``run.init_head=false`` keeps a fresh head, e.g. for new identities; a
+        checkpoint without a head, such as an imported network, leaves the head fresh either way). ``partial``
+        (``run.init_partial``): see :meth:`_init_partial`. What was taken, and the checkpoint's own origin
+        (:meth:`~faceforge.engine.init_source.InitSource.lineage`: file hash, import record, its own init), is
+        kept as ``trainer.init_record`` (checkpoint ``meta.init``).
         """
         t = self.t
-        ckpt = load_checkpoint(path, map_location=t.device)
-        meta = ckpt["meta"]
+        src = source if isinstance(source, InitSource) else InitSource.load(source, t.device)
+        path, ckpt, meta = src.path, src.ckpt, src.meta
         theirs = meta.get("backbone", {})
         if partial:
             record = self._init_partial(path, ckpt["backbone"], theirs)
@@ -209,7 +240,8 @@ class TrainingState:
             mismatch = (
                 f"run.init={path} holds a {theirs.get('name')} backbone with {theirs.get('kwargs')}, but this run "
                 f"builds {t.backbone_meta['name']} with {t.backbone_meta['kwargs']}: set model= and its options to "
-                "match the checkpoint (or run.init_partial=true to take the layers the two networks share)"
+                "match the checkpoint (model=from_init builds its architecture), or run.init_partial=true to take "
+                "the layers the two networks share"
             )
             if theirs.get("name") != t.backbone_meta["name"]:
                 raise CheckpointError(mismatch)
@@ -218,11 +250,13 @@ class TrainingState:
             except RuntimeError as exc:  # missing/unexpected keys or other shapes (e.g. embedding_size)
                 raise CheckpointError(f"{mismatch} ({str(exc).splitlines()[0]})") from None
             record = {"path": str(path), "backbone": theirs, "partial": False}
+        record.update({k: v for k, v in src.lineage().items() if k not in record})
         margin = find_margin(t.objectives)
-        record["head"] = bool(head and margin is not None)
-        if head and margin is not None:
-            their_head = meta.get("head") or {}
-            state = (ckpt.get("objectives") or {}).get("margin") or ckpt.get("head")
+        their_head = meta.get("head") or {}
+        state = (ckpt.get("objectives") or {}).get("margin") or ckpt.get("head")
+        has_head = bool(their_head) or state is not None
+        record["head"] = bool(head and margin is not None and has_head)
+        if record["head"]:
             if (
                 their_head.get("name") != margin.head_name
                 or their_head.get("num_classes") != margin.num_classes
@@ -235,7 +269,12 @@ class TrainingState:
                 )
             margin.load_checkpoint_state(state)
         t.init_record = record
-        log.info("initialised %s from %s", "backbone and head" if record["head"] else "backbone", path)
+        log.info(
+            "initialised %s from %s%s",
+            "backbone and head" if record["head"] else "backbone",
+            path,
+            "" if has_head or margin is None else " (it has no head: the head starts fresh)",
+        )
 
     def _init_partial(
         self, path: str | Path, weights: dict[str, torch.Tensor], theirs: dict

@@ -7,6 +7,8 @@ Every backbone accepts ``embedding_size`` (default 512), ``input_size`` (only 11
 ``dropout`` (default 0.0), exposes ``.embedding_size`` and ``.input_size``, and returns an
 un-normalised fp32 embedding (its final Linear + BatchNorm1d run in fp32 even under autocast).
 The ``sddfiqa_*`` backbones (:mod:`.quality`) are quality regressors: ``embedding_size`` 1, output ``[N, 1]``.
+A backbone whose input is not faceforge's default (RGB, ``(x/255 - 0.5)/0.5``) declares it as ``preprocess_meta``,
+a dict of :class:`faceforge.data.preprocess.Preprocess` fields; training uses it (``faceforge.engine.init_source``).
 """
 
 from __future__ import annotations

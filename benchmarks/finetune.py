@@ -1,0 +1,338 @@
+"""Fine-tuning pretrained imports on the demo's training identities: as imported, naive, and the finetune recipe.
+
+For every ``--model NAME=PATH`` (a faceforge checkpoint, e.g. ``faceforge import dlib --out dlib.pt`` or
+``faceforge import onnx sface.onnx --out sface.pt``), three rows on the same data, epochs and backbone:
+
+* ``imported``: the model as imported, no training (evaluated once: it has no seed);
+* ``naive``: the packaged ``finetune`` recipe with every fine-tuning option off: a random head, the backbone at the
+  full learning rate, BatchNorm statistics re-estimated, nothing frozen, no head-only phase;
+* ``finetune``: the packaged recipe as it is (class-mean head, backbone at 0.01x, frozen BN statistics, a head-only
+  epoch, backbone ramp; see faceforge/configs/finetune.yaml).
+
+Training data: the demo's identities -- LFW people who are not in pairsDevTest and have at least 2 images (1,262
+people, 6,968 images) from the aligned folder ``--faces`` (``faceforge align`` of LFW; made under ``--out`` when
+not given, as ``make demo`` makes it). Trained rows run ``--seeds`` (default 0,1,2; ``run.seed``).
+
+Metrics (``faceforge eval``'s code, flip-sum, fp32): pairsDevTest accuracy (insightface 10-fold) and all-pairs
+TAR@FAR=1e-3 over the images of pairsDevTest (the DevTest people; conservative rule: the largest TAR with FAR <=
+1e-3), mean +- std over the seeds.
+
+``--quick``: a CI-size smoke run of the same code: the first ``--quick-people`` (100) training people, 2 epochs, one
+seed, the first 100 matched and 100 mismatched pairs of pairsDevTest; it writes ``finetune_quick.{json,md}`` (never
+the full results) and an estimate of the full run's time from the speeds it measured.
+
+    python benchmarks/finetune.py --model dlib=dlib.pt --model sface=sface.pt [--faces demo_out/lfw_aligned]
+        [--out benchmarks_out/finetune] [--epochs 3] [--seeds 0,1,2] [--quick] [--reuse] [--plugins MODULE]
+
+Writes ``<out>/finetune[_quick].json`` and ``.md`` after every run (nothing is lost to an interruption) and copies
+both to benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from faceforge.config import compose_config
+from faceforge.core.checkpoint import load_checkpoint
+from faceforge.core.hashing import file_sha256
+from faceforge.data.pairs import read_lfw_pairs, resolve_pairs
+from faceforge.engine.loop import Trainer
+from faceforge.engine.setup import import_plugins
+from faceforge.eval.benchmarks import evaluate_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("FACEFORGE_DATA", REPO.parent / "shared" / "data")).resolve()
+RESULTS = REPO / "benchmarks" / "results"
+RECIPE = "finetune"
+#: every fine-tuning option off: what a first attempt does (the recipe's data, head, optimiser and epochs)
+NAIVE = [
+    "finetune.head_init=random",
+    "finetune.backbone_lr_mult=1.0",
+    "finetune.freeze_bn=none",
+    "finetune.head_only_epochs=0",
+    "finetune.backbone_warmup_epochs=0",
+    "finetune.freeze=[]",
+]
+ROWS: dict[str, list[str] | None] = {"imported": None, "naive": NAIVE, "finetune": []}
+LABELS = {
+    "imported": "as imported (no training)",
+    "naive": "naive fine-tune (random head, full lr, nothing frozen)",
+    "finetune": "finetune recipe (class-mean head, 0.01x backbone lr, frozen BN stats, head-only epoch)",
+}
+METRICS = ("pairs_accuracy", "allpairs_tar@far=1e-3")
+FULL_COMMAND = (
+    "python benchmarks/finetune.py --model dlib=dlib.pt --model sface=sface.pt --faces demo_out/lfw_aligned "
+    "--out benchmarks_out/finetune --epochs 3 --seeds 0,1,2"
+)
+
+
+def align_lfw(out: Path) -> Path:
+    """``faceforge align`` of LFW into ``out/lfw_aligned`` (as ``make demo``), once."""
+    faces = out / "lfw_aligned"
+    if not (faces / "align_report.json").is_file():
+        from faceforge.cli.main import main as faceforge
+
+        landmarks = DATA / "lfw" / "landmarks_mtcnn_5pts_250px.csv"
+        code = faceforge(["align", "--images", str(DATA / "lfw" / "images"), "--landmarks", str(landmarks),
+                          "--landmark-offset=-48,-48", "--out", str(faces)])  # fmt: skip
+        if code != 0:
+            raise SystemExit("faceforge align failed")
+    return faces
+
+
+def training_list(faces: Path, out: Path, people: int | None) -> tuple[Path, int, int]:
+    """``path label`` list of the demo's training identities (not in pairsDevTest, >= 2 images), optionally the
+    first ``people`` of them by name; returns (file, images, people)."""
+    pairs = read_lfw_pairs(DATA / "lfw" / "pairsDevTest.txt")
+    held_out = {n for p in pairs for n in (p.name1, p.name2)}
+    chosen = []
+    for person in sorted(d for d in faces.iterdir() if d.is_dir() and d.name not in held_out):
+        files = sorted(f for f in person.iterdir() if f.suffix.lower() in (".jpg", ".png"))
+        if len(files) >= 2:
+            chosen.append(files)
+    chosen = chosen[:people] if people else chosen
+    lines = [f"{f.relative_to(faces)} {label}" for label, files in enumerate(chosen) for f in files]
+    path = out / ("train_quick.txt" if people else "train.txt")
+    path.write_text("\n".join(lines) + "\n")
+    return path, len(lines), len(chosen)
+
+
+def devtest_set(faces: Path, out: Path, per_kind: int | None) -> tuple[Path, Path]:
+    """The pairsDevTest pairs file (or its first ``per_kind`` matched and mismatched pairs) and a folder with the
+    images those pairs use (the all-pairs set)."""
+    src = DATA / "lfw" / "pairsDevTest.txt"
+    pairs_file, images = src, out / "devtest_images"
+    if per_kind:
+        lines = [ln for ln in src.read_text().splitlines()[1:] if ln.strip()]
+        matched = [ln for ln in lines if len(ln.split()) == 3][:per_kind]
+        mismatched = [ln for ln in lines if len(ln.split()) == 4][:per_kind]
+        pairs_file = out / "pairsDevTest_quick.txt"
+        pairs_file.write_text("\n".join([str(per_kind), *matched, *mismatched]) + "\n")
+        images = out / "devtest_images_quick"
+    if not (images / ".done").is_file():
+        p1, p2, _ = resolve_pairs(read_lfw_pairs(pairs_file), faces)
+        for f in sorted({Path(p) for p in p1 + p2}):
+            (images / f.parent.name).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, images / f.parent.name / f.name)
+        (images / ".done").write_text("ok")
+    return pairs_file, images
+
+
+def evaluate(model: Path, pairs_file: Path, images: Path, out_dir: Path) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    specs = [f"lfw:{pairs_file}:{images}", f"allpairs:{images}"]
+    ev = evaluate_checkpoint(model, specs, out_dir, flip=True, batch_size=64, device="cpu", progress=False)
+    lfw, allpairs = list(ev.record["benchmarks"].values())
+    return {
+        "pairs_accuracy": lfw["summary"]["accuracy"],
+        "pairs_accuracy_std_over_folds": lfw["summary"]["accuracy_std"],
+        "allpairs_tar@far=1e-3": allpairs["summary"]["tar@far=0.001"],
+        "eval_images": len(list(images.glob("*/*.jpg"))),
+        "eval_seconds": time.perf_counter() - t0,
+        "result_file": str(out_dir / "result.json"),
+    }
+
+
+def train(model: Path, row: str, seed: int, faces: Path, list_file: Path, epochs: int, run_dir: Path,
+          plugins: list[str], extra: list[str]) -> tuple[Path, dict[str, Any]]:  # fmt: skip
+    size = int(load_checkpoint(model)["meta"].get("preprocess", {}).get("input_size", 112))
+    overrides = [
+        f"run.init={model}",
+        f"run.dir={run_dir}",
+        f"run.seed={seed}",
+        f"data.root={faces}",
+        f"data.list_file={list_file}",
+        f"data.image_size={size}",
+        f"optim.epochs={epochs}",
+        "run.progress=false",
+        *extra,
+        *(ROWS[row] or []),
+    ]
+    if plugins:
+        overrides.append(f"run.plugins=[{','.join(plugins)}]")
+    t0 = time.perf_counter()
+    trainer = Trainer(compose_config(RECIPE, overrides))
+    setup_seconds = time.perf_counter() - t0
+    report = trainer.fit()
+    return Path(report["model"]), {
+        "overrides": overrides,
+        "setup_seconds_incl_class_means": setup_seconds,
+        "train_seconds": report["train_seconds_this_run"],
+        "images_per_s": report["images_per_s_this_run"],
+        "num_images": len(trainer.dataset),
+        "num_identities": trainer.data.num_classes,
+        "precision": report["precision"],
+        "finetune": report["finetune"],
+        "final_logs": report["history"][-1] if report["history"] else None,
+    }
+
+
+def summarise(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """mean, std (over seeds; 0 for one run) and n of every metric."""
+    out: dict[str, Any] = {"n": len(runs)}
+    for m in METRICS:
+        values = [r[m] for r in runs.values()]
+        out[m] = statistics.fmean(values)
+        out[f"{m}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    return out
+
+
+def estimate_full(result: dict[str, Any], full_images: int, full_epochs: int, seeds: int) -> dict[str, Any]:
+    """Hours the full run would take here, from this run's measured speeds: per model, one evaluation of the import
+    plus, for each trained row, ``seeds x`` (``epochs x images / that row's training images/s`` + its set-up and
+    class-mean seconds per image ``x images`` + an evaluation), with the evaluation seconds per image (mean over
+    this run's evaluations) scaled to pairsDevTest's 1,655 images. A row's speed is its own: the recipe's head-only
+    steps are cheaper than the naive row's (its measured rate over the quick run's 2 epochs, half of them head-only,
+    overstates a 3-epoch run's a little)."""
+    full_eval_images = 1655
+    per_model = {}
+    for name, m in result["models"].items():
+        evaluated = [r for row in m["rows"].values() for r in row.get("runs", {}).values()]
+        if not evaluated:
+            continue
+        eval_s = statistics.fmean(r["eval_seconds"] / r["eval_images"] for r in evaluated) * full_eval_images
+        seconds = eval_s
+        for row in ("naive", "finetune"):
+            runs = [r["training"] for r in m["rows"].get(row, {}).get("runs", {}).values()]
+            if runs:
+                ips = statistics.fmean(r["images_per_s"] for r in runs)
+                setup = statistics.fmean(r["setup_seconds_incl_class_means"] / r["num_images"] for r in runs)
+                seconds += seeds * (full_images * full_epochs / ips + full_images * setup + eval_s)
+        per_model[name] = seconds / 3600
+    return {"hours_per_model": per_model, "hours_total": sum(per_model.values()),
+            "rule": "imported eval + per trained row: seeds x (epochs x images / its training images/s + its "
+                    "set-up and class means + eval), at the speeds this run measured on this machine"}  # fmt: skip
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = [
+        "| model | row | pairsDevTest acc | all-pairs TAR@FAR=1e-3 | seeds |",
+        "|---|---|---|---|---|",
+    ]
+    for name, m in result["models"].items():
+        for row in ROWS:
+            s = m["rows"].get(row, {}).get("summary")
+            if not s:
+                continue
+            acc, tar = s["pairs_accuracy"] * 100, s["allpairs_tar@far=1e-3"] * 100
+            sd = row != "imported"
+            lines.append(
+                f"| {name} | {LABELS[row]} | {acc:.2f} %"
+                + (f" ± {s['pairs_accuracy_std'] * 100:.2f}" if sd else "")
+                + f" | {tar:.2f} %"
+                + (f" ± {s['allpairs_tar@far=1e-3_std'] * 100:.2f}" if sd else "")
+                + f" | {s['n'] if sd else '-'} |"
+            )
+    setting = result["settings"]
+    lines.append(
+        f"\n{setting['train_images']} training images of {setting['train_people']} people, {setting['epochs']} "
+        f"epochs, pairs: {setting['pairs']}; {'QUICK smoke run, not the benchmark' if setting['quick'] else ''}"
+    )
+    est = result.get("full_run_estimate")
+    if est:
+        per = ", ".join(f"{k} {v:.1f} h" for k, v in est["hours_per_model"].items())
+        lines.append(f"\nFull run estimated from this run's speeds: {est['hours_total']:.1f} h ({per}).")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", action="append", required=True, metavar="NAME=PATH", help="repeatable")
+    ap.add_argument(
+        "--faces", default=None, help="aligned LFW (default: <out>/../lfw_aligned, made if missing)"
+    )
+    ap.add_argument("--out", default="benchmarks_out/finetune")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--rows", default=",".join(ROWS), help=f"of {list(ROWS)}")
+    ap.add_argument("--quick", action="store_true", help="CI-size smoke run (see the module doc)")
+    ap.add_argument("--quick-people", type=int, default=100)
+    ap.add_argument("--quick-pairs", type=int, default=100, help="matched and mismatched pairs each")
+    ap.add_argument("--plugins", default="", help="modules that register backbones (comma-separated)")
+    ap.add_argument("--reuse", action="store_true", help="keep runs whose results exist")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override for every trained row, before the row's own (e.g. head.margin=0.2)",
+    )
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    models = dict(spec.split("=", 1) for spec in args.model)
+    rows = [r for r in args.rows.split(",") if r]
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown or any(not Path(p).is_file() for p in models.values()):
+        raise SystemExit(f"unknown rows {unknown} (rows: {list(ROWS)}) or missing model files in {models}")
+    plugins = [p for p in args.plugins.split(",") if p]
+    import_plugins(plugins)
+    epochs = 2 if args.quick else args.epochs
+    seeds = (
+        [int(s) for s in args.seeds.split(",")][:1] if args.quick else [int(s) for s in args.seeds.split(",")]
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    faces = Path(args.faces) if args.faces else align_lfw(out.parent)
+    list_file, n_images, n_people = training_list(faces, out, args.quick_people if args.quick else None)
+    pairs_file, images = devtest_set(faces, out, args.quick_pairs if args.quick else None)
+    stem = "finetune_quick" if args.quick else "finetune"
+    saved = out / f"{stem}.json"
+    result: dict[str, Any] = json.loads(saved.read_text()) if args.reuse and saved.is_file() else {}
+    result.setdefault("models", {})
+    result["settings"] = {
+        "quick": args.quick, "recipe": RECIPE, "naive_overrides": NAIVE, "epochs": epochs, "seeds": seeds,
+        "train_images": n_images, "train_people": n_people, "pairs": f"{pairs_file.name} (flip-sum, 10 folds)",
+        "allpairs_rule": "conservative: largest TAR with FAR <= 1e-3", "faces": str(faces), "set": args.set,
+        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()},
+    }  # fmt: skip
+
+    def save() -> None:
+        saved.write_text(json.dumps(result, indent=2, default=str))
+        (out / f"{stem}.md").write_text(table(result))
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(saved, RESULTS / saved.name)
+        shutil.copyfile(out / f"{stem}.md", RESULTS / f"{stem}.md")
+
+    for name, path in models.items():
+        model = Path(path)
+        meta = load_checkpoint(model)["meta"]
+        entry = result["models"].setdefault(name, {"rows": {}})
+        entry["model"] = {"path": str(model), "sha256": file_sha256(model), "backbone": meta.get("backbone", {}).get("name"),
+                          "source": meta.get("source"), "preprocess": meta.get("preprocess")}  # fmt: skip
+        for row in rows:
+            runs = entry["rows"].setdefault(row, {"runs": {}})["runs"]
+            for seed in ["-"] if row == "imported" else [str(s) for s in seeds]:
+                if seed in runs and args.reuse:
+                    continue
+                where = out / "runs" / name / row / (f"seed{seed}" if seed != "-" else "")
+                if row == "imported":
+                    runs[seed] = evaluate(model, pairs_file, images, where / "eval")
+                else:
+                    trained, info = train(
+                        model, row, int(seed), faces, list_file, epochs, where, plugins, args.set
+                    )
+                    runs[seed] = {**evaluate(trained, pairs_file, images, where / "eval"), "training": info}
+                entry["rows"][row]["summary"] = summarise(runs)
+                save()
+    if args.quick:
+        result["full_run_estimate"] = estimate_full(result, 6968, args.epochs, 3)
+        result["full_run_command"] = FULL_COMMAND
+    save()
+    print(table(result))
+    if "full_run_estimate" in result:
+        print(json.dumps(result["full_run_estimate"], indent=2))
+
+
+if __name__ == "__main__":
+    main()
