@@ -66,6 +66,7 @@ class Gallery:
         self.model = model if isinstance(model, Model) else load_model(model)
         self.detector = detector or self.model.detector
         self.fmr = fmr
+        self.db = str(db)
         settings = ServiceSettings(
             db=str(db),
             model=self.model.spec,
@@ -96,7 +97,8 @@ class Gallery:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Gallery({self._service.settings.db!r}, model={self.model.spec!r}, identities={len(self)})"
+        size = f"identities={len(self)}" if self._service is not None else "closed"
+        return f"Gallery({self.db!r}, model={self.model.spec!r}, {size})"
 
     @property
     def service(self) -> Any:
@@ -169,14 +171,15 @@ class Gallery:
     ) -> list[FaceSearch]:
         """Search every face of ``photo``: one :class:`FaceSearch` per face (left to right), each with up to ``k``
         identities, best first, and the decision at ``fmr``. A photo without a face gives an empty list."""
-        rgb = load_rgb(photo, colour)
-        faces = self.model.embed_photo(rgb, colour="RGB", select="all")
-        if not faces:
-            return []
         from dataclasses import replace
 
-        faces = [replace(f, source=describe_input(photo)) for f in faces]
-        return self.search_faces(faces, k=k, fmr=fmr)
+        faces = self.detector.detect(photo, colour=colour, select="all", size=self.model.info.input_size)
+        if not faces:
+            return []
+        emb = self.model.embed(faces)
+        return self.search_faces(
+            [replace(f, embedding=e) for f, e in zip(faces, emb, strict=True)], k=k, fmr=fmr
+        )
 
     def search_faces(
         self, faces: Sequence[Face] | np.ndarray, *, k: int = 5, fmr: float | None = None

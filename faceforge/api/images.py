@@ -123,14 +123,17 @@ def encode_png(rgb: np.ndarray) -> bytes:
     return enc.tobytes()
 
 
-def as_batch(crops: np.ndarray | Sequence[np.ndarray], colour: str | None, size: int) -> np.ndarray:
-    """Aligned face crops (``[N, S, S, 3]``, one ``[S, S, 3]``, or a list of them) -> RGB uint8 ``[N, S, S, 3]``."""
-    if isinstance(crops, np.ndarray) and crops.ndim == 4:
-        rgb = [array_to_rgb(c, colour, "an aligned face") for c in crops]
-    elif isinstance(crops, np.ndarray):
-        rgb = [array_to_rgb(crops, colour, "an aligned face")]
-    else:
-        rgb = [array_to_rgb(c, colour, "an aligned face") for c in crops]
+def as_batch(crops: np.ndarray | Sequence[ImageInput], colour: str | None, size: int) -> np.ndarray:
+    """Aligned face crops (``[N, S, S, 3]``, one ``[S, S, 3]``, or a list of arrays, paths or encoded images)
+    -> RGB uint8 ``[N, S, S, 3]``."""
+    if isinstance(crops, np.ndarray):
+        crops = list(crops) if crops.ndim == 4 else [crops]
+    elif isinstance(crops, str | Path | bytes):
+        crops = [crops]
+    rgb = [
+        array_to_rgb(c, colour, "an aligned face") if isinstance(c, np.ndarray) else load_rgb(c, colour)
+        for c in crops
+    ]
     for c in rgb:
         if c.shape[:2] != (size, size):
             raise ImageError(

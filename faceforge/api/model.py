@@ -93,7 +93,7 @@ class Model:
     # -- embeddings
     def embed(
         self,
-        faces: Sequence[Face] | np.ndarray | Sequence[np.ndarray],
+        faces: Sequence[Face] | np.ndarray | Sequence[ImageInput],
         *,
         colour: str | None = None,
         flip: bool = False,
@@ -102,8 +102,9 @@ class Model:
         """L2-normalised float32 embeddings ``[N, D]`` of aligned faces.
 
         Args:
-            faces: :class:`Face` results (their ``aligned`` crops), or aligned crops as uint8 arrays
-                ``[N, S, S, 3]`` / ``[S, S, 3]`` / a list of them, with ``colour``.
+            faces: :class:`Face` results (their ``aligned`` crops), aligned crops as uint8 arrays
+                ``[N, S, S, 3]`` / ``[S, S, 3]`` / a list of them (with ``colour``), or image files of aligned
+                crops (as ``faceforge prepare`` and ``faceforge align`` write them).
             colour: ``"RGB"`` or ``"BGR"`` for arrays (a :class:`Face` crop is RGB).
             flip: add the embedding of each mirrored face before normalising (``faceforge eval``'s default,
                 +0.1 to 0.5 points of LFW accuracy); the packaged calibrations are without it.

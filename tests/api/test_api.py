@@ -82,6 +82,13 @@ def test_embed_batches_normalises_and_checks_crops(sface, data_dir: Path) -> Non
     )
     with pytest.raises(faceforge.ImageError, match="112x112"):
         sface.embed(np.zeros((2, 100, 100, 3), np.uint8), colour="RGB")
+    with pytest.raises(faceforge.ImageError, match="112x112"):
+        sface.embed([data_dir / "photos" / "insightface_t1.jpg"])  # a photo is not an aligned crop
+    reference = data_dir / "photos" / "insightface_Tom_Hanks_54745_aligned112.png"  # an aligned crop on disk
+    assert (
+        np.abs(sface.embed([reference]) - sface.embed(faceforge.read_image(reference), colour="RGB")).max()
+        == 0
+    )
     photo_faces = sface.embed_photo(data_dir / "photos" / "insightface_t1.jpg")
     assert np.abs(np.stack([f.embedding for f in photo_faces]) - whole).max() < 1e-5
 
@@ -186,6 +193,11 @@ def test_gallery_shares_the_service_store(sface, data_dir: Path, tmp_path: Path)
         store.close()
     with faceforge.Gallery(db, model=sface) as again:
         assert [i.name for i in again.identities()] == ["Ben"]
+        assert repr(again).endswith("identities=1)")
+    assert repr(again).endswith("closed)")
+    strict = faceforge.Detector("yunet", min_score=0.99)  # LFW's faces score about 0.93: none is kept
+    with faceforge.Gallery(db, model=sface, detector=strict) as picky:
+        assert picky.search(lfw / "Ben_Affleck" / "Ben_Affleck_0002.jpg") == []
 
 
 def test_override_strings() -> None:
