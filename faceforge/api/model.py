@@ -245,7 +245,8 @@ def load_model(
     ran = str(desc.get("precision", "fp32"))
     if precision not in ("fp32", "auto") and ran != precision:
         raise ValueError(
-            f"model {spec!r} ({desc.get('kind')}) runs in {ran} only, not {precision}: pass precision='fp32'"
+            f"model {spec!r} ({desc.get('kind')}) runs in {ran}, not {precision}, on {device}: this model (or "
+            "device) has no such precision; pass precision='fp32'"
         )
     det = detector if isinstance(detector, Detector) else Detector(detector)
     cal = _calibration(desc, calibration, threshold)

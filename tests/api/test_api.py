@@ -156,7 +156,7 @@ def test_fp32_only_models_refuse_other_precisions(sface) -> None:
     from faceforge.core.model_files import find_model_dir
 
     assert find_model_dir("sface")  # the sface fixture skipped otherwise
-    with pytest.raises(ValueError, match="fp32 only"):
+    with pytest.raises(ValueError, match="runs in fp32, not bf16"):
         faceforge.load_model("sface", precision="bf16")
 
 
