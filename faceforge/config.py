@@ -9,9 +9,10 @@ every ``objectives.<name>`` takes the options its objective class declares and `
 class, all checked against their signatures (modules in ``run.plugins`` are imported first, so objectives and
 methods defined outside the package are checked the same way).
 
-``${faceforge_data:}`` in a YAML file is the real-data folder: ``$FACEFORGE_DATA`` if set, else the ``shared/data``
-folder beside the repository this package is installed from (so packaged configs work from any working
-directory).
+``${faceforge_data:}`` in a YAML file is the real-data folder, ``$FACEFORGE_DATA`` (the folder that holds
+``lfw/``); it is resolved only where a value still uses it, so a config that names LFW's protocol files works
+without them once those keys are overridden (``data.exclude_pairs=[] eval.pairs=null``), and otherwise stops
+with a message that says both ways out.
 """
 
 from __future__ import annotations
@@ -48,18 +49,16 @@ class ConfigError(FaceforgeError, ValueError):
 
 
 def data_folder() -> str:
-    """``$FACEFORGE_DATA``, else ``<repository>/../shared/data`` next to this source tree, else an error."""
+    """``$FACEFORGE_DATA``, else a :class:`ConfigError` that names the variable and the keys to override."""
     import os
 
     env = os.environ.get("FACEFORGE_DATA")
     if env:
         return str(Path(env).resolve())
-    beside = Path(__file__).resolve().parents[2] / "shared" / "data"
-    if beside.is_dir():
-        return str(beside)
     raise ConfigError(
-        "the config uses ${faceforge_data:} but FACEFORGE_DATA is not set and no shared/data folder lies beside "
-        f"the repository ({beside}): export FACEFORGE_DATA=/path/to/data"
+        "this config reads files from ${faceforge_data:} (LFW's protocol files) but FACEFORGE_DATA is not set: "
+        "export FACEFORGE_DATA=/path/to/data (the folder holding lfw/pairsDevTest.txt), or override the keys "
+        "that use it, e.g. data.exclude_pairs=[] eval.pairs=null to train on your own folder without LFW"
     )
 
 
@@ -157,7 +156,8 @@ def validate_config(
             OmegaConf.resolve(cfg)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None)
-        text = str(exc.msg if hasattr(exc, "msg") else exc).strip().splitlines()[0]
+        text = str(getattr(exc, "msg", None) or exc).strip().splitlines()[0]
+        text = text.split(" raised while resolving interpolation: ", 1)[-1]  # a resolver's own message
         raise ConfigError(
             f"invalid config{f' at {key}' if key else ''}: {text}{_valid_keys_hint(key)}"
         ) from None

@@ -14,6 +14,12 @@ def data_root() -> Path:
     return Path(os.environ.get("FACEFORGE_DATA", REPO.parent / "shared" / "data")).resolve()
 
 
+# the package reads ${faceforge_data:} from $FACEFORGE_DATA only; tests (and the commands they start) find the
+# checkout's data the way `make` does
+if "FACEFORGE_DATA" not in os.environ and data_root().is_dir():
+    os.environ["FACEFORGE_DATA"] = str(data_root())
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     root = data_root()

@@ -30,7 +30,7 @@ def _add(p: argparse.ArgumentParser) -> None:
         "--detector-model",
         default=None,
         metavar="PATH",
-        help="detector model file or folder (yunet default: $FACEFORGE_DATA/models/face_detection_yunet_2026may.onnx; "
+        help="detector model file or folder (yunet default: the YuNet model that ships with faceforge; "
         "mtcnn: the folder with pnet/rnet/onet.pt; dlib: face_recognition_models' models folder)",
     )
     p.add_argument(

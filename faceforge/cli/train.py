@@ -9,40 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
-from typing import Any
 
+from faceforge.api.training import benchmark_specs, evaluation_hook
 from faceforge.cli.main import command
 
-
-def benchmark_specs(cfg: Any) -> list[Any]:
-    """The ``faceforge eval`` specs of a training config's ``eval`` section."""
-    from faceforge.eval.benchmarks import lfw_spec
-
-    specs: list[Any] = [lfw_spec(cfg.eval.pairs, cfg.eval.images or cfg.data.root)] if cfg.eval.pairs else []
-    return specs + list(cfg.eval.benchmarks)
-
-
-def evaluation_hook(cfg: Any):
-    """``evaluate(model_path, out_dir) -> {benchmark: summary}`` for the trainer, or None without benchmarks."""
-    specs = benchmark_specs(cfg)
-    if not specs:
-        return None
-
-    def evaluate(model_path: Path, out_dir: Path) -> dict[str, dict[str, Any]]:
-        from faceforge.eval.benchmarks import evaluate_checkpoint
-
-        return evaluate_checkpoint(
-            model_path,
-            specs,
-            out_dir,
-            flip=cfg.eval.flip,
-            batch_size=cfg.eval.batch_size,
-            device=cfg.run.device,
-            progress=cfg.run.progress,
-        ).summaries
-
-    return evaluate
+__all__ = [
+    "benchmark_specs",
+    "evaluation_hook",
+    "run",
+]  # the hook lives in the API, shared with faceforge.train
 
 
 def _add(p: argparse.ArgumentParser) -> None:

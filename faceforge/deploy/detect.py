@@ -11,11 +11,14 @@ left eye, nose tip, right mouth corner, left mouth corner" from the person's poi
 face the first eye and the first mouth corner are the ones on the image's left: checked on real photos
 (``photos/insightface_t1.jpg``, 6 faces; ``photos/skimage_astronaut.png``), the first eye's x is always the
 smaller one. That is already the ArcFace order, so the points are used as they come.
+
+The YuNet model (Wu, Peng, Yu, "YuNet: A Tiny Millisecond-level Face Detector", Machine Intelligence
+Research 2023; the OpenCV model zoo's ``face_detection_yunet``, MIT licence, 230 KB) ships inside the
+package (``faceforge/deploy/weights/``), so the default detector works in any installation, offline.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,6 +31,9 @@ from faceforge.core.errors import InputError
 from faceforge.core.registry import Registry
 
 YUNET_MODEL_NAME = "face_detection_yunet_2026may.onnx"
+#: the default YuNet model, package data (MIT licence, 230 KB; ``weights/LICENSE-yunet.txt`` beside it)
+YUNET_PACKAGED = Path(__file__).resolve().parent / "weights" / YUNET_MODEL_NAME
+YUNET_SHA256 = "ebafce4e3c118d6554634be5c27ab333b4c047a9a8c3faf1d7cf93101c22f0f0"
 #: YuNet's coarsest feature stride: smaller inputs are padded to it
 YUNET_MIN_INPUT = 32
 
@@ -65,24 +71,15 @@ FaceDetector = Callable[[np.ndarray], list[Detection]]
 DETECTORS: Registry[FaceDetector] = Registry("face detector")
 
 
-def _data_roots() -> list[Path]:
-    roots = []
-    if os.environ.get("FACEFORGE_DATA"):
-        roots.append(Path(os.environ["FACEFORGE_DATA"]))
-    # the shared data folder next to a source checkout (``../shared/data`` from the repository root)
-    roots.append(Path(__file__).resolve().parents[2].parent / "shared" / "data")
-    return roots
-
-
 def default_yunet_model() -> Path:
-    """``$FACEFORGE_DATA/models/<yunet>.onnx`` (or the shared data folder beside the checkout) if it exists."""
-    tried = [root / "models" / YUNET_MODEL_NAME for root in _data_roots()]
-    for path in tried:
-        if path.is_file():
-            return path
+    """The YuNet file that ships inside the package (:data:`YUNET_PACKAGED`); if it is gone (a damaged install),
+    ``FileNotFoundError`` naming the command that restores it."""
+    if YUNET_PACKAGED.is_file():
+        return YUNET_PACKAGED
     raise FileNotFoundError(
-        f"YuNet model not found (looked at {', '.join(str(p) for p in tried)}); pass --detector-model "
-        f"PATH (detector_model=...) pointing at {YUNET_MODEL_NAME} from the OpenCV model zoo, or set FACEFORGE_DATA"
+        f"the YuNet model that ships with faceforge is missing ({YUNET_PACKAGED}): reinstall faceforge "
+        f"(`pip install --force-reinstall --no-deps faceforge`), or pass --detector-model PATH "
+        f"(detector_model=...) pointing at a YuNet .onnx file from the OpenCV model zoo"
     )
 
 

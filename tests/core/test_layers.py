@@ -21,6 +21,7 @@ LAYERS: list[set[str]] = [
     {"methods"},
     {"config"},
     {"serve"},
+    {"api"},
     {"cli"},
     {"__main__"},
 ]

@@ -1,0 +1,107 @@
+"""Compare two faces with a decision at a calibrated false-match rate: ``faceforge.compare(photo_a, photo_b)``.
+
+Each side is a photo (its largest face is used, as in the calibration), a :class:`~faceforge.api.results.Face`
+(its embedding if it has one, else its aligned crop), or an embedding (a 1-d float array from the same model).
+The score is the cosine similarity of the L2-normalised embeddings (no flip, as calibrated); the decision is
+``score >= threshold`` with the threshold of the model's calibration at the target false-match rate (FMR), and
+the result says which calibration that was. deepface's ``verify`` answers with a fixed per-model distance
+threshold of unstated origin and face_recognition's ``compare_faces`` with ``tolerance=0.6``; here the threshold
+comes from impostor scores measured on held-out people through the same pipeline
+(:mod:`faceforge.serve.calibration`), and a model without a calibration is refused unless a threshold is given.
+
+>>> result = compare(people / "Al_Gore" / "Al_Gore_0001.jpg", people / "Al_Gore" / "Al_Gore_0002.jpg")
+>>> result.match, result.rule.fmr
+(True, 0.0001)
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from faceforge.api.errors import NoFaceError
+from faceforge.api.images import ImageInput, describe_input
+from faceforge.api.results import Comparison, Face
+
+if TYPE_CHECKING:
+    from faceforge.api.model import Model
+
+
+def _embedding_of(model: Model, side: Any, colour: str | None, which: str) -> tuple[np.ndarray, Face | None]:
+    from dataclasses import replace
+
+    d = model.info.embedding_size
+    if isinstance(side, Face):
+        if side.embedding is not None:
+            emb = np.asarray(side.embedding, np.float32)
+            if emb.shape != (d,):
+                raise ValueError(f"face {which} carries a {emb.shape} embedding; this model's are ({d},)")
+            return emb / max(float(np.linalg.norm(emb)), 1e-12), side
+        emb = model.embed([side])[0]
+        return emb, replace(side, embedding=emb)
+    if isinstance(side, np.ndarray) and side.ndim == 1:
+        if side.shape != (d,):
+            raise ValueError(f"embedding {which} has {side.shape[0]} values; this model's have {d}")
+        emb = np.asarray(side, np.float32)
+        return emb / max(float(np.linalg.norm(emb)), 1e-12), None
+    faces = model.embed_photo(side, colour=colour, select="largest")
+    if not faces:
+        raise NoFaceError(
+            f"no face found in photo {which} ({describe_input(side)}) by the {model.detector.name} detector at "
+            f"min_score {model.detector.min_score}: use a photo with a visible face, or lower min_score "
+            f"(load_model(..., detector=faceforge.Detector('{model.detector.name}', min_score=0.5)))"
+        )
+    return faces[0].embedding, faces[0]  # type: ignore[return-value]
+
+
+def compare_with(
+    model: Model,
+    a: ImageInput | Face | np.ndarray,
+    b: ImageInput | Face | np.ndarray,
+    *,
+    fmr: float | None = None,
+    threshold: float | None = None,
+    colour: str | None = None,
+) -> Comparison:
+    """:func:`compare` with a loaded :class:`~faceforge.api.model.Model` (also :meth:`Model.compare`)."""
+    rule = model.rule(fmr, threshold=threshold)  # first: an uncalibrated model is refused before any work
+    ea, fa = _embedding_of(model, a, colour, "a")
+    eb, fb = _embedding_of(model, b, colour, "b")
+    score = float(np.dot(ea, eb))
+    return Comparison(score, bool(score >= rule.threshold), rule, (fa, fb))
+
+
+@lru_cache(maxsize=4)
+def _cached_model(spec: str) -> Model:
+    from faceforge.api.model import load_model
+
+    return load_model(spec)
+
+
+def compare(
+    a: ImageInput | Face | np.ndarray,
+    b: ImageInput | Face | np.ndarray,
+    *,
+    model: str | Model = "sface",
+    fmr: float | None = None,
+    threshold: float | None = None,
+    colour: str | None = None,
+) -> Comparison:
+    """Are ``a`` and ``b`` the same person? (see the module docstring)
+
+    Args:
+        a, b: photos (path, bytes, or uint8 array with ``colour``), :class:`Face` results, or embeddings.
+        model: a loaded :class:`Model`, or a model name loaded once (CPU, fp32) and reused.
+        fmr: the target false-match rate of the decision (default 1e-4; the calibrated targets are 1e-2 to
+            1e-6, as far as the calibration's impostor pairs resolve them).
+        threshold: decide at this cosine threshold instead (its false-match rate is then unknown).
+        colour: ``"RGB"`` or ``"BGR"`` for array photos.
+
+    Returns:
+        A :class:`~faceforge.api.results.Comparison`: score, match, the rule (threshold, FMR, the FNMR measured
+        at it, which calibration) and the two faces.
+    """
+    m = model if not isinstance(model, str) else _cached_model(model)
+    return compare_with(m, a, b, fmr=fmr, threshold=threshold, colour=colour)
