@@ -63,6 +63,17 @@ def hardware_name(device: torch.device) -> str:
     return f"cpu {cap}, native bf16: {'yes' if cpu_has_bf16() else 'no'}"
 
 
+#: ``run.compile=null``: whether torch.compile is on, per device type, from measurements
+#: (``benchmarks/compile_speed.py`` on a 2-core CPU: see the README; CUDA: unmeasured until a GPU runs
+#: ``benchmarks/gpu_check.py``, whose ``training`` section times both)
+COMPILE_DEFAULT = {"cpu": False, "cuda": False}
+
+
+def compile_default(device: torch.device, requested: bool | None) -> bool:
+    """``requested`` if given, else :data:`COMPILE_DEFAULT` for the device type (off for any other)."""
+    return bool(requested) if requested is not None else COMPILE_DEFAULT.get(device.type, False)
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     if precision == "fp32":
         return contextlib.nullcontext()

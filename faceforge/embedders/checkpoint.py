@@ -11,7 +11,7 @@ import torch
 
 from faceforge.core.checkpoint import CheckpointError, check_model_meta, load_checkpoint
 from faceforge.core.hashing import file_sha256
-from faceforge.core.precision import autocast, resolve_device
+from faceforge.core.precision import autocast, compile_default, resolve_device
 from faceforge.data.preprocess import Preprocess
 from faceforge.embedders.base import EMBEDDERS
 from faceforge.embedders.parity import PrecisionPolicy
@@ -72,10 +72,17 @@ class CheckpointEmbedder:
     ``bf16``. Faces go through the network ``batch_size`` at a time under one ``inference_mode`` and one
     autocast context (weights are cast once per call, not once per batch), in channels_last, with every
     BatchNorm that follows a conv folded into it (:func:`faceforge.models.fusion.fold_batchnorm`).
+    ``compile``: torch.compile the network (None: :func:`faceforge.core.precision.compile_default`, off on CPU
+    where it did not pay; ``--model-option compile=true``); the first batch of each size then compiles.
     """
 
     def __init__(
-        self, source: str | Path, device: str = "auto", precision: str = "auto", batch_size: int = 128
+        self,
+        source: str | Path,
+        device: str = "auto",
+        precision: str = "auto",
+        batch_size: int = 128,
+        compile: bool | None = None,
     ):
         self.path = Path(source)
         ckpt = load_checkpoint(self.path)
@@ -89,6 +96,9 @@ class CheckpointEmbedder:
         example = torch.zeros(1, 3, self.input_size, self.input_size, device=self.device)
         self.folded = fold_batchnorm(model, example)
         self.model = model.to(memory_format=torch.channels_last)
+        self.compiled = compile_default(self.device, compile)
+        if self.compiled:
+            self.model = torch.compile(self.model, dynamic=False)
         self.batch_size = batch_size
         self._sha256: str | None = None
         self.policy = PrecisionPolicy(precision, self.device, self.sha256, self.embedding_size > 1)
@@ -158,6 +168,7 @@ class CheckpointEmbedder:
             "inference": {
                 "memory_format": "channels_last",
                 "batchnorm_folded": len(self.folded),
+                "compiled": self.compiled,
                 "folding": "eval-mode BatchNorms that read only a conv/linear output are folded into it "
                 "(equal up to float rounding, about 1e-6 relative)",
             },

@@ -81,8 +81,8 @@ class StepEngine:
         branches = batch.branch.chunk(k) if batch.branch is not None else [None] * k
         for i, (im, lab, idx, br) in enumerate(zip(*parts, branches, strict=True)):
             last = i == k - 1
-            ddp = self.dist.enabled and isinstance(self.t.model, nn.parallel.DistributedDataParallel)
-            sync = self.t.model.no_sync() if ddp and not last else contextlib.nullcontext()
+            ddp = getattr(self.t, "ddp", None)
+            sync = ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext()
             yield Batch(im, lab, idx, [], br), sync
 
     def step_batch(
