@@ -161,7 +161,10 @@ def validate_config(
             f"invalid config{f' at {key}' if key else ''}: {text}{_valid_keys_hint(key)}"
         ) from None
     # list elements as the command line writes them: distill.teachers.1.model, not distill.teachers[1].model
-    missing = sorted(re.sub(r"\[(\d+)\]", r".\1", k) for k in OmegaConf.missing_keys(cfg))
+    missing = sorted(
+        {re.sub(r"\[(\d+)\]", r".\1", k) for k in OmegaConf.missing_keys(cfg)}
+        | _required_by_yaml(raw, more, updates)
+    )
     if missing:
         raise ConfigError(
             f"config value(s) {missing} must be set, e.g. on the command line: {missing[0]}=..."
@@ -195,6 +198,23 @@ def validate_config(
     _check_plugins_objectives_method(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg
+
+
+def _required_by_yaml(
+    raw: DictConfig | dict, more: tuple[DictConfig | dict, ...], updates: list[tuple[str, Any]] | None
+) -> set[str]:
+    """Keys a YAML file marks ``???`` (must be set) that neither the overrides nor the other files set.
+
+    Merging into the schema would hide them where the schema has a default (``run.init: ???`` merged over the
+    schema's ``None`` stays ``None``: OmegaConf never lets a missing value replace one), so they are found on
+    the composed YAML before that merge."""
+    try:
+        composed = OmegaConf.merge(OmegaConf.create(raw) if isinstance(raw, dict) else raw, *more)
+        for key, value in updates or []:
+            OmegaConf.update(composed, key, value, merge=True)
+    except OmegaConfBaseException:
+        return set()  # the schema merge reports what is wrong with these
+    return {re.sub(r"\[(\d+)\]", r".\1", k) for k in OmegaConf.missing_keys(composed)}
 
 
 def _valid_keys_hint(full_key: str | None) -> str:

@@ -8,7 +8,7 @@ import argparse
 from faceforge.cli.main import command, parse_key_values
 
 #: the importer modules; each registers its importer when imported (one-way: the registry does not import them)
-IMPORTER_MODULES: tuple[str, ...] = ()
+IMPORTER_MODULES: tuple[str, ...] = ("faceforge.importers.dlib_net", "faceforge.importers.onnx_net")
 
 
 def _importers():

@@ -114,17 +114,19 @@ def row_counts(n: int, device: torch.device | str = "cpu") -> list[int]:
     return all_gather_cat(torch.tensor([n], device=device)).tolist()
 
 
-def gather_rows(x: Tensor, with_grad: bool = False, counts: list[int] | None = None) -> Tensor:
+def gather_rows(
+    x: Tensor, with_grad: bool = False, counts: list[int] | None = None, grad_scale: float = 1.0
+) -> Tensor:
     """Concatenate every rank's rows along dim 0 when ranks hold different numbers of rows (a batch
     that lost unreadable images): pad to the largest count, gather, drop the padding.  ``with_grad``
-    sends gradients back as :func:`gather_with_grad` does; ``counts`` (from :func:`row_counts`) saves
+    sends gradients back as :func:`gather_with_grad` does (times ``grad_scale``); ``counts`` (from :func:`row_counts`) saves
     the exchange of row counts when several tensors of one batch are gathered.  Identity in one process."""
     if not current().enabled:
         return x
     counts = counts if counts is not None else row_counts(x.shape[0], x.device)
     most = max(counts)
     padded = x if x.shape[0] == most else torch.cat([x, x.new_zeros((most - x.shape[0], *x.shape[1:]))])
-    full = gather_with_grad(padded) if with_grad else all_gather_cat(padded)
+    full = gather_with_grad(padded, grad_scale) if with_grad else all_gather_cat(padded)
     if all(c == most for c in counts):
         return full
     keep = torch.cat([torch.arange(r * most, r * most + c, device=x.device) for r, c in enumerate(counts)])

@@ -93,6 +93,9 @@ class OptimConfig:
     eps: float = 1e-8
     weight_decay: float = 5e-4
     no_decay_bn_bias: bool = True  # no weight decay on BatchNorm/PReLU parameters and biases
+    # instead of the rule above: no weight decay on parameters whose name contains one of these strings (TFace's
+    # separate_*_bn_paras exempts names containing "bn" and decays everything else, PReLU and biases included)
+    no_decay_names: list[str] | None = None
     epochs: int = 20
     warmup_epochs: float = 0.0
     warmup_start_factor: float = 0.0
@@ -124,6 +127,10 @@ class TeacherConfig:
     model: str = "???"  # an embedder: a faceforge checkpoint (.pt), an ONNX file (.onnx) or dlib
     name: str | None = None  # label in logs and reports (default teacher<i>)
     flip: bool = False  # teacher target = embedding of the face plus its mirror image (2x teacher time)
+    # original: the teacher embeds the un-augmented face; student: it is cached on both the face and its mirror
+    # image and each row reads the view the student's augmentation produced (TFace's EKD runs its teacher on
+    # the student's batch; 2x teacher time once, then cached)
+    view: str = "original"
     options: dict[str, Any] = field(default_factory=dict)  # extra embedder arguments (e.g. device)
 
 

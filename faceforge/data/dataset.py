@@ -100,18 +100,21 @@ class FaceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, int, int] | tuple[None, str, int]:
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int, int, bool] | tuple[None, str, int, bool]:
+        """``(augmented face, identity, index, mirrored)``, or ``(None, reason, index, False)`` for an unreadable
+        image; ``mirrored``: the augmentation mirrored the face (see :meth:`Compose.apply`)."""
         if self._cache is not None:
             if not self._ok[index]:
-                return None, self._reasons.get(index, self.samples.paths[index]), index
+                return None, self._reasons.get(index, self.samples.paths[index]), index, False
             img = self._cache[index]
         else:
             try:
                 img = self._load(index)
             except UnreadableImageError as exc:
-                return None, f"{exc.path}: {exc.reason}", index
+                return None, f"{exc.path}: {exc.reason}", index, False
         rng = np.random.default_rng((self.seed, self.epoch, int(index)))
-        return self.augment(img, rng), int(self.samples.labels[index]), index
+        out, mirrored = self.augment.apply(img, rng)
+        return out, int(self.samples.labels[index]), index, mirrored
 
 
 @dataclass
@@ -121,6 +124,7 @@ class Batch:
     indices: torch.Tensor  # int64 [N], dataset indices
     skipped: list[str] = field(default_factory=list)
     branch: torch.Tensor | None = None  # int64 [N], the sampler branch of each row (see TaggedRows)
+    mirrored: torch.Tensor | None = None  # bool [N], the augmentation mirrored the face
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -145,10 +149,11 @@ class TaggedRows:
 def collate_faces(items: list) -> Batch:
     """Stack good samples; unreadable ones (``None`` image) are dropped and reported in ``Batch.skipped``.
 
-    Items are ``(image, label, index)`` or, from :class:`TaggedRows`, ``(image, label, index, tag)``."""
+    Items are ``(image, label, index, mirrored)`` or, from :class:`TaggedRows`, ``(image, label, index, mirrored,
+    tag)``."""
     good = [it for it in items if it[0] is not None]
     skipped = [it[1] for it in items if it[0] is None]
-    tagged = bool(items) and len(items[0]) == 4
+    tagged = bool(items) and len(items[0]) == 5
     if not good:
         empty = torch.empty(0, dtype=torch.long)
         return Batch(torch.empty(0, 0, 0, 3, dtype=torch.uint8), empty, empty, skipped,
@@ -156,8 +161,9 @@ def collate_faces(items: list) -> Batch:
     images = torch.from_numpy(np.stack([it[0] for it in good]))
     labels = torch.tensor([it[1] for it in good], dtype=torch.long)
     indices = torch.tensor([it[2] for it in good], dtype=torch.long)
-    branch = torch.tensor([it[3] for it in good], dtype=torch.long) if tagged else None
-    return Batch(images, labels, indices, skipped, branch)
+    mirrored = torch.tensor([bool(it[3]) for it in good], dtype=torch.bool)
+    branch = torch.tensor([it[4] for it in good], dtype=torch.long) if tagged else None
+    return Batch(images, labels, indices, skipped, branch, mirrored)
 
 
 class ResumableSampler(Sampler[int]):

@@ -135,13 +135,15 @@ class Branch:
 
     ``source`` is the branch's labels (array) or, for ``kind="random"``, just its length. ``kind`` is
     ``"random"`` (shuffled samples without replacement within a pass) or ``"balanced"`` (P x K with
-    ``k`` images per identity and ``P = batch_size // k``; needs labels).
+    ``k`` images per identity and ``P = batch_size // k``; needs labels; identities with fewer than
+    ``min_images`` images are never drawn).
     """
 
     source: int | Sequence[int] | np.ndarray
     batch_size: int
     kind: str = "random"
     k: int = 4
+    min_images: int = 1
 
     @property
     def length(self) -> int:
@@ -183,7 +185,14 @@ class MultiBranchBatchSampler(ResumableBatches):
                     raise ValueError(f"branch {i}: batch_size {b.batch_size} is not a multiple of k={b.k}")
                 self._streams.append(
                     _BalancedStream(
-                        np.asarray(b.source), b.batch_size // b.k, b.k, rank, world_size, int(seed), i
+                        np.asarray(b.source),
+                        b.batch_size // b.k,
+                        b.k,
+                        rank,
+                        world_size,
+                        int(seed),
+                        i,
+                        b.min_images,
                     )
                 )
             else:

@@ -35,8 +35,8 @@ __all__ = ["JoinedFaces", "TrainingData", "build_training_data"]
 
 class JoinedFaces:
     """Several face datasets one after the other; identities of part ``p`` are shifted by ``offsets[p]`` and
-    parts without identities give ``-1``. Items are ``(image, label, global index)`` as :class:`FaceDataset`'s
-    (``(None, reason, index)`` for an unreadable image)."""
+    parts without identities give ``-1``. Items are ``(image, label, global index, mirrored)`` as
+    :class:`FaceDataset`'s (``(None, reason, index, False)`` for an unreadable image)."""
 
     def __init__(self, parts: list[Any], label_offsets: list[int | None]) -> None:
         self.parts = parts
@@ -50,13 +50,13 @@ class JoinedFaces:
         p = int(np.searchsorted(self.starts, index, side="right") - 1)
         return p, index - int(self.starts[p])
 
-    def __getitem__(self, index: int) -> tuple[Any, Any, int]:
+    def __getitem__(self, index: int) -> tuple[Any, Any, int, bool]:
         p, local = self._locate(int(index))
-        img, label, _ = self.parts[p][local]
+        img, label, _, mirrored = self.parts[p][local]
         if img is None:
-            return None, label, int(index)
+            return None, label, int(index), False
         off = self.label_offsets[p]
-        return img, (-1 if off is None else label + off), int(index)
+        return img, (-1 if off is None else label + off), int(index), mirrored
 
     def set_epoch(self, epoch: int) -> None:
         for p in self.parts:

@@ -20,6 +20,10 @@ AUGMENTATIONS: Registry[Augment] = Registry("augmentation")
 class RandomHorizontalFlip:
     """Mirror the face left-right with probability ``p`` (the only augmentation in the ArcFace recipes)."""
 
+    #: this augmentation may mirror the face (:meth:`Compose.apply` reports it, so a teacher cached on both views
+    #: can read the view the student saw); it returns the input object itself when it does not
+    mirrors = True
+
     def __init__(self, p: float = 0.5) -> None:
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"flip probability must lie in [0, 1], got {p}")
@@ -34,9 +38,18 @@ class Compose:
         self.augments = list(augments)
 
     def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return self.apply(img, rng)[0]
+
+    def apply(self, img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
+        """The augmented image and whether it ended up mirrored (an odd number of mirroring augmentations
+        applied); the random draws are those of ``__call__``."""
+        mirrored = False
         for aug in self.augments:
-            img = aug(img, rng)
-        return img
+            out = aug(img, rng)
+            if getattr(aug, "mirrors", False) and out is not img:
+                mirrored = not mirrored
+            img = out
+        return img, mirrored
 
 
 def build_augmentations(spec: dict[str, dict] | None) -> Compose:

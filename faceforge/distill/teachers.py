@@ -9,9 +9,12 @@ TFace index of the same faces share entries), and the cache folder is keyed by t
 identity (its ``describe()``: kind, weights hash, preprocessing) and settings (flip).  A second run,
 a resumed run or another method on the same data reads the table back in seconds.
 
-The table is L2-normalised (rows of unreadable images are zero and flagged).  The training-time
+The table is L2-normalised (rows of unreadable images are zero and flagged).  By default the training-time
 flip augmentation is not applied to the teacher: with ``flip: true`` the teacher embedding is the
-sum of the original and mirrored face (twice the teacher time), which makes it flip-invariant.
+sum of the original and mirrored face (twice the teacher time), which makes it flip-invariant; with
+``view: "student"`` the teacher embeds both the face and its mirror image (twice the teacher time, cached like
+any other image) and a row reads the embedding of the view the student's augmentation produced, which is what
+TFace's EKD does by running its teacher on the student's (flipped) batch.
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ class TeacherTable:
     description: dict[str, Any]
     cache_folder: str | None
     computed: int  # images the teacher embedded in this run (the rest came from the cache)
+    #: float32 [N, D], the mirrored faces' embeddings (``view: "student"``), else None
+    mirrored_embeddings: torch.Tensor | None = None
 
     @property
     def dim(self) -> int:
@@ -65,6 +70,7 @@ def build_teacher_tables(
     cache_dir: str | Path | None,
     batch_size: int = 256,
     progress: bool = True,
+    views: Sequence[str] | None = None,
 ) -> list[TeacherTable]:
     """Embed images ``0..n-1`` (``read(i)`` -> aligned RGB uint8) with each teacher, through the cache.
 
@@ -72,28 +78,44 @@ def build_teacher_tables(
     teacher that spreads them over every core (dlib: one process per core, 32 faces per chunk).
 
     ``teachers`` are embedder objects; ``names`` label them in logs and checkpoints; ``flips`` pick
-    the flip-sum per teacher.  ``cache_dir=None`` disables the cache (every run re-embeds).
+    the flip-sum per teacher; ``views`` (default all ``"original"``): ``"student"`` also embeds every mirrored
+    face (:attr:`TeacherTable.mirrored_embeddings`).  ``cache_dir=None`` disables the cache (every run re-embeds).
     """
     cache = None if cache_dir is None else Path(cache_dir)
-    keys: list[str | None] = [None] * n
+    views = list(views) if views is not None else ["original"] * len(teachers)
+    keys: dict[bool, list[str | None]] = {False: [None] * n, True: [None] * n}
     tables = []
 
-    def load(i: int) -> tuple[str | None, Callable[[], tuple[np.ndarray | None, str]]]:
-        try:
-            img = read(i)
-        except UnreadableImageError as exc:
-            return None, lambda exc=exc: (None, f"{exc.path}: {exc.reason}")
-        keys[i] = image_key(img)
-        return keys[i], lambda: (img, f"training image {i}")
+    def loader(
+        mirror: bool,
+    ) -> Callable[[int], tuple[str | None, Callable[[], tuple[np.ndarray | None, str]]]]:
+        def load(i: int) -> tuple[str | None, Callable[[], tuple[np.ndarray | None, str]]]:
+            try:
+                img = read(i)
+            except UnreadableImageError as exc:
+                return None, lambda exc=exc: (None, f"{exc.path}: {exc.reason}")
+            if mirror:
+                img = np.ascontiguousarray(img[:, ::-1])
+            keys[mirror][i] = image_key(img)
+            return keys[mirror][i], lambda: (img, f"training image {i}" + (" (mirrored)" if mirror else ""))
 
-    for teacher, name, flip in zip(teachers, names, flips, strict=True):
-        stats: dict[str, int] = {}
-        log.info("teacher %s: embedding %d training images (cache %s)", name, n, cache or "off")
+        return load
+
+    def embed(
+        teacher: Any, name: str, flip: bool, mirror: bool, stats: dict[str, int]
+    ) -> tuple[np.ndarray, list]:
+        log.info(
+            "teacher %s: embedding %d training images%s (cache %s)",
+            name,
+            n,
+            " mirrored" if mirror else "",
+            cache or "off",
+        )
         emb, failed = cached_embed(
             teacher,
             n,
-            keys if all(k is not None for k in keys) else None,
-            load,
+            keys[mirror] if all(k is not None for k in keys[mirror]) else None,
+            loader(mirror),
             flip=flip,
             cache_dir=cache,
             batch_size=batch_size,
@@ -101,7 +123,21 @@ def build_teacher_tables(
             progress=progress,
             stats=stats,
         )
+        return emb, failed
+
+    for teacher, name, flip, view in zip(teachers, names, flips, views, strict=True):
+        stats: dict[str, int] = {}
+        emb, failed = embed(teacher, name, flip, False, stats)
+        mirrored = None
+        if view == "student":
+            more: dict[str, int] = {}
+            m_emb, _ = embed(teacher, name, flip, True, more)
+            stats["computed"] = stats.get("computed", 0) + more.get("computed", 0)
+            valid_m = ~np.isnan(m_emb).any(axis=1)
+            mirrored = np.where(valid_m[:, None], m_emb, 0.0).astype(np.float32)
         valid = ~np.isnan(emb).any(axis=1)
+        if mirrored is not None:
+            valid &= ~np.isnan(m_emb).any(axis=1)
         emb = np.where(valid[:, None], emb, 0.0).astype(np.float32)
         desc = teacher.describe()
         tables.append(
@@ -112,6 +148,7 @@ def build_teacher_tables(
                 description=desc,
                 cache_folder=None if cache is None else str(cache / model_key(desc)),
                 computed=stats.get("computed", 0),
+                mirrored_embeddings=None if mirrored is None else torch.from_numpy(mirrored),
             )
         )
         if failed:

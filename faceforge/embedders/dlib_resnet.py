@@ -15,6 +15,10 @@ to bridge that, both available here (``mode``):
   ``compute_face_descriptor(img, shape)`` cut the chip itself, exactly as dlib does on raw photos.
 * ``"resize"``: resize the 112x112 crop to 150x150 and feed it as a chip directly.  Cheaper, but
   the face appears smaller and placed differently than in dlib's training chips.
+* ``"template"``: warp the aligned face onto dlib's chip with one fixed similarity transform
+  (:data:`faceforge.models.backbones.dlib_resnet.ARCFACE112_TO_CHIP150`, border pixels repeated): exactly the
+  chips the imported network (``faceforge import dlib``, ``input=arcface112``) cuts inside itself, so the two
+  can be compared on identical input. No landmarks, no detector.
 * ``"photo"``: the input is the unaligned photo (e.g. LFW's 250x250 images, with
   ``input_size=250``) and dlib does everything itself, as ``face_recognition.face_encodings``
   does: frontal detector with ``upsample`` pyramid up-samplings (default 1), the detection nearest
@@ -65,9 +69,10 @@ import numpy as np
 from faceforge.core.hashing import file_sha256
 from faceforge.core.workers import ProcessPool, resolve_workers, worker_tool
 from faceforge.embedders.base import EMBEDDERS
+from faceforge.models.backbones.dlib_resnet import ARCFACE112_TO_CHIP150
 
 INSTALL_HINT = "pip install dlib-bin face-recognition-models   (or: pip install 'faceforge[dlib]')"
-MODES = ("landmarks", "resize", "photo")
+MODES = ("landmarks", "resize", "template", "photo")
 BOXES = ("detect", "fixed", "crop")
 #: where dlib's frontal detector puts the face box on an ArcFace-aligned crop, as fractions of its
 #: size (x0, y0, x1, y1): measured on LFW DevTest faces, about (8, 28)-(98, 115) at 112 px
@@ -222,6 +227,15 @@ class DlibResNetEmbedder:
         if self.mode == "resize":
             chip = cv2.resize(face, (CHIP_SIZE, CHIP_SIZE), interpolation=cv2.INTER_CUBIC)
             return np.ascontiguousarray(chip), None
+        if self.mode == "template":
+            chip = cv2.warpAffine(
+                face,
+                np.asarray(ARCFACE112_TO_CHIP150, np.float64),
+                (CHIP_SIZE, CHIP_SIZE),
+                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                borderMode=cv2.BORDER_REPLICATE,
+            )
+            return np.ascontiguousarray(chip), None
         h, w = face.shape[:2]
         img, pad = self._bordered(face)
         return img, self.predictor(img, self._box(img, pad, w, h))
@@ -239,7 +253,7 @@ class DlibResNetEmbedder:
     def _embed_chunk(self, chunk: np.ndarray) -> np.ndarray:
         """dlib's descriptors of one chunk of at most ``batch_size`` faces, in this process."""
         prepared = [self._prepare(f) for f in chunk]
-        if self.mode == "resize":
+        if self.mode in ("resize", "template"):
             desc = self.net.compute_face_descriptor([img for img, _ in prepared])
         else:
             dets = []
@@ -304,7 +318,9 @@ class DlibResNetEmbedder:
             "kind": "dlib",
             "network": "dlib_face_recognition_resnet_model_v1 (ResNet-29, 128-d)",
             "sha256": self._sha["recognition"],
-            "shape_predictor_sha256": self._sha["shape_predictor_5"] if self.mode != "resize" else None,
+            "shape_predictor_sha256": self._sha["shape_predictor_5"]
+            if self.mode in ("landmarks", "photo")
+            else None,
             "packages": {
                 "dlib": getattr(self._dlib, "__version__", None),
                 "dlib-bin": _version("dlib-bin"),
@@ -323,6 +339,8 @@ class DlibResNetEmbedder:
                     "landmarks": f"5-point shape predictor on the aligned face (+{self.border:g} replicated "
                     f"border), dlib chip {CHIP_SIZE}px, padding {CHIP_PADDING}",
                     "resize": f"aligned face resized to {CHIP_SIZE}x{CHIP_SIZE} (bicubic) and used as the chip",
+                    "template": f"aligned face warped to a {CHIP_SIZE}px chip by the fixed ArcFace-112 -> dlib chip "
+                    f"transform {ARCFACE112_TO_CHIP150} (bilinear, border replicated)",
                     "photo": f"frontal detector (upsample {self.upsample}, detection nearest the centre), "
                     f"5-point shape predictor, dlib chip {CHIP_SIZE}px, padding {CHIP_PADDING}",
                 }[self.mode],

@@ -1,12 +1,14 @@
 """Optimisers with the usual face-recognition parameter groups.
 
 Weight decay is not applied to normalisation layers (BatchNorm, PReLU slopes) or biases when
-``no_decay_bn_bias`` is set (TFace ``separate_resnet_bn_paras``); the classifier weight is decayed.
+``no_decay_bn_bias`` is set (faceforge's rule); the classifier weight is decayed. ``no_decay_names`` replaces that
+rule by TFace's (``separate_resnet_bn_paras``): no decay for the parameters whose qualified name contains one of
+the strings (TFace: ``["bn"]``), decay for every other, PReLU slopes and biases included.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -15,19 +17,27 @@ _NO_DECAY_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, n
 
 
 def parameter_groups(
-    modules: Iterable[nn.Module], weight_decay: float, no_decay_bn_bias: bool, exclude: set[int] | None = None
+    modules: Iterable[nn.Module],
+    weight_decay: float,
+    no_decay_bn_bias: bool,
+    exclude: set[int] | None = None,
+    no_decay_names: Sequence[str] | None = None,
 ) -> list[dict]:
     """Decay and no-decay groups over the trainable parameters of ``modules`` (ids in ``exclude`` left out)."""
     decay, no_decay, seen = [], [], set(exclude or ())
     for module in modules:
-        for sub in module.modules():
+        for sub_name, sub in module.named_modules():
             for name, p in sub.named_parameters(recurse=False):
                 if not p.requires_grad or id(p) in seen:
                     continue
                 seen.add(id(p))
-                skip = no_decay_bn_bias and (
-                    isinstance(sub, _NO_DECAY_TYPES) or name == "bias" or p.ndim <= 1
-                )
+                if no_decay_names is not None:
+                    full = f"{sub_name}.{name}" if sub_name else name
+                    skip = any(key in full for key in no_decay_names)
+                else:
+                    skip = no_decay_bn_bias and (
+                        isinstance(sub, _NO_DECAY_TYPES) or name == "bias" or p.ndim <= 1
+                    )
                 (no_decay if skip else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}] if decay or not no_decay else []
     if no_decay:
@@ -44,9 +54,10 @@ def build_optimizer(
     """``cfg.name``: ``sgd`` (momentum, nesterov), ``adamw`` (decoupled weight decay) or ``adam`` (weight decay
     as an L2 term in the gradient, as the MTLFace and SDD-FIQA reference code use it). ``extra_groups`` are
     appended as they are (parameter groups with settings of their own)."""
-    groups = parameter_groups(modules, cfg.weight_decay, cfg.no_decay_bn_bias, exclude) + list(
-        extra_groups or []
-    )
+    names = getattr(cfg, "no_decay_names", None)
+    groups = parameter_groups(
+        modules, cfg.weight_decay, cfg.no_decay_bn_bias, exclude, None if names is None else list(names)
+    ) + list(extra_groups or [])
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     if cfg.name == "adamw":

@@ -167,7 +167,10 @@ def build_optimizers(
             if not settings:
                 continue
             wd = float(settings.get("weight_decay", cfg.optim.weight_decay))
-            groups = parameter_groups([obj], wd, bool(cfg.optim.no_decay_bn_bias), taken)
+            names = cfg.optim.no_decay_names
+            groups = parameter_groups(
+                [obj], wd, bool(cfg.optim.no_decay_bn_bias), taken, None if names is None else list(names)
+            )
             special += [{**g, **{k: v for k, v in settings.items() if k != "weight_decay"}} for g in groups]
             taken = taken | {id(p) for g in groups for p in g["params"]}
     if special or any(p.requires_grad and id(p) not in taken for m in main_modules for p in m.parameters()):

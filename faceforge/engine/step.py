@@ -79,11 +79,12 @@ class StepEngine:
         k = self.accumulate
         parts = [batch.images.chunk(k), batch.labels.chunk(k), batch.indices.chunk(k)]
         branches = batch.branch.chunk(k) if batch.branch is not None else [None] * k
-        for i, (im, lab, idx, br) in enumerate(zip(*parts, branches, strict=True)):
+        mirrored = batch.mirrored.chunk(k) if batch.mirrored is not None else [None] * k
+        for i, (im, lab, idx, br, mir) in enumerate(zip(*parts, branches, mirrored, strict=True)):
             last = i == k - 1
-            ddp = getattr(self.t, "ddp", None)
+            ddp = getattr(self.t, "ddp", None)  # the DDP module itself (self.t.model may be compiled)
             sync = ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext()
-            yield Batch(im, lab, idx, [], br), sync
+            yield Batch(im, lab, idx, [], br, mir), sync
 
     def step_batch(
         self,
@@ -100,8 +101,9 @@ class StepEngine:
             attrs[name] = (values[idx].to(self.device), mask[idx].to(self.device))
         labels = micro.labels.to(self.device, non_blocking=True)
         branch = micro.branch.to(self.device) if micro.branch is not None else None
+        mirrored = micro.mirrored.to(self.device) if micro.mirrored is not None else None
         return StepBatch(
-            embeddings, labels, idx, self.step, branch, self.t.branch_names, extra, attrs, features
+            embeddings, labels, idx, self.step, branch, self.t.branch_names, extra, attrs, features, mirrored
         )
 
     # ----------------------------------------------------------------------------------------- objectives
@@ -143,7 +145,7 @@ class StepEngine:
             obj.begin_step(k)
         # the extra branch's row i is made from batch row i: it is cut into the same micro-batches
         extras = x_extra.chunk(k) if x_extra is not None else [None] * k
-        micros = self.micro_batches(Batch(x, batch.labels, batch.indices, [], batch.branch))
+        micros = self.micro_batches(Batch(x, batch.labels, batch.indices, [], batch.branch, batch.mirrored))
         for (micro, sync), xe in zip(micros, extras, strict=True):
             with sync:
                 xs = micro.images

@@ -16,7 +16,11 @@ class attribute :class:`Needs`, which the engine reads to prepare the data and t
 * ``teachers``: teacher embeddings (``ctx.teacher(name)`` gives a :class:`~faceforge.distill.teachers.TeacherTable`
   with one row per dataset image);
 * ``gathered``: computed on the batch gathered from every rank (``StepBatch.gathered()``), as TFace does for
-  relation losses; an objective may turn it off per instance (``gather: false``);
+  relation losses; an objective may turn it off per instance (``gather: false``). The gradient that reaches each
+  rank's rows is exactly that of the term on the global batch (``gather_grad: exact``, the default);
+  ``gather_grad: tface`` multiplies it by the world size, as TFace's ``AllGather`` does ("gradient correction for
+  DistCrossEntropy" in ``torchkit/util/distributed_functions.py``), so a TFace recipe's loss weights act on W
+  GPUs as they did there (:meth:`Objective.gathered_batch`);
 * ``sampler``: the objective supplies the batch sampler (:meth:`Objective.batch_sampler`: P x K identities, a
   random half plus a balanced half, ...); at most one objective of a run may;
 * ``extra_branch``: the objective adds images embedded in the same forward pass (:meth:`Objective.extra_images`,
@@ -44,7 +48,11 @@ from torch import Tensor, nn
 from faceforge.core import distributed as D
 from faceforge.core.registry import Registry
 
+#: ``gather_grad`` choices of gathered objectives (see the module doc)
+GATHER_GRADS = ("exact", "tface")
+
 __all__ = [
+    "GATHER_GRADS",
     "OBJECTIVES",
     "Needs",
     "Objective",
@@ -130,7 +138,8 @@ class StepBatch:
     ``indices`` [B] dataset rows; ``branch`` [B] the sampler branch of each row (``branch_names`` names them;
     one branch ``"all"`` when the sampler has none); ``extra`` [B, D] embeddings of the extra branch (row ``i``
     is the extra image made from row ``i``) or None; ``attributes`` name -> (values [B], mask [B]); ``features``
-    name -> the backbone's auxiliary output for the rows (see :class:`Needs`).
+    name -> the backbone's auxiliary output for the rows (see :class:`Needs`); ``mirrored`` [B] bool: the
+    augmentation mirrored the row's face (a teacher cached on both views reads the one the student saw).
     """
 
     def __init__(
@@ -144,6 +153,7 @@ class StepBatch:
         extra: Tensor | None = None,
         attributes: dict[str, tuple[Tensor, Tensor]] | None = None,
         features: dict[str, Tensor] | None = None,
+        mirrored: Tensor | None = None,
     ) -> None:
         self.embeddings = embeddings
         self.labels = labels
@@ -154,7 +164,8 @@ class StepBatch:
         self.extra = extra
         self.attributes = attributes or {}
         self.features = features or {}
-        self._gathered: StepBatch | None = None
+        self.mirrored = mirrored if mirrored is not None else torch.zeros_like(labels, dtype=torch.bool)
+        self._gathered: dict[float, StepBatch] = {}
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -182,18 +193,24 @@ class StepBatch:
             raise KeyError(f"attribute {name!r} is not in the batch (have {sorted(self.attributes)})")
         return self.attributes[name]
 
-    def gathered(self) -> StepBatch:
+    def gathered(self, grad_scale: float = 1.0) -> StepBatch:
         """Every rank's rows concatenated in rank order (embeddings keep their gradient); self in one process.
 
         Backward sums each rank's row gradients over the ranks and DDP averages the parameters' gradients,
-        so every parameter gets exactly the gradient of the term on the global batch.
+        so every parameter gets exactly the gradient of the term on the global batch; ``grad_scale`` multiplies
+        the gradient that reaches this rank's rows (``world_size`` reproduces TFace's ``AllGather``).
         """
         if not D.current().enabled:
             return self
-        if self._gathered is None:
+        if grad_scale not in self._gathered:
             counts = D.row_counts(len(self), self.labels.device)
-            rows = lambda t, grad=False: D.gather_rows(t, with_grad=grad, counts=counts)  # noqa: E731
-            self._gathered = StepBatch(
+
+            def rows(t: Tensor, grad: bool = False) -> Tensor:
+                if grad and grad_scale != 1.0:
+                    return D.gather_rows(t, with_grad=True, counts=counts, grad_scale=grad_scale)
+                return D.gather_rows(t, with_grad=grad, counts=counts)
+
+            self._gathered[grad_scale] = StepBatch(
                 rows(self.embeddings, True),
                 rows(self.labels),
                 rows(self.indices.to(self.labels.device)),
@@ -203,8 +220,9 @@ class StepBatch:
                 None if self.extra is None else rows(self.extra, True),
                 {k: (rows(v), rows(m)) for k, (v, m) in self.attributes.items()},
                 {k: rows(v, True) for k, v in self.features.items()},
+                rows(self.mirrored),
             )
-        return self._gathered
+        return self._gathered[grad_scale]
 
 
 OBJECTIVES: Registry[type[Objective]] = Registry("objective")
@@ -242,6 +260,14 @@ class Objective(nn.Module):
     def gathers(self) -> bool:
         """True when this instance computes on the globally gathered batch."""
         return self.needs.gathered and bool(getattr(self, "gather", True))
+
+    def gathered_batch(self, batch: StepBatch) -> StepBatch:
+        """The batch this objective computes on: gathered from every rank when it :attr:`gathers` (with the
+        gradient scale its ``gather_grad`` option chooses: ``exact`` 1, ``tface`` the world size), else its own."""
+        if not self.gathers:
+            return batch
+        mode = getattr(self, "gather_grad", "exact")
+        return batch.gathered(float(D.current().world_size) if mode == "tface" else 1.0)
 
     def batch_sampler(self, request: SamplerRequest) -> Any | None:
         """A batch sampler (``set_epoch(epoch, start_batch)``, ``__len__``, ``__iter__`` of index lists, and

@@ -31,6 +31,7 @@ from faceforge.data.samplers import Branch, MultiBranchBatchSampler, TaggedBranc
 from faceforge.distill.registry import DISTILL_LOSSES
 from faceforge.distill.teachers import class_centroids
 from faceforge.objectives.base import (
+    GATHER_GRADS,
     OBJECTIVES,
     Needs,
     Objective,
@@ -50,8 +51,23 @@ def _check_projection(projection: str) -> None:
         raise ValueError(f"projection must be one of {list(PROJECTIONS)}, got {projection!r}")
 
 
-def _teacher_rows(table: Any, indices: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return table.embeddings[indices.cpu()].to(device)
+def _teacher_rows(
+    table: Any, indices: torch.Tensor, device: torch.device, mirrored: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The teacher embedding of each row; for a table cached on both views (``view: student``), of the view the
+    student saw (the mirrored face where the augmentation mirrored it)."""
+    idx = indices.cpu()
+    rows = table.embeddings[idx]
+    flipped = getattr(table, "mirrored_embeddings", None)
+    if flipped is not None and mirrored is not None:
+        rows = torch.where(mirrored.cpu()[:, None], flipped[idx], rows)
+    return rows.to(device)
+
+
+def check_gather_grad(value: str) -> str:
+    if value not in GATHER_GRADS:
+        raise ValueError(f"gather_grad must be one of {list(GATHER_GRADS)}, got {value!r}")
+    return value
 
 
 class TeacherObjective(Objective):
@@ -68,12 +84,14 @@ class TeacherObjective(Objective):
         teacher: str | None = None,
         projection: str = "auto",
         gather: bool = True,
+        gather_grad: str = "exact",
         **loss_options: Any,
     ) -> None:
         super().__init__(ctx)
         _check_projection(projection)
         self.table = ctx.require_teacher(self.loss_name, teacher)
         self.gather = bool(gather)
+        self.gather_grad = check_gather_grad(gather_grad)
         self.loss = DISTILL_LOSSES.build(self.loss_name, **loss_options)
         dim, student = self.table.dim, ctx.embedding_size
         wants = self.feature and (projection == "linear" or dim != student)
@@ -89,8 +107,8 @@ class TeacherObjective(Objective):
         return [cls.__init__, DISTILL_LOSSES.get(cls.loss_name).__init__]
 
     def forward(self, batch: StepBatch) -> ObjectiveOutput:
-        b = batch.gathered() if self.gathers else batch
-        t = _teacher_rows(self.table, b.indices, b.device)
+        b = self.gathered_batch(batch)
+        t = _teacher_rows(self.table, b.indices, b.device, b.mirrored)
         student = self.projection(b.embeddings) if self.projection is not None else b.embeddings
         return ObjectiveOutput({"loss": self.loss(student, t, b.labels)})
 
@@ -100,6 +118,10 @@ class TeacherObjective(Objective):
             "teacher": self.table.name,
             "projection": None if self.projection is None else list(self.projection.weight.shape[::-1]),
             "global_batch": self.gathers,
+            "gather_grad": self.gather_grad if self.gathers else None,
+            "teacher_view": "student"
+            if getattr(self.table, "mirrored_embeddings", None) is not None
+            else "original",
         }
 
 
@@ -205,7 +227,7 @@ class LIAADObjective(Objective):
 
     def forward(self, batch: StepBatch) -> ObjectiveOutput:
         dev = batch.device
-        teachers = [_teacher_rows(t, batch.indices, dev) for t in self.tables]
+        teachers = [_teacher_rows(t, batch.indices, dev, batch.mirrored) for t in self.tables]
         if len(self.projections):
             students = [p(batch.embeddings) for p in self.projections]
         else:

@@ -120,7 +120,12 @@ class MarginObjective(Objective):
                 raise ValueError(
                     "objectives.margin.extra_branch=true needs an objective that adds an extra branch (ddl)"
                 )
-            terms["extra"] = self.criterion(batch.extra, labels).loss
+            # the same rows as the main term (DDL's paper sampling trains the head on its normal batches only)
+            terms["extra"] = (
+                self.criterion(batch.extra, labels).loss
+                if bool(rows.all())
+                else self.criterion(batch.extra[rows], labels[rows]).loss
+            )
         return ObjectiveOutput(terms, {"top1": float(top1)})
 
     # ------------------------------------------------------------------------------------- checkpoints

@@ -13,11 +13,14 @@ from typing import Any
 
 from faceforge.distill.teachers import TeacherTable, build_teacher_tables, default_teacher_cache
 
-__all__ = ["TeacherBank"]
+__all__ = ["TEACHER_VIEWS", "TeacherBank"]
+
+#: what a teacher embeds: the un-augmented face, or both views so each row reads the one the student saw
+TEACHER_VIEWS = ("original", "student")
 
 
 class TeacherBank:
-    """``teachers`` config entries (``model``, ``name``, ``flip``, ``options``) -> lazily built tables."""
+    """``teachers`` config entries (``model``, ``name``, ``flip``, ``view``, ``options``) -> lazily built tables."""
 
     def __init__(
         self,
@@ -31,6 +34,14 @@ class TeacherBank:
         for i, t in enumerate(self.configs):
             if not t.get("model") or t["model"] == "???":
                 raise ValueError(f"teachers.{i}.model is not set (a .pt checkpoint, an .onnx file or dlib)")
+            view = t.setdefault("view", "original")
+            if view not in TEACHER_VIEWS:
+                raise ValueError(f"teachers.{i}.view must be one of {list(TEACHER_VIEWS)}, got {view!r}")
+            if view == "student" and t.get("flip"):
+                raise ValueError(
+                    f"teachers.{i}: flip=true (the sum of both views) and view=student (the student's view) "
+                    "exclude each other: set one"
+                )
             t.setdefault("name", None)
             t["name"] = t["name"] or f"teacher{i}"
         self.names = [t["name"] for t in self.configs]
@@ -73,6 +84,7 @@ class TeacherBank:
             [bool(t.get("flip", False)) for t in self.configs],
             cache,
             progress=self.progress,
+            views=[str(t.get("view", "original")) for t in self.configs],
         )
 
     def describe(self) -> list[dict[str, Any]]:
@@ -84,6 +96,7 @@ class TeacherBank:
                 "cache_folder": t.cache_folder,
                 "embedded_this_run": t.computed,
                 "valid_rows": int(t.valid.sum()),
+                "view": "student" if t.mirrored_embeddings is not None else "original",
             }
             for t in self.built
         ]

@@ -219,7 +219,7 @@ class _PidDataset(torch.utils.data.Dataset):
         return len(self.ds)
 
     def __getitem__(self, i: int):
-        img, label, _ = self.ds[i]
+        img, label, _, _ = self.ds[i]
         return int(img.sum()), label, os.getpid(), self.ds.read.reader._pid
 
 
@@ -236,8 +236,8 @@ def test_rec_dataset_reopens_its_file_in_a_forked_worker(lfw_small: Path, lfw_re
         sampler=range(4),
     )  # fmt: skip
     rows = list(loader)
-    assert [int(r[0]) for r in rows] == [int(img.sum()) for img, _, _ in parent]
-    assert [int(r[1]) for r in rows] == [label for _, label, _ in parent]
+    assert [int(r[0]) for r in rows] == [int(img.sum()) for img, _, _, _ in parent]
+    assert [int(r[1]) for r in rows] == [label for _, label, _, _ in parent]
     assert all(int(r[2]) != os.getpid() and int(r[3]) == int(r[2]) for r in rows)
 
 

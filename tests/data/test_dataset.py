@@ -68,7 +68,7 @@ def test_dataset_skips_unreadable_and_rejects_unaligned(tree: Path) -> None:
     )  # the item carries its reason, preloaded or not
     write_image_rgb(tree / "carol" / "carol_0000.png", _face(5, size=160))
     # a face of another size is skipped and listed with why (a folder that was not aligned stops the trainer)
-    image, reason, _ = FaceDataset(scan_image_folder(tree))[4]
+    image, reason, _, _ = FaceDataset(scan_image_folder(tree))[4]
     assert image is None and "is 160x160, expected an aligned 112x112 face" in reason
     with pytest.raises(WrongImageSizeError, match="align the folder first"):
         FaceDataset(scan_image_folder(tree)).image(4)

@@ -143,7 +143,7 @@ def test_shards_index_and_dataset_end_to_end(tmp_path: Path) -> None:
     built = build_dataset(compose_config("lfw_mobilefacenet_arcface", overrides).data, augment=Compose([]))
     ds = built.dataset
     assert len(ds) == 3 and built.samples.labels.tolist() == [1, 1, 0] and built.num_classes == 2
-    img, label, i = ds[2]
+    img, label, i, _ = ds[2]
     assert label == 0 and i == 2
     np.testing.assert_array_equal(img, cv2.cvtColor(imgs[0], cv2.COLOR_BGR2RGB))
     assert built.samples.paths[2] == f"{tmp_path / 'faces' / 'faces-00000.tfrecord'}@0"
@@ -151,5 +151,5 @@ def test_shards_index_and_dataset_end_to_end(tmp_path: Path) -> None:
     # a broken record is an unreadable image of that item, named by shard and offset, not a crash
     shard = tmp_path / "faces" / "faces-00001.tfrecord"
     shard.write_bytes(shard.read_bytes()[:-3])
-    img, reason, i = ds[0]
+    img, reason, i, _ = ds[0]
     assert img is None and i == 0 and "faces-00001.tfrecord@0" in reason and "truncated" in reason

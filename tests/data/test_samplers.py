@@ -100,15 +100,18 @@ def test_tagged_branches_name_each_rows_branch() -> None:
 
         def __getitem__(self, i: int):
             if i == first[1][0]:  # the second row is unreadable
-                return None, f"img{i}: truncated", i
-            return np.full((2, 2, 3), i, np.uint8), int(labels[i]), i
+                return None, f"img{i}: truncated", i, False
+            return np.full((2, 2, 3), i, np.uint8), int(labels[i]), i, i % 2 == 1
 
     batch = collate_faces([TaggedRows(Faces())[key] for key in first])
     assert batch.skipped == [f"img{first[1][0]}: truncated"]
     assert batch.branch.tolist() == [0, 0, 0, 1, 1, 1, 1]
     assert batch.indices.tolist() == [i for j, (i, _) in enumerate(first) if j != 1]
     plain = collate_faces([Faces()[i] for i in (0, 2)])
-    assert plain.branch is None and TaggedRows(Faces())[0][3] == 0
+    assert plain.branch is None and TaggedRows(Faces())[0][4] == 0
+    assert plain.mirrored.tolist() == [False, False] and batch.mirrored.tolist() == [
+        i % 2 == 1 for j, (i, _) in enumerate(first) if j != 1
+    ]
 
 
 def test_multi_branch_sizes_offsets_split_and_resume() -> None:

@@ -49,7 +49,7 @@ class FakeFaces:
         return np.random.default_rng(i).integers(0, 256, (8, 8, 3), dtype=np.uint8)
 
 
-def build(method: str, gather: bool = True) -> Objective:
+def build(method: str, gather: bool = True, gather_grad: str = "exact") -> Objective:
     bank = TeacherBank([{"model": "fake"}], FakeFaces(), "none", False, lambda spec, opts: FakeTeacher())
     ctx = ObjectiveContext(
         embedding_size=16,
@@ -60,7 +60,7 @@ def build(method: str, gather: bool = True) -> Objective:
         teacher=None if method == "ddl" else bank.table,
         teacher_names=[] if method == "ddl" else bank.names,
     )
-    return OBJECTIVES.get(method)(ctx, gather=gather)
+    return OBJECTIVES.get(method)(ctx, gather=gather, gather_grad=gather_grad)
 
 
 def global_batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,13 +68,13 @@ def global_batch() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(8, 16, generator=g), torch.randn(8, 16, generator=g)
 
 
-def term(method: str, rows: list[int], gather: bool = True) -> dict:
+def term(method: str, rows: list[int], gather: bool = True, gather_grad: str = "exact") -> dict:
     """The term on ``rows`` of the global batch, and the gradients of those rows."""
     emb, hard = global_batch()
     e = emb[rows].clone().requires_grad_(True)
     x = hard[rows].clone().requires_grad_(True) if method == "ddl" else None
     torch.manual_seed(0)  # the same learned projection (feature_l2) on every rank and in the reference
-    d = build(method, gather)
+    d = build(method, gather, gather_grad)
     out = d(StepBatch(e, torch.as_tensor(LABELS[rows]), torch.as_tensor(rows), extra=x))
     loss = out.terms["loss"]
     loss.backward()
@@ -90,6 +90,8 @@ def main(out: Path) -> None:
     ctx = D.init_distributed("cpu")
     results = {m: term(m, rows[ctx.rank]) for m, rows in CASES.items()}
     results["rkd_per_rank"] = term("rkd", CASES["rkd"][ctx.rank], gather=False)
+    # TFace's AllGather gradient (x world size), as objectives.<name>.gather_grad=tface reproduces it
+    results["tface"] = {m: term(m, CASES[m][ctx.rank], gather_grad="tface") for m in ("rkd", "ekd", "ddl")}
     # the reference: the whole global batch in this process, nothing gathered
     results["reference"] = {m: term(m, list(range(len(LABELS))), gather=False) for m in CASES}
     torch.save(results, out / f"rank{ctx.rank}.pt")

@@ -232,6 +232,21 @@ def test_relation_distillation_sees_the_global_batch(distill_ranks: list[dict], 
     assert float(ref["grad"].abs().sum()) > 0
 
 
+@pytest.mark.parametrize("method", ["rkd", "ekd", "ddl"])
+def test_tface_gather_gradient_is_world_size_times_the_exact_one(
+    distill_ranks: list[dict], method: str
+) -> None:
+    """gather_grad=tface: the same term, and each rank's row gradients multiplied by the world size (2) against
+    the exact default, as TFace's AllGather does."""
+    for res in distill_ranks:
+        exact, tface = res[method], res["tface"][method]
+        torch.testing.assert_close(tface["loss"], exact["loss"])
+        torch.testing.assert_close(tface["grad"], 2 * exact["grad"], rtol=1e-5, atol=1e-7)
+        assert float(exact["grad"].abs().sum()) > 0
+        if method == "ddl":
+            torch.testing.assert_close(tface["extra_grad"], 2 * exact["extra_grad"], rtol=1e-5, atol=1e-7)
+
+
 def test_per_sample_and_per_rank_distillation_stay_local(distill_ranks: list[dict]) -> None:
     for res in distill_ranks:
         assert res["feature_l2"]["global_batch"] is False and res["rkd_per_rank"]["global_batch"] is False

@@ -379,7 +379,9 @@ class FaceAgeSynthesis(Method):
         x_src = engine.preprocess(batch.images)
         x_tgt = engine.preprocess(faces)
         target = groups.to(engine.device)
-        micro = list(engine.micro_batches(Batch(x_src, batch.labels, batch.indices, [], batch.branch)))
+        micro = list(
+            engine.micro_batches(Batch(x_src, batch.labels, batch.indices, [], batch.branch, batch.mirrored))
+        )
         parts = list(zip(micro, x_tgt.chunk(k), target.chunk(k), strict=True))
 
         # discriminator: real faces of the target group vs the synthesised faces (detached)

@@ -25,6 +25,7 @@ from .aifr import (
     aifr_iresnet_se50,
     aifr_mobilefacenet,
 )
+from .dlib_resnet import DlibResNet, dlib_resnet
 from .iresnet import (
     IBasicBlock,
     IResNet,
@@ -37,6 +38,7 @@ from .iresnet import (
     iresnet_se100,
 )
 from .mobilefacenet import MobileFaceNet, mobilefacenet
+from .onnx_graph import OnnxGraphNet, onnx_graph
 from .quality import (
     QualityIResNet,
     QualityMobileFaceNet,
@@ -56,6 +58,8 @@ BACKBONES.register("iresnet100")(iresnet100)
 BACKBONES.register("iresnet200")(iresnet200)
 BACKBONES.register("iresnet_se50")(iresnet_se50)
 BACKBONES.register("iresnet_se100")(iresnet_se100)
+# dlib's face-recognition ResNet (faceforge import dlib reads its weights from the .dat file)
+BACKBONES.register("dlib_resnet")(dlib_resnet)
 # quality regressors (SDD-FIQA): a recognition encoder with a one-number head, output [N, 1]
 BACKBONES.register("sddfiqa_mobilefacenet")(sddfiqa_mobilefacenet)
 BACKBONES.register("sddfiqa_iresnet18")(sddfiqa_iresnet18)
@@ -68,6 +72,8 @@ BACKBONES.register("aifr_iresnet34")(aifr_iresnet34)
 BACKBONES.register("aifr_iresnet50")(aifr_iresnet50)
 BACKBONES.register("aifr_iresnet100")(aifr_iresnet100)
 BACKBONES.register("aifr_iresnet_se50")(aifr_iresnet_se50)
+# an imported ONNX recognition graph (faceforge import onnx): its program travels as the JSON kwarg 'graph'
+BACKBONES.register("onnx_graph")(onnx_graph)
 
 
 def build_backbone(name: str, **kwargs) -> nn.Module:
@@ -79,9 +85,11 @@ __all__ = [
     "BACKBONES",
     "AIFRNet",
     "AttentionDecomposition",
+    "DlibResNet",
     "IBasicBlock",
     "IResNet",
     "MobileFaceNet",
+    "OnnxGraphNet",
     "QualityIResNet",
     "QualityMobileFaceNet",
     "build_backbone",
