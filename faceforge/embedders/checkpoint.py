@@ -167,10 +167,10 @@ class CheckpointEmbedder:
             "precision_choice": self.policy.describe(),
             "inference": {
                 "memory_format": "channels_last",
-                "batchnorm_folded": len(self.folded),
+                "folded_into_conv": len(self.folded),
                 "compiled": self.compiled,
-                "folding": "eval-mode BatchNorms that read only a conv/linear output are folded into it "
-                "(equal up to float rounding, about 1e-6 relative)",
+                "folding": "eval-mode BatchNorms (and channel_affine layers) that read only a conv/linear "
+                "output are folded into it (equal up to float rounding, about 1e-6 relative)",
             },
         }
         if isinstance(self.meta.get("predicts"), str):  # what the output is (older checkpoints do not say)

@@ -15,6 +15,11 @@ every torch call with the tensors it reads and writes. A ``batch_norm`` call fol
 ``linear`` call that produced its input when no other call that returns a tensor reads that output (no
 residual branch, no in-place op, no view; ``x.dim()`` and ``x.shape`` only read metadata), both calls belong to modules called exactly once (found by their parameters), and
 the BatchNorm is a module that can be replaced by ``nn.Identity`` in its parent. Anything else is left as is.
+
+Other per-channel affine layers fold the same way when their module says what they compute: a module with
+``channel_affine() -> (scale [C], shift [C])`` (``y = scale[c] * x + shift[c]``, e.g. dlib's ``affine`` in the
+imported ``dlib_resnet``) is treated as a BatchNorm with ``s = scale`` and ``b' = b * scale + shift``; a forward
+hook finds its input, and it folds under the same rules.
 """
 
 from __future__ import annotations
@@ -68,6 +73,15 @@ def _owner(modules: dict[int, tuple[str, nn.Module]], tensor: Any) -> tuple[str,
     return modules.get(id(tensor)) if isinstance(tensor, Tensor) else None
 
 
+def _fold_affine_into(layer: nn.Module, scale: Tensor, shift: Tensor) -> tuple[Tensor, Tensor] | None:
+    """Weights of ``shift + scale * layer(x)`` as one conv / linear layer, or None for another layer type."""
+    if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+        return None
+    shape = (-1,) + (1,) * (layer.weight.dim() - 1)
+    bias = layer.bias if layer.bias is not None else torch.zeros_like(shift)
+    return layer.weight * scale.reshape(shape), bias * scale + shift
+
+
 @torch.no_grad()
 def fold_batchnorm(model: nn.Module, example: Tensor) -> list[str]:
     """Fold BatchNorms into their producers in place (``model`` must be in eval mode); returns the folded
@@ -79,8 +93,18 @@ def fold_batchnorm(model: nn.Module, example: Tensor) -> list[str]:
         for p in (*m.parameters(recurse=False), *m.buffers(recurse=False)):
             by_param.setdefault(id(p), (name, m))
     rec = _Recorder()
-    with rec:
-        model(example)
+    affine_calls: list[tuple[str, int]] = []  # (module name, id of its input) of channel_affine() modules
+    hooks = [
+        m.register_forward_hook(lambda mod, args, out, name=name: affine_calls.append((name, id(args[0]))))
+        for name, m in model.named_modules()
+        if callable(getattr(m, "channel_affine", None))
+    ]
+    try:
+        with rec:
+            model(example)
+    finally:
+        for h in hooks:
+            h.remove()
     # a call that returns no tensor (``x.dim()``, ``x.shape``) reads metadata, not the values: not a use
     uses = Counter(i for _, args, outs in rec.calls if outs for i in _tensor_ids(args))
     produced = {o: (func, args) for func, args, outs in rec.calls for o in outs}
@@ -126,4 +150,21 @@ def fold_batchnorm(model: nn.Module, example: Tensor) -> list[str]:
         parent_name, _, attr = bn_name.rpartition(".")
         setattr(parents[parent_name], attr, nn.Identity())
         folded.append(bn_name)
+    calls = Counter(name for name, _ in affine_calls)
+    for name, input_id in affine_calls:
+        source = produced.get(input_id)
+        if source is None or source[0] not in _CONV | _LINEAR or uses[input_id] != 1 or calls[name] != 1:
+            continue
+        prod = _owner(by_param, source[1][1])
+        if prod is None or module_calls[prod[0]] != 1 or not name:
+            continue
+        scale, shift = parents[name].channel_affine()
+        fused = _fold_affine_into(prod[1], scale.detach().float(), shift.detach().float())
+        if fused is None:
+            continue
+        prod[1].weight = nn.Parameter(fused[0].detach(), requires_grad=False)
+        prod[1].bias = nn.Parameter(fused[1].detach(), requires_grad=False)
+        parent_name, _, attr = name.rpartition(".")
+        setattr(parents[parent_name], attr, nn.Identity())
+        folded.append(name)
     return folded

@@ -63,3 +63,30 @@ def test_backbones_give_the_same_embeddings_folded(name: str) -> None:
     with torch.no_grad():
         a, b = net(x), folded_net(x)
     assert (a - b).abs().max() <= 1e-5 * a.abs().max()
+
+
+class ChannelAffine(nn.Module):
+    """``y = w[c] * x + b[c]`` that says so (``channel_affine``), as dlib's affine layer does."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.rand(c) + 0.5)
+        self.bias = nn.Parameter(torch.rand(c) - 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+    def channel_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.weight, self.bias
+
+
+def test_a_declared_channel_affine_folds_like_a_batchnorm() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, bias=False), ChannelAffine(4), nn.ReLU(), nn.Conv2d(4, 2, 1), ChannelAffine(2)
+    )
+    folded_net = copy.deepcopy(net).eval()
+    x = torch.randn(2, 3, 8, 8)
+    assert fold_batchnorm(folded_net, x[:1]) == ["1", "4"]
+    with torch.no_grad():
+        torch.testing.assert_close(folded_net(x), net(x), rtol=1e-5, atol=1e-5)
