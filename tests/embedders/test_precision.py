@@ -135,3 +135,34 @@ def test_failing_parity_falls_back_to_fp32_with_a_message(
     # forcing bf16 uses it anyway and says that the parity is below the bar
     forced = CheckpointEmbedder(model_file, precision="bf16")
     assert forced.precision == "bf16" and "below the bar" in forced.describe()["precision_choice"]["note"]
+
+
+def test_the_service_model_id_has_the_precision_and_follows_its_gallery(
+    model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fp32 is left out of the id (galleries enrolled before keep theirs), bf16 is in it; a service asked for
+    another precision serves in the one its gallery holds, instead of refusing its own gallery."""
+    pytest.importorskip("faiss")
+    from faceforge.serve.gallery import model_id_of
+    from faceforge.serve.service import Service, ServiceSettings
+
+    monkeypatch.setenv("FACEFORGE_CACHE", str(tmp_path / "cache"))
+    fp32 = CheckpointEmbedder(model_file, precision="fp32").describe()
+    bf16 = CheckpointEmbedder(model_file, precision="bf16").describe()
+    without = {k: v for k, v in fp32.items() if k != "precision"}
+    assert model_id_of(fp32) == model_id_of(without) != model_id_of(bf16)
+
+    def serve(precision: str) -> Service:
+        emb = CheckpointEmbedder(model_file, precision=precision)
+        return Service(
+            ServiceSettings(db=str(tmp_path / "g.db"), threshold=0.5), embedder=emb, detector=object()
+        )
+
+    first = serve("fp32")
+    first.close()
+    again = serve("bf16")
+    try:
+        assert again.embedder.precision == "fp32" and again.describe()["model_id"] == model_id_of(fp32)
+        assert again.describe()["model"]["precision_choice"]["note"] == "fp32 as requested"
+    finally:
+        again.close()
