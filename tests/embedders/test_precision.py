@@ -8,7 +8,6 @@ bf16-capable device (``inference_candidate``) so the tests mean the same on ever
 
 from __future__ import annotations
 
-import itertools
 import json
 from pathlib import Path
 
@@ -55,11 +54,9 @@ def bf16_device(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 
 def _pairs_file(root: Path, out: Path) -> Path:
-    """3 matched and 3 mismatched pairs over 6 faces (bf16 is slow where it is emulated)."""
-    people = sorted(p.name for p in root.iterdir() if p.is_dir())[:3]
-    lines = ["3"] + [f"{name}\t1\t2" for name in people]
-    lines += [f"{a}\t1\t{b}\t2" for a, b in itertools.pairwise(people)]
-    lines += [f"{people[2]}\t1\t{people[0]}\t2"]
+    """2 matched and 2 mismatched pairs over 5 faces (bf16 is slow where it is emulated)."""
+    a, b = sorted(p.name for p in root.iterdir() if p.is_dir())[:2]
+    lines = ["2", f"{a}\t1\t2", f"{b}\t1\t2", f"{a}\t1\t{b}\t1", f"{a}\t3\t{b}\t2"]
     out.write_text("\n".join(lines) + "\n")
     return out
 
@@ -90,7 +87,7 @@ def test_bf16_parity_is_recorded_and_reused(
     assert 0.9 < record["cosine_min"] <= record["cosine_mean"] <= 1.0 + 1e-9
     # the accuracy part came from this pairs evaluation: both accuracies and their difference
     acc = record["accuracy"]
-    assert acc["pairs_scored"] == 6 and acc["n_folds"] == 2
+    assert acc["pairs_scored"] == 4 and acc["n_folds"] == 2
     assert acc["delta_points"] == pytest.approx(100 * (acc["bf16"] - acc["fp32"]))
     used = "bf16" if record["passed"] else "fp32"
     assert res["model"]["precision"] == used and res["settings"]["precision"] == used

@@ -78,6 +78,7 @@ def test_features_reach_the_objective(lfw_small: Path, tmp_path: Path, list_file
                      "objectives.energy.type=test_pooled_energy"))  # fmt: skip
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's own, when torch.compile imports dynamo
 def test_run_compile_wraps_the_step_not_the_checkpoint(lfw_small: Path, tmp_path: Path, list_file) -> None:
     """run.compile=true: the step's model is torch.compile's wrapper (compiled lazily, at the first step; not run
     here, compiling takes minutes on a CPU), checkpoints keep the plain backbone's keys; null is off on a CPU."""
