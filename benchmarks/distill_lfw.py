@@ -33,6 +33,14 @@ Columns:
         [--unlabelled benchmarks_out/utk_aligned] [--reuse]
 
 Writes ``<out>/distill_lfw.json`` and ``<out>/distill_lfw.md``; copies both to benchmarks/results/.
+
+``--teacher-phase N`` measures only the teacher phase of training (what the trainer does before the first
+step: :func:`faceforge.distill.teachers.build_teacher_tables`, dlib over the training images, no cache) on the
+first N training images, with dlib in one process (``workers=1``) and on every core, back to back: faces/s of
+each, the ratio (target >= 1.8 on 2 cores) and whether the two tables are identical; writes
+``<out>/teacher_phase.json`` and copies it to benchmarks/results/:
+
+    python benchmarks/distill_lfw.py --teacher-phase 512
 """
 
 from __future__ import annotations
@@ -285,6 +293,48 @@ def table(rows: dict[str, Any], teacher: dict[str, Any]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def teacher_phase(faces: Path, n: int, out: Path) -> dict[str, Any]:
+    """The teacher phase on the first ``n`` training images, one process vs every core (module doc)."""
+    from faceforge.core.workers import available_cores
+    from faceforge.data.image_io import read_image_rgb
+    from faceforge.distill.teachers import build_teacher_tables
+
+    devtest = {
+        name
+        for pair in read_lfw_pairs(DATA / "lfw" / "pairsDevTest.txt")
+        for name in (pair.name1, pair.name2)
+    }
+    files = [f for f in sorted(faces.rglob("*.jpg")) if f.parent.name not in devtest][:n]
+    runs: dict[str, Any] = {}
+    tables = {}
+    for label, workers in (("one_process", 1), ("every_core", 0)):
+        dlib = embedder_from_spec("dlib", workers=workers)
+        t0 = time.perf_counter()
+        (table,) = build_teacher_tables(
+            [dlib], len(files), lambda i: read_image_rgb(files[i]), ["dlib"], [False], None, progress=False
+        )
+        seconds = time.perf_counter() - t0
+        dlib.close()
+        tables[label] = table.embeddings.numpy()
+        runs[label] = {"workers": dlib.workers, "seconds": seconds, "faces_per_s": len(files) / seconds}
+    record = {
+        "benchmark": "distill_lfw teacher phase",
+        "what": "build_teacher_tables with dlib (no cache, no flip) on the first training images",
+        "target": "every_core / one_process >= 1.8 on 2 cores, identical tables",
+        "images": len(files),
+        "cores": available_cores(),
+        "runs": runs,
+        "ratio": runs["every_core"]["faces_per_s"] / runs["one_process"]["faces_per_s"],
+        "identical": bool(np.array_equal(tables["one_process"], tables["every_core"])),
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
+        "note": "the worker pool's start (spawned processes importing faceforge) is inside every_core's time",
+    }
+    path = out / "teacher_phase.json"
+    path.write_text(json.dumps(record, indent=2))
+    shutil.copy(path, REPO / "benchmarks" / "results" / "teacher_phase.json")
+    return record
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="benchmarks_out/distill_lfw")
@@ -296,6 +346,9 @@ def main() -> None:
     ap.add_argument("--unlabelled", default=None, help="aligned faces without identities (e.g. UTKFace)")
     ap.add_argument("--teacher-cache", default=None, help="teacher embedding cache (default <out>/cache)")
     ap.add_argument("--reuse", action="store_true", help="keep rows whose results exist")
+    ap.add_argument(
+        "--teacher-phase", type=int, default=0, metavar="N", help="only time the teacher phase on N images"
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     out = Path(args.out)
@@ -303,6 +356,10 @@ def main() -> None:
     cache = Path(args.teacher_cache) if args.teacher_cache else out / "cache"
     eval_cache = out / "eval_cache"
     faces = align_lfw(out.parent if (out.parent / "lfw_aligned").is_dir() else out)
+    if args.teacher_phase:
+        rec = teacher_phase(faces, args.teacher_phase, out)
+        print(json.dumps({k: rec[k] for k in ("images", "runs", "ratio", "identical")}, indent=2))
+        return
     full, low, pairs_file = devtest_sets(faces, out)
     speed_faces = np.stack(
         [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in sorted(full.rglob("*.jpg"))[:128]]

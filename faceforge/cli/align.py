@@ -23,7 +23,9 @@ def _add(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--ext", default=".jpg", choices=[".jpg", ".png"], help="output format (JPEG q95 or PNG)")
     p.add_argument("--overwrite", action="store_true", help="re-align images that already exist in --out")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument(
+        "--workers", type=int, default=0, help="processes (default 0: one per core; the outputs are the same)"
+    )
     p.add_argument("--no-progress", action="store_true")
 
 

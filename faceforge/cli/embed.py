@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from faceforge.cli.main import command, parse_key_values
+from faceforge.cli.main import add_precision_argument, command, parse_key_values, precision_line
 
 
 def _add(p: argparse.ArgumentParser) -> None:
@@ -61,6 +61,7 @@ def _add(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cache", action="store_true", help="embed everything, read and write no cache")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="auto")
+    add_precision_argument(p)
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -74,7 +75,9 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--images: no folder or list file at {args.images}")
     cache_dir = None if args.no_cache else (Path(args.cache_dir) if args.cache_dir else default_cache_dir())
     options = parse_key_values(args.model_option, "--model-option")
-    embedder = embedder_from_spec(args.model, device=args.device, batch_size=args.batch_size, **options)
+    embedder = embedder_from_spec(
+        args.model, device=args.device, batch_size=args.batch_size, **{"precision": args.precision, **options}
+    )
     res = embed_files(
         embedder,
         args.images,
@@ -93,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
             else ""
         )
     )
+    if line := precision_line(embedder.describe()):
+        print(line)
     for f in res.skipped[:10]:
         print(f"  unreadable: {f}")
     return 0

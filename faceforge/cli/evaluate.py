@@ -12,7 +12,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from faceforge.cli.main import command, parse_key_values, printable
+from faceforge.cli.main import (
+    add_precision_argument,
+    command,
+    parse_key_values,
+    precision_line,
+    printable,
+)
 from faceforge.eval.kinds.base import DEFAULT_MIN_VALID_FRACTION
 
 
@@ -57,6 +63,7 @@ def _add(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="auto")
+    add_precision_argument(p)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument(
         "--cache-dir",
@@ -158,7 +165,9 @@ def run(args: argparse.Namespace) -> int:
     )
     cache_dir = None if args.no_cache else (Path(args.cache_dir) if args.cache_dir else default_cache_dir())
     options = parse_key_values(args.model_option, "--model-option")
-    embedder = embedder_from_spec(args.model, device=args.device, batch_size=args.batch_size, **options)
+    embedder = embedder_from_spec(
+        args.model, device=args.device, batch_size=args.batch_size, **{"precision": args.precision, **options}
+    )
     flip = not args.no_flip
     result = run_benchmarks(
         embedder,
@@ -178,6 +187,8 @@ def run(args: argparse.Namespace) -> int:
     for name, rec in result["benchmarks"].items():
         _print_record(name, rec, flip)
     emb = result["embedding"]
+    if line := precision_line(result["model"]):
+        print(f"  {line}")
     print(
         f"  embedded {emb['images_embedded']} image(s), {emb['images_from_cache']} from cache ({cache_dir or 'off'})"
     )

@@ -71,6 +71,26 @@ def parse_key_values(items: list[str], flag: str) -> dict[str, object]:
     return options
 
 
+def add_precision_argument(p: argparse.ArgumentParser) -> None:
+    """``--precision auto|fp32|bf16`` for commands that embed with a network (faceforge.embedders.parity)."""
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16"),
+        help="inference precision of a faceforge checkpoint: auto (default) uses bf16 autocast + channels_last "
+        "on CUDA or a CPU with native bf16 when the model's parity record keeps its numbers (min cosine to "
+        "fp32 >= 0.999, pairs accuracy within 0.1 point), else fp32; other embedders ignore it",
+    )
+
+
+def precision_line(desc: dict) -> str | None:
+    """``precision: <choice and why>`` for an embedder's ``describe()``, or None when it has no choice."""
+    choice = desc.get("precision_choice")
+    if not isinstance(choice, dict):
+        return None
+    return f"precision: {choice.get('note') or desc.get('precision')}"
+
+
 def printable(text: object) -> str:
     """``text`` on one line: newlines, other control characters and undecodable bytes of file names
     (surrogate escapes) are shown as Python escapes, so one listed item is always one line."""

@@ -69,6 +69,13 @@ def _add(p: argparse.ArgumentParser) -> None:
         "(e.g. the SDD-FIQA regressor of 'faceforge train lfw_sddfiqa')",
     )
     p.add_argument("--overwrite", action="store_true", help="redo photos whose outputs already exist")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="processes that read, detect and align photos (default 0: one per core; 1: this process only); "
+        "the outputs are the same for any number",
+    )
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -99,6 +106,7 @@ def _quality_gate(args: argparse.Namespace):
 
 @command("prepare", "detect, select and align faces in a photo folder (ImageFolder or .rec output)")(_add)
 def run(args: argparse.Namespace) -> int:
+    from faceforge.deploy.align_photos import DetectorSpec
     from faceforge.deploy.detect import DETECTORS
     from faceforge.deploy.prepare import REPORT_NAME, prepare_folder
 
@@ -113,12 +121,13 @@ def run(args: argparse.Namespace) -> int:
             f"unknown --detector-option {', '.join(unknown)} for {args.detector}; valid: {', '.join(sorted(valid))}"
         )
     quality = _quality_gate(args)
-    detector = builder(model_path=args.detector_model, **options)
+    detector = builder(model_path=args.detector_model, **options)  # options and model files checked here
     min_score = args.min_score if args.min_score is not None else detector.default_min_score
+    spec = DetectorSpec(args.detector, {"model_path": args.detector_model, **options})
     report = prepare_folder(
         args.images,
         args.out,
-        detector,
+        detector if args.workers == 1 else spec,
         select=args.select,
         size=args.size,
         out_format=args.format,
@@ -127,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         detector_name=args.detector,
         quality=quality,
+        workers=args.workers,
     )
     report_path = f"{args.out}/{REPORT_NAME}"
     print(

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from faceforge.cli.main import command, parse_key_values
+from faceforge.cli.main import add_precision_argument, command, parse_key_values
 
 MAX_PRINTED = 10
 
@@ -37,6 +37,7 @@ def _model_args(p: argparse.ArgumentParser, model_help: str, required: bool) -> 
     )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="auto")
+    add_precision_argument(p)
     p.add_argument(
         "--cache-dir", help="embedding cache (default: $FACEFORGE_CACHE or ~/.cache/faceforge/embeddings)"
     )
@@ -54,7 +55,9 @@ def _embedder(args: argparse.Namespace):
     from faceforge.embedders import embedder_from_spec
 
     options = parse_key_values(args.model_option, "--model-option")
-    return embedder_from_spec(args.model, device=args.device, batch_size=args.batch_size, **options)
+    return embedder_from_spec(
+        args.model, device=args.device, batch_size=args.batch_size, **{"precision": args.precision, **options}
+    )
 
 
 def _add_labels(p: argparse.ArgumentParser) -> None:

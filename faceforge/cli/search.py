@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from faceforge.cli.main import command, parse_key_values
+from faceforge.cli.main import add_precision_argument, command, parse_key_values
 
 CSV_COLUMNS = (
     "probe",
@@ -46,6 +46,7 @@ def _add(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--model", default="default", help="embedder (default: SFace, else dlib)")
     p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE")
+    add_precision_argument(p)
     p.add_argument("--detector", default="yunet")
     p.add_argument("--detector-option", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--min-det-score", type=float, default=0.7)
@@ -132,7 +133,10 @@ def run(args: argparse.Namespace) -> int:
         settings = ServiceSettings(
             db=db,
             model=args.model,
-            model_options=parse_key_values(args.model_option, "--model-option"),
+            model_options={
+                "precision": args.precision,
+                **parse_key_values(args.model_option, "--model-option"),
+            },
             detector=args.detector,
             detector_options=parse_key_values(args.detector_option, "--detector-option"),
             calibration=args.calibration,

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from faceforge.cli.main import command, parse_key_values
+from faceforge.cli.main import add_precision_argument, command, parse_key_values
 from faceforge.core.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
         help="embedder: 'default' (SFace, else dlib), sface, dlib, a .pt checkpoint, an .onnx file or kind:path",
     )
     p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE", help="embedder option")
+    add_precision_argument(p)
     p.add_argument("--detector", default="yunet", help="face detector (yunet, mtcnn, dlib)")
     p.add_argument("--detector-option", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--min-det-score", type=float, default=0.7, help="ignore detections below this score")
@@ -155,6 +156,7 @@ def _add(p: argparse.ArgumentParser) -> None:
     _db_arg(re)
     re.add_argument("--model", required=True)
     re.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE")
+    add_precision_argument(re)
 
 
 def _index_defaults() -> Any:
@@ -178,6 +180,12 @@ def _settings_index(args: argparse.Namespace) -> Any:
     )
 
 
+def _model_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``--precision`` plus the ``--model-option`` values (a ``precision=`` option wins; embedders without a
+    precision choice ignore it)."""
+    return {"precision": args.precision, **parse_key_values(args.model_option, "--model-option")}
+
+
 def _settings(args: argparse.Namespace) -> Any:
     from faceforge.serve.pipeline import Limits, PipelineSettings
     from faceforge.serve.service import ServiceSettings
@@ -185,7 +193,7 @@ def _settings(args: argparse.Namespace) -> Any:
     return ServiceSettings(
         db=args.db,
         model=args.model,
-        model_options=parse_key_values(args.model_option, "--model-option"),
+        model_options=_model_options(args),
         detector=args.detector,
         detector_options=parse_key_values(args.detector_option, "--detector-option"),
         calibration=args.calibration,
@@ -370,7 +378,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     )
     if not files:
         raise ValueError(f"no photos in {root}/<identity>/ for the chosen people")
-    embedder = load_model(args.model, parse_key_values(args.model_option, "--model-option"))
+    embedder = load_model(args.model, _model_options(args))
     detector = build_detector(args.detector, **parse_key_values(args.detector_option, "--detector-option"))
     batcher = Batcher(embedder, max_batch=64, max_wait_ms=0)
     pipe = FacePipeline(
@@ -419,6 +427,8 @@ def _calibrate(args: argparse.Namespace) -> int:
             "flip": False,
             "photos_without_face": skipped,
             "preprocess": desc.get("preprocess"),
+            "precision": desc.get("precision", "fp32"),
+            "precision_choice": desc.get("precision_choice"),
         },
     )
     cal.save(args.out)
@@ -440,7 +450,7 @@ def _reembed(args: argparse.Namespace) -> int:
     from faceforge.serve.service import load_model
     from faceforge.serve.store import Store
 
-    embedder = load_model(args.model, parse_key_values(args.model_option, "--model-option"))
+    embedder = load_model(args.model, _model_options(args))
     desc = embedder.describe()
 
     def decode(data: bytes) -> np.ndarray:

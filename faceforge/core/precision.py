@@ -39,6 +39,41 @@ def resolve_precision(name: str, device: torch.device) -> str:
     return "bf16" if cpu_has_bf16() else "fp32"
 
 
+def inference_candidate(device: torch.device) -> str | None:
+    """The reduced precision inference should try on ``device``, or None where it would not pay.
+
+    CUDA: bf16 where the GPU supports it (Ampere and later), else fp16. CPU: bf16 where oneDNN has native
+    bf16 (:func:`cpu_has_bf16`); elsewhere bf16 is emulated and slower than fp32, so None.
+    """
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu" and cpu_has_bf16():
+        return "bf16"
+    return None
+
+
+def hardware_name(device: torch.device) -> str:
+    """What ran the numbers, for records: the GPU's name, or the CPU's ISA level as torch reports it."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        cap = torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):
+        cap = "unknown"
+    return f"cpu {cap}, native bf16: {'yes' if cpu_has_bf16() else 'no'}"
+
+
+#: ``run.compile=null``: whether torch.compile is on, per device type, from measurements
+#: (``benchmarks/compile_speed.py`` on a 2-core CPU: see the README; CUDA: unmeasured until a GPU runs
+#: ``benchmarks/gpu_check.py``, whose ``training`` section times both)
+COMPILE_DEFAULT = {"cpu": False, "cuda": False}
+
+
+def compile_default(device: torch.device, requested: bool | None) -> bool:
+    """``requested`` if given, else :data:`COMPILE_DEFAULT` for the device type (off for any other)."""
+    return bool(requested) if requested is not None else COMPILE_DEFAULT.get(device.type, False)
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     if precision == "fp32":
         return contextlib.nullcontext()

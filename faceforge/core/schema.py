@@ -19,6 +19,10 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: bf16 on CPUs with bf16 units, fp16 on CUDA)
     channels_last: bool = True
+    # torch.compile the backbone's training forward (and backward): null picks what measured faster on the device
+    # (faceforge.core.precision.compile_default: off on CPU, see the README's numbers; off on CUDA until
+    # benchmarks/gpu_check.py has measured it), true / false force it
+    compile: bool | None = None
     ddp_fp16_compress: bool = False  # CUDA + torchrun: fp16 gradient compression hook on the DDP backbone
     gradient_checkpointing: bool = False  # recompute backbone blocks in backward (IResNet family)
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default

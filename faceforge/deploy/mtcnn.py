@@ -17,6 +17,10 @@ original code does) and resized with area interpolation; pixels enter the networ
 Landmarks come in the ArcFace order (image-left eye, image-right eye, nose, image-left mouth corner,
 image-right mouth corner) and in 0-based pixel coordinates; boxes are 0-based ``x1, y1, x2, y2``.
 
+Batching (:meth:`MTCNNDetector.detect_many`): images of one size share P-Net's forward pass at each pyramid
+scale, and R-Net and O-Net each run once on the crops of every image's candidates; ``faceforge prepare`` hands
+the detector a chunk of photos at a time, in one process per core.
+
 The weights are the P/R/O-Net state dicts that ship in the facenet-pytorch wheel
 (:mod:`faceforge.core.model_files`; ``faceforge fetch mtcnn``). Their dense layers were converted from
 Caffe models trained on transposed images, which is why R-Net and O-Net flatten their feature maps in
@@ -32,7 +36,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from faceforge.core.model_files import find_model_dir
 from faceforge.deploy.detect import DETECTORS, Detection, _check_rgb, finite_detections, resize_for_search
@@ -222,69 +226,124 @@ class MTCNNDetector:
                 ) from None
             net.eval()
 
+    def _proposals(self, prob: np.ndarray, reg: np.ndarray, scale: float) -> np.ndarray | None:
+        """One image's P-Net windows at one scale above the threshold, after NMS (IoU 0.5)."""
+        ys, xs = np.nonzero(prob >= self.thresholds[0])
+        if len(ys) == 0:
+            return None
+        boxes = np.stack(
+            [(2 * xs + 1) / scale, (2 * ys + 1) / scale, (2 * xs + 12) / scale, (2 * ys + 12) / scale],
+            axis=1,
+        )
+        cand = np.concatenate([boxes, prob[ys, xs, None], reg[:, ys, xs].T], axis=1)
+        return cand[nms(cand[:, :4], cand[:, 4], 0.5)]
+
     @torch.inference_mode()
-    def _stage1(self, img: np.ndarray) -> np.ndarray:
-        h, w = img.shape[:2]
-        found = []
-        for scale in pyramid_scales(h, w, self.min_face, self.factor):
-            hs, ws = math.ceil(h * scale), math.ceil(w * scale)
-            x = cv2.resize(img, (ws, hs), interpolation=cv2.INTER_AREA).astype(np.float32)
-            x = torch.from_numpy(((x - 127.5) * 0.0078125).transpose(2, 0, 1)[None].copy())
-            prob, reg = self.pnet(x)
-            prob, reg = prob[0].numpy(), reg[0].numpy()
-            ys, xs = np.nonzero(prob >= self.thresholds[0])
-            if len(ys) == 0:
+    def _stage1(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """P-Net over every image's pyramid; images of one size share one forward pass per scale."""
+        found: list[list[np.ndarray]] = [[] for _ in images]
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, img in enumerate(images):
+            by_size.setdefault(img.shape[:2], []).append(i)
+        for (h, w), members in by_size.items():
+            for scale in pyramid_scales(h, w, self.min_face, self.factor):
+                hs, ws = math.ceil(h * scale), math.ceil(w * scale)
+                x = np.stack(
+                    [cv2.resize(images[i], (ws, hs), interpolation=cv2.INTER_AREA) for i in members]
+                ).astype(np.float32)
+                x = torch.from_numpy(((x - 127.5) * 0.0078125).transpose(0, 3, 1, 2).copy())
+                prob, reg = self.pnet(x)
+                prob, reg = prob.numpy(), reg.numpy()
+                for k, i in enumerate(members):
+                    cand = self._proposals(prob[k], reg[k], scale)
+                    if cand is not None:
+                        found[i].append(cand)
+        out = []
+        for parts in found:
+            if not parts:
+                out.append(np.zeros((0, 5)))
                 continue
-            boxes = np.stack(
-                [(2 * xs + 1) / scale, (2 * ys + 1) / scale, (2 * xs + 12) / scale, (2 * ys + 12) / scale],
-                axis=1,
-            )
-            cand = np.concatenate([boxes, prob[ys, xs, None], reg[:, ys, xs].T], axis=1)
-            found.append(cand[nms(cand[:, :4], cand[:, 4], 0.5)])
-        if not found:
-            return np.zeros((0, 5))
-        cand = np.concatenate(found)
-        cand = cand[nms(cand[:, :4], cand[:, 4], 0.7)]
-        boxes = square(regress(cand[:, :4], cand[:, 5:9], inclusive=False))
-        return np.concatenate([boxes, cand[:, 4:5]], axis=1)
+            cand = np.concatenate(parts)
+            cand = cand[nms(cand[:, :4], cand[:, 4], 0.7)]
+            boxes = square(regress(cand[:, :4], cand[:, 5:9], inclusive=False))
+            out.append(np.concatenate([boxes, cand[:, 4:5]], axis=1))
+        return out
+
+    @staticmethod
+    def _crops(
+        images: Sequence[np.ndarray], cands: Sequence[np.ndarray], size: int
+    ) -> tuple[Tensor, list[int]]:
+        """Every image's candidate crops in one batch, and where each image's rows end."""
+        parts = [crop_resize(img, c[:, :4], size) for img, c in zip(images, cands, strict=True) if len(c)]
+        ends = np.cumsum([len(c) for c in cands]).tolist()
+        return torch.from_numpy(np.concatenate(parts)), ends
 
     @torch.inference_mode()
-    def _stage2(self, img: np.ndarray, cand: np.ndarray) -> np.ndarray:
-        if len(cand) == 0:
-            return cand
-        prob, reg = self.rnet(torch.from_numpy(crop_resize(img, cand[:, :4], 24)))
-        prob, reg = prob.numpy(), reg.numpy()
-        keep = prob >= self.thresholds[1]
-        boxes, prob, reg = cand[keep, :4], prob[keep], reg[keep]
-        order = nms(boxes, prob, 0.7)
-        boxes = square(regress(boxes[order], reg[order], inclusive=True))
-        return np.concatenate([boxes, prob[order, None]], axis=1)
+    def _stage2(self, images: Sequence[np.ndarray], cands: list[np.ndarray]) -> list[np.ndarray]:
+        """R-Net on the 24x24 crops of every image's candidates, in one forward pass."""
+        if not any(len(c) for c in cands):
+            return cands
+        x, ends = self._crops(images, cands, 24)
+        prob_all, reg_all = (t.numpy() for t in self.rnet(x))
+        out = []
+        for cand, lo, hi in zip(cands, [0, *ends[:-1]], ends, strict=True):
+            if len(cand) == 0:
+                out.append(cand)
+                continue
+            prob, reg = prob_all[lo:hi], reg_all[lo:hi]
+            keep = prob >= self.thresholds[1]
+            boxes, prob, reg = cand[keep, :4], prob[keep], reg[keep]
+            order = nms(boxes, prob, 0.7)
+            boxes = square(regress(boxes[order], reg[order], inclusive=True))
+            out.append(np.concatenate([boxes, prob[order, None]], axis=1))
+        return out
 
     @torch.inference_mode()
-    def _stage3(self, img: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if len(cand) == 0:
-            return np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2))
-        prob, reg, lmk = self.onet(torch.from_numpy(crop_resize(img, cand[:, :4], 48)))
-        prob, reg, lmk = prob.numpy(), reg.numpy(), lmk.numpy()
-        keep = prob >= self.thresholds[2]
-        boxes, prob, reg, lmk = cand[keep, :4], prob[keep], reg[keep], lmk[keep]
-        bw = (boxes[:, 2] - boxes[:, 0] + 1)[:, None]
-        bh = (boxes[:, 3] - boxes[:, 1] + 1)[:, None]
-        # landmarks relative to the (1-based) box, returned in 0-based pixel coordinates
-        lx = bw * lmk[:, :5] + boxes[:, 0:1] - 1
-        ly = bh * lmk[:, 5:] + boxes[:, 1:2] - 1
-        boxes = regress(boxes, reg, inclusive=True)
-        order = nms(boxes, prob, 0.7, mode="min")
-        points = np.stack([lx, ly], axis=2)
-        return boxes[order], prob[order], points[order]
+    def _stage3(
+        self, images: Sequence[np.ndarray], cands: list[np.ndarray]
+    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """O-Net on the 48x48 crops of every image's candidates, in one forward pass: boxes, scores, points."""
+        empty = (np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2)))
+        if not any(len(c) for c in cands):
+            return [empty for _ in cands]
+        x, ends = self._crops(images, cands, 48)
+        prob_all, reg_all, lmk_all = (t.numpy() for t in self.onet(x))
+        out = []
+        for cand, lo, hi in zip(cands, [0, *ends[:-1]], ends, strict=True):
+            if len(cand) == 0:
+                out.append(empty)
+                continue
+            prob, reg, lmk = prob_all[lo:hi], reg_all[lo:hi], lmk_all[lo:hi]
+            keep = prob >= self.thresholds[2]
+            boxes, prob, reg, lmk = cand[keep, :4], prob[keep], reg[keep], lmk[keep]
+            bw = (boxes[:, 2] - boxes[:, 0] + 1)[:, None]
+            bh = (boxes[:, 3] - boxes[:, 1] + 1)[:, None]
+            # landmarks relative to the (1-based) box, returned in 0-based pixel coordinates
+            lx = bw * lmk[:, :5] + boxes[:, 0:1] - 1
+            ly = bh * lmk[:, 5:] + boxes[:, 1:2] - 1
+            boxes = regress(boxes, reg, inclusive=True)
+            order = nms(boxes, prob, 0.7, mode="min")
+            points = np.stack([lx, ly], axis=2)
+            out.append((boxes[order], prob[order], points[order]))
+        return out
+
+    def detect_many(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
+        """:meth:`__call__` on several images at once: P-Net batched across images of one size per pyramid
+        scale, R-Net and O-Net batched across all images' candidates. Each image's detections come out of
+        the same per-image steps (thresholds, NMS, box regression) as on its own."""
+        searched = [resize_for_search(_check_rgb(im), self.max_side) for im in images]
+        imgs = [im for im, _, _ in searched]
+        results = self._stage3(imgs, self._stage2(imgs, self._stage1(imgs)))
+        out = []
+        for image, (_, sx, sy), (boxes, probs, points) in zip(images, searched, results, strict=True):
+            dets = []
+            for box, p, pts in zip(boxes, probs, points, strict=True):
+                b = np.array([(box[0] - 1) * sx, (box[1] - 1) * sy, box[2] * sx, box[3] * sy])
+                dets.append(Detection(box=b, score=float(p), landmarks=pts * np.array([sx, sy])))
+            dets = finite_detections(dets, image.shape)
+            dets.sort(key=lambda d: -d.score)
+            out.append(dets)
+        return out
 
     def __call__(self, image: np.ndarray) -> list[Detection]:
-        img, sx, sy = resize_for_search(_check_rgb(image), self.max_side)
-        boxes, probs, points = self._stage3(img, self._stage2(img, self._stage1(img)))
-        dets = []
-        for box, p, pts in zip(boxes, probs, points, strict=True):
-            b = np.array([(box[0] - 1) * sx, (box[1] - 1) * sy, box[2] * sx, box[3] * sy])
-            dets.append(Detection(box=b, score=float(p), landmarks=pts * np.array([sx, sy])))
-        dets = finite_detections(dets, image.shape)
-        dets.sort(key=lambda d: -d.score)
-        return dets
+        return self.detect_many([image])[0]

@@ -25,6 +25,13 @@ broken symbolic links, FIFOs, ...; with the reason), photos too small for the de
 whose output name is taken (``name_taken``). One bad photo never stops the job. Outputs that already exist
 are kept, so running the same command again resumes an interrupted job.
 
+All cores (``workers``, ``faceforge prepare --workers``, default one per core): photos are read, detected,
+selected and aligned in worker processes (:mod:`faceforge.deploy.align_photos`), each with its own detector
+built from a :class:`~faceforge.deploy.align_photos.DetectorSpec`, in chunks of a few photos (a detector with
+``detect_many``, e.g. MTCNN, batches a chunk); the parent writes the faces, applies the quality gate and keeps
+the report, in file order. The chunks are the same whatever the number of workers, so the outputs and the
+report equal those of one process (tested).
+
 Quality gate (``faceforge prepare --min-quality X --quality-model Q``; :class:`QualityGate`): every aligned face
 is scored by a quality model (a faceforge checkpoint or ONNX file with one output per face, e.g. the SDD-FIQA
 regressor of ``faceforge train lfw_sddfiqa``), one forward pass, no flip. A face scoring below ``X`` (or with no
@@ -51,11 +58,12 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from faceforge.data.align import TEMPLATE_NAME, LandmarksError, template_for_size, warp_face
+from faceforge.data.align import TEMPLATE_NAME, template_for_size
 from faceforge.data.files import list_images
 from faceforge.data.image_io import UnreadableImageError, read_image_rgb, write_image_rgb
 from faceforge.data.output_names import output_names
-from faceforge.deploy.detect import SELECT_POLICIES, FaceDetector, ImageTooSmallError, select_faces
+from faceforge.deploy.align_photos import DetectorSpec, Found, found_in_order
+from faceforge.deploy.detect import SELECT_POLICIES, FaceDetector
 
 REPORT_NAME = "prepare_report.json"
 QUALITY_CSV = "prepare_quality.csv"
@@ -160,7 +168,7 @@ def _previous_several(out: Path) -> dict[str, dict]:
 def prepare_folder(
     images_dir: str | Path,
     out_dir: str | Path,
-    detector: FaceDetector,
+    detector: FaceDetector | DetectorSpec,
     select: str = "largest",
     size: int = 112,
     out_format: str = "folder",
@@ -169,11 +177,13 @@ def prepare_folder(
     overwrite: bool = False,
     detector_name: str | None = None,
     quality: QualityGate | None = None,
+    workers: int = 1,
 ) -> PrepareReport:
     """Detect, select and align every photo below ``images_dir`` into ``out_dir``; see the module doc.
 
     ``detector`` is any callable image -> list of :class:`~faceforge.deploy.detect.Detection` (e.g.
-    ``build_detector("yunet")``); detections scoring below ``min_score`` are ignored. ``quality``: drop faces
+    ``build_detector("yunet")``), or a :class:`DetectorSpec` to build one from (needed with ``workers`` other
+    than 1: 0 means one per core); detections scoring below ``min_score`` are ignored. ``quality``: drop faces
     below a quality threshold (listed in the report with their scores).
     """
     src, out = Path(images_dir), Path(out_dir)
@@ -204,7 +214,8 @@ def prepare_folder(
                 f"--format rec needs an ImageFolder tree ({src}/<identity>/<photo>) to take labels from, "
                 f"but {len(loose)} photo(s) sit directly in {src}, e.g. {loose[0]}"
             )
-    name = detector_name or getattr(detector, "name", None) or type(detector).__name__
+    spec_name = detector.name if isinstance(detector, DetectorSpec) else None
+    name = detector_name or spec_name or getattr(detector, "name", None) or type(detector).__name__
     report = PrepareReport(str(src), str(out), name, select, size, out_format, float(min_score))
     report.images = len(files)
     if quality is not None:
@@ -215,18 +226,30 @@ def prepare_folder(
     previous = _previous_several(out)
     written: dict[str, list[Path]] = {}  # relative photo path -> its aligned face files
 
-    for path in tqdm(files, desc="prepare", unit="img", disable=not progress):
+    # which photos already have their outputs (kept: resume) and which go to detection, in file order
+    plan: list[tuple[Path, str, Path, list[Path] | None]] = []
+    for path in files:
         key = path.relative_to(base).as_posix()
         if key not in names.outputs:
             continue  # output name taken: listed in name_taken
         single = faces_root / names.outputs[key]
+        existing: list[Path] | None = None
         if not overwrite:
             if select == "all":
-                existing = _existing_multi(single.parent, single.stem)
+                have = _existing_multi(single.parent, single.stem)
             else:
-                existing = [single] if single.exists() else []
+                have = [single] if single.exists() else []
             # with "all", faces are written last-to-first, so face 0 existing means the photo is complete
-            if existing and (select != "all" or existing[0].name == f"{single.stem}_0.jpg"):
+            if have and (select != "all" or have[0].name == f"{single.stem}_0.jpg"):
+                existing = have
+        plan.append((path, key, single, existing))
+    todo = [str(path) for path, _, _, existing in plan if existing is None]
+    found = found_in_order(todo, detector, select, size, float(min_score), workers)
+
+    with tqdm(total=len(files), desc="prepare", unit="img", disable=not progress) as bar:
+        for _path, key, single, existing in plan:
+            bar.update(1)
+            if existing is not None:
                 report.kept_existing += 1
                 if quality is not None:
                     existing = _gate_existing(existing, key, select, quality, faces_root, report, kept_scores)
@@ -234,50 +257,36 @@ def prepare_folder(
                 if key in previous:
                     report.several_faces.append(previous[key])
                 continue
-        try:
-            img = read_image_rgb(path)
-        except (UnreadableImageError, OSError) as exc:  # OSError: the file vanished since it was listed
-            reason = exc.reason if isinstance(exc, UnreadableImageError) else str(exc)
-            report.unreadable.append({"file": key, "reason": reason})
-            continue
-        try:
-            found = detector(img)
-        except ImageTooSmallError as exc:
-            report.too_small.append({"file": key, "reason": str(exc)})
-            continue
-        dets = [d for d in found if d.score >= min_score]
-        chosen = select_faces(dets, img.shape, select)
-        if not chosen:
-            report.no_face.append(key)
-            continue
-        try:
-            faces = [warp_face(img, det.landmarks, size) for det in chosen]
-        except LandmarksError as exc:
-            report.bad_landmarks.append({"file": key, "reason": f"the detector's landmarks: {exc}"})
-            continue
-        if select != "all" and len(dets) > 1:
-            report.several_faces.append({"file": key, "faces": len(dets), "chosen": chosen[0].to_dict()})
-        if select == "all":
-            targets = [single.with_name(f"{single.stem}_{k}.jpg") for k in range(len(chosen))]
-        else:
-            targets = [single]
-        if quality is not None:
-            scores = quality.scores(faces)
-            for k, (target, q) in enumerate(zip(targets, scores.tolist(), strict=True)):
-                if not quality.keeps(q):
-                    report.low_quality.append(_low(key, k, select, target, faces_root, q))
-            keep = [quality.keeps(q) for q in scores.tolist()]
-            kept_scores.update({t: q for t, q, ok in zip(targets, scores.tolist(), keep, strict=True) if ok})
-            targets = [t for t, ok in zip(targets, keep, strict=True) if ok]
-            faces = [f for f, ok in zip(faces, keep, strict=True) if ok]
-            if not targets:
-                report.dropped_photos += 1
+            got = next(found)
+            if got.status != "aligned":
+                _report_failure(report, key, got)
                 continue
-        for target, face in reversed(list(zip(targets, faces, strict=True))):
-            write_image_rgb(target, face)
-        report.aligned_images += 1
-        report.faces_written += len(targets)
-        written[key] = targets
+            faces = got.faces
+            if select != "all" and got.detections > 1:
+                report.several_faces.append({"file": key, "faces": got.detections, "chosen": got.chosen})
+            if select == "all":
+                targets = [single.with_name(f"{single.stem}_{k}.jpg") for k in range(len(faces))]
+            else:
+                targets = [single]
+            if quality is not None:
+                scores = quality.scores(faces)
+                for k, (target, q) in enumerate(zip(targets, scores.tolist(), strict=True)):
+                    if not quality.keeps(q):
+                        report.low_quality.append(_low(key, k, select, target, faces_root, q))
+                keep = [quality.keeps(q) for q in scores.tolist()]
+                kept_scores.update(
+                    {t: q for t, q, ok in zip(targets, scores.tolist(), keep, strict=True) if ok}
+                )
+                targets = [t for t, ok in zip(targets, keep, strict=True) if ok]
+                faces = [f for f, ok in zip(faces, keep, strict=True) if ok]
+                if not targets:
+                    report.dropped_photos += 1
+                    continue
+            for target, face in reversed(list(zip(targets, faces, strict=True))):
+                write_image_rgb(target, face)
+            report.aligned_images += 1
+            report.faces_written += len(targets)
+            written[key] = targets
 
     out.mkdir(parents=True, exist_ok=True)
     if quality is not None:
@@ -286,6 +295,14 @@ def prepare_folder(
         _write_rec(report, out, written)
     (out / REPORT_NAME).write_text(json.dumps(report.to_dict(), indent=2))
     return report
+
+
+def _report_failure(report: PrepareReport, key: str, got: Found) -> None:
+    """List a photo that gave no face in the report, under its reason."""
+    if got.status == "no_face":
+        report.no_face.append(key)
+    else:
+        getattr(report, got.status).append({"file": key, "reason": got.reason})
 
 
 def _low(key: str, k: int, select: str, target: Path, root: Path, q: float, existing: bool = False) -> dict:

@@ -68,11 +68,14 @@ def build_teacher_tables(
     names: Sequence[str],
     flips: Sequence[bool],
     cache_dir: str | Path | None,
-    batch_size: int = 64,
+    batch_size: int = 256,
     progress: bool = True,
     views: Sequence[str] | None = None,
 ) -> list[TeacherTable]:
     """Embed images ``0..n-1`` (``read(i)`` -> aligned RGB uint8) with each teacher, through the cache.
+
+    ``batch_size`` images go to a teacher per call (read and decoded ahead in a thread): enough chunks for a
+    teacher that spreads them over every core (dlib: one process per core, 32 faces per chunk).
 
     ``teachers`` are embedder objects; ``names`` label them in logs and checkpoints; ``flips`` pick
     the flip-sum per teacher; ``views`` (default all ``"original"``): ``"student"`` also embeds every mirrored

@@ -15,14 +15,23 @@ the embedder's ``describe()`` for humans.
 Stored embeddings are the *raw* ones (the flip sum when flip is on, before L2 normalisation), so the
 same entry serves normalised and unnormalised consumers.  Files are rewritten atomically (temporary
 file + ``os.replace``) after merging with whatever another process wrote meanwhile.
+
+Speed: the next batch's files are read, hashed and decoded in a background thread while the current batch is
+embedded (:class:`_ReadAhead`), and an embedder with ``embed_flip_sum`` preprocesses a face once for both
+halves of the flip sum. An embedder whose ``auto`` precision waits on a parity record
+(:mod:`faceforge.embedders.parity`) gets the first readable faces before the cache folder is opened.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +46,17 @@ __all__ = [
     "cached_embed",
     "cached_embed_paths",
     "default_cache_dir",
+    "embed_batch",
     "model_key",
     "settings_key",
 ]
 
 #: ``describe()`` fields that say where a model lives, not what it computes.
 LOCATION_FIELDS = frozenset({"path", "source", "model_path", "location", "files"})
+#: ``describe()`` fields that report how the embeddings are computed without changing them beyond float
+#: rounding: how the precision was chosen (the parity record, which gains its accuracy part later; the key
+#: covers the precision itself) and inference-only rewrites (BatchNorm folding, about 1e-6 relative)
+REPORT_FIELDS = frozenset({"precision_choice", "inference"})
 
 
 def default_cache_dir() -> Path:
@@ -60,7 +74,7 @@ def _slug(text: str) -> str:
 
 
 def model_identity(description: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in description.items() if k not in LOCATION_FIELDS}
+    return {k: v for k, v in description.items() if k not in LOCATION_FIELDS | REPORT_FIELDS}
 
 
 def model_key(description: dict[str, Any]) -> str:
@@ -181,6 +195,137 @@ Decode = Callable[[], tuple[np.ndarray | None, str]]
 Loader = Callable[[int], tuple[str | None, Decode]]
 
 
+@dataclass
+class _Chunk:
+    """One batch of work, read ahead: cache hits, decoded misses and what could not be used."""
+
+    count: int
+    hits: list[tuple[int, np.ndarray]] = field(default_factory=list)
+    faces: list[np.ndarray] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)
+    row_keys: list[str | None] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+def _read_chunks(
+    n: int,
+    keys: Sequence[str] | None,
+    load: Loader,
+    store: EmbeddingStore | None,
+    size: int,
+    batch_size: int,
+) -> Iterator[_Chunk]:
+    """Chunks of ``batch_size`` items: hits looked up, misses read and decoded (run ahead in a thread)."""
+    for start in range(0, n, batch_size):
+        chunk = _Chunk(min(n, start + batch_size) - start)
+        for i in range(start, start + chunk.count):
+            if store is not None and keys is not None and (hit := store.get(keys[i])) is not None:
+                chunk.hits.append((i, hit))
+                continue
+            key, decode = load(i)
+            if keys is not None:
+                key = keys[i]
+            if store is not None and key is not None and (hit := store.get(key)) is not None:
+                chunk.hits.append((i, hit))
+                continue
+            img, where = decode()
+            if img is None:
+                chunk.failed.append(where)
+                continue
+            if img.shape[:2] != (size, size):
+                chunk.failed.append(f"{where}: {wrong_size_reason(img, size)}")
+                continue
+            chunk.faces.append(img)
+            chunk.rows.append(i)
+            chunk.row_keys.append(key)
+        yield chunk
+
+
+class _ReadAhead:
+    """Iterate a generator in a background thread, ``depth`` items ahead of the consumer.
+
+    Reading, hashing and JPEG decoding (OpenCV releases the GIL) of the next chunk then overlap the forward
+    pass of this one. An exception in the thread is raised in the consumer; leaving early stops the thread.
+    """
+
+    _END = object()
+
+    def __init__(self, items: Iterator[Any], depth: int = 2) -> None:
+        self._items = items
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="faceforge-read-ahead", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            for item in self._items:
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+            self._queue.put(self._END)
+        except BaseException as exc:  # handed to the consumer, raised there
+            self._queue.put(exc)
+
+    def __enter__(self) -> Iterator[Any]:
+        self._thread.start()
+        return self._iterate()
+
+    def _iterate(self) -> Iterator[Any]:
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        while self._thread.is_alive():
+            with contextlib.suppress(queue.Empty):  # unblock a producer waiting on a full queue
+                self._queue.get(timeout=0.05)
+
+
+def _settle_precision(embedder: Any, n: int, load: Loader, size: int) -> None:
+    """Give an embedder whose precision waits on a parity record (``auto``, module
+    :mod:`faceforge.embedders.parity`) its first readable faces, before the cache folder (keyed by the
+    precision) is opened."""
+    if not getattr(embedder, "needs_parity_faces", False):
+        return
+    from faceforge.embedders.parity import PARITY_FACES
+
+    faces: list[np.ndarray] = []
+    first = ""
+    for i in range(n):
+        img, where = load(i)[1]()
+        if img is not None and img.shape[:2] == (size, size):
+            faces.append(img)
+            first = first or where
+            if len(faces) >= PARITY_FACES:
+                break
+    if faces:
+        embedder.settle_precision(
+            np.stack(faces), f"the first {len(faces)} readable faces of the first run, from {first}"
+        )
+
+
+def embed_batch(embedder: Any, faces: np.ndarray, flip: bool) -> np.ndarray:
+    """Raw embeddings of uint8 faces; with ``flip``, ``f(x) + f(mirror(x))`` (the embedder's own
+    ``embed_flip_sum`` when it has one, which preprocesses once for both)."""
+    if not flip:
+        return np.asarray(embedder.embed(faces), dtype=np.float32)
+    both = getattr(embedder, "embed_flip_sum", None)
+    if both is not None:
+        return np.asarray(both(faces), dtype=np.float32)
+    emb = np.asarray(embedder.embed(faces), dtype=np.float32)
+    return emb + np.asarray(embedder.embed(np.ascontiguousarray(faces[:, :, ::-1])), dtype=np.float32)
+
+
 def cached_embed(
     embedder: Any,
     n: int,
@@ -197,59 +342,37 @@ def cached_embed(
     """Embed ``n`` items through the cache.
 
     ``keys`` (if known without loading, e.g. faces in a ``.bin``) lets cached items skip loading;
-    otherwise ``load(i)`` returns the key and a decoder, called on cache misses only.  Rows of unreadable items and of
-    images whose size is not the model's input size are NaN and their errors are returned.  ``stats`` (if given) receives ``cached`` and ``computed`` counts.
+    otherwise ``load(i)`` returns the key and a decoder, called on cache misses only.  Rows of unreadable
+    items and of images whose size is not the model's input size are NaN and their errors are returned.
+    ``stats`` (if given) receives ``cached`` and ``computed`` counts.  The next ``batch_size`` items are
+    read and decoded in a background thread while the current ones are embedded.
     """
     out = np.full((n, embedder.embedding_size), np.nan, dtype=np.float32)
     failed: list[str] = []
-    store = open_store(embedder, flip, cache_dir) if cache_dir is not None else None
     size = embedder.input_size
+    _settle_precision(embedder, n, load, size)
+    store = open_store(embedder, flip, cache_dir) if cache_dir is not None else None
     n_cached = n_computed = since_save = 0
-    with tqdm(total=n, desc="embed", unit="img", disable=not progress) as bar:
-        for start in range(0, n, batch_size):
-            faces: list[np.ndarray] = []
-            rows: list[int] = []
-            row_keys: list[str | None] = []
-            for i in range(start, min(n, start + batch_size)):
-                if store is not None and keys is not None and (hit := store.get(keys[i])) is not None:
-                    out[i] = hit
-                    n_cached += 1
-                    continue
-                key, decode = load(i)
-                if keys is not None:
-                    key = keys[i]
-                if store is not None and key is not None and (hit := store.get(key)) is not None:
-                    out[i] = hit
-                    n_cached += 1
-                    continue
-                img, where = decode()
-                if img is None:
-                    failed.append(where)
-                    continue
-                if img.shape[:2] != (size, size):
-                    failed.append(f"{where}: {wrong_size_reason(img, size)}")
-                    continue
-                faces.append(img)
-                rows.append(i)
-                row_keys.append(key)
-            if faces:
-                batch = np.stack(faces)
-                emb = np.asarray(embedder.embed(batch), dtype=np.float32)
-                if flip:
-                    emb = emb + np.asarray(
-                        embedder.embed(np.ascontiguousarray(batch[:, :, ::-1])), dtype=np.float32
-                    )
-                out[rows] = emb
-                n_computed += len(rows)
+    chunks = _read_chunks(n, keys, load, store, size, batch_size)
+    with tqdm(total=n, desc="embed", unit="img", disable=not progress) as bar, _ReadAhead(chunks) as ahead:
+        for chunk in ahead:
+            for i, hit in chunk.hits:
+                out[i] = hit
+            n_cached += len(chunk.hits)
+            failed += chunk.failed
+            if chunk.faces:
+                emb = embed_batch(embedder, np.stack(chunk.faces), flip)
+                out[chunk.rows] = emb
+                n_computed += len(chunk.rows)
                 if store is not None:
-                    for k, e in zip(row_keys, emb, strict=True):
+                    for k, e in zip(chunk.row_keys, emb, strict=True):
                         if k is not None:
                             store.put(k, e)
                             since_save += 1
                     if since_save >= save_every:
                         store.save()
                         since_save = 0
-            bar.update(min(n, start + batch_size) - start)
+            bar.update(chunk.count)
     if store is not None:
         store.save()
     if stats is not None:

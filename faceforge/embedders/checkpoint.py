@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -10,10 +11,12 @@ import torch
 
 from faceforge.core.checkpoint import CheckpointError, check_model_meta, load_checkpoint
 from faceforge.core.hashing import file_sha256
-from faceforge.core.precision import autocast, resolve_device, resolve_precision
+from faceforge.core.precision import autocast, compile_default, resolve_device
 from faceforge.data.preprocess import Preprocess
 from faceforge.embedders.base import EMBEDDERS
+from faceforge.embedders.parity import PrecisionPolicy
 from faceforge.models.backbones import BACKBONES, build_backbone
+from faceforge.models.fusion import fold_batchnorm
 
 
 def backbone_from_checkpoint(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> torch.nn.Module:
@@ -62,8 +65,24 @@ def backbone_from_checkpoint(ckpt: dict[str, Any], path: str | Path = "checkpoin
 
 @EMBEDDERS.register("checkpoint")
 class CheckpointEmbedder:
+    """A faceforge checkpoint as an embedder, in the precision :class:`~.parity.PrecisionPolicy` chooses.
+
+    ``precision``: ``auto`` (default: bf16 autocast + channels_last where the device has native bf16 and the
+    model's parity record passes, else fp32; module doc of :mod:`faceforge.embedders.parity`), ``fp32`` or
+    ``bf16``. Faces go through the network ``batch_size`` at a time under one ``inference_mode`` and one
+    autocast context (weights are cast once per call, not once per batch), in channels_last, with every
+    BatchNorm that follows a conv folded into it (:func:`faceforge.models.fusion.fold_batchnorm`).
+    ``compile``: torch.compile the network (None: :func:`faceforge.core.precision.compile_default`, off on CPU
+    where it did not pay; ``--model-option compile=true``); the first batch of each size then compiles.
+    """
+
     def __init__(
-        self, source: str | Path, device: str = "auto", precision: str = "fp32", batch_size: int = 128
+        self,
+        source: str | Path,
+        device: str = "auto",
+        precision: str = "auto",
+        batch_size: int = 128,
+        compile: bool | None = None,
     ):
         self.path = Path(source)
         ckpt = load_checkpoint(self.path)
@@ -71,39 +90,88 @@ class CheckpointEmbedder:
         self.meta = ckpt["meta"]
         self.preprocess = Preprocess.from_dict(self.meta["preprocess"])
         self.device = resolve_device(device)
-        self.precision = resolve_precision(precision, self.device)
-        self.model = (
-            backbone_from_checkpoint(ckpt, self.path).to(self.device).to(memory_format=torch.channels_last)
-        )
         self.embedding_size = int(self.meta["embedding_size"])
         self.input_size = self.preprocess.input_size
+        model = backbone_from_checkpoint(ckpt, self.path).to(self.device)
+        example = torch.zeros(1, 3, self.input_size, self.input_size, device=self.device)
+        self.folded = fold_batchnorm(model, example)
+        self.model = model.to(memory_format=torch.channels_last)
+        self.compiled = compile_default(self.device, compile)
+        if self.compiled:
+            self.model = torch.compile(self.model, dynamic=False)
         self.batch_size = batch_size
         self._sha256: str | None = None
+        self.policy = PrecisionPolicy(precision, self.device, self.sha256, self.embedding_size > 1)
 
-    @torch.inference_mode()
-    def embed(self, faces: np.ndarray) -> np.ndarray:
-        out = []
-        for i in range(0, len(faces), self.batch_size):
-            x = self.preprocess(
-                torch.from_numpy(np.ascontiguousarray(faces[i : i + self.batch_size])), self.device
-            )
-            with autocast(self.device, self.precision):
-                out.append(self.model(x).float().cpu())
-        if not out:
-            return np.zeros((0, self.embedding_size), dtype=np.float32)
-        return torch.cat(out).numpy().astype(np.float32, copy=False)
-
-    def describe(self) -> dict[str, Any]:
+    def sha256(self) -> str:
         if self._sha256 is None:
             self._sha256 = file_sha256(self.path)
+        return self._sha256
+
+    @property
+    def precision(self) -> str:
+        """The precision embeddings are computed in (a pending ``auto`` settles to fp32 when asked first)."""
+        return self.policy.ensure()
+
+    @property
+    def needs_parity_faces(self) -> bool:
+        """True until a reduced precision in play has its parity record (the cache then hands over faces)."""
+        return self.policy.needs_record
+
+    def settle_precision(self, faces: np.ndarray, source: str = "") -> None:
+        """Let ``auto`` measure this model's parity record on these faces if it has none (first faces only)."""
+        if self.policy.needs_record:
+            self.policy.settle(faces, self._embed_at, source)
+
+    def with_precision(self, precision: str) -> CheckpointEmbedder:
+        """The same network (shared weights, no reload) in another precision."""
+        twin = copy.copy(self)
+        twin.policy = PrecisionPolicy(precision, self.device, self.sha256, self.embedding_size > 1)
+        return twin
+
+    def _forward(self, x: torch.Tensor, precision: str) -> torch.Tensor:
+        out = []
+        with autocast(self.device, precision):
+            for i in range(0, len(x), self.batch_size):
+                out.append(self.model(x[i : i + self.batch_size]).float())
+        return torch.cat(out) if out else torch.zeros((0, self.embedding_size), device=self.device)
+
+    @torch.inference_mode()
+    def _embed_at(self, faces: np.ndarray, precision: str, flip_sum: bool = False) -> np.ndarray:
+        if len(faces) == 0:
+            return np.zeros((0, self.embedding_size), dtype=np.float32)
+        x = self.preprocess(torch.from_numpy(np.ascontiguousarray(faces)), self.device)
+        emb = self._forward(x, precision)
+        if flip_sum:  # mirror(preprocess(face)) == preprocess(mirror(face)): one preprocessing for both
+            emb = emb + self._forward(x.flip(3).contiguous(memory_format=torch.channels_last), precision)
+        return emb.cpu().numpy().astype(np.float32, copy=False)
+
+    def embed(self, faces: np.ndarray) -> np.ndarray:
+        self.settle_precision(faces, "the first faces embed() was given")
+        return self._embed_at(faces, self.precision)
+
+    def embed_flip_sum(self, faces: np.ndarray) -> np.ndarray:
+        """``f(x) + f(mirror(x))`` (insightface's flip test) of uint8 faces ``[N, H, W, 3]``."""
+        self.settle_precision(faces, "the first faces embed() was given")
+        return self._embed_at(faces, self.precision, flip_sum=True)
+
+    def describe(self) -> dict[str, Any]:
         desc = {
             "kind": "checkpoint",
             "path": str(self.path),
-            "sha256": self._sha256,
+            "sha256": self.sha256(),
             "backbone": self.meta["backbone"],
             "embedding_size": self.embedding_size,
             "preprocess": self.preprocess.to_dict(),
             "precision": self.precision,
+            "precision_choice": self.policy.describe(),
+            "inference": {
+                "memory_format": "channels_last",
+                "folded_into_conv": len(self.folded),
+                "compiled": self.compiled,
+                "folding": "eval-mode BatchNorms (and channel_affine layers) that read only a conv/linear "
+                "output are folded into it (equal up to float rounding, about 1e-6 relative)",
+            },
         }
         if isinstance(self.meta.get("predicts"), str):  # what the output is (older checkpoints do not say)
             desc["predicts"] = self.meta["predicts"]

@@ -48,6 +48,11 @@ dlib's chip is a closer crop than ArcFace's 112 crop, so the plain resize shows 
 smaller face than it was trained on.  Without a border the chip's lower edge (chin) falls outside
 the aligned crop and is black; the replicated border fills it, at equal accuracy on this subset.
 
+All cores: dlib's network computes on one core, so the embedder runs chunks of ``batch_size`` faces in one
+worker process per core (``workers``, default all cores; :class:`faceforge.core.workers.ProcessPool`) when a
+call holds more than one chunk. Every chunk is the same ``batch_size`` faces whatever the number of workers,
+so the embeddings equal those of one process (``workers=1``, tested).
+
 The model files come from the ``face_recognition_models`` package, located without importing it (its ``__init__`` needs ``pkg_resources``, which recent setuptools removed).
 """
 
@@ -62,6 +67,7 @@ import cv2
 import numpy as np
 
 from faceforge.core.hashing import file_sha256
+from faceforge.core.workers import ProcessPool, resolve_workers, worker_tool
 from faceforge.embedders.base import EMBEDDERS
 from faceforge.models.backbones.dlib_resnet import ARCFACE112_TO_CHIP150
 
@@ -129,7 +135,8 @@ class DlibResNetEmbedder:
         input_size: side of the (aligned, or in ``photo`` mode raw) square images accepted (default 112).
         upsample: ``photo`` mode: how many times dlib's detector up-samples the photo (default 1, as
             ``face_recognition``).
-        batch_size: faces per dlib call.
+        batch_size: faces per dlib call (and per chunk a worker process embeds).
+        workers: processes that embed chunks in parallel (0: one per core; 1: this process only).
         device, precision: accepted for CLI compatibility; dlib runs on the CPU in fp32.
     """
 
@@ -146,6 +153,7 @@ class DlibResNetEmbedder:
         precision: str = "fp32",
         box: str = "detect",
         upsample: int = 1,
+        workers: int = 0,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"dlib embedder mode must be one of {MODES}, got {mode!r}")
@@ -168,6 +176,10 @@ class DlibResNetEmbedder:
         #: ``photo`` mode: photos on which the detector found no face (the fallback box was used)
         self.detector_misses = 0
         self._sha: dict[str, str] | None = None
+        self.workers = resolve_workers(workers)
+        self._pool: ProcessPool | None = None
+        self._options = {"mode": mode, "border": self.border, "input_size": self.input_size}
+        self._options |= {"batch_size": self.batch_size, "box": box, "upsample": self.upsample, "workers": 1}
 
     def _box(self, img: np.ndarray, pad: int, w: int, h: int) -> Any:
         """The face box handed to the 5-point predictor, in the bordered image.
@@ -238,30 +250,66 @@ class DlibResNetEmbedder:
             out[i] = [(shape.part(j).x - pad, shape.part(j).y - pad) for j in range(5)]
         return out
 
-    def embed(self, faces: np.ndarray) -> np.ndarray:
+    def _embed_chunk(self, chunk: np.ndarray) -> np.ndarray:
+        """dlib's descriptors of one chunk of at most ``batch_size`` faces, in this process."""
+        prepared = [self._prepare(f) for f in chunk]
+        if self.mode in ("resize", "template"):
+            desc = self.net.compute_face_descriptor([img for img, _ in prepared])
+        else:
+            dets = []
+            for _, shape in prepared:
+                d = self._dlib.full_object_detections()
+                d.append(shape)
+                dets.append(d)
+            desc = [
+                v[0]
+                for v in self.net.compute_face_descriptor([img for img, _ in prepared], dets, 0, CHIP_PADDING)
+            ]
+        return np.asarray([np.asarray(v) for v in desc], dtype=np.float32).reshape(-1, self.embedding_size)
+
+    def _embed_chunks(self, chunks: list[np.ndarray]) -> list[np.ndarray]:
+        """Every chunk's descriptors, in order: in the worker processes when there is more than one chunk."""
+        if self.workers <= 1 or len(chunks) <= 1:
+            return [self._embed_chunk(c) for c in chunks]
+        if self._pool is None:
+            self._pool = ProcessPool(self.workers, DlibResNetEmbedder, self._options)
+        out = []
+        for emb, misses in self._pool.map(_worker_embed_chunk, chunks):
+            out.append(emb)
+            self.detector_misses += misses
+        return out
+
+    def _split(self, faces: np.ndarray) -> list[np.ndarray]:
         faces = np.asarray(faces)
         if faces.ndim != 4 or faces.shape[-1] != 3 or faces.dtype != np.uint8:
             raise ValueError(f"expected uint8 RGB faces [N, H, W, 3], got {faces.dtype} {faces.shape}")
-        out = np.zeros((len(faces), self.embedding_size), dtype=np.float32)
-        for start in range(0, len(faces), self.batch_size):
-            chunk = faces[start : start + self.batch_size]
-            prepared = [self._prepare(f) for f in chunk]
-            if self.mode in ("resize", "template"):
-                desc = self.net.compute_face_descriptor([img for img, _ in prepared])
-            else:
-                dets = []
-                for _, shape in prepared:
-                    d = self._dlib.full_object_detections()
-                    d.append(shape)
-                    dets.append(d)
-                desc = [
-                    v[0]
-                    for v in self.net.compute_face_descriptor(
-                        [img for img, _ in prepared], dets, 0, CHIP_PADDING
-                    )
-                ]
-            out[start : start + len(chunk)] = np.asarray([np.asarray(v) for v in desc], dtype=np.float32)
-        return out
+        return [faces[i : i + self.batch_size] for i in range(0, len(faces), self.batch_size)]
+
+    def embed(self, faces: np.ndarray) -> np.ndarray:
+        chunks = self._split(faces)
+        if not chunks:
+            return np.zeros((0, self.embedding_size), dtype=np.float32)
+        return np.concatenate(self._embed_chunks(chunks))
+
+    def embed_flip_sum(self, faces: np.ndarray) -> np.ndarray:
+        """``embed(x) + embed(mirror(x))``, both halves' chunks handed to the workers at once."""
+        chunks = self._split(faces)
+        if not chunks:
+            return np.zeros((0, self.embedding_size), dtype=np.float32)
+        mirrored = [np.ascontiguousarray(c[:, :, ::-1]) for c in chunks]
+        done = self._embed_chunks(chunks + mirrored)
+        return np.concatenate(done[: len(chunks)]) + np.concatenate(done[len(chunks) :])
+
+    def close(self) -> None:
+        """Stop the worker processes (started on the first call with more than one chunk)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def __del__(self) -> None:
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.close()
 
     def describe(self) -> dict[str, Any]:
         if self._sha is None:
@@ -299,3 +347,10 @@ class DlibResNetEmbedder:
             },
             "path": str(self.files["recognition"]),
         }
+
+
+def _worker_embed_chunk(chunk: np.ndarray) -> tuple[np.ndarray, int]:
+    """In a worker process: the chunk's descriptors and how many photos fell back to the default box."""
+    emb: DlibResNetEmbedder = worker_tool()
+    before = emb.detector_misses
+    return emb._embed_chunk(chunk), emb.detector_misses - before

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 import faceforge
 from faceforge.core import distributed as D
 from faceforge.core.checkpoint import atomic_torch_save, remove_stale_temporaries
-from faceforge.core.precision import make_scaler, resolve_device, resolve_precision
+from faceforge.core.precision import compile_default, make_scaler, resolve_device, resolve_precision
 from faceforge.core.schema import to_dict
 from faceforge.data.dataset import ResumableSampler, TaggedRows, collate_faces
 from faceforge.data.sources import build_training_data
@@ -199,6 +199,13 @@ class Trainer:
         self.ddp_param_ids = (
             {id(p) for p in self.backbone.parameters()} if self.model is not self.backbone else set()
         )
+        self.ddp = self.model if self.model is not self.backbone else None
+        # torch.compile wraps the (DDP) backbone for the step only; checkpoints keep saving self.backbone
+        self.compiled = compile_default(self.device, cfg.run.compile) and self.method.trains_backbone
+        if self.compiled:
+            self.model = torch.compile(self.model)
+        if self.device.type == "cuda" and not cfg.run.deterministic:
+            torch.backends.cudnn.benchmark = True  # fixed 112x112 input: autotuned conv algorithms pay
         self.wrapped_model = self.model  # the head-only phase runs the bare backbone (no DDP hooks)
         trained = ([self.backbone] if self.method.trains_backbone else []) + [self.objectives, self.method]
         self.optimizers, self.schedules, self.grad_clip = setup.build_optimizers(

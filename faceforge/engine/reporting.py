@@ -141,6 +141,7 @@ def run_report(t: Any, stopped_early: bool, seconds: float, steps: int, history:
         "num_identities": t.data.num_classes,
         "data_sources": t.data.sources,
         "precision": t.precision,
+        "compile": bool(getattr(t, "compiled", False)),
         "skipped_images": {
             "count": len(t.progress.skipped_images),
             "files": t.progress.skipped_images,

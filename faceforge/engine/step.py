@@ -82,8 +82,8 @@ class StepEngine:
         mirrored = batch.mirrored.chunk(k) if batch.mirrored is not None else [None] * k
         for i, (im, lab, idx, br, mir) in enumerate(zip(*parts, branches, mirrored, strict=True)):
             last = i == k - 1
-            ddp = self.dist.enabled and isinstance(self.t.model, nn.parallel.DistributedDataParallel)
-            sync = self.t.model.no_sync() if ddp and not last else contextlib.nullcontext()
+            ddp = getattr(self.t, "ddp", None)  # the DDP module itself (self.t.model may be compiled)
+            sync = ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext()
             yield Batch(im, lab, idx, [], br, mir), sync
 
     def step_batch(

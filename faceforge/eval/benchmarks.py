@@ -24,6 +24,7 @@ cache, and training calls :func:`evaluate_checkpoint` (no cache: the model chang
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +42,9 @@ from faceforge.eval.kinds.base import (
     folder_checksum,
 )
 from faceforge.eval.kinds.pairs import verification_record
+from faceforge.eval.parity_accuracy import measure_accuracy_part, wants_accuracy_part
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "BenchmarkSpec",
@@ -119,7 +123,6 @@ def run_benchmarks(
     for b in parsed:
         BENCHMARK_KINDS.build(b.kind).check(b)
     names = _unique_names(parsed)
-    model = embedder.describe()
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -136,8 +139,11 @@ def run_benchmarks(
     # 2. one embedding pass over every planned image file
     t0 = time.perf_counter()
     path_list = list(all_paths)
-    raw_all, failed_all = (
-        cached_embed_paths(
+
+    def embed_pass() -> tuple[np.ndarray, list[str]]:
+        if not path_list:
+            return np.zeros((0, embedder.embedding_size), np.float32), []
+        return cached_embed_paths(
             embedder,
             path_list,
             flip=flip,
@@ -147,9 +153,33 @@ def run_benchmarks(
             stats=stats,
             normalize=False,
         )
-        if path_list
-        else (np.zeros((0, embedder.embedding_size), np.float32), [])
+
+    raw_all, failed_all = embed_pass()
+    # a reduced precision whose parity record lacks its accuracy part gets it from the first pairs benchmark
+    pairs_bench = next(
+        ((b, n, pl) for b, n, pl in zip(parsed, names, plans, strict=True) if b.kind == "lfw"), None
     )
+    if pairs_bench is not None and wants_accuracy_part(embedder):
+        b, name, plan = pairs_bench
+        unit = raw_all / np.maximum(np.linalg.norm(raw_all, axis=1), 1e-12)[:, None]
+        if measure_accuracy_part(
+            embedder,
+            name,
+            b.paths[0],
+            plan["p1"],
+            plan["p2"],
+            plan["issame"],
+            lambda paths: unit[[all_paths[p] for p in paths]],
+            flip,
+            n_folds,
+            cache_dir,
+            batch_size,
+            progress,
+        ):
+            log.warning("%s; embedding again in fp32", embedder.policy.note)
+            stats.clear()
+            raw_all, failed_all = embed_pass()
+    model = embedder.describe()
     # raw norms feed the quality protocol; every other protocol uses the L2-normalised embeddings
     norms_all = np.linalg.norm(raw_all, axis=1)
     emb_all = raw_all / np.maximum(norms_all, 1e-12)[:, None]
@@ -196,7 +226,7 @@ def run_benchmarks(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "model": model,
         "settings": {
-            **embedding_settings_record(flip, cache_dir),
+            **embedding_settings_record(flip, cache_dir, model),
             "min_valid_fraction": float(min_valid_fraction),
         },
         "embedding": {

@@ -86,10 +86,11 @@ def embed_files(
         stats=stats,
     )
     ok = ~np.isnan(emb).any(axis=1)
+    model = embedder.describe()
     meta = {
         "format": EMBEDDINGS_FORMAT,
-        "model": embedder.describe(),
-        "settings": embedding_settings_record(flip, cache_dir),
+        "model": model,
+        "settings": embedding_settings_record(flip, cache_dir, model),
         "flip": bool(flip),
         "normalised": "L2",
         "source": str(src),

@@ -33,8 +33,12 @@ OVERFETCH = 4
 
 
 def model_id_of(desc: dict[str, Any]) -> str:
-    """A model's identity for galleries: SHA-256 of its kind, weights hash, preprocessing and mode."""
+    """A model's identity for galleries: SHA-256 of its kind, weights hash, preprocessing, mode and inference
+    precision (bf16 embeddings are not fp32 ones; fp32, the only precision before the choice existed, is
+    left out so galleries enrolled then keep their id)."""
     keyed = {k: desc.get(k) for k in ("kind", "sha256", "preprocess", "mode", "box", "embedding_size")}
+    if desc.get("precision", "fp32") != "fp32":
+        keyed["precision"] = desc["precision"]
     return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -67,6 +67,21 @@ def load_model(spec: str, options: dict[str, Any] | None = None) -> Any:
     )
 
 
+def follow_gallery_precision(embedder: Any, bound: dict[str, Any] | None) -> Any:
+    """The embedder in the precision the gallery's embeddings were made in, when the gallery holds this very
+    model (same weights) in another precision: its model id includes the precision, so a service that chose
+    otherwise would refuse its own gallery. Embedders without a precision choice are returned as they are."""
+    twin = getattr(embedder, "with_precision", None)
+    if bound is None or twin is None:
+        return embedder
+    model = bound.get("model") or {}
+    want = model.get("precision") or "fp32"
+    if model.get("sha256") != embedder.sha256() or want == embedder.policy.precision:
+        return embedder
+    log.info("the gallery holds this model's %s embeddings: serving in %s", want, want)
+    return twin(want)
+
+
 def resolve_calibration(model: dict[str, Any], path: str | None, threshold: float | None) -> Calibration:
     """``--threshold`` if given, else ``--calibration FILE`` (must name this model's file), else the packaged
     calibration of the model, else an error that says how to make one."""
@@ -104,15 +119,22 @@ class Service:
         self.embedder = (
             embedder if embedder is not None else load_model(settings.model, settings.model_options)
         )
-        self.model = self.embedder.describe()
-        self.calibration = resolve_calibration(self.model, settings.calibration, settings.threshold)
-        self.detector = (
-            detector
-            if detector is not None
-            else build_detector(settings.detector, **settings.detector_options)
-        )
-        self.batch_sizes: list[int] = []
         self.store = Store(settings.db, pool_size=settings.pool_size)
+        try:
+            self.embedder = follow_gallery_precision(self.embedder, self.store.gallery_model())
+            self.model = self.embedder.describe()
+            if note := (self.model.get("precision_choice") or {}).get("note"):
+                log.info("model precision: %s", note)
+            self.calibration = resolve_calibration(self.model, settings.calibration, settings.threshold)
+            self.detector = (
+                detector
+                if detector is not None
+                else build_detector(settings.detector, **settings.detector_options)
+            )
+        except BaseException:
+            self.store.close()
+            raise
+        self.batch_sizes: list[int] = []
         self.batcher = Batcher(
             self.embedder,
             workers=settings.workers,

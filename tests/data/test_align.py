@@ -107,3 +107,25 @@ def test_landmarks_csv_errors_name_the_file(tmp_path: Path) -> None:
         read_landmarks_csv(bad)
     with pytest.raises(FileNotFoundError, match="landmarks file not found"):
         read_landmarks_csv(tmp_path / "absent.csv")
+
+
+def test_align_on_every_core_writes_the_one_process_files(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from faceforge.data import align_folder as module
+
+    monkeypatch.setattr(module, "MIN_IMAGES_PER_WORKER", 16)  # two workers for 40 images
+    lfw = data_dir / "lfw" / "images"
+    files = [f for p in sorted(lfw.iterdir())[:30] for f in sorted(p.glob("*.jpg"))][:40]
+    csv = data_dir / "lfw" / "landmarks_mtcnn_5pts_250px.csv"
+    reports = {}
+    for workers in (1, 2):
+        rep = align_folder(
+            lfw, csv, tmp_path / f"w{workers}", landmark_offset=(-48, -48), images=files, workers=workers,
+            progress=False,
+        )  # fmt: skip
+        reports[workers] = {k: v for k, v in rep.to_dict().items() if k != "out_dir"}
+    assert reports[1] == reports[2] and reports[1]["aligned"] == 40
+    for f in files:
+        rel = f.relative_to(lfw)
+        assert (tmp_path / "w1" / rel).read_bytes() == (tmp_path / "w2" / rel).read_bytes(), rel

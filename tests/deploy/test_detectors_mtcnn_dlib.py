@@ -6,6 +6,7 @@ import csv
 import hashlib
 import io
 import json
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -219,3 +220,48 @@ def test_missing_mtcnn_weights_name_the_fix(tmp_path: Path) -> None:
     (tmp_path / "onet.pt").write_bytes(b"x")
     with pytest.raises(ValueError, match=r"pnet\.pt"):
         DETECTORS.build("mtcnn", model_path=tmp_path)
+
+
+def test_mtcnn_batched_over_photos_finds_what_it_finds_photo_by_photo(
+    data_dir: Path, mtcnn: MTCNNDetector
+) -> None:
+    """detect_many: P-Net batched per pyramid scale over same-size photos, R/O-Net over every photo's crops."""
+    photos = [read_image_rgb(p) for p, _ in _lfw_reference(data_dir, 6)]
+    photos.append(read_image_rgb(data_dir / "photos" / "insightface_t1.jpg"))  # another size, 6 faces
+    batched = mtcnn.detect_many(photos)
+    for one, many in zip((mtcnn(p) for p in photos), batched, strict=True):
+        assert len(one) == len(many)
+        for a, b in zip(one, many, strict=True):  # the same faces; batching changes float rounding only
+            np.testing.assert_allclose(a.landmarks, b.landmarks, atol=1e-3)
+            assert abs(a.score - b.score) < 1e-5
+    assert len(batched[-1]) == 6
+
+
+def test_prepare_on_every_core_writes_the_one_process_outputs(
+    data_dir: Path, tmp_path: Path, mtcnn: MTCNNDetector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Worker processes (each with its own MTCNN, chunks of photos batched): the same files and report as one
+    process."""
+    from faceforge.deploy import align_photos
+    from faceforge.deploy.align_photos import DetectorSpec
+    from faceforge.deploy.prepare import prepare_folder
+
+    monkeypatch.setattr(align_photos, "MIN_PHOTOS_PER_WORKER", 4)  # two workers even for a few photos
+    src = tmp_path / "photos"
+    for path, _ in _lfw_reference(data_dir, 18):
+        (src / path.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, src / path.parent.name / path.name)
+    (src / path.parent.name / "broken.jpg").write_bytes(b"not a jpeg")
+    reports = {}
+    for workers in (1, 2):
+        rep = prepare_folder(
+            src, tmp_path / f"w{workers}", DetectorSpec("mtcnn"), workers=workers, progress=False
+        )
+        reports[workers] = {k: v for k, v in rep.to_dict().items() if k != "out_dir"}
+    assert (
+        reports[1] == reports[2] and reports[1]["faces_written"] == 18 and len(reports[1]["unreadable"]) == 1
+    )
+    one = sorted(p.relative_to(tmp_path / "w1") for p in (tmp_path / "w1").rglob("*.jpg"))
+    assert one == sorted(p.relative_to(tmp_path / "w2") for p in (tmp_path / "w2").rglob("*.jpg"))
+    for rel in one:
+        assert (tmp_path / "w1" / rel).read_bytes() == (tmp_path / "w2" / rel).read_bytes(), rel

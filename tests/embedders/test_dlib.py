@@ -103,3 +103,20 @@ def test_dlib_face_box_options(aligned_faces: dict[str, np.ndarray]) -> None:
     assert np.abs(got - np.array(ALIGNED_FACE_BOX) * 112).max() < 12, got
     with pytest.raises(ValueError, match="box must be one of"):
         DlibResNetEmbedder(box="whole")
+
+
+def test_dlib_on_every_core_gives_the_one_process_embeddings(aligned_faces: dict[str, np.ndarray]) -> None:
+    """Chunks of batch_size faces in worker processes: the same numbers as one process, in the same order."""
+    _need_dlib()
+    from faceforge.embedders import embedder_from_spec
+
+    faces = np.stack([aligned_faces[k] for k in sorted(aligned_faces)] * 2)  # 6 faces: 3 chunks of 2
+    one = embedder_from_spec("dlib", batch_size=2, workers=1)
+    many = embedder_from_spec("dlib", batch_size=2, workers=2)
+    try:
+        np.testing.assert_array_equal(many.embed(faces), one.embed(faces))
+        assert many._pool is not None and many._pool.workers == 2  # the workers did the work
+        mirrored = one.embed(np.ascontiguousarray(faces[:, :, ::-1]))
+        np.testing.assert_array_equal(many.embed_flip_sum(faces), one.embed(faces) + mirrored)
+    finally:
+        many.close()

@@ -76,3 +76,16 @@ def test_features_reach_the_objective(lfw_small: Path, tmp_path: Path, list_file
     with pytest.raises(ValueError, match=r"feature outputs \['pooled'\], but model mobilefacenet gives none"):
         Trainer(_cfg(lfw_small, lf, tmp_path / "b", "model.name=mobilefacenet",
                      "objectives.energy.type=test_pooled_energy"))  # fmt: skip
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's own, when torch.compile imports dynamo
+def test_run_compile_wraps_the_step_not_the_checkpoint(lfw_small: Path, tmp_path: Path, list_file) -> None:
+    """run.compile=true: the step's model is torch.compile's wrapper (compiled lazily, at the first step; not run
+    here, compiling takes minutes on a CPU), checkpoints keep the plain backbone's keys; null is off on a CPU."""
+    lf = list_file(lfw_small, tmp_path / "train.txt", per_person=4, people=8)
+    on = Trainer(_cfg(lfw_small, lf, tmp_path / "a", "run.compile=true"))
+    assert on.compiled and isinstance(on.model, torch._dynamo.eval_frame.OptimizedModule)
+    assert on.model._orig_mod is on.backbone
+    assert set(on.state.state(full=False)["backbone"]) == set(on.backbone.state_dict())
+    default = Trainer(_cfg(lfw_small, lf, tmp_path / "b"))
+    assert not default.compiled and default.model is default.backbone

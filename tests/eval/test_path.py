@@ -118,7 +118,7 @@ def test_embed_writes_the_embeddings_eval_scores(
     np.testing.assert_array_equal(emb, raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12))
     np.testing.assert_allclose(emb, _by_hand(checkpoint, files, flip), atol=2e-6)
     # the settings that change the numbers are those of the eval result
-    assert meta["settings"] == {k: result["settings"][k] for k in ("flip", "normalisation")} | {
+    assert meta["settings"] == {k: result["settings"][k] for k in ("flip", "normalisation", "precision")} | {
         "cache_dir": None
     }
     assert (

@@ -166,13 +166,19 @@ NORMALISATION = "L2 after flip-sum"
 """How every embedding is normalised before scoring: ``e / max(||e||, 1e-12)`` of the (flip-summed) raw one."""
 
 
-def embedding_settings_record(flip: bool, cache_dir: str | Path | None) -> dict[str, Any]:
-    """The embedding settings every result file records (``faceforge eval`` and ``faceforge embed``)."""
-    return {
+def embedding_settings_record(
+    flip: bool, cache_dir: str | Path | None, model: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The embedding settings every result file records (``faceforge eval`` and ``faceforge embed``);
+    with the model's ``describe()``, its inference precision (fp32 for embedders without a choice)."""
+    rec = {
         "flip": flip_text(flip),
         "normalisation": NORMALISATION,
         "cache_dir": None if cache_dir is None else str(cache_dir),
     }
+    if model is not None:
+        rec["precision"] = model.get("precision", "fp32")
+    return rec
 
 
 def trailing_ints(parts: list[str], max_n: int, spec: str) -> tuple[list[str], list[int]]:

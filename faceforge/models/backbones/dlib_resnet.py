@@ -60,6 +60,11 @@ class DlibAffine(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
 
+    def channel_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scale, shift)`` per channel: lets inference fold this layer into the convolution before it
+        (:func:`faceforge.models.fusion.fold_batchnorm`)."""
+        return self.weight, self.bias
+
 
 def padded_add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """dlib's ``add_prev``: ``a + b`` on the larger of each dimension, the smaller tensor zero-padded at the end

@@ -1,0 +1,224 @@
+"""`faceforge embed` throughput against the bare forward pass of the same network, with its bf16 parity.
+
+For each model (a faceforge checkpoint path, e.g. an imported network's ``model.pt``, or a backbone name,
+which gets random weights: its parity is then not a trained network's) and each precision, in one process:
+
+- ``bare``: the network's forward pass on one batch of real aligned faces already preprocessed in memory
+  (``batch_size`` faces, channels_last, under the precision's autocast, ``inference_mode``; the same network the
+  command runs, BatchNorms folded): the limit, measured before and after the commands, the larger kept;
+- ``embed``: the ``faceforge embed`` command itself (``main([...])`` in this process: model load and hash,
+  file listing, read + sha1 + JPEG decode of every file, preprocessing, the forward passes, the ``.npz``) on
+  ``--images`` faces, with ``--no-cache``; once with ``--no-flip`` (images/s) and once with the default flip
+  sum (two forward passes per image: forward passes/s);
+- ``ratio = embed / bare`` (target >= 0.9), both rates in forward passes per second;
+- ``parity``: the model's parity record for that precision (min / mean cosine to fp32 on the first 32 faces,
+  :mod:`faceforge.embedders.parity`), measured here when missing.
+
+Precisions: ``--precision auto`` (default) measures the precision ``auto`` picks on this machine (bf16 on a CPU
+with native bf16 or on CUDA, else fp32) and fp32 beside it. bf16 on a CPU without native bf16 is emulated and
+many times slower than fp32; ask for it with ``--precision bf16`` only to see that.
+
+The numbers vary with the machine and with other load on it; the ratios, measured in one run, much less.
+
+    python benchmarks/embed_speed.py --model mobilefacenet --model iresnet50 [--model run/model.pt]
+    faceforge import dlib --out dlib.pt && faceforge import onnx SFACE.onnx --out sface.pt
+    python benchmarks/embed_speed.py --model mobilefacenet --model iresnet50 --model dlib.pt --model sface.pt
+    python benchmarks/embed_speed.py --quick          # 256 faces, MobileFaceNet: checks that it runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import faceforge
+from faceforge.cli.main import main as faceforge_main
+from faceforge.core.checkpoint import FORMAT, VERSION, atomic_torch_save
+from faceforge.core.precision import autocast, hardware_name, inference_candidate
+from faceforge.data.files import list_images
+from faceforge.data.image_io import read_image_rgb
+from faceforge.data.preprocess import Preprocess
+from faceforge.embedders.checkpoint import CheckpointEmbedder
+from faceforge.models.backbones import BACKBONES, build_backbone
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("FACEFORGE_DATA", REPO.parent / "shared" / "data")).resolve()
+
+
+def aligned_faces(root: Path | None, n: int, tmp: Path) -> tuple[Path, str]:
+    """A list file of ``n`` aligned faces: from ``root`` if given, else the first ``n`` LFW photos aligned."""
+    if root is not None:
+        files = list_images(root)[:n]
+        where = f"the first {len(files)} images of {root}"
+    else:
+        from faceforge.data.align_folder import align_folder
+
+        src = DATA / "lfw" / "images"
+        photos = [f for p in sorted(src.iterdir()) if p.is_dir() for f in sorted(p.glob("*.jpg"))][:n]
+        out = tmp / "aligned"
+        align_folder(
+            src,
+            DATA / "lfw" / "landmarks_mtcnn_5pts_250px.csv",
+            out,
+            landmark_offset=(-48, -48),
+            images=photos,
+            progress=False,
+        )
+        files = list_images(out)
+        where = f"the first {len(files)} LFW photos (people in name order), aligned to 112x112 here"
+    listing = tmp / "faces.txt"
+    listing.write_text("".join(f"{f}\n" for f in files))
+    return listing, where
+
+
+def model_file(spec: str, tmp: Path) -> tuple[Path, str]:
+    """A checkpoint path as given, or a random-weights checkpoint of the backbone named ``spec``."""
+    if Path(spec).is_file():
+        return Path(spec), "checkpoint file"
+    if spec not in BACKBONES:
+        raise SystemExit(f"--model {spec}: neither a checkpoint file nor a backbone ({BACKBONES.names()})")
+    torch.manual_seed(0)
+    net = build_backbone(spec)
+    meta = {
+        "backbone": {"name": spec, "kwargs": {}},
+        "embedding_size": int(net.embedding_size),
+        "preprocess": Preprocess().to_dict(),
+        "faceforge_version": faceforge.__version__,
+    }
+    path = tmp / f"{spec}.pt"
+    atomic_torch_save(
+        {"format": FORMAT, "version": VERSION, "meta": meta, "backbone": net.state_dict()}, path
+    )
+    return path, "random weights (no trained checkpoint given): the parity is not a trained network's"
+
+
+@torch.inference_mode()
+def bare_rate(emb: CheckpointEmbedder, faces: np.ndarray, precision: str, repeats: int) -> float:
+    """Forward passes/s of the network on one preprocessed batch in memory (the first pass is warm-up)."""
+    x = emb.preprocess(torch.from_numpy(faces), emb.device)
+    best = 0.0
+    with autocast(emb.device, precision):
+        emb.model(x)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            emb.model(x)
+            if emb.device.type == "cuda":
+                torch.cuda.synchronize()
+            best = max(best, len(x) / (time.perf_counter() - t0))
+    return best
+
+
+def command_rate(
+    ckpt: Path, listing: Path, n: int, precision: str, batch: int, flip: bool, out: Path
+) -> float:
+    """Forward passes/s of the whole ``faceforge embed`` command (two passes per image with flip)."""
+    args = ["embed", "--model", str(ckpt), "--images", str(listing), "--out", str(out), "--no-cache"]
+    args += ["--no-progress", "--precision", precision, "--batch-size", str(batch)]
+    t0 = time.perf_counter()
+    rc = faceforge_main([*args] if flip else [*args, "--no-flip"])
+    seconds = time.perf_counter() - t0
+    if rc != 0:
+        raise SystemExit(f"faceforge embed failed ({rc})")
+    return n * (2 if flip else 1) / seconds
+
+
+def measure(
+    spec: str, precision: str, listing: Path, faces: np.ndarray, args: argparse.Namespace, tmp: Path
+) -> dict[str, Any]:
+    ckpt, weights = model_file(spec, tmp)
+    emb = CheckpointEmbedder(ckpt, precision=precision, batch_size=args.batch_size)
+    emb.settle_precision(faces, "the first faces of this benchmark")
+    used = emb.precision
+    n = len(listing.read_text().splitlines())
+    # the bare pass before and after the commands, the larger kept: drift (other load) can only lower the ratio
+    bare_runs = [bare_rate(emb, faces[: args.batch_size], used, args.repeats)]
+    no_flip = command_rate(ckpt, listing, n, precision, args.batch_size, False, tmp / "a.npz")
+    flip = command_rate(ckpt, listing, n, precision, args.batch_size, True, tmp / "b.npz")
+    bare_runs.append(bare_rate(emb, faces[: args.batch_size], used, args.repeats))
+    bare = max(bare_runs)
+    return {
+        "model": spec,
+        "weights": weights,
+        "precision_requested": precision,
+        "precision": used,
+        "precision_note": emb.policy.note,
+        "bare_forward_per_s": bare,
+        "bare_forward_per_s_before_after": bare_runs,
+        "embed_no_flip_images_per_s": no_flip,
+        "embed_flip_forward_per_s": flip,
+        "ratio_no_flip": no_flip / bare,
+        "ratio_flip": flip / bare,
+        "parity": emb.describe()["precision_choice"]["record"],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", action="append", help="checkpoint path or backbone name (repeatable)")
+    ap.add_argument("--images", type=Path, help="aligned faces (default: the first --n LFW photos, aligned)")
+    ap.add_argument("--n", type=int, default=2000, help="faces embedded by the command")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=5, help="timed bare forward passes (best kept)")
+    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    ap.add_argument("--quick", action="store_true", help="256 faces, batch 64, MobileFaceNet only")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "embed_speed.json")
+    args = ap.parse_args()
+    if args.quick:
+        args.n, args.batch_size, args.repeats = min(args.n, 256), 64, 2
+    models = args.model or (["mobilefacenet"] if args.quick else ["mobilefacenet", "iresnet50"])
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    precisions = [args.precision]
+    if args.precision == "auto":
+        precisions = ["auto", "fp32"] if inference_candidate(device) is not None else ["fp32"]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        os.environ["FACEFORGE_CACHE"] = str(tmp / "cache")  # parity records of this run only
+        listing, where = aligned_faces(args.images, args.n, tmp)
+        paths = listing.read_text().splitlines()
+        faces = np.stack([read_image_rgb(p) for p in paths[: max(args.batch_size, 32)]])
+        for spec in models:
+            for precision in precisions:
+                row = measure(spec, precision, listing, faces, args, tmp)
+                rows.append(row)
+                print(
+                    f"{spec} {row['precision']}: bare {row['bare_forward_per_s']:.1f}/s, embed "
+                    f"{row['embed_no_flip_images_per_s']:.1f} img/s (x{row['ratio_no_flip']:.2f}), with flip "
+                    f"{row['embed_flip_forward_per_s']:.1f} passes/s (x{row['ratio_flip']:.2f})",
+                    flush=True,
+                )
+    result = {
+        "benchmark": "embed_speed",
+        "what": "faceforge embed (whole command, --no-cache) vs the bare forward pass on a batch in memory",
+        "target": "ratio >= 0.9 in forward passes per second",
+        "settings": {
+            "faces": len(paths),
+            "faces_from": where,
+            "batch_size": args.batch_size,
+            "bare_repeats": args.repeats,
+            "quick": args.quick,
+            "device": str(device),
+            "hardware": hardware_name(device),
+            "torch_threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "torch": str(torch.__version__),
+            "platform": platform.platform(),
+        },
+        "results": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

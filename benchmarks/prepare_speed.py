@@ -1,0 +1,166 @@
+"""`faceforge prepare` and `faceforge align` on one core and on every core, and MTCNN batched or not.
+
+On the first ``--photos`` LFW photos (people in name order; linked into a temporary folder), in one process:
+
+- ``prepare`` with each detector (``--detectors``, default yunet, mtcnn, dlib), ``workers=1`` (one process,
+  one compute thread) and ``workers=0`` (one worker process per core, each with its own detector): photos/s,
+  the ratio (target >= 1.8 on 2 cores) and whether the two runs wrote byte-identical faces and equal reports;
+- ``align`` (``--align-images`` images with the shared MTCNN landmarks) the same way;
+- MTCNN alone on one thread: photo by photo (``detector(photo)``) against chunks of 8 photos
+  (``detect_many``), photos/s of each.
+
+Worker start-up (spawned processes importing faceforge and building their detector: about a second on a quiet
+machine, more for MTCNN, which imports PyTorch) is inside the every-core times, so small jobs gain less; the
+defaults (4,000 photos, all 13,233 LFW images for align) are large enough for the start-up to be a few percent. The numbers vary with the machine and with other load on it; the ratios, measured in one run, much less.
+
+    python benchmarks/prepare_speed.py [--photos 4000] [--align-images 13233] [--detectors yunet,mtcnn,dlib]
+    python benchmarks/prepare_speed.py --quick        # 160 photos, yunet + mtcnn: checks that it runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from faceforge.core.workers import available_cores, one_thread
+from faceforge.data.align_folder import align_folder
+from faceforge.data.image_io import read_image_rgb
+from faceforge.deploy.align_photos import CHUNK, DetectorSpec
+from faceforge.deploy.detect import build_detector
+from faceforge.deploy.prepare import prepare_folder
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("FACEFORGE_DATA", REPO.parent / "shared" / "data")).resolve()
+LANDMARKS = DATA / "lfw" / "landmarks_mtcnn_5pts_250px.csv"
+
+
+def lfw_photos(n: int) -> list[Path]:
+    src = DATA / "lfw" / "images"
+    return [f for p in sorted(src.iterdir()) if p.is_dir() for f in sorted(p.glob("*.jpg"))][:n]
+
+
+def linked_tree(photos: list[Path], root: Path) -> Path:
+    """``root/<person>/<photo>`` symbolic links to the photos: an ImageFolder tree of just these."""
+    for f in photos:
+        (root / f.parent.name).mkdir(parents=True, exist_ok=True)
+        (root / f.parent.name / f.name).symlink_to(f)
+    return root
+
+
+def same_outputs(a: Path, b: Path) -> bool:
+    files_a = sorted(p.relative_to(a) for p in a.rglob("*.jpg"))
+    files_b = sorted(p.relative_to(b) for p in b.rglob("*.jpg"))
+    return files_a == files_b and all((a / r).read_bytes() == (b / r).read_bytes() for r in files_a)
+
+
+def report_of(rep: Any) -> dict[str, Any]:
+    return {k: v for k, v in rep.to_dict().items() if k not in ("out_dir", "images_dir")}
+
+
+def one_vs_all(run: Any, n: int, out: Path) -> dict[str, Any]:
+    """``run(out_dir, workers) -> report`` with one worker, then every core; rates, ratio, identical?"""
+    times, reports = {}, {}
+    for label, workers in (("one_core", 1), ("every_core", 0)):
+        t0 = time.perf_counter()
+        reports[label] = report_of(run(out / label, workers))
+        times[label] = time.perf_counter() - t0
+    return {
+        "items": n,
+        "one_core_per_s": n / times["one_core"],
+        "every_core_per_s": n / times["every_core"],
+        "ratio": times["one_core"] / times["every_core"],
+        "identical_outputs": same_outputs(out / "one_core", out / "every_core"),
+        "identical_reports": reports["one_core"] == reports["every_core"],
+        "seconds": times,
+    }
+
+
+def mtcnn_batching(photos: list[Path]) -> dict[str, Any]:
+    detector = build_detector("mtcnn")
+    images = [read_image_rgb(p) for p in photos]
+    with one_thread():
+        detector(images[0])  # warm-up
+        t0 = time.perf_counter()
+        for img in images:
+            detector(img)
+        single = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for i in range(0, len(images), CHUNK):
+            detector.detect_many(images[i : i + CHUNK])
+        batched = time.perf_counter() - t0
+    return {
+        "photos": len(images),
+        "chunk": CHUNK,
+        "photo_by_photo_per_s": len(images) / single,
+        "batched_per_s": len(images) / batched,
+        "ratio": single / batched,
+        "threads": 1,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--photos", type=int, default=4000)
+    ap.add_argument("--align-images", type=int, default=13233)
+    ap.add_argument("--detectors", default="yunet,mtcnn,dlib")
+    ap.add_argument("--quick", action="store_true", help="160 photos, 1100 alignments, yunet and mtcnn")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "prepare_speed.json")
+    args = ap.parse_args()
+    if args.quick:
+        args.photos, args.align_images, args.detectors = 160, 1100, "yunet,mtcnn"
+    photos = lfw_photos(max(args.photos, args.align_images))
+    result: dict[str, Any] = {
+        "benchmark": "prepare_speed",
+        "what": "prepare / align photos per second on one core vs every core; MTCNN batched vs photo by photo",
+        "target": "every_core / one_core >= 1.8 on 2 cores, identical outputs",
+        "settings": {
+            "photos": args.photos,
+            "align_images": args.align_images,
+            "cores": available_cores(),
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "quick": args.quick,
+            "data": "LFW 160x160 crops, people in name order",
+        },
+        "prepare": {},
+    }
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        src = linked_tree(photos[: args.photos], tmp / "photos")
+        for name in [d for d in args.detectors.split(",") if d]:
+            spec = DetectorSpec(name)
+
+            def run(out: Path, workers: int, spec: DetectorSpec = spec) -> Any:
+                return prepare_folder(src, out, spec, workers=workers, progress=False)
+
+            rec = one_vs_all(run, args.photos, tmp / f"prepare_{name}")
+            result["prepare"][name] = rec
+            print(f"prepare {name}: x{rec['ratio']:.2f} ({rec['one_core_per_s']:.1f} -> "
+                  f"{rec['every_core_per_s']:.1f} photos/s), identical {rec['identical_outputs']}", flush=True)  # fmt: skip
+        lfw = DATA / "lfw" / "images"
+        align_files = photos[: args.align_images]
+
+        def align(out: Path, workers: int) -> Any:
+            return align_folder(
+                lfw, LANDMARKS, out, landmark_offset=(-48, -48), images=align_files, workers=workers,
+                progress=False,
+            )  # fmt: skip
+
+        result["align"] = one_vs_all(align, len(align_files), tmp / "align")
+        print(f"align: x{result['align']['ratio']:.2f}, identical {result['align']['identical_outputs']}")
+        if "mtcnn" in args.detectors:
+            result["mtcnn_batching"] = mtcnn_batching(photos[: min(args.photos, 200)])
+            print(f"mtcnn batched: x{result['mtcnn_batching']['ratio']:.2f} on one thread")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Read, detect, select and align photos in chunks, in one worker process per core: the work of ``prepare``.
+
+:func:`found_in_order` hands chunks of :data:`CHUNK` photos to worker processes
+(:class:`faceforge.core.workers.ProcessPool`), each with its own detector built from a :class:`DetectorSpec`
+(a detector with ``detect_many``, e.g. MTCNN, batches the chunk), and yields one :class:`Found` per photo in
+the input order. The chunks are the same whatever the number of workers (one: in this process, with one
+compute thread as each worker has), so the result is too. Writing the faces, the quality gate and the report stay with the caller
+(:func:`faceforge.deploy.prepare.prepare_folder`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from faceforge.core.workers import ProcessPool, one_thread, resolve_workers, worker_tool
+from faceforge.data.align import LandmarksError, warp_face
+from faceforge.data.image_io import UnreadableImageError, read_image_rgb
+from faceforge.deploy.detect import DETECTORS, Detection, FaceDetector, ImageTooSmallError, select_faces
+
+__all__ = ["CHUNK", "MIN_PHOTOS_PER_WORKER", "DetectorSpec", "Found", "found_in_order"]
+
+#: photos handed to a worker (and to a detector's ``detect_many``) at a time, whatever the number of workers
+CHUNK = 8
+#: a worker process starts (imports, builds its detector) in a second or two, the time of ~50-200 photos: each
+#: worker gets at least this many
+MIN_PHOTOS_PER_WORKER = 64
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """A detector by registry name and keyword arguments: what each worker process builds its own from."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> FaceDetector:
+        return DETECTORS.build(self.name, **self.options)
+
+
+@dataclass
+class Found:
+    """What detection and alignment made of one photo (computed in a worker, used by the parent)."""
+
+    status: str  # aligned | unreadable | too_small | no_face | bad_landmarks
+    reason: str = ""
+    faces: list[np.ndarray] = field(default_factory=list)
+    detections: int = 0  # above min_score
+    chosen: dict[str, Any] | None = None  # the kept face (select != all)
+
+
+class _Aligner:
+    """Read, detect, select and align photos; one per worker process (or the parent, with one worker)."""
+
+    def __init__(
+        self, detector: FaceDetector | DetectorSpec, select: str, size: int, min_score: float
+    ) -> None:
+        self.detector = detector.build() if isinstance(detector, DetectorSpec) else detector
+        self.select, self.size, self.min_score = select, size, min_score
+
+    def _detect(self, images: list[np.ndarray]) -> list[list[Detection] | ImageTooSmallError]:
+        many = getattr(self.detector, "detect_many", None)
+        if many is not None:
+            try:
+                return list(many(images))
+            except ImageTooSmallError:
+                pass  # one photo too small: every photo on its own, so the others still get their faces
+        out: list[list[Detection] | ImageTooSmallError] = []
+        for img in images:
+            try:
+                out.append(self.detector(img))
+            except ImageTooSmallError as exc:
+                out.append(exc)
+        return out
+
+    def chunk(self, paths: list[str]) -> list[Found]:
+        found: list[Found | None] = [None] * len(paths)
+        images, where = [], []
+        for i, path in enumerate(paths):
+            try:
+                images.append(read_image_rgb(path))
+                where.append(i)
+            except (UnreadableImageError, OSError) as exc:  # OSError: the file vanished since it was listed
+                found[i] = Found(
+                    "unreadable", exc.reason if isinstance(exc, UnreadableImageError) else str(exc)
+                )
+        for i, img, dets in zip(where, images, self._detect(images), strict=True):
+            found[i] = self._align(img, dets)
+        return [f for f in found if f is not None]
+
+    def _align(self, img: np.ndarray, found: list[Detection] | ImageTooSmallError) -> Found:
+        if isinstance(found, ImageTooSmallError):
+            return Found("too_small", str(found))
+        dets = [d for d in found if d.score >= self.min_score]
+        chosen = select_faces(dets, img.shape, self.select)
+        if not chosen:
+            return Found("no_face")
+        try:
+            faces = [warp_face(img, det.landmarks, self.size) for det in chosen]
+        except LandmarksError as exc:
+            return Found("bad_landmarks", f"the detector's landmarks: {exc}")
+        return Found("aligned", faces=faces, detections=len(dets), chosen=chosen[0].to_dict())
+
+
+def _worker_chunk(paths: list[str]) -> list[Found]:
+    aligner: _Aligner = worker_tool()
+    return aligner.chunk(paths)
+
+
+def found_in_order(
+    paths: list[str],
+    detector: FaceDetector | DetectorSpec,
+    select: str,
+    size: int,
+    min_score: float,
+    workers: int,
+):
+    """Each photo's :class:`Found`, in order: chunks of :data:`CHUNK` photos, in worker processes or here."""
+    chunks = [paths[i : i + CHUNK] for i in range(0, len(paths), CHUNK)]
+    workers = min(resolve_workers(workers), max(1, len(paths) // MIN_PHOTOS_PER_WORKER))
+    if workers <= 1:  # one core, as each worker: the same float rounding, so the same faces
+        aligner = _Aligner(detector, select, size, min_score)
+        for c in chunks:
+            with one_thread():
+                found = aligner.chunk(c)
+            yield from found
+        return
+    if not isinstance(detector, DetectorSpec):
+        raise ValueError(
+            "prepare with several workers needs a DetectorSpec: each worker builds its own detector"
+        )
+    options = {"detector": detector, "select": select, "size": size, "min_score": min_score}
+    with ProcessPool(workers, _Aligner, options) as pool:
+        for result in pool.map(_worker_chunk, chunks):
+            yield from result
