@@ -28,6 +28,7 @@ from .aifr import (
     aifr_mobilefacenet,
 )
 from .dlib_resnet import DlibResNet, dlib_resnet
+from .dlib_variants import aifr_dlib_resnet, sddfiqa_dlib_resnet
 from .iresnet import (
     IBasicBlock,
     IResNet,
@@ -62,6 +63,8 @@ BACKBONES.register("iresnet_se50")(iresnet_se50)
 BACKBONES.register("iresnet_se100")(iresnet_se100)
 # dlib's face-recognition ResNet (faceforge import dlib reads its weights from the .dat file)
 BACKBONES.register("dlib_resnet")(dlib_resnet)
+BACKBONES.register("aifr_dlib_resnet")(aifr_dlib_resnet)
+BACKBONES.register("sddfiqa_dlib_resnet")(sddfiqa_dlib_resnet)
 # quality regressors (SDD-FIQA): a recognition encoder with a one-number head, output [N, 1]
 BACKBONES.register("sddfiqa_mobilefacenet")(sddfiqa_mobilefacenet)
 BACKBONES.register("sddfiqa_iresnet18")(sddfiqa_iresnet18)
