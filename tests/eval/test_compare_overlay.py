@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from faceforge.cli.main import main
-from faceforge.eval.overlay_data import roc_of
+from faceforge.eval.overlay_data import erc_of, group_fmr_of, roc_of
 from faceforge.eval.roc import roc, roc_points, tar_at_far_from_roc
 
 #: matplotlib's first four default colours (C0..C3)
@@ -108,19 +108,48 @@ def test_a_single_result_gets_no_overlay(tmp_path: Path) -> None:
     assert "overlay" not in page_path.read_text().replace("overlay{", "")
 
 
+def _erc(fnmr: Any) -> dict[str, Any]:
+    fixed = {"reject_fractions": [0.0, 0.5], "curves": {"0.001": {"fnmr": fnmr}}}
+    return {"kind": "quality", "quality": {"sources": {"norm": {"fixed": fixed}}}}
+
+
 @pytest.mark.parametrize(
-    "curves, words",
+    "read, rec, words",
     [
-        ({"roc": {"fpr": ["x"], "tpr": [0.5]}}, "not a number in [0, 1]"),
-        ({"roc": {"fpr": [0.1, float("nan")], "tpr": [0.5, 0.6]}}, "not a number"),
-        ({"roc": {"fpr": [0.1] * 6000, "tpr": [0.5] * 6000}}, "more than 5000"),
-        ({"roc": {"fpr": [0.1, 0.2], "tpr": [0.5]}}, "2 FPRs but 1 TPRs"),
-        ({"roc": "lots"}, "not an object"),
+        (roc_of, {"kind": "lfw", "curves": {"roc": {"fpr": ["x"], "tpr": [0.5]}}}, "not a number in [0, 1]"),
+        (
+            roc_of,
+            {"kind": "lfw", "curves": {"roc": {"fpr": [0.1, float("nan")], "tpr": [0.5, 0.6]}}},
+            "not a number",
+        ),
+        (
+            roc_of,
+            {"kind": "lfw", "curves": {"roc": {"fpr": [0.1] * 6000, "tpr": [0.5] * 6000}}},
+            "more than 5000",
+        ),
+        (roc_of, {"kind": "lfw", "curves": {"roc": {"fpr": [0.1, 0.2], "tpr": [0.5]}}}, "2 FPRs but 1 TPRs"),
+        (roc_of, {"kind": "lfw", "curves": {"roc": "lots"}}, "not an object"),
+        (roc_of, {"kind": "allpairs"}, "no ROC points in this result file"),
+        (erc_of, _erc([0.1]), "1 values for 2 fractions"),
+        (erc_of, _erc([0.1, 7]), "not a number in [0, 1]"),
+        (erc_of, {"kind": "quality", "quality": {"sources": []}}, "not a non-empty object"),
+        (
+            group_fmr_of,
+            {"kind": "bias", "bias": {"groups": {str(i): {"fmr": 0.1} for i in range(61)}}},
+            "61 groups",
+        ),
+        (group_fmr_of, {"kind": "bias", "bias": {"groups": {"a": {"fmr": -1}}}}, "not a number in [0, 1]"),
+        (group_fmr_of, {"kind": "biaspairs"}, "no per-group FMRs"),
     ],
 )
-def test_bad_curves_are_reasons_not_crashes(curves: dict[str, Any], words: str) -> None:
-    got = roc_of({"kind": "lfw", "curves": curves})
-    assert isinstance(got, str) and words in got
+def test_missing_or_bad_curves_are_reasons_not_crashes(read: Any, rec: dict[str, Any], words: str) -> None:
+    got = read(rec)
+    assert isinstance(got, str) and words in got, got
+
+
+def test_kinds_without_such_curves_read_as_none() -> None:
+    rec = {"kind": "ident", "summary": {"rank-1": 0.9}}
+    assert roc_of(rec) is None and erc_of(rec) is None and group_fmr_of(rec) is None
 
 
 def test_roc_points_are_bounded_true_roc_points() -> None:
