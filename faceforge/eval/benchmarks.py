@@ -112,9 +112,11 @@ def run_benchmarks(
     ``benchmarks`` ``{name: record}`` in spec order, ``embedding`` (images embedded vs taken from the
     cache), ``seconds``.  Each benchmark record has ``name``, ``spec``, ``kind``, ``benchmark``
     (dataset description with checksums), ``settings``, ``summary`` (headline numbers, all floats),
-    the protocol's full output, ``plots`` (PNG paths) and ``seconds``.  For compatibility with
-    single-benchmark result files, the first benchmark's ``benchmark``, protocol output and ``plots``
-    are also copied to the top level, and its settings are merged into the top-level ``settings``.
+    the protocol's full output, ``plots`` (PNG paths), for kinds with a ROC plot ``curves["roc"]`` (at most
+    200 of its points, :func:`faceforge.eval.roc.roc_points`, which ``eval --compare`` overlays) and
+    ``seconds``.  For compatibility with single-benchmark result files, the first benchmark's
+    ``benchmark``, protocol output and ``plots`` are also copied to the top level, and its settings are
+    merged into the top-level ``settings``.
     """
     t_run = time.perf_counter()
     parsed = [s if isinstance(s, BenchmarkSpec) else parse_benchmark_spec(s) for s in specs]
@@ -239,7 +241,7 @@ def run_benchmarks(
     first = records[names[0]]
     run["settings"] = {**first.get("settings", {}), **run["settings"]}
     for key, value in first.items():
-        if key not in ("name", "spec", "kind", "model", "settings", "summary", "seconds"):
+        if key not in ("name", "spec", "kind", "model", "settings", "summary", "seconds", "curves"):
             run.setdefault(key, value)
     run["seconds"] = time.perf_counter() - t_run
     if out is not None:

@@ -41,7 +41,7 @@ from faceforge.eval.kinds.base import (
     trailing_ints,
 )
 from faceforge.eval.plots import plot_cmc, plot_roc, plot_score_histogram
-from faceforge.eval.roc import roc
+from faceforge.eval.roc import roc, roc_points
 
 __all__ = ["AllPairsKind", "IdentificationKind"]
 
@@ -152,6 +152,7 @@ class AllPairsKind(_IdentityFolderKind):
                 # the histogram plot uses every genuine pair and a seeded sample of impostors
                 hist_s, hist_same = allpairs_scores(emb, labels, impostor_sample=200_000, seed=0)
             title = ctx.name
+            rec["curves"] = {"roc": roc_points(fpr, tpr)}
             rec["plots"] = {
                 "roc": str(
                     plot_roc(
