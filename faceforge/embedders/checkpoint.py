@@ -93,6 +93,11 @@ class CheckpointEmbedder:
             return np.zeros((0, self.embedding_size), dtype=np.float32)
         return torch.cat(out).numpy().astype(np.float32, copy=False)
 
+    def torch_network(self) -> tuple[torch.nn.Module, Preprocess]:
+        """The backbone (eval mode) and its preprocessing, for gradient-based attacks
+        (:func:`faceforge.embedders.differentiable.face_network`)."""
+        return self.model.eval(), self.preprocess
+
     def describe(self) -> dict[str, Any]:
         if self._sha256 is None:
             self._sha256 = file_sha256(self.path)
