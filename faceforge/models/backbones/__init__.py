@@ -6,6 +6,7 @@
 Every backbone accepts ``embedding_size`` (default 512), ``input_size`` (only 112) and
 ``dropout`` (default 0.0), exposes ``.embedding_size`` and ``.input_size``, and returns an
 un-normalised fp32 embedding (its final Linear + BatchNorm1d run in fp32 even under autocast).
+``dual_bn`` (:mod:`.dual_bn`) wraps any other one (``base``) with dual batch norm for adversarial training (AFA).
 The ``sddfiqa_*`` backbones (:mod:`.quality`) are quality regressors: ``embedding_size`` 1, output ``[N, 1]``.
 """
 
@@ -25,6 +26,7 @@ from .aifr import (
     aifr_iresnet_se50,
     aifr_mobilefacenet,
 )
+from .dual_bn import DualBNNet, dual_bn
 from .iresnet import (
     IBasicBlock,
     IResNet,
@@ -68,6 +70,8 @@ BACKBONES.register("aifr_iresnet34")(aifr_iresnet34)
 BACKBONES.register("aifr_iresnet50")(aifr_iresnet50)
 BACKBONES.register("aifr_iresnet100")(aifr_iresnet100)
 BACKBONES.register("aifr_iresnet_se50")(aifr_iresnet_se50)
+# any of the above with dual batch norm mixed by a predicted per-input weight (AFA): model.base names it
+BACKBONES.register("dual_bn")(dual_bn)
 
 
 def build_backbone(name: str, **kwargs) -> nn.Module:
@@ -79,6 +83,7 @@ __all__ = [
     "BACKBONES",
     "AIFRNet",
     "AttentionDecomposition",
+    "DualBNNet",
     "IBasicBlock",
     "IResNet",
     "MobileFaceNet",
