@@ -67,6 +67,7 @@ class AdaptiveFeatureAlignment(AdversarialTraining):
         attack_loss: str = "cosine",
         clean_weight: float = 0.5,
         adv_weight: float = 0.5,
+        adv_fraction: float = 1.0,
         lambda_weight: float = 1.0,
         lambda_loss: str = "bce",
         lambda_power: float = 1.0,
@@ -80,7 +81,7 @@ class AdaptiveFeatureAlignment(AdversarialTraining):
             )
         super().__init__(ctx, eps=eps, eps_sampling=eps_sampling, steps=steps, step_size=step_size,
                          random_start=random_start, attack_loss=attack_loss, clean_weight=clean_weight,
-                         adv_weight=adv_weight)  # fmt: skip
+                         adv_weight=adv_weight, adv_fraction=adv_fraction)  # fmt: skip
         if mix_with not in MIX_WITH:
             raise ValueError(f"method.mix_with={mix_with!r}: use one of {MIX_WITH}")
         if lambda_loss not in LAMBDA_LOSSES:

@@ -15,7 +15,8 @@ train mode::
     L = w_clean · L_obj(f(x)) + w_adv · L_obj(f(x + δ))
 
 ``clean_weight = 0`` is Madry's adversarial-only training, ``0.5 / 0.5`` the hybrid ("clean + adversarial")
-variant. ``ε`` is one number (``eps``) or, with ``eps_sampling: uniform``, drawn per face from ``U(0, ε)``.
+variant; ``adv_fraction < 1`` attacks only the first share of each batch's faces (the clean term still sees all
+of them), the cost of the attack falling in proportion. ``ε`` is one number (``eps``) or, with ``eps_sampling: uniform``, drawn per face from ``U(0, ε)``.
 Random numbers (ε draws, random starts) come from a generator seeded by ``(run.seed, step, rank)``, so a
 resumed run draws what an unbroken run draws.
 """
@@ -53,7 +54,8 @@ class AdversarialTraining(Method):
     ``eps`` (``4/255``; a fraction of the pixel range, as a number or ``"N/255"``), ``eps_sampling``
     (``fixed`` | ``uniform``: per face from ``U(0, eps)``), ``steps`` (3), ``step_size`` (multiple of ε; null:
     ``2.5 / steps``), ``random_start`` (true), ``attack_loss`` (``cosine`` | ``margin``), ``clean_weight`` (0.5),
-    ``adv_weight`` (0.5).
+    ``adv_weight`` (0.5), ``adv_fraction`` (1.0: the share of each batch's faces that also get an adversarial
+    copy, the first ones; less bounds the attack's cost).
     """
 
     def __init__(
@@ -68,8 +70,11 @@ class AdversarialTraining(Method):
         attack_loss: str = "cosine",
         clean_weight: float = 0.5,
         adv_weight: float = 0.5,
+        adv_fraction: float = 1.0,
     ) -> None:
         super().__init__(ctx)
+        if not 0.0 < adv_fraction <= 1.0:
+            raise ValueError(f"method.adv_fraction={adv_fraction} must lie in (0, 1]")
         if attack_loss not in ATTACK_LOSSES:
             raise ValueError(f"method.attack_loss={attack_loss!r}: use one of {ATTACK_LOSSES}")
         if eps_sampling not in EPS_SAMPLING:
@@ -87,15 +92,20 @@ class AdversarialTraining(Method):
             float(adv_weight),
         )
         self.seed = int(ctx.seed)
+        self.adv_fraction = float(adv_fraction)
 
     def describe(self) -> dict[str, Any]:
         return {
             "name": "pgd_at", "eps": self.eps, "eps_label": f"{self.eps * 255:g}/255",
             "eps_sampling": self.eps_sampling, "attack": self.attack.describe(), "attack_loss": self.attack_loss,
-            "clean_weight": self.clean_weight, "adv_weight": self.adv_weight,
+            "clean_weight": self.clean_weight, "adv_weight": self.adv_weight, "adv_fraction": self.adv_fraction,
         }  # fmt: skip
 
     # --------------------------------------------------------------------------------------------- pieces
+    def attacked_rows(self, n: int) -> int:
+        """How many leading rows of an ``n``-row micro-batch are attacked (``adv_fraction``, at least one)."""
+        return max(1, min(n, round(self.adv_fraction * n)))
+
     def draw_eps(self, n: int, gen: torch.Generator) -> Tensor:
         if self.eps_sampling == "uniform":
             return torch.rand(n, generator=gen) * self.eps
@@ -126,8 +136,12 @@ class AdversarialTraining(Method):
 
     def forward_pair(
         self, engine: Any, x: Tensor, x_adv: Tensor, eps: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Embeddings of the clean and the adversarial rows (one forward, train mode) and extra loss terms (0)."""
+    ) -> tuple[Tensor | None, Tensor, Tensor]:
+        """Embeddings of the clean rows (None when they carry no weight) and of the adversarial rows (one forward,
+        train mode) and the method's extra loss (0 here)."""
+        if self.clean_weight == 0:
+            emb = engine.embed(x_adv)
+            return None, emb, emb.new_zeros(())
         emb = engine.embed(torch.cat([x, x_adv]))
         return emb[: len(x)], emb[len(x) :], emb.new_zeros(())
 
@@ -143,23 +157,24 @@ class AdversarialTraining(Method):
         micros = engine.micro_batches(Batch(x, batch.labels, batch.indices, [], batch.branch))
         for (micro, sync), eps_m in zip(micros, eps.chunk(k), strict=True):
             with sync:
-                x_adv = self.attack_inputs(engine, micro.images, micro.labels, eps_m, gen)
-                emb_c, emb_a, extra = self.forward_pair(engine, micro.images, x_adv, eps_m)
-                total = extra
-                for name, emb, weight in (
-                    ("clean", emb_c, self.clean_weight),
-                    ("adv", emb_a, self.adv_weight),
+                m = self.attacked_rows(len(micro))
+                attacked = Batch(micro.images[:m], micro.labels[:m], micro.indices[:m], [],
+                                 None if micro.branch is None else micro.branch[:m])  # fmt: skip
+                x_adv = self.attack_inputs(engine, attacked.images, attacked.labels, eps_m[:m], gen)
+                emb_c, emb_a, total = self.forward_pair(engine, micro.images, x_adv, eps_m[:m])
+                for name, part_of, emb, weight in (
+                    ("clean", micro, emb_c, self.clean_weight),
+                    ("adv", attacked, emb_a, self.adv_weight),
                 ):
-                    if weight == 0:
+                    if weight == 0 or emb is None:
                         continue
-                    part = engine.objectives_loss(engine.step_batch(micro, emb), scale=0.5 / k)
+                    part = engine.objectives_loss(engine.step_batch(part_of, emb), scale=0.5 / k)
                     total = total + weight * part
                     engine.log({f"at/{name}_loss": float(part.detach())}, 1.0 / k)
-                with torch.no_grad():
-                    cos = (F.normalize(emb_c, dim=1) * F.normalize(emb_a, dim=1)).sum(1).mean()
-                engine.log(
-                    {"at/cos_clean_adv": float(cos), "at/eps_x255": float(eps_m.mean()) * 255}, 1.0 / k
-                )
+                logs = {"at/eps_x255": float(eps_m[:m].mean()) * 255}
+                if emb_c is not None:
+                    logs["at/cos_clean_adv"] = float(F.cosine_similarity(emb_c[:m].detach(), emb_a.detach()).mean())
+                engine.log(logs, 1.0 / k)
                 engine.backward(total / k, "main")
         for obj in engine.objectives.values():
             obj.end_step()

@@ -152,7 +152,11 @@ class DualBNNet(nn.Module):
                 f"dual_bn: base={base!r} must be another registered backbone: {BACKBONES.names()}"
             )
         self.route = Route(clean_stats)
-        self.net = BACKBONES.build(base, **base_kwargs)
+        try:
+            self.net = BACKBONES.build(base, **base_kwargs)
+        except TypeError as exc:
+            raise ValueError(f"dual_bn: backbone {base} does not take {sorted(base_kwargs)} ({exc}); set model.base "
+                             "to the backbone these options belong to") from None  # fmt: skip
         self.converted = convert_dual_bn(self.net, self.route)
         if self.converted == 0:
             raise ValueError(f"dual_bn: backbone {base} has no batch normalisation to duplicate")
