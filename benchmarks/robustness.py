@@ -23,7 +23,7 @@ Costs are bounded by options recorded in the JSON: training attacks use ``--trai
 evaluation uses ``--attack-pairs`` pairs and ``--attack-steps`` steps. ``--quick`` is a smoke run (120 people, one
 epoch, one seed, 60 attacked pairs, 150 evaluation people) that checks the whole pipeline in minutes.
 
-    python benchmarks/robustness.py [--out benchmarks_out/robustness] [--quick] [--seeds 0,1,2] [--epochs 3]
+    python benchmarks/robustness.py [--out benchmarks_out/robustness] [--quick] [--seeds 0,1,2] [--epochs 2]
         [--rows plain,pgd_at,afa,randscale,ddl,fan] [--pretrained NAME=PATH ...] [--init NAME=PATH]
         [--train-override KEY=VALUE ...] [--publish]
 
@@ -269,7 +269,9 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="smoke run: small data, one epoch and seed, few pairs"
     )
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument(
+        "--epochs", type=int, default=2, help="the same for every row (2: the fairness benchmark's budget)"
+    )
     p.add_argument("--rows", default="plain,pgd_at,afa,randscale,ddl,fan")
     p.add_argument(
         "--precision", default="auto", help="run.precision and evaluation precision (auto: bf16 where fast)"

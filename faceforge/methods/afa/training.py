@@ -173,7 +173,9 @@ class AdversarialTraining(Method):
                     engine.log({f"at/{name}_loss": float(part.detach())}, 1.0 / k)
                 logs = {"at/eps_x255": float(eps_m[:m].mean()) * 255}
                 if emb_c is not None:
-                    logs["at/cos_clean_adv"] = float(F.cosine_similarity(emb_c[:m].detach(), emb_a.detach()).mean())
+                    logs["at/cos_clean_adv"] = float(
+                        F.cosine_similarity(emb_c[:m].detach(), emb_a.detach()).mean()
+                    )
                 engine.log(logs, 1.0 / k)
                 engine.backward(total / k, "main")
         for obj in engine.objectives.values():
