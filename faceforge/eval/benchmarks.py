@@ -9,7 +9,9 @@ Benchmark specs are ``kind:ARG[:ARG...]``; every kind is a class in the registry
 * demographic differentials: ``bias:IMAGES:GROUPS[:identities]``, ``biaspairs:PAIRS:IMAGES:GROUPS``
   (GROUPS: a labeller name or an ``identity_or_path,group`` CSV/TSV file);
 * age: ``fgnet:IMAGES``, ``cacdvs:PAIRS:IMAGES``, ``agegap:PAIRS:IMAGES``;
-* templates: ``ijb:DIR[:N0D1]``.
+* templates: ``ijb:DIR[:N0D1]``;
+* robustness: ``robust:PAIRS:IMAGES[:OPTIONS]`` (verification under a white-box attack, per ε) and
+  ``lowres:SIZE[:one|both][:UP]:SPEC`` (a pairs / all-pairs spec with faces seen at SIZE pixels).
 
 Embeddings are flip-summed (optional) and L2-normalised; all image files needed by the folder-based
 benchmarks are embedded in one pass (``.bin`` and IJB images, which need decoding or aligning
@@ -124,6 +126,8 @@ def run_benchmarks(
         raise ValueError("no benchmark given")
     for b in parsed:
         BENCHMARK_KINDS.build(b.kind).check(b)
+    for b in parsed:
+        BENCHMARK_KINDS.build(b.kind).check_model(b, embedder)
     names = _unique_names(parsed)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:

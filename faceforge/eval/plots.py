@@ -27,6 +27,7 @@ __all__ = [
     "plot_group_bars",
     "plot_group_fmr_overlay",
     "plot_group_roc",
+    "plot_lines",
     "plot_roc",
     "plot_score_histogram",
     "saved_figure",
@@ -168,6 +169,31 @@ def plot_cmc(cmc: Sequence[float], out_png: StrPath, title: str = "CMC") -> Path
             ax.set_xscale("log")
         ax.set_title(title)
         ax.grid(True, which="both", linestyle=":", linewidth=0.5)
+    return Path(out_png)
+
+
+def plot_lines(
+    x: Sequence[float],
+    curves: Mapping[str, Sequence[float]],
+    out_png: StrPath,
+    title: str,
+    xlabel: str,
+    ylabel: str = "rate",
+    xticklabels: Sequence[str] | None = None,
+) -> Path:
+    """One line with markers per curve over the same ``x`` (e.g. accuracy, TAR and FAR against the attack ε)."""
+    with saved_figure(out_png, figsize=(6, 4)) as ax:
+        for label, y in curves.items():
+            ax.plot(list(x), [float(v) for v in y], marker="o", markersize=4, linewidth=1.5, label=label)
+        if xticklabels is not None:
+            ax.set_xticks(list(x))
+            ax.set_xticklabels(list(xticklabels))
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(-0.01, 1.01)
+        ax.set_title(title)
+        ax.grid(True, linestyle=":", linewidth=0.5)
+        ax.legend()
     return Path(out_png)
 
 

@@ -210,7 +210,7 @@ class LfwPairsKind(_PairsFileKind):
         rec.update(
             verification_record(
                 ctx.rows(plan["p1"]),
-                ctx.rows(plan["p2"]),
+                ctx.probes(plan["p2"]),
                 plan["issame"],
                 ctx.model,
                 ctx.flip,
