@@ -1,4 +1,5 @@
-# faceforge: `make demo` runs the end-to-end job on real LFW, `make test` runs the test suite.
+# faceforge: `make demo` runs the end-to-end job on real LFW, `make test` runs the test suite, `make docs` builds
+# the documentation site into site/.
 # Both create .venv and install what is needed on first use.
 PYTHON ?= python3
 VENV := .venv
@@ -8,11 +9,11 @@ export FACEFORGE_DATA
 DEMO_OUT ?= demo_out
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-all test-fast lint format bench clean
+.PHONY: setup demo test test-all test-fast lint format docs bench clean
 
 $(BIN)/faceforge: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,dlib,serve,browser-test]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,dlib,serve,browser-test,docs]'
 	$(BIN)/faceforge fetch mtcnn
 	$(BIN)/faceforge fetch sface || echo "faceforge fetch sface failed (no network?): the service falls back to dlib" >&2
 	touch $@
@@ -49,8 +50,12 @@ format: setup
 	$(BIN)/ruff format faceforge tests benchmarks
 	$(BIN)/ruff check --fix faceforge tests benchmarks
 
+# the site from mkdocs.yml and docs/, offline; --strict: a broken link or a missing API page fails
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 bench: setup
 	$(BIN)/python benchmarks/train_throughput.py --data-root $(DEMO_OUT)/lfw_aligned
 
 clean:
-	rm -rf $(DEMO_OUT) runs eval_out
+	rm -rf $(DEMO_OUT) runs eval_out site

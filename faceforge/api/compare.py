@@ -92,7 +92,8 @@ def compare(
     """Are ``a`` and ``b`` the same person? (see the module docstring)
 
     Args:
-        a, b: photos (path, bytes, or uint8 array with ``colour``), :class:`Face` results, or embeddings.
+        a: a photo (path, bytes, or uint8 array with ``colour``), a :class:`Face` result, or an embedding.
+        b: the other one, in any of the same forms.
         model: a loaded :class:`Model`, or a model name loaded once (CPU, fp32) and reused.
         fmr: the target false-match rate of the decision (default 1e-4; the calibrated targets are 1e-2 to
             1e-6, as far as the calibration's impostor pairs resolve them).

@@ -41,8 +41,9 @@ def evaluate(
     Args:
         model: a loaded :class:`Model` or anything :func:`load_model` takes (loaded on the CPU in fp32).
         benchmarks: one or more ``kind:ARG...`` specs (module docstring).
-        pairs, images: shorthand for one ``lfw`` benchmark: an LFW-format pairs file and its aligned faces
-            (paths may contain ``:``, which a spec string cannot).
+        pairs: with ``images``, shorthand for one ``lfw`` benchmark: an LFW-format pairs file (paths may
+            contain ``:``, which a spec string cannot).
+        images: the folder of aligned faces that ``pairs`` names.
         out_dir: write ``result.json`` and the plots there (default: nothing is written).
         flip: add each mirrored face's embedding (``faceforge eval``'s default).
         folds: folds of the pairs protocols (10 for LFW).

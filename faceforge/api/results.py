@@ -75,7 +75,8 @@ class ModelInfo:
         network_colour: the channel order the *network* is fed (faceforge converts; inputs to the API are
             RGB or say their order).
         sha256: SHA-256 of the model file(s), or None.
-        device, precision: where and how it runs.
+        device: where it runs (``cpu``, ``cuda``, ...).
+        precision: how it runs (``fp32``, ``bf16``, ...).
         description: the embedder's full ``describe()`` record (as written into result files).
     """
 
