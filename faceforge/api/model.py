@@ -33,6 +33,7 @@ from faceforge.api.detection import Detector
 from faceforge.api.errors import ModelFileError, UncalibratedError
 from faceforge.api.images import ImageInput, as_batch
 from faceforge.api.results import Comparison, DecisionRule, Face, ModelInfo
+from faceforge.embedders.finite import check_finite
 
 #: precisions a caller may ask for; "auto" lets the embedder choose (bf16 only where the CPU or GPU has it)
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
@@ -114,10 +115,10 @@ class Model:
         out = np.zeros((len(crops), self.info.embedding_size), np.float32)
         for i in range(0, len(crops), max(1, int(batch_size))):
             chunk = crops[i : i + batch_size]
-            emb = np.asarray(self.embedder.embed(chunk), np.float32)
+            emb = check_finite(self.embedder.embed(chunk), self.embedder)
             if flip:
-                emb = emb + np.asarray(
-                    self.embedder.embed(np.ascontiguousarray(chunk[:, :, ::-1])), np.float32
+                emb = emb + check_finite(
+                    self.embedder.embed(np.ascontiguousarray(chunk[:, :, ::-1])), self.embedder
                 )
             out[i : i + len(chunk)] = emb
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)

@@ -21,6 +21,7 @@ import logging
 import os
 import sys
 import traceback
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,15 +60,17 @@ def command(name: str, help: str):
 
 
 def parse_key_values(items: list[str], flag: str) -> dict[str, object]:
-    """``KEY=VALUE`` strings to a dict; values are parsed as YAML scalars (numbers, booleans, strings)."""
-    import yaml
+    """``KEY=VALUE`` strings to a dict; values are parsed as plain YAML (numbers, booleans, strings, lists)
+    with the bounds of :mod:`faceforge.core.bounded_yaml` (size, aliases, depth; no ``!!python`` tags)."""
+    from faceforge.core.bounded_yaml import load_yaml
+    from faceforge.core.rules import OptionError
 
     options: dict[str, object] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"{flag} {item!r} is not KEY=VALUE")
-        options[key.strip()] = yaml.safe_load(value)
+        if not sep or not key.strip() or not key.strip().isidentifier():
+            raise OptionError(f"{flag} {printable(item)!r} is not KEY=VALUE (KEY a name such as box or mean)")
+        options[key.strip()] = load_yaml(value, f"{flag} {printable(key.strip())}")
     return options
 
 
@@ -129,11 +132,34 @@ def _load_commands() -> None:
     )
 
 
+class Parser(argparse.ArgumentParser):
+    """An argparse parser whose refusals are one line on stderr (exit 2), as every other user error is."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {printable(' '.join(message.split()))} (see {self.prog} --help)\n")
+
+
+def apply_option_rules(parser: argparse.ArgumentParser, command: str) -> None:
+    """Make the rule of every option that has one (:data:`faceforge.core.options.OPTION_RULES`) its ``type=``,
+    in ``parser`` and its sub-commands, and state the allowed values in its help."""
+    from faceforge.core.options import rule_for
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                apply_option_rules(sub, f"{command} {name}")
+            continue
+        rule = rule_for(action.dest, command) if action.option_strings else None
+        if rule is None or action.nargs == 0:
+            continue
+        action.type = rule.argparse_type(action.option_strings[-1])
+        if action.help is not argparse.SUPPRESS:
+            action.help = f"{action.help or ''} [{rule.describe()}]".strip().replace("%", "%%")
+
+
 def build_parser() -> argparse.ArgumentParser:
     _load_commands()
-    parser = argparse.ArgumentParser(
-        prog="faceforge", description="Face recognition research and deployment."
-    )
+    parser = Parser(prog="faceforge", description="Face recognition research and deployment.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument(
         "--debug",
@@ -146,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = COMMANDS.build(name)
         p = sub.add_parser(name, help=cmd.help, description=cmd.help)
         cmd.add_arguments(p)
+        apply_option_rules(p, name)
         p.set_defaults(_run=cmd.run)
     return parser
 

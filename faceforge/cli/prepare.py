@@ -98,8 +98,10 @@ def _quality_gate(args: argparse.Namespace):
             "gives 1 (train one with 'faceforge train lfw_sddfiqa', or use a quality ONNX export)"
         )
 
+    from faceforge.embedders.finite import check_finite
+
     def score(faces):
-        return model.embed(faces)[:, 0]
+        return check_finite(model.embed(faces), model, "quality scores")[:, 0]
 
     return QualityGate(score, float(args.min_quality), int(model.input_size), model.describe())
 

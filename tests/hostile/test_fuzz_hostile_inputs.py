@@ -635,7 +635,7 @@ def train_steps(c: Corpus, paths: dict[str, Path]) -> list[Step]:
     steps.append(Step("train from a python-tag YAML", ["train", str(yaml_bomb)], 2,
                       _one_line_naming(str(yaml_bomb.stem), "not plain YAML")))  # fmt: skip
     steps.append(Step("train with batch size 0", [*train, f"data.root={some}", "data.batch_size=0"], 2,
-                      _one_line_naming("data.batch_size=0 must be >= 1")))  # fmt: skip
+                      _one_line_naming("data.batch_size=0 must be an integer")))  # fmt: skip
     for ckpt in c.checkpoints[:4] + [p for p in c.checkpoints if p.name == "payload.pt"]:
         argv = [*train, f"data.root={some}", f"run.dir={c.root / 'init_run'}", f"run.init={ckpt}"]
         steps.append(Step(f"train from {ckpt.name}", argv, 2, _one_line_naming(str(ckpt))))
