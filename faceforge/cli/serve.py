@@ -346,7 +346,9 @@ def _load_probes(path: str, dim: int) -> Any:
 
 def _people_from(pairs: str) -> set[str]:
     people = set()
-    for line in Path(pairs).read_text().splitlines()[1:]:
+    from faceforge.core.text_files import read_text
+
+    for line in read_text(pairs).splitlines()[1:]:
         parts = line.split()
         if len(parts) == 3:
             people.add(parts[0])

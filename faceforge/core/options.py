@@ -15,7 +15,7 @@ from typing import Any
 from faceforge.core.image_formats import IMAGE_EXTENSIONS
 from faceforge.core.rules import Rule, check_values
 
-__all__ = ["DEVICE_RULE", "OPTION_RULES", "check_api", "rule_for"]
+__all__ = ["DETECTOR_OPTION_RULES", "DEVICE_RULE", "OPTION_RULES", "check_api", "rule_for"]
 
 #: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (whether device N exists is checked when the device is resolved)
 DEVICE_RULE = Rule(str, pattern=r"auto|cpu|cuda(:[0-9]{1,3})?", pattern_text="one of auto, cpu, cuda, cuda:N")
@@ -76,6 +76,20 @@ OPTION_RULES: dict[str, Rule] = {
     "per_identity": Rule(int, 1, 10_000),
     "id_threshold": COSINE,
     "age_margin": Rule(float, 0.0, 1000.0),
+}
+
+
+#: ``--detector-option`` values, for every detector that takes them (faceforge.deploy.detect.build_detector)
+DETECTOR_OPTION_RULES: dict[str, Rule] = {
+    "score_threshold": FRACTION,
+    "nms_threshold": FRACTION,
+    "stage_thresholds": Rule(list, 0.0, 1.0, item=float, count=2),
+    "top_k": Rule(int, 1, 100_000),
+    "max_side": Rule(int, 32, 65536),
+    "min_side": Rule(int, 0, 65536),
+    "min_face": Rule(float, 12.0, 100_000.0),
+    "factor": Rule(float, 0.0, 1.0, low_open=True, high_open=True),
+    "upsample": Rule(int, 0, 8),
 }
 
 

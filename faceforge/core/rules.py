@@ -243,11 +243,15 @@ def type_name(hint: Any) -> str:
 
 
 def check_call_options(
-    what: str, options: Mapping[str, Any], target: Any, reserved: tuple[str, ...] = ()
+    what: str,
+    options: Mapping[str, Any],
+    target: Any,
+    reserved: tuple[str, ...] = (),
+    rules: Mapping[str, Rule] | None = None,
 ) -> None:
     """Keyword ``options`` for ``target`` (a class or function): every name one of its parameters (unless it
-    takes ``**kwargs``), every value of the annotated type. ``what`` names the options in messages
-    (``--model-option for the checkpoint embedder``)."""
+    takes ``**kwargs``), every value of the annotated type and, where ``rules`` has the name, in its range.
+    ``what`` names the options in messages (``model option of the checkpoint embedder``)."""
     import inspect
 
     fn = target.__init__ if inspect.isclass(target) else target
@@ -259,17 +263,18 @@ def check_call_options(
         hints = typing.get_type_hints(fn)
     except Exception:
         hints = {}
+    variadic = (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
     params = {n: p for n, p in sig.parameters.items() if n not in ("self", *reserved)}
     open_ended = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    named = sorted(n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
+    named = sorted(n for n, p in params.items() if p.kind not in variadic)
     for key, value in options.items():
-        if key not in params or params[key].kind in (
-            inspect.Parameter.VAR_KEYWORD,
-            inspect.Parameter.VAR_POSITIONAL,
-        ):
+        if key not in named:
             if open_ended:
                 continue
             raise OptionError(f"{what}: unknown option {_show(key)!r}; valid: {', '.join(named) or '(none)'}")
         hint = hints.get(key)
         if hint is not None and not matches_hint(value, hint):
             raise OptionError(f"{what}: {key}={_show(value)} has the wrong type: expected {type_name(hint)}")
+        rule = (rules or {}).get(key)
+        if rule is not None and rule.problem(list(value) if isinstance(value, tuple) else value) is not None:
+            raise OptionError(f"{what}: {key}={_show(value)} must be {rule.describe()}")

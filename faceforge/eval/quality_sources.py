@@ -53,6 +53,7 @@ import cv2
 import numpy as np
 
 from faceforge.core.registry import Registry
+from faceforge.core.text_files import open_text
 from faceforge.data.attributes import AttributeFileError, read_sidecar
 from faceforge.data.image_io import UnreadableImageError, read_image_rgb
 
@@ -293,7 +294,7 @@ class SharpnessSource(QualitySource):
 def read_columns(path: Path, columns: Sequence[str], source: str) -> dict[str, np.ndarray]:
     """``file -> float values of columns`` from a CSV with a ``file`` column; errors name file and line."""
     table: dict[str, np.ndarray] = {}
-    with path.open(newline="", encoding="utf-8-sig") as fh:
+    with open_text(path) as fh:
         reader = csv.DictReader(fh)
         missing = [c for c in ("file", *columns) if c not in (reader.fieldnames or [])]
         if missing:
