@@ -1,8 +1,9 @@
 """``faceforge <command>``: thin command-line front ends that parse arguments and call the library.
 
-Exit status: 0 when the command did its job (a long job that skipped bad items still succeeds: they are
-listed with their reasons on screen and in its report), 2 when it refused the input or an option, 1 when
-faceforge itself failed (a bug), 130 when interrupted.
+Exit status: 0 when the command did its job (a long job that skipped bad items still succeeds: every file is
+tried, each skipped one is listed with its reason on screen and in its report, and the summary line says how
+many were skipped), 2 when it refused the input or an option, or when a job over many items could use none of
+them (:func:`finish_job`), 1 when faceforge itself failed (a bug), 130 when interrupted.
 
 Errors are told apart by what raised them (:func:`is_user_error`): every
 :class:`~faceforge.core.errors.FaceforgeError`, every ``OSError`` (a missing, unreadable or unwritable
@@ -26,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from faceforge.core.errors import FaceforgeError
+from faceforge.core.errors import FaceforgeError, InputError
 from faceforge.core.registry import Registry
 
 #: the package folder: exceptions raised by code in here carry messages written for the user
@@ -112,6 +113,17 @@ def print_listed(what: str, entries: list, limit: int = 20, report: str = "") ->
             print(f"  {what}: {printable(e)}")
     if len(entries) > limit:
         print(f"  ... and {len(entries) - limit} more {what} in {report or 'the report'}")
+
+
+def finish_job(done: int, skipped: int, what: str, report: str = "the report") -> int:
+    """The exit status of a job over many items: 0 when it used at least one (the skipped ones are listed),
+    exit 2 (an :class:`~faceforge.core.errors.InputError`) when it was given items and could use none, so an
+    empty output never passes for success."""
+    if done == 0 and skipped > 0:
+        raise InputError(
+            f"none of the {skipped} {what} could be used; each is listed with its reason in {report}"
+        )
+    return 0
 
 
 def _load_commands() -> None:
