@@ -8,7 +8,7 @@ export FACEFORGE_DATA
 DEMO_OUT ?= demo_out
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast lint format bench clean
+.PHONY: setup demo test test-all test-fast lint format bench clean
 
 $(BIN)/faceforge: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,14 @@ demo: setup
 	$(BIN)/faceforge eval --model $(DEMO_OUT)/run/checkpoints/model.pt \
 		--pairs $(FACEFORGE_DATA)/lfw/pairsDevTest.txt --images $(DEMO_OUT)/lfw_aligned \
 		--json $(DEMO_OUT)/eval/result.json --cache-dir $(DEMO_OUT)/embedding_cache --html
+	$(BIN)/python -c "import json, sys; b = json.load(open('$(DEMO_OUT)/eval/result.json'))['benchmarks']; \
+		acc = [v['summary']['accuracy'] for v in b.values()][0]; print(f'demo: pairsDevTest accuracy {acc:.2%} (bar: 80 %)'); \
+		sys.exit(acc < 0.80)"
 
 test: setup
+	$(BIN)/python -m pytest -q --durations=10 -m "not full" $(PYTEST_ARGS)
+
+test-all: setup
 	$(BIN)/python -m pytest -q --durations=10 $(PYTEST_ARGS)
 
 test-fast: setup

@@ -156,6 +156,7 @@ def train(model: Path, row: str, seed: int, faces: Path, list_file: Path, epochs
         f"data.image_size={size}",
         f"optim.epochs={epochs}",
         "run.progress=false",
+        "run.resume=auto",  # an interrupted run goes on from its last checkpoint (exact resume)
         *extra,
         *(ROWS[row] or []),
     ]
@@ -255,6 +256,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks_out/finetune")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--naive-seeds", default=None, help="seeds of the naive row (default: --seeds)")
     ap.add_argument("--rows", default=",".join(ROWS), help=f"of {list(ROWS)}")
     ap.add_argument("--quick", action="store_true", help="CI-size smoke run (see the module doc)")
     ap.add_argument("--quick-people", type=int, default=100)
@@ -280,6 +282,9 @@ def main() -> None:
     epochs = 2 if args.quick else args.epochs
     seeds = (
         [int(s) for s in args.seeds.split(",")][:1] if args.quick else [int(s) for s in args.seeds.split(",")]
+    )
+    naive_seeds = (
+        seeds if args.naive_seeds is None else [int(s) for s in args.naive_seeds.split(",")][: len(seeds)]
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -312,7 +317,8 @@ def main() -> None:
                           "source": meta.get("source"), "preprocess": meta.get("preprocess")}  # fmt: skip
         for row in rows:
             runs = entry["rows"].setdefault(row, {"runs": {}})["runs"]
-            for seed in ["-"] if row == "imported" else [str(s) for s in seeds]:
+            row_seeds = naive_seeds if row == "naive" else seeds
+            for seed in ["-"] if row == "imported" else [str(s) for s in row_seeds]:
                 if seed in runs and args.reuse:
                     continue
                 where = out / "runs" / name / row / (f"seed{seed}" if seed != "-" else "")

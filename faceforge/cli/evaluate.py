@@ -34,7 +34,8 @@ def _add(p: argparse.ArgumentParser) -> None:
         help="repeatable: lfw:PAIRS:IMAGES | bin:FILE | quality:PAIRS:IMAGES[:SOURCES] | qualityall:IMAGES[:SOURCES] | "
         "allpairs:IMAGES[:MIN] | ident:IMAGES[:K[:MIN]] | bias:IMAGES:GROUPS[:identities] | "
         "biaspairs:PAIRS:IMAGES:GROUPS | fgnet:IMAGES | cacdvs:PAIRS:IMAGES | "
-        "agegap:PAIRS:IMAGES | ijb:DIR[:N0D1]",
+        "agegap:PAIRS:IMAGES | ijb:DIR[:N0D1] | robust:PAIRS:IMAGES[:EPS,...,steps=N,maxpairs=N] | "
+        "lowres:SIZE[:one|both]:lfw:PAIRS:IMAGES|allpairs:IMAGES|bin:FILE",
     )
     p.add_argument("--pairs", help="LFW-format pairs file (same as --benchmark lfw:PAIRS:IMAGES)")
     p.add_argument("--images", help="folder of aligned faces, <name>/<name>_NNNN.<ext> (with --pairs)")

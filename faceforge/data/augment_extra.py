@@ -26,6 +26,10 @@ _INTERPOLATIONS = {
 }
 
 
+#: up-sampling names accepted by :func:`interpolation_code`
+INTERPOLATION_NAMES: tuple[str, ...] = tuple(_INTERPOLATIONS)
+
+
 def _check_p(name: str, p: float) -> float:
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"{name}: probability p must lie in [0, 1], got {p}")
@@ -39,6 +43,23 @@ def _check_range(
     if not lo <= a <= b <= hi:
         raise ValueError(f"{name}: {what} must satisfy {lo} <= min <= max <= {hi}, got ({a}, {b})")
     return a, b
+
+
+def down_up(img: np.ndarray, size: tuple[int, int], interpolation: int = cv2.INTER_CUBIC) -> np.ndarray:
+    """Down-sample ``img`` to ``size`` = (width, height) with INTER_AREA and resize it back to its own size with
+    ``interpolation``: the low-resolution degradation of DDL's hard branch (:class:`RandomLowResolution`) and of
+    the low-resolution evaluation (a face seen at ``size`` pixels, shown to a network that takes the original
+    size)."""
+    h, w = img.shape[:2]
+    small = cv2.resize(img, (max(1, int(size[0])), max(1, int(size[1]))), interpolation=cv2.INTER_AREA)
+    return cv2.resize(small, (w, h), interpolation=interpolation)
+
+
+def interpolation_code(name: str) -> int:
+    """The OpenCV code of an up-sampling name (``nearest``, ``linear``, ``cubic``, ``area``, ``lanczos``)."""
+    if name not in _INTERPOLATIONS:
+        raise ValueError(f"unknown interpolation {name!r}; choose from {sorted(_INTERPOLATIONS)}")
+    return _INTERPOLATIONS[name]
 
 
 @AUGMENTATIONS.register("lowres")
@@ -60,10 +81,7 @@ class RandomLowResolution:
 
     def apply(self, img: np.ndarray, scale: float, interpolation: int) -> np.ndarray:
         h, w = img.shape[:2]
-        small = cv2.resize(
-            img, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
-        )
-        return cv2.resize(small, (w, h), interpolation=interpolation)
+        return down_up(img, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation)
 
     def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if rng.random() >= self.p:

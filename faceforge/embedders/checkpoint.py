@@ -103,6 +103,11 @@ class CheckpointEmbedder:
         self._sha256: str | None = None
         self.policy = PrecisionPolicy(precision, self.device, self.sha256, self.embedding_size > 1)
 
+    def torch_network(self) -> tuple[torch.nn.Module, Preprocess]:
+        """The backbone (eval mode, fp32) and its preprocessing, for gradient-based attacks
+        (:func:`faceforge.embedders.differentiable.face_network`)."""
+        return self.model.eval(), self.preprocess
+
     def sha256(self) -> str:
         if self._sha256 is None:
             self._sha256 = file_sha256(self.path)

@@ -141,6 +141,11 @@ class DlibResNetEmbedder:
     """
 
     embedding_size = 128
+    #: why no gradient-based attack can run on this embedder, and what to attack instead
+    gradient_hint = (
+        "dlib runs in its C++ runtime, which gives no input gradients; import it as a faceforge checkpoint "
+        "('faceforge import dlib --out dlib.pt') and attack --model dlib.pt"
+    )
 
     def __init__(
         self,

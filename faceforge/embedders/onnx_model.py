@@ -154,6 +154,12 @@ class OnnxEmbedder:
         **ignored: other embedder options (``precision``, ...) that do not apply here.
     """
 
+    #: why no gradient-based attack can run on this embedder, and what to attack instead
+    gradient_hint = (
+        "an ONNX file runs in onnxruntime, which gives no input gradients; attack the faceforge checkpoint it was "
+        "exported from, or import the network as one ('faceforge import KIND FILE --out model.pt')"
+    )
+
     def __init__(
         self,
         source: str | Path,

@@ -21,7 +21,8 @@ one main optimiser step).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -33,7 +34,19 @@ if TYPE_CHECKING:
     from faceforge.data.dataset import Batch
     from faceforge.engine.step import StepEngine
 
-__all__ = ["METHODS", "Method", "MethodContext", "OptimizerSpec", "StandardMethod"]
+__all__ = ["METHODS", "Method", "MethodContext", "OptimizerSpec", "StandardMethod", "eval_mode"]
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """``module`` in eval mode inside (BN on running statistics, none updated), its own mode restored after: for
+    a method's extra forward passes within a step (an attack, a perceptual loss)."""
+    was = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was)
 
 
 @dataclass

@@ -283,10 +283,16 @@ class TrainingState:
 
         Names only here start fresh (``new``, e.g. a quality head), names only in the checkpoint are left out
         (``left_out``, e.g. the recognition head); a shared name with another shape stops the run, naming every
-        such key, and so does a checkpoint with no name in common. Both lists are logged and returned.
+        such key, and so does a checkpoint with no name in common. Both lists are logged and returned. A backbone
+        with a ``partial_init_prefix`` (``AIFRNet``: ``encoder.``) reads a checkpoint of its plain encoder.
         """
         t = self.t
         ours = t.backbone.state_dict()
+        # a network built around another's encoder (an AIFR model around a plain recogniser) names that encoder's
+        # weights with a prefix: the plain checkpoint's names are read with it
+        prefix = str(getattr(t.backbone, "partial_init_prefix", ""))
+        if prefix and not any(k in ours for k in weights) and any(prefix + k in ours for k in weights):
+            weights = {prefix + k: v for k, v in weights.items()}
         shared = [k for k in ours if k in weights]
         wrong = [
             f"{k} ({list(weights[k].shape)} saved, {list(ours[k].shape)} here)"

@@ -219,8 +219,12 @@ def iter_pair_scores(
     impostor_sample: int | None = None,
     seed: int = 0,
     block_elems: int = 1 << 22,
+    probe: ArrayLike | None = None,
 ) -> Iterator[tuple[NDArray[np.float64], NDArray[np.bool_]]]:
     """Yield ``(scores, issame)`` blocks covering the pairs of the all-pairs protocol.
+
+    ``probe`` (optional, same shape as ``embeddings``): the second face of every pair ``(i, j)``, ``i < j``, is
+    row ``j`` of ``probe`` instead (e.g. the same images at a lower resolution): ``s_ij = cos(x_i, p_j)``.
 
     * ``impostor_sample=None``: all pairs ``i < j``, row block by row block of the upper triangle
       of ``X X^T`` (``X`` = row-normalised embeddings when ``normalize``); each block has at most
@@ -231,10 +235,13 @@ def iter_pair_scores(
       ``np.random.default_rng(seed)``.
     """
     x, y = _prepare(embeddings, labels, normalize)
+    p = x if probe is None else _prepare(probe, labels, normalize)[0]
+    if p.shape != x.shape:
+        raise ValueError(f"probe embeddings {p.shape} do not match the embeddings {x.shape}")
     n = x.shape[0]
     if impostor_sample is None:
         for a, b in _row_blocks(n, block_elems):
-            s = x[a:b] @ x[a:].T
+            s = x[a:b] @ p[a:].T
             keep = np.triu(np.ones(s.shape, dtype=bool), k=1)
             same = y[a:b, None] == y[None, a:]
             yield s[keep].astype(np.float64), same[keep]
@@ -250,7 +257,7 @@ def iter_pair_scores(
         if b - a < 2:
             continue
         g = x[order[a:b]]
-        s = (g @ g.T)[np.triu_indices(b - a, k=1)].astype(np.float64)
+        s = (g @ p[order[a:b]].T)[np.triu_indices(b - a, k=1)].astype(np.float64)
         buf.append(s)
         size += s.size
         if size >= block_elems:
@@ -273,7 +280,7 @@ def iter_pair_scores(
         j = rng.integers(0, n, draw)
         ok = y[i] != y[j]
         i, j = i[ok][:remaining], j[ok][:remaining]
-        s = np.einsum("ij,ij->i", x[i], x[j]).astype(np.float64)
+        s = np.einsum("ij,ij->i", x[i], p[j]).astype(np.float64)
         remaining -= s.size
         yield s, np.zeros(s.size, dtype=bool)
 
@@ -294,13 +301,16 @@ def allpairs_scores(
     normalize: bool = True,
     impostor_sample: int | None = None,
     seed: int = 0,
+    probe: ArrayLike | None = None,
 ) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
     """All pair scores and labels at once (``O(N^2)`` memory: small sets only).
 
-    Same pairs, in the same order, as :func:`iter_pair_scores`.
+    Same pairs, in the same order, as :func:`iter_pair_scores` (``probe`` as there).
     """
     blocks = list(
-        iter_pair_scores(embeddings, labels, normalize=normalize, impostor_sample=impostor_sample, seed=seed)
+        iter_pair_scores(
+            embeddings, labels, normalize=normalize, impostor_sample=impostor_sample, seed=seed, probe=probe
+        )
     )
     if not blocks:
         return np.zeros(0), np.zeros(0, dtype=bool)
@@ -322,6 +332,7 @@ def allpairs_verification(
     impostor_sample: int | None = None,
     seed: int = 0,
     block_elems: int = 1 << 22,
+    probe: ArrayLike | None = None,
 ) -> dict[str, Any]:
     """All-pairs verification summary (JSON-serialisable).
 
@@ -343,6 +354,8 @@ def allpairs_verification(
         impostor_sample: ``None`` for all impostor pairs, or the number of impostor pairs to
             sample (uniform, with replacement, seeded by ``seed``).
         block_elems: at most about this many scores are computed at once.
+        probe: the second face of each pair from these embeddings instead (:func:`iter_pair_scores`), e.g. the
+            same images at a lower resolution; ``None``: the same embeddings.
 
     Result keys: ``protocol``, ``mode``, ``n_images``, ``n_identities``, ``n_genuine``,
     ``n_impostor``, ``impostor_sampling``, ``normalize``, ``histogram`` (bins, range, bin width;
@@ -355,7 +368,13 @@ def allpairs_verification(
     if mode not in ("exact", "histogram"):
         raise ValueError(f"unknown mode {mode!r}")
     blocks = iter_pair_scores(
-        x, y, normalize=normalize, impostor_sample=impostor_sample, seed=seed, block_elems=block_elems
+        x,
+        y,
+        normalize=normalize,
+        impostor_sample=impostor_sample,
+        seed=seed,
+        block_elems=block_elems,
+        probe=probe,
     )
     fars = [float(f) for f in fars]
     if mode == "exact":
@@ -375,7 +394,7 @@ def allpairs_verification(
         tars = {rule: hist.tar_at_far(fars, rule) for rule in TAR_RULES}
         n_gen, n_imp = hist.n_genuine, hist.n_impostor
         auc_value, hist_settings = hist.auc(), hist.settings()
-    return {
+    out: dict[str, Any] = {
         "protocol": "allpairs",
         "mode": mode,
         "n_images": int(x.shape[0]),
@@ -393,3 +412,6 @@ def allpairs_verification(
         "eer_threshold": float(thr),
         "tar_at_far": {rule: {f"{k:g}": v.to_dict() for k, v in tars[rule].items()} for rule in TAR_RULES},
     }
+    if probe is not None:
+        out["second_face"] = "row j of the probe embeddings (e.g. the same image at a lower resolution)"
+    return out

@@ -9,7 +9,9 @@ Benchmark specs are ``kind:ARG[:ARG...]``; every kind is a class in the registry
 * demographic differentials: ``bias:IMAGES:GROUPS[:identities]``, ``biaspairs:PAIRS:IMAGES:GROUPS``
   (GROUPS: a labeller name or an ``identity_or_path,group`` CSV/TSV file);
 * age: ``fgnet:IMAGES``, ``cacdvs:PAIRS:IMAGES``, ``agegap:PAIRS:IMAGES``;
-* templates: ``ijb:DIR[:N0D1]``.
+* templates: ``ijb:DIR[:N0D1]``;
+* robustness: ``robust:PAIRS:IMAGES[:OPTIONS]`` (verification under a white-box attack, per ε) and
+  ``lowres:SIZE[:one|both][:UP]:SPEC`` (a pairs / all-pairs spec with faces seen at SIZE pixels).
 
 Embeddings are flip-summed (optional) and L2-normalised; all image files needed by the folder-based
 benchmarks are embedded in one pass (``.bin`` and IJB images, which need decoding or aligning
@@ -112,9 +114,11 @@ def run_benchmarks(
     ``benchmarks`` ``{name: record}`` in spec order, ``embedding`` (images embedded vs taken from the
     cache), ``seconds``.  Each benchmark record has ``name``, ``spec``, ``kind``, ``benchmark``
     (dataset description with checksums), ``settings``, ``summary`` (headline numbers, all floats),
-    the protocol's full output, ``plots`` (PNG paths) and ``seconds``.  For compatibility with
-    single-benchmark result files, the first benchmark's ``benchmark``, protocol output and ``plots``
-    are also copied to the top level, and its settings are merged into the top-level ``settings``.
+    the protocol's full output, ``plots`` (PNG paths), for kinds with a ROC plot ``curves["roc"]`` (at most
+    200 of its points, :func:`faceforge.eval.roc.roc_points`, which ``eval --compare`` overlays) and
+    ``seconds``.  For compatibility with single-benchmark result files, the first benchmark's
+    ``benchmark``, protocol output and ``plots`` are also copied to the top level, and its settings are
+    merged into the top-level ``settings``.
     """
     t_run = time.perf_counter()
     parsed = [s if isinstance(s, BenchmarkSpec) else parse_benchmark_spec(s) for s in specs]
@@ -122,6 +126,8 @@ def run_benchmarks(
         raise ValueError("no benchmark given")
     for b in parsed:
         BENCHMARK_KINDS.build(b.kind).check(b)
+    for b in parsed:
+        BENCHMARK_KINDS.build(b.kind).check_model(b, embedder)
     names = _unique_names(parsed)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
@@ -239,7 +245,7 @@ def run_benchmarks(
     first = records[names[0]]
     run["settings"] = {**first.get("settings", {}), **run["settings"]}
     for key, value in first.items():
-        if key not in ("name", "spec", "kind", "model", "settings", "summary", "seconds"):
+        if key not in ("name", "spec", "kind", "model", "settings", "summary", "seconds", "curves"):
             run.setdefault(key, value)
     run["seconds"] = time.perf_counter() - t_run
     if out is not None:

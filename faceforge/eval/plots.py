@@ -25,7 +25,9 @@ __all__ = [
     "plot_erc",
     "plot_erc_sources",
     "plot_group_bars",
+    "plot_group_fmr_overlay",
     "plot_group_roc",
+    "plot_lines",
     "plot_roc",
     "plot_score_histogram",
     "saved_figure",
@@ -67,13 +69,13 @@ def plot_roc(
     """
     with saved_figure(out_png) as ax:
         smallest = 1.0
-        for label, (fpr, tpr) in curves.items():
+        for n, (label, (fpr, tpr)) in enumerate(curves.items()):
             x = np.asarray(fpr, dtype=np.float64)
             y = np.asarray(tpr, dtype=np.float64)
             keep = x > 0
             if keep.any():
                 smallest = min(smallest, float(x[keep].min()))
-            ax.plot(x[keep], y[keep], label=label, linewidth=1.5)
+            ax.plot(x[keep], y[keep], label=label, linewidth=1.5, **_style(n))
         ax.set_xscale("log")
         ax.set_xlim(max(smallest, 1e-7), 1.0)
         ax.set_ylim(0.0, 1.01)
@@ -82,8 +84,16 @@ def plot_roc(
         ax.set_title(title)
         ax.grid(True, which="both", linestyle=":", linewidth=0.5)
         if curves:
-            ax.legend(loc="lower right")
+            ax.legend(loc="lower right", fontsize=8 if len(curves) > 3 else None)
     return Path(out_png)
+
+
+LINE_STYLES = ("-", "--", "-.", ":")
+
+
+def _style(n: int) -> dict[str, str]:
+    """Colour and line style of the ``n``-th curve: ten colours, then the next line style."""
+    return {"color": f"C{n % 10}", "linestyle": LINE_STYLES[(n // 10) % len(LINE_STYLES)]}
 
 
 def plot_score_histogram(
@@ -159,6 +169,31 @@ def plot_cmc(cmc: Sequence[float], out_png: StrPath, title: str = "CMC") -> Path
             ax.set_xscale("log")
         ax.set_title(title)
         ax.grid(True, which="both", linestyle=":", linewidth=0.5)
+    return Path(out_png)
+
+
+def plot_lines(
+    x: Sequence[float],
+    curves: Mapping[str, Sequence[float]],
+    out_png: StrPath,
+    title: str,
+    xlabel: str,
+    ylabel: str = "rate",
+    xticklabels: Sequence[str] | None = None,
+) -> Path:
+    """One line with markers per curve over the same ``x`` (e.g. accuracy, TAR and FAR against the attack ε)."""
+    with saved_figure(out_png, figsize=(6, 4)) as ax:
+        for label, y in curves.items():
+            ax.plot(list(x), [float(v) for v in y], marker="o", markersize=4, linewidth=1.5, label=label)
+        if xticklabels is not None:
+            ax.set_xticks(list(x))
+            ax.set_xticklabels(list(xticklabels))
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(-0.01, 1.01)
+        ax.set_title(title)
+        ax.grid(True, linestyle=":", linewidth=0.5)
+        ax.legend()
     return Path(out_png)
 
 
@@ -260,14 +295,20 @@ def plot_erc_sources(
     fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 4.4), dpi=100, squeeze=False)
     try:
         for ax, key in zip(axes[0], fmr_keys, strict=False):
-            for label, (x, by_fmr) in curves.items():
+            for n, (label, (x, by_fmr)) in enumerate(curves.items()):
                 if key not in by_fmr:
                     continue
                 ys = np.array([np.nan if v is None else v for v in by_fmr[key]], dtype=np.float64)
                 a = (aoc or {}).get(label, {}).get(key)
                 name = label if a is None else f"{label} (AOC {a:.3f})"
                 ax.plot(
-                    np.asarray(x, dtype=np.float64), ys, marker="o", markersize=2.5, linewidth=1.3, label=name
+                    np.asarray(x, dtype=np.float64),
+                    ys,
+                    marker="o",
+                    markersize=2.5,
+                    linewidth=1.3,
+                    label=name,
+                    **_style(n),
                 )
             ax.set_xlabel("Fraction of pairs rejected")
             ax.set_ylabel("FNMR")
@@ -280,3 +321,49 @@ def plot_erc_sources(
     finally:
         plt.close(fig)
     return out
+
+
+def plot_group_fmr_overlay(
+    runs: Mapping[str, Mapping[str, float | None]],
+    out_png: StrPath,
+    title: str = "Per-group FMR",
+    target: float | None = None,
+) -> Path:
+    """Each run's per-group FMR at its global threshold: groups along x, one marked line per run, FMR on a
+    log axis; an FMR of 0 is drawn at the bottom edge with an open marker, ``None`` (no impostor pairs) is
+    left out.
+
+    Args:
+        runs: ``{run label: {group: FMR}}``; groups are placed in the order they first appear.
+        target: the overall FMR the thresholds were set for, drawn as a dotted line.
+    """
+    groups: list[str] = []
+    for values in runs.values():
+        groups += [g for g in values if g not in groups]
+    positive = [v for values in runs.values() for v in values.values() if v]
+    floor = min([*positive, target or 1.0, 1.0]) / 3
+    with saved_figure(out_png, figsize=(min(16.0, max(6.0, 0.5 * len(groups) + 3)), 5)) as ax:
+        for n, (label, values) in enumerate(runs.items()):
+            xs = [i for i, g in enumerate(groups) if values.get(g) is not None]
+            ys = [values[groups[i]] or floor for i in xs]
+            style = _style(n)
+            ax.plot(xs, ys, marker="o", markersize=6, linewidth=1.3, label=label, **style)
+            zeros = [i for i in xs if values[groups[i]] == 0]
+            if zeros:
+                ax.plot(zeros, [floor] * len(zeros), marker="o", markersize=8, linestyle="none",
+                        markerfacecolor="white", color=style["color"])  # fmt: skip
+        if target is not None:
+            ax.axhline(target, color="k", linestyle=":", linewidth=1, label=f"overall target {target:g}")
+        ax.set_yscale("log")
+        ax.set_ylim(floor / 1.5, min(1.0, 3 * max([*positive, target or floor])))
+        tilt = len(groups) > 6
+        ax.set_xticks(
+            range(len(groups)), groups, rotation=30 if tilt else 0, ha="right" if tilt else "center"
+        )
+        ax.set_xlabel("group (open marker: no false match, drawn at the bottom)")
+        ax.set_ylabel("FMR at the global threshold")
+        ax.set_title(title)
+        ax.grid(True, which="both", axis="y", linestyle=":", linewidth=0.5)
+        if runs:
+            ax.legend(loc="best", fontsize=8)
+    return Path(out_png)

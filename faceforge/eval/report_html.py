@@ -9,6 +9,8 @@ a record without a source file, the folder the page is written to), and the file
 open descriptor, is a regular file with one hard link, at most 20 MB, starts like a PNG or JPEG file and is a
 whole image to Pillow. Anything else (``/etc/passwd``, ``../x.png``, a link out of the
 folder, a text file named ``.png``) is not read further and is noted on the page with the reason.
+With several runs, each benchmark's section starts with overlay plots (ROC, error-versus-reject, per-group
+FMR: every run on one figure, :mod:`faceforge.eval.report_overlay`) before each run's own plots.
 Understands run records from :func:`faceforge.eval.benchmarks.run_benchmarks` and the older
 single-benchmark records (one pairs benchmark at the top level) that faceforge 0.1's training wrote.
 """
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from faceforge.core.text_files import load_json
+from faceforge.eval.report_overlay import overlay_section
 
 __all__ = ["load_result", "normalise_run", "write_html_report"]
 
@@ -39,7 +42,8 @@ body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1400px}
 table{border-collapse:collapse;margin:.5em 0 1em}
 td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right;font-variant-numeric:tabular-nums}
 th{background:#f3f3f3}td.k,th.k{text-align:left}
-.plots img{max-width:420px;margin:.2em;border:1px solid #eee}
+.plots img{max-width:420px;margin:.2em;border:1px solid #eee}.plots img.overlay{max-width:640px}
+ul.notes{color:#8d4e00}
 details{margin:.3em 0 1em}pre{background:#f8f8f8;padding:.5em;overflow-x:auto;font-size:85%}
 .muted{color:#777}
 """
@@ -239,7 +243,8 @@ def write_html_report(
 
     Sections: the runs (model and run settings), then one section per benchmark name found in any
     run, with a side-by-side table of the headline numbers (best in bold when there are several runs),
-    each run's dataset description and settings, and its plots (embedded under the rules of the module
+    the overlay plots of all runs (:func:`faceforge.eval.report_overlay.overlay_section`, with a note for
+    each run left off one), each run's dataset description and settings, and its plots (embedded under the rules of the module
     docstring; ``skipped``, if given, receives ``"<path>: <reason>"`` for every plot left out).
     """
     if not results:
@@ -269,6 +274,8 @@ def write_html_report(
     for name in names:
         parts.append(f"<h2>{html.escape(name)}</h2>")
         parts.append(_comparison(name, runs, labels))
+        if len(runs) > 1:
+            parts.append(overlay_section(name, runs))
         for lb, r in zip(labels, runs, strict=True):
             rec = r["benchmarks"].get(name)
             if rec is None:

@@ -37,6 +37,7 @@ __all__ = [
     "eer",
     "eer_from_roc",
     "roc",
+    "roc_points",
     "summarize_verification",
     "tar_at_far",
     "tar_at_far_from_roc",
@@ -45,6 +46,8 @@ __all__ = [
 TarRule = Literal["nearest", "conservative"]
 TAR_RULES: tuple[TarRule, ...] = ("nearest", "conservative")
 DEFAULT_FARS: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+#: the most ROC points a result file keeps per curve (:func:`roc_points`)
+MAX_ROC_POINTS = 200
 
 
 def _scores_labels(scores: ArrayLike, labels: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
@@ -236,4 +239,37 @@ def summarize_verification(
         "tar_at_far": tars,
         "n_genuine": int(y.sum()),
         "n_impostor": int((~y).sum()),
+    }
+
+
+def roc_points(fpr: ArrayLike, tpr: ArrayLike, max_points: int = MAX_ROC_POINTS) -> dict[str, Any]:
+    """At most ``max_points`` vertices of a ROC laid out as :func:`roc` returns it, for a result file.
+
+    Rule: for each of ``max_points - 1`` FPR values spaced evenly on a log scale from the smallest non-zero
+    FPR to 1, the ROC point with the largest TPR whose FPR is ``<=`` that value (the conservative rule of
+    the module docstring), plus the last point at FPR 0 (TPR at zero false accepts); duplicates once.
+    Every kept point is a true ROC point, so a curve drawn through them on a log-FPR axis follows the
+    full ROC to within the grid's spacing.  FPR is written with 6 significant digits, TPR with 6 decimals.
+
+    Returns:
+        ``{"fpr": [...], "tpr": [...], "n_points_full": N, "rule": "..."}`` (JSON-ready).
+    """
+    x = np.asarray(fpr, dtype=np.float64).ravel()
+    y = np.asarray(tpr, dtype=np.float64).ravel()
+    if x.shape != y.shape or x.size == 0:
+        raise ValueError(f"fpr and tpr must be non-empty and of one length, got {x.size} and {y.size}")
+    if max_points < 2:
+        raise ValueError(f"max_points must be at least 2, got {max_points}")
+    positive = x[x > 0]
+    grid = np.geomspace(positive.min(), 1.0, max_points - 1) if positive.size else np.zeros(0)
+    picks = np.searchsorted(x, np.concatenate([[0.0], grid]), side="right") - 1
+    keep = np.unique(picks[picks >= 0])
+    return {
+        "fpr": [float(f"{v:.6g}") for v in x[keep]],
+        "tpr": [round(float(v), 6) for v in y[keep]],
+        "n_points_full": int(x.size),
+        "rule": (
+            f"at most {max_points} ROC points: the largest TPR with FPR <= each of {max_points - 1} "
+            "log-spaced FPRs from the smallest non-zero one to 1, and at FPR 0"
+        ),
     }

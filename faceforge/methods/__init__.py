@@ -9,6 +9,8 @@ before it validates a config), so ``objectives.<name>`` and ``method.name=...`` 
 """
 
 from faceforge.methods import (
+    afa,  # noqa: F401  (AFA and PGD adversarial training: the afa and pgd_at methods)
+    fan,  # noqa: F401  (FAN: the fan method)
     mtlface,  # noqa: F401  (MTLFace: the age and age_adversarial objectives)
     sddfiqa,  # noqa: F401  (SDD-FIQA: the quality_regression objective)
 )

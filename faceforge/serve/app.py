@@ -23,11 +23,12 @@ Routes (scope in brackets): ``POST /v1/identities`` [enrol] (form: ``name``, ``p
 ``POST /v1/identities/{id}/faces`` [enrol], ``GET /v1/identities`` [enrol], ``GET /v1/identities/{id}``
 [enrol; ``?embeddings=true`` admin], ``PATCH /v1/identities/{id}`` [admin] (JSON ``{"name": ...}``),
 ``DELETE /v1/identities/{id}`` [admin], ``DELETE /v1/faces/{id}`` [admin], ``GET /v1/faces/{id}/crop``
-[search], ``POST /v1/search`` [search] (form: ``photo``, ``k``, ``fmr``, ``crops``), ``POST /v1/verify``
+[search or enrol], ``POST /v1/search`` [search] (form: ``photo``, ``k``, ``fmr``, ``crops``), ``POST /v1/verify``
 [search] (form: ``photo`` and ``photo2`` or ``identity_id``, ``fmr``), ``POST /v1/search/embedding``
 [admin] (JSON ``{"model_id", "embedding", "k"}``), ``GET /v1/audit`` [admin], ``GET /v1/admin/status``
 [admin] (index vs database check), ``GET /v1/health`` [none], ``GET /metrics`` [admin unless
-``metrics_public``], ``GET /`` the page.
+``metrics_public``], ``GET /`` the page; the gallery view's ``GET /v1/gallery`` [enrol], ``GET /v1/key``
+[any key] and ``GET /v1/fmrs`` [none] are in :mod:`faceforge.serve.routes_gallery`.
 
 CORS is off unless origins are given (``--cors-origin``). Responses carry ``Cache-Control: no-store``,
 ``X-Content-Type-Options: nosniff``, ``X-Frame-Options: DENY``, ``Referrer-Policy: no-referrer`` and, for the
@@ -50,8 +51,9 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from faceforge.serve.errors import ConflictError, ModelMismatchError, NotFoundError, StoreError
-from faceforge.serve.keys import Actor
 from faceforge.serve.pipeline import PhotoError, l2_normalise
+from faceforge.serve.routes_gallery import authorised
+from faceforge.serve.routes_gallery import router as gallery_router
 from faceforge.serve.security import Authenticator, AuthError, RateLimiter
 from faceforge.serve.service import Service
 
@@ -206,6 +208,7 @@ def create_app(service: Service) -> FastAPI:
     app = FastAPI(title="faceforge face search", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service
     app.state.metrics = metrics
+    app.state.auth = auth
 
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -273,12 +276,7 @@ def create_app(service: Service) -> FastAPI:
         message = "no such route" if exc.status_code == 404 else str(exc.detail)
         return _error(exc.status_code, codes.get(exc.status_code, "bad_request"), message)
 
-    async def need(request: Request, scope: str) -> Actor:
-        key = await run_in_threadpool(
-            auth.authorise, request.headers.get("authorization"), request.headers.get("x-api-key"), scope
-        )
-        request.state.key = key
-        return Actor(key.key_id, key.name)
+    need = authorised
 
     async def form(request: Request) -> Any:
         ctype = request.headers.get("content-type", "")
@@ -348,7 +346,7 @@ def create_app(service: Service) -> FastAPI:
 
     @app.get("/v1/faces/{face_id}/crop")
     async def face_crop(face_id: int, request: Request) -> Response:
-        await need(request, "search")
+        await need(request, ("search", "enrol"))
         data = await run_in_threadpool(service.store.face_crop, face_id)
         if data is None:
             raise NotFoundError(f"face {face_id} has no stored crop (the server keeps none)")
@@ -458,10 +456,11 @@ def create_app(service: Service) -> FastAPI:
 
     @app.get("/static/{name}")
     async def static_file(name: str) -> Response:
-        types = {"app.js": "text/javascript", "style.css": "text/css"}
+        types = {"app.js": "text/javascript", "gallery.js": "text/javascript", "style.css": "text/css"}
         if name not in types:
             return _error(404, "not_found", "no such file")
         return Response((static / name).read_text(), media_type=types[name])
 
+    app.include_router(gallery_router)
     app.state.describe = lambda: json.dumps(service.describe(), default=str)
     return app

@@ -4,7 +4,9 @@
   KEY`` or ``X-API-Key: KEY``. The database keeps only the id and a SHA-256 of the secret
   (:mod:`faceforge.serve.keys`); ``faceforge serve keys create`` prints the key once.
 * Scopes: ``search`` (search, verify, face crops of matches), ``enrol`` (enrol, add photos, list and read
-  identities), ``admin`` (everything: rename, delete, embeddings, audit log, index check, metrics).
+  identities, the gallery view's pages and face crops), ``admin`` (everything: rename, delete, embeddings,
+  audit log, index check, metrics). A route may take any of several scopes (face crops: ``search`` or
+  ``enrol``), or any valid key (``GET /v1/key``: what the presented key may do).
 * Rate limit: at most ``requests_per_minute`` requests per key in any sliding 60 s window, counted in the
   server process (with several processes, each counts its own requests).
 
@@ -79,8 +81,11 @@ class Authenticator:
         self.store = store
         self.limiter = limiter
 
-    def authorise(self, authorization: str | None, x_api_key: str | None, scope: str) -> ApiKey:
-        """The key behind the request if it may use ``scope``, else :class:`AuthError` (module doc)."""
+    def authorise(
+        self, authorization: str | None, x_api_key: str | None, scope: str | tuple[str, ...] | None
+    ) -> ApiKey:
+        """The key behind the request if it may use ``scope`` (one scope, any of several, or ``None``: any
+        valid key), else :class:`AuthError` (module doc)."""
         secret = presented_key(authorization, x_api_key)
         if secret is None:
             raise AuthError(
@@ -98,11 +103,13 @@ class Authenticator:
                 "invalid API key (unknown, malformed or revoked)",
                 {"WWW-Authenticate": "Bearer"},
             )
-        if not key.allows(scope):
+        wanted = (scope,) if isinstance(scope, str) else scope
+        if wanted is not None and not any(key.allows(s) for s in wanted):
+            need = " or ".join(f"'{s}'" for s in wanted)
             raise AuthError(
                 403,
                 "forbidden",
-                f"API key '{key.name}' has scopes {', '.join(key.scopes)}; this request needs '{scope}'",
+                f"API key '{key.name}' has scopes {', '.join(key.scopes)}; this request needs {need}",
             )
         wait = self.limiter.check(key.key_id)
         if wait is not None:

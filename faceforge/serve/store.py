@@ -1,7 +1,8 @@
 """The gallery database: one schema for SQLite (WAL) and PostgreSQL, versioned migrations, one transaction
 per enrolment, an audit log and a change feed. :class:`Store` holds the identities and their faces, writes
 the audit log and the change feed, and reads snapshots of the embeddings for the index; its API key
-methods come from :class:`~faceforge.serve.keys.ApiKeyMixin`.
+methods come from :class:`~faceforge.serve.keys.ApiKeyMixin` and its pages of people for the service's
+gallery view from :class:`~faceforge.serve.gallery_page.GalleryPageMixin`.
 
 ``Store(url)``: ``url`` is a file path or ``sqlite:///PATH`` (the embedded default; WAL journal,
 ``synchronous=FULL``, so a commit survives a killed process and a power cut) or ``postgresql://...``
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from faceforge.serve.errors import ConflictError, ModelMismatchError, NotFoundError, StoreError
+from faceforge.serve.gallery_page import GalleryPageMixin
 from faceforge.serve.keys import Actor, ApiKeyMixin
 from faceforge.serve.sql import (
     POSTGRESQL,
@@ -89,11 +91,12 @@ class IdentityRow:
         return d
 
 
-class Store(ApiKeyMixin):
+class Store(ApiKeyMixin, GalleryPageMixin):
     """The gallery database; see the module doc. Thread-safe (a pool of ``pool_size`` connections).
 
     The API key methods (``create_key``, ``list_keys``, ``revoke_key``, ``check_key``) come from
-    :class:`~faceforge.serve.keys.ApiKeyMixin`.
+    :class:`~faceforge.serve.keys.ApiKeyMixin`, ``gallery_page`` from
+    :class:`~faceforge.serve.gallery_page.GalleryPageMixin`.
     """
 
     def __init__(self, url: str | Path, pool_size: int = 8, migrate: bool = True) -> None:

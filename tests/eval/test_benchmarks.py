@@ -202,6 +202,11 @@ def test_run_benchmarks_structure_cache_and_html(lfw_small: Path, small_bin: Pat
         for p in rec["plots"].values():
             assert Path(p).stat().st_size > 3000
     assert set(idr["plots"]) == {"cmc", "scores"} and set(ap["plots"]) == {"roc", "scores"}
+    # the ROC behind each ROC plot, bounded, for eval --compare's overlay; none where there is no ROC
+    for rec in (ap, bn):
+        pts = rec["curves"]["roc"]
+        assert 2 <= len(pts["fpr"]) == len(pts["tpr"]) <= 200 and pts["fpr"] == sorted(pts["fpr"])
+    assert "curves" not in idr and "curves" not in saved  # not mirrored at the top level
 
     # second run: everything from the cache, same numbers
     res2 = run_benchmarks(emb, specs, tmp_path / "run2", cache_dir=cache, n_folds=2, progress=False)

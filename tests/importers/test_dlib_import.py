@@ -167,3 +167,35 @@ def test_imported_model_evaluates_embeds_exports_and_trains(
     assert trained["meta"]["backbone"]["name"] == "dlib_resnet"
     before = load_checkpoint(model)["backbone"]["conv1.weight"]
     assert not torch.equal(trained["backbone"]["conv1.weight"], before)  # it trained
+
+
+def test_aifr_and_quality_networks_start_from_the_dlib_import(
+    imported: dict[str, Path], tmp_path: Path
+) -> None:
+    """aifr_dlib_resnet (AFD on dlib's 256x2x2 map) and sddfiqa_dlib_resnet take the import's encoder weights
+    with run.init_partial; only AFD / the quality head start fresh."""
+    from types import SimpleNamespace
+
+    from faceforge.engine.state import TrainingState
+    from faceforge.models.backbones import build_backbone
+
+    weights = load_checkpoint(imported["arcface112"])["backbone"]
+    for name, fresh in (("aifr_dlib_resnet", "afd."), ("sddfiqa_dlib_resnet", "quality.")):
+        net = build_backbone(name)
+        t = SimpleNamespace(backbone=net, backbone_meta={"name": name, "kwargs": {}})
+        record = TrainingState(t)._init_partial(
+            imported["arcface112"], dict(weights), {"name": "dlib_resnet"}
+        )
+        assert record["new"] and all(k.startswith(fresh) for k in record["new"]), record["new"]
+        ours = net.state_dict()
+        prefix = "encoder." if name.startswith("aifr") else ""
+        assert torch.equal(ours[f"{prefix}conv1.weight"], weights["conv1.weight"])
+        assert torch.equal(ours[f"{prefix}blocks.13.affine2.bias"], weights["blocks.13.affine2.bias"])
+    aifr = build_backbone("aifr_dlib_resnet").eval()
+    emb, features = aifr(torch.zeros(2, 3, 112, 112), return_features=True)
+    assert emb.shape == (2, 128) and features["x_age"].shape == (2, 256, 2, 2)
+    assert torch.allclose(
+        features["x_id"] + features["x_age"], aifr.encoder.forward_features(torch.zeros(2, 3, 112, 112))
+    )
+    assert aifr.preprocess_meta["std"][0] == pytest.approx(256 / 255)
+    assert build_backbone("sddfiqa_dlib_resnet")(torch.zeros(2, 3, 112, 112)).shape == (2, 1)

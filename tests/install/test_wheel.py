@@ -65,6 +65,7 @@ def _check_wheel(wheel: Path) -> None:
         "faceforge/serve/calibrations/sface_2021dec_int8bq.json",
         "faceforge/serve/calibrations/dlib_resnet_v1.json",
         "faceforge/serve/static/index.html",
+        "faceforge/serve/static/gallery.js",
         "faceforge/configs/mobilefacenet_arcface.yaml",
         "faceforge/configs/model/mobilefacenet_paper.yaml",
     ):

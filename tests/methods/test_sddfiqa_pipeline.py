@@ -92,5 +92,7 @@ def test_pseudo_labels_regressor_and_quality_scores(faces: Path, tmp_path: Path,
     keys = sorted(table)
     lab, got = np.array([table[k]["quality"] for k in keys]), np.array([pred[k]["quality"] for k in keys])
     rho = spearmanr(lab, got).statistic
-    assert rho > 0.5, rho  # the regressor learnt its training labels
+    # the regressor learnt its training labels: on 37 faces a Spearman rho of 0.4 has p ~ 0.007 (an untrained head
+    # gives ~0); measured 0.50-0.6 here and 0.497 on a CI machine with other float kernels, so the bar is 0.4
+    assert rho > 0.4, rho
     assert abs(got.mean() - lab.mean()) < 0.5 * lab.std() and got.std() > 0.2 * lab.std()  # on their scale

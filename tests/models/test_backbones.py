@@ -10,6 +10,7 @@ from torch import nn
 from faceforge.models.backbones import BACKBONES, IResNet, MobileFaceNet, build_backbone
 
 ALL_NAMES = [
+    "aifr_dlib_resnet",
     "aifr_iresnet100",
     "aifr_iresnet18",
     "aifr_iresnet34",
@@ -26,6 +27,7 @@ ALL_NAMES = [
     "iresnet_se50",
     "mobilefacenet",
     "onnx_graph",
+    "sddfiqa_dlib_resnet",
     "sddfiqa_iresnet100",
     "sddfiqa_iresnet18",
     "sddfiqa_iresnet50",

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("FACEFORGE_DATA", REPO.parent / "shared" / "data")).resolve()
@@ -88,3 +90,43 @@ class ServerProcess:
                 self.proc.kill()
                 self.proc.wait()
         self._fh.close()
+
+
+def need_chromium() -> tuple[str, str]:
+    """Paths of Debian's chromium and chromedriver; skips the test without them or selenium
+    (``.ci/services.sh`` installs them)."""
+    import pytest
+
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.skip(
+            "the page tests need Debian's chromium and chromium-driver (.ci/services.sh installs them)"
+        )
+    pytest.importorskip("selenium.webdriver")
+    return chromium, driver
+
+
+def headless_chromium(profile: Path) -> Any:
+    """A selenium driver of headless chromium (after :func:`need_chromium`) with the fresh user-data folder
+    ``profile``; the caller quits it."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service as DriverService
+
+    chromium, driver = need_chromium()
+    opts = Options()
+    opts.binary_location = chromium
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+        "--window-size=1200,1600",
+    ):
+        opts.add_argument(flag)
+    return webdriver.Chrome(service=DriverService(executable_path=driver), options=opts)

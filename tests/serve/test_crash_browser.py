@@ -5,7 +5,6 @@ browser (Debian's chromium + chromedriver through selenium) to enrol LFW people 
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 from faceforge.serve.gallery import model_id_of
 from faceforge.serve.keys import Actor
 from faceforge.serve.store import Store
-from tests.serve.helpers import LFW, PEOPLE, ServerProcess, lfw_photo
+from tests.serve.helpers import LFW, PEOPLE, ServerProcess, headless_chromium, lfw_photo, need_chromium
 
 httpx = pytest.importorskip("httpx")
 
@@ -98,21 +97,8 @@ def test_kill9_during_enrolments_loses_no_acknowledged_enrolment(tmp_path, defau
     assert status["service"]["index"]["loaded_from"] == "graph file"
 
 
-def _chromium():
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not chromium or not driver:
-        pytest.skip(
-            "the page test needs Debian's chromium and chromium-driver (.ci/services.sh installs them)"
-        )
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service as DriverService
-
-    return webdriver, Options, DriverService, chromium, driver
-
-
 def test_web_page_enrols_and_finds_a_person(tmp_path, default_embedder, lfw):
-    webdriver, Options, DriverService, chromium, driver_path = _chromium()
+    need_chromium()
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -122,25 +108,10 @@ def test_web_page_enrols_and_finds_a_person(tmp_path, default_embedder, lfw):
     _, key = store.create_key("browser", ["enrol", "search"])
     store.close()
     server = ServerProcess(db, tmp_path / "server.log")
-    opts = Options()
-    opts.binary_location = chromium
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--user-data-dir={tmp_path / 'chrome-profile'}",
-        "--window-size=1200,1600",
-    ):
-        opts.add_argument(flag)
     browser = None
     try:
         server.wait_ready()
-        browser = webdriver.Chrome(service=DriverService(executable_path=driver_path), options=opts)
+        browser = headless_chromium(tmp_path / "chrome-profile")
         wait = WebDriverWait(browser, 60)
         browser.get(server.url + "/")
         browser.find_element(By.ID, "api-key").send_keys(key)

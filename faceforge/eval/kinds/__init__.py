@@ -1,8 +1,8 @@
 """Benchmark kinds of ``faceforge eval --benchmark KIND:ARGS``, registered in :data:`BENCHMARK_KINDS`.
 
 Importing this package registers the built-in kinds in this order: ``lfw``, ``bin``, ``quality``, ``qualityall``
-(pairs), ``allpairs``, ``ident`` (folders), ``bias``, ``biaspairs`` (bias), ``fgnet``, ``cacdvs``, ``agegap`` (age)
-and ``ijb``.  A new kind is a :class:`~faceforge.eval.kinds.base.BenchmarkKind` subclass registered
+(pairs), ``allpairs``, ``ident`` (folders), ``bias``, ``biaspairs`` (bias), ``fgnet``, ``cacdvs``, ``agegap`` (age),
+``ijb``, ``robust`` (verification under attack) and ``lowres`` (any pairs benchmark at a lower resolution).  A new kind is a :class:`~faceforge.eval.kinds.base.BenchmarkKind` subclass registered
 with ``@BENCHMARK_KINDS.register("name")``.
 """
 
@@ -12,6 +12,8 @@ from faceforge.eval.kinds import folders  # noqa: F401
 from faceforge.eval.kinds import bias  # noqa: F401
 from faceforge.eval.kinds import age  # noqa: F401
 from faceforge.eval.kinds import ijb  # noqa: F401
+from faceforge.eval.kinds import robust  # noqa: F401
+from faceforge.eval.kinds import lowres  # noqa: F401
 from faceforge.eval.kinds.base import (
     BENCHMARK_KINDS,
     BenchmarkKind,

@@ -63,6 +63,10 @@ class BenchmarkKind:
     def check(self, b: BenchmarkSpec) -> None:
         """Raise ``FileNotFoundError`` naming the spec and the missing file or folder."""
 
+    def check_model(self, b: BenchmarkSpec, embedder: Any) -> None:
+        """Raise an :class:`~faceforge.core.errors.InputError` when this benchmark cannot run on ``embedder``
+        (an attack on a model without input gradients, a resolution above its face size); before any embedding."""
+
     def plan(self, b: BenchmarkSpec, image_ext: str) -> dict[str, Any]:
         """Read lists; ``unique_files`` are the aligned images to embed in the run's shared pass."""
         return {"unique_files": []}
@@ -121,6 +125,13 @@ class RunContext:
     norms: Callable[[Sequence[str]], np.ndarray]  # norms of the raw (flip-summed) embeddings
     failed_in: Callable[[Sequence[str]], list[str]]  # unreadable files among these, with reasons
     min_valid_fraction: float = DEFAULT_MIN_VALID_FRACTION
+    #: embeddings of the second (probe) face of each pair when it is seen otherwise than the first (e.g. at a lower
+    #: resolution, :mod:`faceforge.eval.kinds.lowres`); ``None``: the same as :attr:`rows`
+    probe_rows: Callable[[Sequence[str]], np.ndarray] | None = None
+
+    def probes(self, paths: Sequence[str]) -> np.ndarray:
+        """L2-normalised embeddings of the second face of each pair (:attr:`probe_rows`, else :attr:`rows`)."""
+        return (self.probe_rows or self.rows)(paths)
 
     def preprocess_settings(self) -> dict[str, Any]:
         pre = self.model.get("preprocess", {})

@@ -41,7 +41,7 @@ from faceforge.eval.kinds.base import (
     trailing_ints,
 )
 from faceforge.eval.plots import plot_cmc, plot_roc, plot_score_histogram
-from faceforge.eval.roc import roc
+from faceforge.eval.roc import roc, roc_points
 
 __all__ = ["AllPairsKind", "IdentificationKind"]
 
@@ -71,11 +71,15 @@ class _IdentityFolderKind(BenchmarkKind):
 
     def embeddings(
         self, b: BenchmarkSpec, plan: dict[str, Any], ctx: RunContext
-    ) -> tuple[np.ndarray, np.ndarray, dict[str, Any], dict[str, Any]]:
-        """Readable embeddings, their labels, the dataset description and the common settings."""
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, Any], dict[str, Any], np.ndarray | None]:
+        """Readable embeddings, their labels, the dataset description, the common settings and the probe
+        embeddings of the same images (:attr:`RunContext.probe_rows`; ``None`` when the probes are the same)."""
         files, labels = plan["files"], plan["labels"]
         emb = ctx.rows(files)
         ok = ~np.isnan(emb).any(1)
+        probe = ctx.probe_rows(files) if ctx.probe_rows is not None else None
+        if probe is not None:
+            ok &= ~np.isnan(probe).any(1)
         unreadable = ctx.failed_in(files)
         validity = check_valid(ctx.name, int(ok.sum()), ok.size, "images", ctx.min_valid_fraction, unreadable)
         info = {
@@ -97,7 +101,7 @@ class _IdentityFolderKind(BenchmarkKind):
             "unreadable_images": "left out",
             "min_valid_fraction": ctx.min_valid_fraction,
         }
-        return emb[ok], labels[ok], info, common
+        return emb[ok], labels[ok], info, common, (None if probe is None else probe[ok])
 
 
 @BENCHMARK_KINDS.register("allpairs")
@@ -115,8 +119,10 @@ class AllPairsKind(_IdentityFolderKind):
     def run(
         self, b: BenchmarkSpec, plan: dict[str, Any], ctx: RunContext, plot_dir: Path | None
     ) -> dict[str, Any]:
-        emb, labels, info, common = self.embeddings(b, plan, ctx)
-        res = allpairs_verification(emb, labels, fars=ALLPAIRS_FARS, exact_max_n=self.exact_max_n)
+        emb, labels, info, common, probe = self.embeddings(b, plan, ctx)
+        res = allpairs_verification(
+            emb, labels, fars=ALLPAIRS_FARS, exact_max_n=self.exact_max_n, probe=probe
+        )
         cons = res["tar_at_far"]["conservative"]
         rec: dict[str, Any] = {
             "validity": info["validity"],
@@ -141,17 +147,18 @@ class AllPairsKind(_IdentityFolderKind):
         }
         if plot_dir is not None:
             if res["mode"] == "exact":
-                s, same = allpairs_scores(emb, labels)
+                s, same = allpairs_scores(emb, labels, probe=probe)
                 fpr, tpr, _ = roc(s, same)
                 hist_s, hist_same = s, same
             else:
                 hist = ScoreHistogram()
-                for s, same in iter_pair_scores(emb, labels):
+                for s, same in iter_pair_scores(emb, labels, probe=probe):
                     hist.add(s, same)
                 fpr, tpr, _ = hist.roc()
                 # the histogram plot uses every genuine pair and a seeded sample of impostors
-                hist_s, hist_same = allpairs_scores(emb, labels, impostor_sample=200_000, seed=0)
+                hist_s, hist_same = allpairs_scores(emb, labels, impostor_sample=200_000, seed=0, probe=probe)
             title = ctx.name
+            rec["curves"] = {"roc": roc_points(fpr, tpr)}
             rec["plots"] = {
                 "roc": str(
                     plot_roc(
@@ -183,7 +190,7 @@ class IdentificationKind(_IdentityFolderKind):
     def run(
         self, b: BenchmarkSpec, plan: dict[str, Any], ctx: RunContext, plot_dir: Path | None
     ) -> dict[str, Any]:
-        emb, labels, info, common = self.embeddings(b, plan, ctx)
+        emb, labels, info, common, _ = self.embeddings(b, plan, ctx)
         split = split_gallery_probe(labels, k=b.k, seed=0, few="probe")
         if split.gallery_idx.size == 0:
             raise ValueError(f"{ctx.name}: no identity has more than K={b.k} images, so the gallery is empty")

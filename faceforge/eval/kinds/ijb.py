@@ -46,7 +46,7 @@ from faceforge.eval.kinds.base import (
     require_dir,
 )
 from faceforge.eval.plots import plot_cmc, plot_roc, plot_score_histogram
-from faceforge.eval.roc import roc
+from faceforge.eval.roc import roc, roc_points
 
 __all__ = ["IjbKind"]
 
@@ -225,6 +225,7 @@ class IjbKind(BenchmarkKind):
                 )
                 y = np.asarray(meta.pair_label).astype(bool)[pair_ok]
                 fpr, tpr, _ = roc(s, y)
+                rec["curves"] = {"roc": roc_points(fpr, tpr)}
                 rec["plots"]["roc"] = str(
                     plot_roc({switches["code"]: (fpr, tpr)}, plot_dir / "roc.png", title=f"ROC: {ctx.name}")
                 )

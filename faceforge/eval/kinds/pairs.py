@@ -55,7 +55,7 @@ from faceforge.eval.kinds.quality_common import (
 from faceforge.eval.plots import plot_roc, plot_score_histogram
 from faceforge.eval.quality import DEFAULT_FMRS
 from faceforge.eval.quality_report import all_pairs
-from faceforge.eval.roc import roc, summarize_verification
+from faceforge.eval.roc import roc, roc_points, summarize_verification
 from faceforge.eval.verification import kfold_accuracy, val_at_far
 
 __all__ = ["QUALITY_FMRS", "verification_record"]
@@ -134,6 +134,7 @@ def verification_record(
     }
     if plot_dir is not None:
         fpr, tpr, _ = roc(cos, issame)
+        rec["curves"] = {"roc": roc_points(fpr, tpr)}
         rec["plots"] = {
             "roc": str(
                 plot_roc(
@@ -209,7 +210,7 @@ class LfwPairsKind(_PairsFileKind):
         rec.update(
             verification_record(
                 ctx.rows(plan["p1"]),
-                ctx.rows(plan["p2"]),
+                ctx.probes(plan["p2"]),
                 plan["issame"],
                 ctx.model,
                 ctx.flip,

@@ -6,6 +6,7 @@
 Every backbone accepts ``embedding_size`` (default 512), ``input_size`` (only 112) and
 ``dropout`` (default 0.0), exposes ``.embedding_size`` and ``.input_size``, and returns an
 un-normalised fp32 embedding (its final Linear + BatchNorm1d run in fp32 even under autocast).
+``dual_bn`` (:mod:`.dual_bn`) wraps any other one (``base``) with dual batch norm for adversarial training (AFA).
 The ``sddfiqa_*`` backbones (:mod:`.quality`) are quality regressors: ``embedding_size`` 1, output ``[N, 1]``.
 A backbone whose input is not faceforge's default (RGB, ``(x/255 - 0.5)/0.5``) declares it as ``preprocess_meta``,
 a dict of :class:`faceforge.data.preprocess.Preprocess` fields; training uses it (``faceforge.engine.init_source``).
@@ -28,6 +29,8 @@ from .aifr import (
     aifr_mobilefacenet,
 )
 from .dlib_resnet import DlibResNet, dlib_resnet
+from .dlib_variants import aifr_dlib_resnet, sddfiqa_dlib_resnet
+from .dual_bn import DualBNNet, dual_bn
 from .iresnet import (
     IBasicBlock,
     IResNet,
@@ -62,6 +65,8 @@ BACKBONES.register("iresnet_se50")(iresnet_se50)
 BACKBONES.register("iresnet_se100")(iresnet_se100)
 # dlib's face-recognition ResNet (faceforge import dlib reads its weights from the .dat file)
 BACKBONES.register("dlib_resnet")(dlib_resnet)
+BACKBONES.register("aifr_dlib_resnet")(aifr_dlib_resnet)
+BACKBONES.register("sddfiqa_dlib_resnet")(sddfiqa_dlib_resnet)
 # quality regressors (SDD-FIQA): a recognition encoder with a one-number head, output [N, 1]
 BACKBONES.register("sddfiqa_mobilefacenet")(sddfiqa_mobilefacenet)
 BACKBONES.register("sddfiqa_iresnet18")(sddfiqa_iresnet18)
@@ -76,6 +81,8 @@ BACKBONES.register("aifr_iresnet100")(aifr_iresnet100)
 BACKBONES.register("aifr_iresnet_se50")(aifr_iresnet_se50)
 # an imported ONNX recognition graph (faceforge import onnx): its program travels as the JSON kwarg 'graph'
 BACKBONES.register("onnx_graph")(onnx_graph)
+# any of the above with dual batch norm mixed by a predicted per-input weight (AFA): model.base names it
+BACKBONES.register("dual_bn")(dual_bn)
 
 
 def build_backbone(name: str, **kwargs) -> nn.Module:
@@ -88,6 +95,7 @@ __all__ = [
     "AIFRNet",
     "AttentionDecomposition",
     "DlibResNet",
+    "DualBNNet",
     "IBasicBlock",
     "IResNet",
     "MobileFaceNet",

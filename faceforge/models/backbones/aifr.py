@@ -183,6 +183,8 @@ class AIFRNet(nn.Module):
     """
 
     feature_names = ("x_id", "x_age", "x1", "x2", "x3", "x4")
+    #: run.init_partial from the plain recogniser of the same encoder: its weight names gain this prefix
+    partial_init_prefix = "encoder."
 
     def __init__(
         self,
@@ -198,7 +200,9 @@ class AIFRNet(nn.Module):
         self.embedding_size = encoder.embedding_size
         self.input_size = encoder.input_size
         self.map_channels = int(encoder.map_channels)
-        self.map_size = self.input_size // 16
+        # IResNet / MobileFaceNet: stride 16 (7 px at 112); other encoders say theirs (dlib's ResNet: 2 px)
+        self.map_size = int(getattr(encoder, "map_size", self.input_size // 16))
+        level_sizes = getattr(encoder, "level_sizes", [self.input_size // 2 ** (i + 1) for i in range(4)])
         self.afd = AttentionDecomposition(
             self.map_channels, reduction, decomposition=decomposition, channel_pooling=channel_pooling
         )
@@ -210,7 +214,7 @@ class AIFRNet(nn.Module):
         self.skip_sizes = {
             "x_id": self.map_size,
             "x_age": self.map_size,
-            **{f"x{i + 1}": self.input_size // 2 ** (i + 1) for i in range(4)},
+            **{f"x{i + 1}": int(size) for i, size in enumerate(level_sizes)},
         }
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:

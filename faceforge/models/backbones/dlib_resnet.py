@@ -154,15 +154,49 @@ class DlibResNet(nn.Module):
         grid = self.warp_grid.to(dtype=x.dtype).expand(x.shape[0], -1, -1, -1)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    # ---------------------------------------------------------------- the encoder interface (AIFR, quality)
+    @property
+    def level_channels(self) -> tuple[int, int, int, int]:
+        """Channels of the four stage outputs of :meth:`forward_levels` (32, 64, 128, 256)."""
+        return tuple(c for c, _ in STAGES[:4])  # type: ignore[return-value]
+
+    @property
+    def map_channels(self) -> int:
+        """Channels of the last feature map (the input of :meth:`embed_map`)."""
+        return STAGES[-1][0]
+
+    #: side of the last feature map (150 px chip -> 2 x 2) and of the four stage outputs
+    map_size = 2
+    level_sizes = (35, 17, 8, 4)
+
+    def forward_levels(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The outputs of the four residual stages (35, 17, 8 and 4 px) and the last feature map (the extra
+        down-sampling block's output, 256 x 2 x 2); caller's autocast."""
         if self.input == "arcface112":
             x = self.to_chip(x)
-        x = F.relu(self.affine1(self.conv1(x)))
-        x = F.max_pool2d(x, 3, 2)
-        x = self.blocks(x)
+        x = F.max_pool2d(F.relu(self.affine1(self.conv1(x))), 3, 2)
+        levels, i = [], 0
+        for _, count in STAGES[:4]:
+            for block in self.blocks[i : i + count]:
+                x = block(x)
+            i += count
+            levels.append(x)
+        for block in self.blocks[i:]:
+            x = block(x)
+        return levels, x
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last feature map [N, 256, 2, 2] (caller's autocast)."""
+        return self.forward_levels(x)[1]
+
+    def embed_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The embedding head on the last map: global average pool -> (dropout) -> fc, fc in fp32."""
         x = torch.flatten(x.mean(dim=(2, 3)), 1)
         with torch.autocast(device_type=x.device.type, enabled=False):
             return self.fc(self.dropout(x.float()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed_map(self.forward_features(x))
 
 
 def _chip_grid() -> torch.Tensor:

@@ -1,9 +1,11 @@
 // faceforge face search page: talks to the same server's /v1 API with the key the user enters.
 // The key lives in sessionStorage (this tab only); every text from the server is inserted as text, never HTML.
+// The gallery view is gallery.js; it hears "faceforge-key" (the key was checked) and "faceforge-enrolled".
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 let apiKey = sessionStorage.getItem("faceforge-key") || "";
+let keyInfo = null; // GET /v1/key of the current key: name, scopes, may.{search,enrol,admin}; null without one
 
 function setStatus(el, text, isError) {
   el.textContent = text;
@@ -23,11 +25,14 @@ async function api(path, options) {
   return body;
 }
 
-async function loadInfo() {
+async function loadFmrs() {
+  // the calibrated rates need no key, so the list is filled when the page opens
   const sel = $("search-fmr");
-  sel.replaceChildren();
   try {
-    const info = await api("/v1/info");
+    const resp = await fetch("/v1/fmrs");
+    if (!resp.ok) throw new Error("HTTP " + resp.status);
+    const info = await resp.json();
+    sel.replaceChildren();
     for (const fmr of info.fmrs) {
       const opt = document.createElement("option");
       opt.value = String(fmr);
@@ -35,16 +40,31 @@ async function loadInfo() {
       if (fmr === info.default_fmr) opt.selected = true;
       sel.appendChild(opt);
     }
-    setStatus($("key-status"), "key accepted; model " + info.model_kind, false);
   } catch (err) {
-    setStatus($("key-status"), err.message, true);
+    setStatus($("search-status"), "could not read the false-match rates: " + err.message, true);
   }
+}
+
+async function checkKey() {
+  keyInfo = null;
+  if (!apiKey) {
+    setStatus($("key-status"), "no key yet: enrolling, searching and the gallery need one", false);
+  } else {
+    try {
+      keyInfo = await api("/v1/key");
+      setStatus($("key-status"), "key accepted: '" + keyInfo.name + "' with scopes " + keyInfo.scopes.join(", ") +
+        "; model " + keyInfo.model_kind, false);
+    } catch (err) {
+      setStatus($("key-status"), err.message, true);
+    }
+  }
+  document.dispatchEvent(new CustomEvent("faceforge-key"));
 }
 
 $("save-key").addEventListener("click", () => {
   apiKey = $("api-key").value.trim();
   sessionStorage.setItem("faceforge-key", apiKey);
-  loadInfo();
+  checkKey();
 });
 
 $("enrol-submit").addEventListener("click", async () => {
@@ -64,6 +84,7 @@ $("enrol-submit").addEventListener("click", async () => {
     setStatus(status, "enrolled " + out.identity.name + " (id " + out.identity.id + ") with " +
       out.face_ids.length + " face(s)", false);
     $("enrol-photos").value = "";
+    document.dispatchEvent(new CustomEvent("faceforge-enrolled"));
   } catch (err) {
     setStatus(status, err.message, true);
   }
@@ -149,7 +170,6 @@ $("search-submit").addEventListener("click", async () => {
   }
 });
 
-if (apiKey) {
-  $("api-key").value = apiKey;
-  loadInfo();
-}
+loadFmrs();
+$("api-key").value = apiKey;
+document.addEventListener("DOMContentLoaded", checkKey); // after gallery.js is listening

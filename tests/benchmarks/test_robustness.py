@@ -1,0 +1,61 @@
+"""benchmarks/robustness.py: every row's training command composes into a valid config with the method it names,
+and the aggregation and tables on hand-made per-run numbers (the script trains and evaluates; this checks the
+rest)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "robustness.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("robustness_benchmark", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_every_row_is_a_valid_config(bench, tmp_path: Path) -> None:
+    from faceforge.config import compose_config
+
+    args = bench.main.__globals__["argparse"].Namespace(
+        epochs=3, precision="auto", at_eps="4/255", afa_eps="8/255", train_steps=1, adv_fraction=0.5,
+        min_scale=0.125, max_scale=0.5, fan_decoder_rows=16, init_overrides="", train_override=[],
+    )  # fmt: skip
+    data = {"faces": tmp_path, "pairs": tmp_path / "p.txt", "eval_folder": tmp_path}
+    want = {"plain": "standard", "pgd_at": "pgd_at", "afa": "afa", "ddl": "standard", "fan": "fan",
+            "randscale": "standard"}  # fmt: skip
+    for row, method in want.items():
+        cmd = bench.training_command(row, 1, data, tmp_path / row, args, None)
+        cfg = compose_config(bench.RECIPE, cmd[cmd.index(bench.RECIPE) + 1 :])
+        assert cfg.method.name == method and cfg.run.seed == 1 and cfg.optim.epochs == 3
+    cfg = compose_config(bench.RECIPE, [*bench.row_overrides("randscale", args), f"data.root={tmp_path}"])
+    assert cfg.data.augment.lowres.min_scale == 0.125 and cfg.data.augment.lowres.p == 0.5
+    cfg = compose_config(bench.RECIPE, [*bench.row_overrides("ddl", args), f"data.root={tmp_path}"])
+    assert cfg.objectives.ddl.hard.lowres.max_scale == 0.5
+    cfg = compose_config(bench.RECIPE, [*bench.row_overrides("afa", args), f"data.root={tmp_path}"])
+    assert cfg.model.name == "dual_bn" and cfg.method.adv_fraction == 0.5 and cfg.method.steps == 1
+    with pytest.raises(SystemExit, match="unknown row"):
+        bench.row_overrides("nope", args)
+
+
+def test_aggregation_and_tables(bench) -> None:
+    def ev(acc: float, tar16: float, a8: float | None) -> dict:
+        out = {"pairs_accuracy": acc, "tar@far=1e-3": {"112": 0.5, "32": 0.4, "24": 0.3, "16": tar16}}
+        if a8 is not None:
+            out["attack"] = {e: {"accuracy": a8, "tar": 0.5, "far": 0.1} for e in bench.EPS_LABELS}
+        return out
+
+    runs = {"plain": {"0": {"eval": ev(0.80, 0.10, 0.30)}, "1": {"eval": ev(0.82, 0.20, 0.40)}},
+            "pretrained:dlib": {"-": {"eval": {**ev(0.99, 0.6, None), "attack_refused": "cannot attack"}}}}  # fmt: skip
+    summary = bench.aggregate(runs)
+    assert summary["plain"]["pairs_accuracy"]["mean"] == pytest.approx(0.81)
+    assert summary["plain"]["tar@112/16"]["std"] == pytest.approx(0.0707, abs=1e-3)
+    md = bench.tables_md(summary, {"pretrained:dlib": "cannot attack"})
+    assert "| plain | 81.0 ± 1.4 | 35.0 ± 7.1 |" in md and "not differentiable" in md
+    assert "| pretrained:dlib | 50.0 | 40.0 | 30.0 | 60.0 |" in md
