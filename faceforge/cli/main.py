@@ -115,6 +115,18 @@ def print_listed(what: str, entries: list, limit: int = 20, report: str = "") ->
         print(f"  ... and {len(entries) - limit} more {what} in {report or 'the report'}")
 
 
+def model_kwargs(args: argparse.Namespace, options: dict) -> dict:
+    """The embedder's keyword arguments: ``--device``, ``--batch-size``, ``--precision`` and the
+    ``--model-option`` values, which may not repeat one of those three (say ``--batch-size 8``, not
+    ``--model-option batch_size=8``)."""
+    from faceforge.core.rules import OptionError
+
+    own = {"device": args.device, "batch_size": args.batch_size, "precision": args.precision}
+    for key in sorted(set(options) & set(own)):
+        raise OptionError(f"--model-option {key}=...: give it as --{key.replace('_', '-')} instead")
+    return own | options
+
+
 def finish_job(done: int, skipped: int, what: str, report: str = "the report") -> int:
     """The exit status of a job over many items: 0 when it used at least one (the skipped ones are listed),
     exit 2 (an :class:`~faceforge.core.errors.InputError`) when it was given items and could use none, so an

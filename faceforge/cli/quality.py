@@ -21,7 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from faceforge.cli.main import add_precision_argument, command, finish_job, parse_key_values, printable
+from faceforge.cli.main import (
+    add_precision_argument,
+    command,
+    finish_job,
+    model_kwargs,
+    parse_key_values,
+    printable,
+)
 
 MAX_PRINTED = 10
 
@@ -55,9 +62,7 @@ def _embedder(args: argparse.Namespace):
     from faceforge.embedders import embedder_from_spec
 
     options = parse_key_values(args.model_option, "--model-option")
-    return embedder_from_spec(
-        args.model, device=args.device, batch_size=args.batch_size, **{"precision": args.precision, **options}
-    )
+    return embedder_from_spec(args.model, **model_kwargs(args, options))
 
 
 def _add_labels(p: argparse.ArgumentParser) -> None:
