@@ -18,9 +18,7 @@ with a message that says both ways out.
 from __future__ import annotations
 
 import inspect
-import math
 import re
-import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -31,8 +29,11 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from faceforge.core.bounded_yaml import YamlError, bounded_omegaconf, check_yaml_file
 from faceforge.core.errors import FaceforgeError
+from faceforge.core.rules import OptionError, matches_hint, type_name
 from faceforge.core.schema import TrainConfig, to_dict
+from faceforge.core.schema_rules import check_config_values
 from faceforge.objectives.margin import HEAD_LAYOUT_KEYS
 
 PACKAGE_CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -71,6 +72,7 @@ def _resolve_config_path(config: str) -> tuple[Path, str]:
     if p.suffix in (".yaml", ".yml"):
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
+        check_yaml_file(p)
         return p.resolve().parent, p.stem
     packaged = PACKAGE_CONFIGS / f"{config}.yaml"
     if packaged.is_file():
@@ -103,29 +105,50 @@ def compose_config(config: str, overrides: list[str] | None = None) -> DictConfi
         if section in MOVED:
             raise ConfigError(f"override {ov}: '{section}' is gone: {MOVED[section]}")
     hydra_overrides = [f"hydra.searchpath=[file://{PACKAGE_CONFIGS}]", *group_overrides]
-    try:
-        with initialize_config_dir(config_dir=str(config_dir), version_base=None):
-            raw = compose(config_name=name, overrides=hydra_overrides)
-    except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError(f"cannot compose config '{config}': {exc}") from None
-    except yaml.YAMLError as exc:  # broken YAML, or tags such as !!python/object that only code could build
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"config '{config}' (or a group file it uses) is not plain YAML: {first}") from None
-    for section, why in MOVED.items():
-        if section in raw:
-            raise ConfigError(f"config '{config}' has a '{section}' section, which is gone: {why}")
-    raw = OmegaConf.masked_copy(raw, [k for k in raw if k != "hydra"]) if "hydra" in raw else raw
-    # keys through a list element (distill.teachers.1.model=...) cannot be merged as a dotlist config
-    # (a dict would meet a list): they are applied one by one after the merge
-    indexed = [ov for ov in key_overrides if any(p.isdigit() for p in ov.partition("=")[0].split("."))]
-    plain = [ov for ov in key_overrides if ov not in indexed]
-    try:
-        dotlist = OmegaConf.from_dotlist(plain)
-        updates = [
-            (ov.partition("=")[0], OmegaConf.from_dotlist([f"v={ov.partition('=')[2]}"]).v) for ov in indexed
-        ]
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"cannot parse overrides {key_overrides}: {exc}") from None
+    # every YAML text read below (the config file, its group files, override values) has the bounds of
+    # faceforge.core.bounded_yaml: size, aliases, expanded values, depth; a YamlError names the file
+    with bounded_omegaconf():
+        try:
+            with initialize_config_dir(config_dir=str(config_dir), version_base=None):
+                raw = compose(config_name=name, overrides=hydra_overrides)
+        except YamlError:
+            raise
+        except (HydraException, OmegaConfBaseException) as exc:
+            raise ConfigError(f"cannot compose config '{config}': {exc}") from None
+        except UnicodeDecodeError as exc:  # a group file next to the config (Hydra reads its header first)
+            raise ConfigError(
+                f"config '{config}' uses a group file that is not UTF-8 text ({exc.reason} at offset {exc.start})"
+            ) from None
+        except (
+            yaml.YAMLError
+        ) as exc:  # broken YAML, or tags such as !!python/object that only code could build
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ConfigError(
+                f"config '{config}' (or a group file it uses) is not plain YAML: {first}"
+            ) from None
+        for section, why in MOVED.items():
+            if section in raw:
+                raise ConfigError(f"config '{config}' has a '{section}' section, which is gone: {why}")
+        raw = OmegaConf.masked_copy(raw, [k for k in raw if k != "hydra"]) if "hydra" in raw else raw
+        # keys through a list element (distill.teachers.1.model=...) cannot be merged as a dotlist config
+        # (a dict would meet a list): they are applied one by one after the merge
+        indexed = [ov for ov in key_overrides if any(p.isdigit() for p in ov.partition("=")[0].split("."))]
+        plain = [ov for ov in key_overrides if ov not in indexed]
+        try:
+            dotlist = OmegaConf.from_dotlist(plain)
+            updates = [
+                (ov.partition("=")[0], OmegaConf.from_dotlist([f"v={ov.partition('=')[2]}"]).v)
+                for ov in indexed
+            ]
+        except YamlError:
+            raise
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"cannot parse overrides {key_overrides}: {exc}") from None
+        except yaml.YAMLError as exc:  # a !!python tag in an override value
+            bad = next((ov for ov in key_overrides if "!!" in ov), key_overrides)
+            raise ConfigError(
+                f"override {bad} is not plain YAML: {' '.join(str(exc).split())[:160]}"
+            ) from None
     return validate_config(raw, dotlist, updates=updates)
 
 
@@ -178,12 +201,13 @@ def validate_config(
     head_args = OmegaConf.create({k: v for k, v in to_dict(cfg.head).items() if k not in HEAD_LAYOUT_KEYS})
     check_constructor_args("head", head_args, HEADS, reserved=("embedding_size", "num_classes"))
     _check_head_layout(head_layout)
-    _check_choice("run.device", cfg.run.device, ("auto", "cpu", "cuda"))
-    _check_choice("run.precision", cfg.run.precision, ("auto", "fp32", "bf16", "fp16"))
     from faceforge.engine.optim import OPTIMIZERS
 
     _check_choice("optim.name", cfg.optim.name, OPTIMIZERS)
-    _check_numbers(cfg)
+    try:
+        check_config_values(lambda key: OmegaConf.select(cfg, key))  # faceforge.core.schema_rules
+    except OptionError as exc:
+        raise ConfigError(str(exc)) from None
     _check_finetune(cfg)
     _check_data_format(cfg.data)
     from faceforge.engine.schedule import SCHEDULES
@@ -227,20 +251,6 @@ def _valid_keys_hint(full_key: str | None) -> str:
     return f"; valid keys: {sorted(section.keys())}" if isinstance(section, DictConfig) else ""
 
 
-def _check_numbers(cfg: DictConfig) -> None:
-    """Values that must be positive (a zero batch or a negative epoch count is a mistake, not a request)."""
-    for key, low in (("data.batch_size", 1), ("optim.epochs", 1), ("run.log_every", 1), ("data.image_size", 1),
-                     ("optim.accumulate_steps", 1), ("data.num_workers", 0), ("data.min_images_per_identity", 1),
-                     ("run.max_steps", 0), ("run.save_every_steps", 0), ("eval.every_epochs", 0)):  # fmt: skip
-        value = OmegaConf.select(cfg, key)
-        if value < low:
-            raise ConfigError(f"{key}={value} must be >= {low}")
-    if not cfg.optim.lr > 0:
-        raise ConfigError(f"optim.lr={cfg.optim.lr} must be > 0")
-    if not 0.0 <= cfg.data.max_skipped <= 1.0:
-        raise ConfigError(f"data.max_skipped={cfg.data.max_skipped} must be a fraction in [0, 1]")
-
-
 def _check_model(cfg: DictConfig, backbones: Any) -> None:
     """``model``: a registered backbone and its arguments, or ``from_init`` (run.init's architecture, no options)."""
     from faceforge.engine.init_source import FROM_INIT
@@ -261,27 +271,18 @@ def _check_model(cfg: DictConfig, backbones: Any) -> None:
 
 
 def _check_finetune(cfg: DictConfig) -> None:
-    """The ``finetune`` section: names from their tables, numbers in range (patterns are matched against the
-    backbone when the run is built)."""
+    """The ``finetune`` section: names from their tables, patterns not empty (they are matched against the
+    backbone when the run is built), the head-only phase shorter than the run (the numbers' own ranges are
+    rules of faceforge.core.schema_rules)."""
     from faceforge.engine.finetune import BN_FREEZE
     from faceforge.engine.head_init import HEAD_INITS
 
     f = cfg.finetune
     _check_choice("finetune.head_init", f.head_init, tuple(HEAD_INITS.names()))
     _check_choice("finetune.freeze_bn", f.freeze_bn, tuple(BN_FREEZE))
-    mult = float(f.backbone_lr_mult)
-    if not (math.isfinite(mult) and mult > 0):
-        raise ConfigError(
-            f"finetune.backbone_lr_mult={f.backbone_lr_mult} must be a finite number > 0 (the backbone's learning "
-            "rate is this times the schedule's); to keep backbone layers fixed use finetune.freeze=['*']"
-        )
     bad = [p for p in f.freeze if not isinstance(p, str) or not p.strip()]
     if bad:
         raise ConfigError(f"finetune.freeze: {bad[0]!r} is not a name pattern (e.g. 'conv1.*', 'layer1.*')")
-    for key in ("head_only_epochs", "backbone_warmup_epochs"):
-        value = float(f[key])
-        if not (math.isfinite(value) and value >= 0):
-            raise ConfigError(f"finetune.{key}={f[key]} must be a number of epochs >= 0")
     if float(f.head_only_epochs) >= cfg.optim.epochs:
         raise ConfigError(
             f"finetune.head_only_epochs={f.head_only_epochs} leaves no epoch of optim.epochs={cfg.optim.epochs} to "
@@ -342,8 +343,8 @@ def check_options(section: str, options: dict[str, Any], targets: list[Any]) -> 
         if key not in params:
             raise ConfigError(f"{section}: unknown key '{key}'; valid keys: {sorted(params)}")
         hint = params[key][1]
-        if hint is not None and not _matches(value, hint):
-            raise ConfigError(f"{section}.{key}={value!r} has the wrong type: expected {_type_name(hint)}")
+        if hint is not None and not matches_hint(value, hint):
+            raise ConfigError(f"{section}.{key}={value!r} has the wrong type: expected {type_name(hint)}")
 
 
 def _check_head_layout(layout: dict[str, Any]) -> None:
@@ -398,30 +399,5 @@ def check_kwargs(section: str, kwargs: dict[str, Any], ctor: Any, reserved: tupl
             valid = [n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD]
             raise ConfigError(f"{section}: unknown key '{key}'; valid keys: {valid}")
         hint = hints.get(key)
-        if hint is not None and not _matches(value, hint):
-            raise ConfigError(f"{section}.{key}={value!r} has the wrong type: expected {_type_name(hint)}")
-
-
-def _matches(value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if hint is Any:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, h) for h in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if origin in (list, tuple, typing.Sequence):
-        return isinstance(value, list | tuple)
-    if origin is dict:
-        return isinstance(value, dict)
-    if isinstance(hint, type):
-        return isinstance(value, hint)
-    return True
-
-
-def _type_name(hint: Any) -> str:
-    return getattr(hint, "__name__", str(hint))
+        if hint is not None and not matches_hint(value, hint):
+            raise ConfigError(f"{section}.{key}={value!r} has the wrong type: expected {type_name(hint)}")

@@ -47,20 +47,18 @@ class Detector:
     ) -> None:
         import inspect
 
-        from faceforge.deploy.detect import DETECTORS
+        from faceforge.core.options import check_api
+        from faceforge.deploy.detect import DETECTORS, build_detector
 
         if name not in DETECTORS:
             raise ValueError(f"unknown detector {name!r}; choose one of {DETECTORS.names()}")
-        builder = DETECTORS.get(name)
-        valid = set(inspect.signature(builder).parameters) - {"model_path", "self"}
-        unknown = sorted(set(options) - valid)
-        if unknown:
-            raise ValueError(f"unknown option(s) {unknown} for the {name} detector; valid: {sorted(valid)}")
-        if min_score is not None and "score_threshold" in valid:
+        check_api(min_score=min_score)
+        if min_score is not None and "score_threshold" in inspect.signature(DETECTORS.get(name)).parameters:
             options["score_threshold"] = float(min_score)
         self.name = name
         self.options = dict(options)
-        self._impl = builder(model_path=model_path, **options)
+        # unknown options, wrong types and out-of-range values are refused there, with the valid ones listed
+        self._impl = build_detector(name, model_path=model_path, **options)
         self.min_score = float(
             min_score if min_score is not None else getattr(self._impl, "default_min_score", 0)
         )

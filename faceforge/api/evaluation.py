@@ -51,8 +51,10 @@ def evaluate(
         min_valid: the fewest pairs (images) that must be readable, as a fraction; fewer fails the benchmark.
         progress: show progress bars.
     """
+    from faceforge.core.options import check_api
     from faceforge.eval.benchmarks import lfw_spec, run_benchmarks
 
+    check_api(folds=folds, min_valid=min_valid)
     specs: list[Any] = [benchmarks] if isinstance(benchmarks, str) else list(benchmarks)
     if (pairs is None) != (images is None):
         raise ValueError("pairs= and images= go together (an LFW-format pairs file and its aligned faces)")

@@ -34,6 +34,7 @@ from faceforge.api.errors import NoFaceError
 from faceforge.api.images import ImageError, ImageInput, describe_input, encode_png, load_rgb
 from faceforge.api.model import Model, load_model
 from faceforge.api.results import DecisionRule, Enrolment, Face, FaceSearch, Identity, Match
+from faceforge.core.options import check_api
 
 
 class Gallery:
@@ -63,6 +64,7 @@ class Gallery:
     ) -> None:
         from faceforge.serve.service import Service, ServiceSettings
 
+        check_api(fmr=fmr)
         self.model = model if isinstance(model, Model) else load_model(model)
         self.detector = detector or self.model.detector
         self.fmr = fmr
@@ -173,6 +175,7 @@ class Gallery:
         identities, best first, and the decision at ``fmr``. A photo without a face gives an empty list."""
         from dataclasses import replace
 
+        check_api(k=k, fmr=fmr)
         faces = self.detector.detect(photo, colour=colour, select="all", size=self.model.info.input_size)
         if not faces:
             return []
@@ -188,6 +191,7 @@ class Gallery:
         ``[N, D]`` array of embeddings)."""
         from faceforge.serve.gallery import Decision
 
+        check_api(k=k, fmr=fmr)
         rule = self.rule(fmr)
         if isinstance(faces, np.ndarray):
             emb = np.atleast_2d(np.asarray(faces, np.float32))

@@ -33,6 +33,8 @@ from faceforge.api.detection import Detector
 from faceforge.api.errors import ModelFileError, UncalibratedError
 from faceforge.api.images import ImageInput, as_batch
 from faceforge.api.results import Comparison, DecisionRule, Face, ModelInfo
+from faceforge.core.options import check_api
+from faceforge.embedders.finite import check_finite
 
 #: precisions a caller may ask for; "auto" lets the embedder choose (bf16 only where the CPU or GPU has it)
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
@@ -110,14 +112,15 @@ class Model:
                 +0.1 to 0.5 points of LFW accuracy); the packaged calibrations are without it.
             batch_size: faces handed to the network at once (memory bound; the embedder batches inside too).
         """
+        check_api(batch_size=batch_size)
         crops = self._crops(faces, colour)
         out = np.zeros((len(crops), self.info.embedding_size), np.float32)
         for i in range(0, len(crops), max(1, int(batch_size))):
             chunk = crops[i : i + batch_size]
-            emb = np.asarray(self.embedder.embed(chunk), np.float32)
+            emb = check_finite(self.embedder.embed(chunk), self.embedder)
             if flip:
-                emb = emb + np.asarray(
-                    self.embedder.embed(np.ascontiguousarray(chunk[:, :, ::-1])), np.float32
+                emb = emb + check_finite(
+                    self.embedder.embed(np.ascontiguousarray(chunk[:, :, ::-1])), self.embedder
                 )
             out[i : i + len(chunk)] = emb
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
@@ -158,6 +161,7 @@ class Model:
         """
         from faceforge.serve.calibration import Calibration
 
+        check_api(fmr=fmr, threshold=threshold)
         if threshold is not None:
             cal = Calibration.fixed(float(threshold), self.info.description)
             source = "a threshold given by the caller (threshold=...); its false-match rate is unknown"
@@ -235,10 +239,7 @@ def load_model(
         options: the embedder's own options (e.g. ``{"mode": "resize"}`` for dlib, ``{"mean": 127.5}`` for a
             foreign ONNX file).
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r}: choose one of {PRECISIONS}")
-    if device not in ("cpu", "cuda", "auto") and not str(device).startswith("cuda:"):
-        raise ValueError(f"device={device!r}: choose 'cpu', 'cuda' (or 'cuda:N') or 'auto'")
+    check_api(precision=precision, device=device, batch_size=batch_size, threshold=threshold)
     spec = str(model)
     embedder = _load_embedder(spec, device, precision, int(batch_size), dict(options or {}))
     desc = embedder.describe()

@@ -33,12 +33,7 @@ def _add(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from faceforge.data.align_folder import align_folder
 
-    try:
-        dx, dy = (float(v) for v in args.landmark_offset.split(","))
-    except ValueError:
-        raise ValueError(
-            f"--landmark-offset must be DX,DY (two numbers), got {args.landmark_offset!r}"
-        ) from None
+    dx, dy = args.landmark_offset  # two finite numbers (faceforge.core.options)
     report = align_folder(
         args.images,
         args.landmarks,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from faceforge.cli.main import add_precision_argument, command, parse_key_values, precision_line
+from faceforge.cli.main import add_precision_argument, command, model_kwargs, parse_key_values, precision_line
 
 
 def _add(p: argparse.ArgumentParser) -> None:
@@ -75,9 +75,7 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--images: no folder or list file at {args.images}")
     cache_dir = None if args.no_cache else (Path(args.cache_dir) if args.cache_dir else default_cache_dir())
     options = parse_key_values(args.model_option, "--model-option")
-    embedder = embedder_from_spec(
-        args.model, device=args.device, batch_size=args.batch_size, **{"precision": args.precision, **options}
-    )
+    embedder = embedder_from_spec(args.model, **model_kwargs(args, options))
     res = embed_files(
         embedder,
         args.images,

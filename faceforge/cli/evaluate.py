@@ -15,6 +15,7 @@ from typing import Any
 from faceforge.cli.main import (
     add_precision_argument,
     command,
+    model_kwargs,
     parse_key_values,
     precision_line,
     printable,
@@ -166,9 +167,7 @@ def run(args: argparse.Namespace) -> int:
     )
     cache_dir = None if args.no_cache else (Path(args.cache_dir) if args.cache_dir else default_cache_dir())
     options = parse_key_values(args.model_option, "--model-option")
-    embedder = embedder_from_spec(
-        args.model, device=args.device, batch_size=args.batch_size, **{"precision": args.precision, **options}
-    )
+    embedder = embedder_from_spec(args.model, **model_kwargs(args, options))
     flip = not args.no_flip
     result = run_benchmarks(
         embedder,

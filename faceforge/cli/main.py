@@ -1,8 +1,9 @@
 """``faceforge <command>``: thin command-line front ends that parse arguments and call the library.
 
-Exit status: 0 when the command did its job (a long job that skipped bad items still succeeds: they are
-listed with their reasons on screen and in its report), 2 when it refused the input or an option, 1 when
-faceforge itself failed (a bug), 130 when interrupted.
+Exit status: 0 when the command did its job (a long job that skipped bad items still succeeds: every file is
+tried, each skipped one is listed with its reason on screen and in its report, and the summary line says how
+many were skipped), 2 when it refused the input or an option, or when a job over many items could use none of
+them (:func:`finish_job`), 1 when faceforge itself failed (a bug), 130 when interrupted.
 
 Errors are told apart by what raised them (:func:`is_user_error`): every
 :class:`~faceforge.core.errors.FaceforgeError`, every ``OSError`` (a missing, unreadable or unwritable
@@ -21,11 +22,12 @@ import logging
 import os
 import sys
 import traceback
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from faceforge.core.errors import FaceforgeError
+from faceforge.core.errors import FaceforgeError, InputError
 from faceforge.core.registry import Registry
 
 #: the package folder: exceptions raised by code in here carry messages written for the user
@@ -59,15 +61,17 @@ def command(name: str, help: str):
 
 
 def parse_key_values(items: list[str], flag: str) -> dict[str, object]:
-    """``KEY=VALUE`` strings to a dict; values are parsed as YAML scalars (numbers, booleans, strings)."""
-    import yaml
+    """``KEY=VALUE`` strings to a dict; values are parsed as plain YAML (numbers, booleans, strings, lists)
+    with the bounds of :mod:`faceforge.core.bounded_yaml` (size, aliases, depth; no ``!!python`` tags)."""
+    from faceforge.core.bounded_yaml import load_yaml
+    from faceforge.core.rules import OptionError
 
     options: dict[str, object] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"{flag} {item!r} is not KEY=VALUE")
-        options[key.strip()] = yaml.safe_load(value)
+        if not sep or not key.strip() or not key.strip().isidentifier():
+            raise OptionError(f"{flag} {printable(item)!r} is not KEY=VALUE (KEY a name such as box or mean)")
+        options[key.strip()] = load_yaml(value, f"{flag} {printable(key.strip())}")
     return options
 
 
@@ -111,6 +115,29 @@ def print_listed(what: str, entries: list, limit: int = 20, report: str = "") ->
         print(f"  ... and {len(entries) - limit} more {what} in {report or 'the report'}")
 
 
+def model_kwargs(args: argparse.Namespace, options: dict) -> dict:
+    """The embedder's keyword arguments: ``--device``, ``--batch-size``, ``--precision`` and the
+    ``--model-option`` values, which may not repeat one of those three (say ``--batch-size 8``, not
+    ``--model-option batch_size=8``)."""
+    from faceforge.core.rules import OptionError
+
+    own = {"device": args.device, "batch_size": args.batch_size, "precision": args.precision}
+    for key in sorted(set(options) & set(own)):
+        raise OptionError(f"--model-option {key}=...: give it as --{key.replace('_', '-')} instead")
+    return own | options
+
+
+def finish_job(done: int, skipped: int, what: str, report: str = "the report") -> int:
+    """The exit status of a job over many items: 0 when it used at least one (the skipped ones are listed),
+    exit 2 (an :class:`~faceforge.core.errors.InputError`) when it was given items and could use none, so an
+    empty output never passes for success."""
+    if done == 0 and skipped > 0:
+        raise InputError(
+            f"none of the {skipped} {what} could be used; each is listed with its reason in {report}"
+        )
+    return 0
+
+
 def _load_commands() -> None:
     from faceforge.cli import (  # noqa: F401  (each module registers its command)
         align,
@@ -129,11 +156,34 @@ def _load_commands() -> None:
     )
 
 
+class Parser(argparse.ArgumentParser):
+    """An argparse parser whose refusals are one line on stderr (exit 2), as every other user error is."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {printable(' '.join(message.split()))} (see {self.prog} --help)\n")
+
+
+def apply_option_rules(parser: argparse.ArgumentParser, command: str) -> None:
+    """Make the rule of every option that has one (:data:`faceforge.core.options.OPTION_RULES`) its ``type=``,
+    in ``parser`` and its sub-commands, and state the allowed values in its help."""
+    from faceforge.core.options import rule_for
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                apply_option_rules(sub, f"{command} {name}")
+            continue
+        rule = rule_for(action.dest, command) if action.option_strings else None
+        if rule is None or action.nargs == 0:
+            continue
+        action.type = rule.argparse_type(action.option_strings[-1])
+        if action.help is not argparse.SUPPRESS:
+            action.help = f"{action.help or ''} [{rule.describe()}]".strip().replace("%", "%%")
+
+
 def build_parser() -> argparse.ArgumentParser:
     _load_commands()
-    parser = argparse.ArgumentParser(
-        prog="faceforge", description="Face recognition research and deployment."
-    )
+    parser = Parser(prog="faceforge", description="Face recognition research and deployment.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument(
         "--debug",
@@ -146,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = COMMANDS.build(name)
         p = sub.add_parser(name, help=cmd.help, description=cmd.help)
         cmd.add_arguments(p)
+        apply_option_rules(p, name)
         p.set_defaults(_run=cmd.run)
     return parser
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 
 from faceforge.cli.main import command, parse_key_values, print_listed, printable
 
@@ -98,8 +97,10 @@ def _quality_gate(args: argparse.Namespace):
             "gives 1 (train one with 'faceforge train lfw_sddfiqa', or use a quality ONNX export)"
         )
 
+    from faceforge.embedders.finite import check_finite
+
     def score(faces):
-        return model.embed(faces)[:, 0]
+        return check_finite(model.embed(faces), model, "quality scores")[:, 0]
 
     return QualityGate(score, float(args.min_quality), int(model.input_size), model.describe())
 
@@ -107,21 +108,15 @@ def _quality_gate(args: argparse.Namespace):
 @command("prepare", "detect, select and align faces in a photo folder (ImageFolder or .rec output)")(_add)
 def run(args: argparse.Namespace) -> int:
     from faceforge.deploy.align_photos import DetectorSpec
-    from faceforge.deploy.detect import DETECTORS
+    from faceforge.deploy.detect import build_detector
     from faceforge.deploy.prepare import REPORT_NAME, prepare_folder
 
     options = parse_key_values(args.detector_option, "--detector-option")
     if args.min_score is not None:
         options["score_threshold"] = args.min_score
-    builder = DETECTORS.get(args.detector)
-    valid = set(inspect.signature(builder).parameters) - {"model_path"}
-    unknown = sorted(set(options) - valid)
-    if unknown:
-        raise ValueError(
-            f"unknown --detector-option {', '.join(unknown)} for {args.detector}; valid: {', '.join(sorted(valid))}"
-        )
+    # options (names, types, ranges) and model files checked here, before the quality model loads
+    detector = build_detector(args.detector, model_path=args.detector_model, **options)
     quality = _quality_gate(args)
-    detector = builder(model_path=args.detector_model, **options)  # options and model files checked here
     min_score = args.min_score if args.min_score is not None else detector.default_min_score
     spec = DetectorSpec(args.detector, {"model_path": args.detector_model, **options})
     report = prepare_folder(

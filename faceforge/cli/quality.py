@@ -21,7 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from faceforge.cli.main import add_precision_argument, command, parse_key_values
+from faceforge.cli.main import (
+    add_precision_argument,
+    command,
+    finish_job,
+    model_kwargs,
+    parse_key_values,
+    printable,
+)
 
 MAX_PRINTED = 10
 
@@ -55,9 +62,7 @@ def _embedder(args: argparse.Namespace):
     from faceforge.embedders import embedder_from_spec
 
     options = parse_key_values(args.model_option, "--model-option")
-    return embedder_from_spec(
-        args.model, device=args.device, batch_size=args.batch_size, **{"precision": args.precision, **options}
-    )
+    return embedder_from_spec(args.model, **model_kwargs(args, options))
 
 
 def _add_labels(p: argparse.ArgumentParser) -> None:
@@ -209,8 +214,17 @@ def run_quality(args: argparse.Namespace) -> int:
     )
     got = score_images(source, inputs)
     keys = [relative_key(p, base) for p in paths]
-    out = write_quality_csv(args.out, keys, got.values)
-    n_ok = int(np.isfinite(got.values).sum())
+    values = np.asarray(got.values, dtype=np.float64).copy()
+    for i, key in enumerate(keys):
+        if not _utf8(key) and np.isfinite(values[i]):  # the CSV is UTF-8: such a name cannot be its key
+            values[i] = np.nan
+            got.missing.append(
+                f"{printable(paths[i])}: its name is not UTF-8, so it cannot be a key of the UTF-8 scores CSV "
+                "(rename the file)"
+            )
+    got.missing[:] = [printable(m) for m in got.missing]
+    out = write_quality_csv(args.out, [k if _utf8(k) else "" for k in keys], values)
+    n_ok = int(np.isfinite(values).sum())
     report = {
         "format": "faceforge-quality-scores/1",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -227,9 +241,20 @@ def run_quality(args: argparse.Namespace) -> int:
     }
     report_path = out.with_name(out.stem + "_report.json")
     report_path.write_text(json.dumps(report, indent=2, default=str))
-    print(f"wrote {n_ok} quality scores ({source.label}) of {len(paths)} images to {out}")
+    print(
+        f"wrote {n_ok} quality scores ({source.label}) of {len(paths)} images to {out}; "
+        f"skipped {len(got.missing)} (listed below and in the report)"
+    )
     if report["predicts"]:
         print(f"  the model predicts: {report['predicts']}")
     _print_skipped("unreadable or unscored", got.missing)
     print(f"  report: {report_path}")
-    return 0
+    return finish_job(n_ok, len(got.missing), "images", str(report_path))
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

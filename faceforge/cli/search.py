@@ -16,10 +16,11 @@ import argparse
 import csv
 import json
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from faceforge.cli.main import add_precision_argument, command, parse_key_values
+from faceforge.cli.main import add_precision_argument, command, finish_job, parse_key_values, print_listed
 
 CSV_COLUMNS = (
     "probe",
@@ -63,25 +64,38 @@ def _is_db(spec: str) -> bool:
     return spec.startswith(("postgresql://", "postgres://", "sqlite:///")) or Path(spec).is_file()
 
 
+def _photo(path: Path, use: Callable[[bytes], Any], skipped: list[dict[str, str]]) -> Any:
+    """``use(the photo's bytes)``; a photo that cannot be read or used is listed in ``skipped`` (file, reason)
+    and None is returned: one bad photo never ends the job."""
+    from faceforge.data.image_io import UnreadableImageError, read_image_bytes
+    from faceforge.serve.pipeline import PhotoError
+
+    try:
+        return use(read_image_bytes(path))
+    except (PhotoError, UnreadableImageError, FileNotFoundError) as exc:
+        reason = exc.reason if isinstance(exc, UnreadableImageError) else str(exc)
+        skipped.append({"file": str(path), "reason": reason})
+        return None
+
+
 def _enrol_folder(service: Any, root: Path, skipped: list[dict[str, str]]) -> int:
     """Enrol every identity folder below ``root``; a bad photo is skipped and listed, never fatal."""
-    from faceforge.data.image_io import is_image_file
+    from faceforge.data.files import list_images
     from faceforge.serve.keys import Actor
-    from faceforge.serve.pipeline import PhotoError
     from faceforge.serve.store import NewFace
 
-    people = sorted(d for d in root.iterdir() if d.is_dir())
+    people = sorted(d for d in root.iterdir() if d.is_dir() and not d.is_symlink())
     if not people:
         raise ValueError(f"gallery folder {root} has no <identity>/ sub-folders")
     enrolled = 0
     actor = Actor(name="cli:search")
     for person in people:
         faces = []
-        for path in sorted(p for p in person.rglob("*") if p.is_file() and is_image_file(p)):
-            try:
-                photo = service.pipeline.detect(path.read_bytes(), path.name, select="largest")
-            except PhotoError as exc:
-                skipped.append({"file": str(path), "reason": str(exc)})
+        for path in list_images(person, allow_empty=True):
+            photo = _photo(
+                path, lambda data, name=path.name: service.pipeline.detect(data, name, "largest"), skipped
+            )
+            if photo is None:
                 continue
             face = photo.faces[0]
             service.pipeline.embed([face])
@@ -107,19 +121,19 @@ def _enrol_folder(service: Any, root: Path, skipped: list[dict[str, str]]) -> in
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from faceforge.data.image_io import is_image_file
+    from faceforge.data.files import list_images
     from faceforge.serve.index import IndexSettings
-    from faceforge.serve.pipeline import PhotoError, PipelineSettings
+    from faceforge.serve.pipeline import PipelineSettings
     from faceforge.serve.service import Service, ServiceSettings
     from faceforge.serve.sql import describe_url
 
     probes = Path(args.probes)
     if not probes.is_dir():
         raise FileNotFoundError(f"--probes {probes} is not a folder")
-    probe_files = sorted(p for p in probes.rglob("*") if p.is_file() and is_image_file(p))
-    if not probe_files:
-        raise ValueError(f"no photos below {probes}")
-    skipped: list[dict[str, str]] = []
+    probe_files = list_images(probes, what="--probes")  # FIFOs, broken links ... are listed as skipped
+    skipped: list[dict[str, str]] = []  # gallery photos
+    skipped_probes: list[dict[str, str]] = []
+    searched = 0
     with tempfile.TemporaryDirectory() as tmp:
         from_db = _is_db(args.gallery)
         if not from_db and not Path(args.gallery).is_dir():
@@ -148,6 +162,9 @@ def run(args: argparse.Namespace) -> int:
         service = Service(settings)
         try:
             enrolled = None if from_db else _enrol_folder(service, Path(args.gallery), skipped)
+            if not from_db:
+                print_listed("gallery photo skipped", skipped)
+                finish_job(service.index.count, len(skipped), f"gallery photos below {args.gallery}")
             decision = service.gallery.decision(args.fmr)
             out = Path(args.out)
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -157,11 +174,14 @@ def run(args: argparse.Namespace) -> int:
                 writer.writerow(CSV_COLUMNS)
                 for path in tqdm(probe_files, desc="search", unit="photo"):
                     rel = str(path.relative_to(probes))
-                    try:
-                        result = service.gallery.search_photo(path.read_bytes(), rel, args.k, args.fmr)
-                    except PhotoError as exc:
-                        skipped.append({"file": str(path), "reason": str(exc)})
+                    result = _photo(
+                        path,
+                        lambda data, rel=rel: service.gallery.search_photo(data, rel, args.k, args.fmr),
+                        skipped_probes,
+                    )
+                    if result is None:
                         continue
+                    searched += 1
                     for fi, face in enumerate(result["faces"]):
                         n_faces += 1
                         n_match += face["decision"] is not None
@@ -187,19 +207,25 @@ def run(args: argparse.Namespace) -> int:
                 "gallery_faces": service.index.count,
                 "probes": str(probes),
                 "probe_photos": len(probe_files),
+                "probe_photos_searched": searched,
                 "probe_faces": n_faces,
                 "probe_faces_matched": n_match,
                 "k": args.k,
                 "decision_rule": decision.to_dict()
                 | {"rule": "match = cosine >= threshold", "source": service.calibration.source},
                 "service": service.describe(),
-                "skipped": skipped,
+                "skipped": skipped + skipped_probes,  # every photo not used, gallery then probes
+                "skipped_gallery_photos": len(skipped),
+                "skipped_probe_photos": len(skipped_probes),
             }
             out.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str) + "\n")
         finally:
             service.close()
+    report_path = out.with_suffix(".json")
     print(
-        f"{out}: {n_faces} faces in {len(probe_files)} probe photos, {n_match} matched at threshold "
-        f"{decision.threshold:.4f} (FMR {decision.fmr}); {len(skipped)} photos skipped (see {out.with_suffix('.json')})"
+        f"{out}: {n_faces} faces in {searched} of {len(probe_files)} probe photos, {n_match} matched at threshold "
+        f"{decision.threshold:.4f} (FMR {decision.fmr}); skipped {len(skipped_probes)} probe photo(s) and "
+        f"{len(skipped)} gallery photo(s) (listed in {report_path})"
     )
-    return 0
+    print_listed("probe photo skipped", skipped_probes, report=str(report_path))
+    return finish_job(searched, len(skipped_probes), "probe photos", str(report_path))

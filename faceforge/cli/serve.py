@@ -281,12 +281,9 @@ def _recall(args: argparse.Namespace) -> int:
     from faceforge.serve.sql import describe_url
     from faceforge.serve.store import Store
 
-    try:
-        efs = [int(v) for v in args.ef_values.split(",") if v.strip()]
-    except ValueError:
-        raise InputError(f"--ef-values must be comma-separated integers, got {args.ef_values!r}") from None
-    if not efs or min(efs) < 1 or args.queries < 1:
-        raise InputError("--ef-values needs positive integers and --queries at least 1")
+    efs = list(args.ef_values)  # integers >= 1 (faceforge.core.options)
+    if not efs:
+        raise InputError("--ef-values needs at least one efSearch value, e.g. 64,256")
     store = Store(args.db)
     try:
         snap = store.snapshot()
@@ -349,7 +346,9 @@ def _load_probes(path: str, dim: int) -> Any:
 
 def _people_from(pairs: str) -> set[str]:
     people = set()
-    for line in Path(pairs).read_text().splitlines()[1:]:
+    from faceforge.core.text_files import read_text
+
+    for line in read_text(pairs).splitlines()[1:]:
         parts = line.split()
         if len(parts) == 3:
             people.add(parts[0])
@@ -444,6 +443,7 @@ def _reembed(args: argparse.Namespace) -> int:
     import cv2
     import numpy as np
 
+    from faceforge.embedders.finite import check_finite
     from faceforge.serve.gallery import model_id_of
     from faceforge.serve.keys import Actor
     from faceforge.serve.pipeline import l2_normalise
@@ -465,7 +465,7 @@ def _reembed(args: argparse.Namespace) -> int:
     store = Store(args.db)
     try:
         n = store.reembed(
-            lambda crops: l2_normalise(embedder.embed(np.stack(crops))),
+            lambda crops: l2_normalise(check_finite(embedder.embed(np.stack(crops)), embedder)),
             model_id_of(desc),
             desc,
             Actor(name="cli"),

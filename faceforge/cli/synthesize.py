@@ -41,12 +41,7 @@ def _add(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from faceforge.methods.mtlface.synthesis import Synthesizer, synthesize_folder
 
-    try:
-        groups = [int(g) for g in args.age_groups.split(",") if g.strip()]
-    except ValueError:
-        raise ValueError(
-            f"--age-groups {args.age_groups!r}: give group numbers separated by commas, e.g. 0,3,6"
-        ) from None
+    groups = list(args.age_groups)  # integers >= 0 (faceforge.core.options)
     if not groups:
         raise ValueError("--age-groups: give at least one group, e.g. 0,3,6")
     if not Path(args.images).exists():
@@ -112,7 +107,7 @@ def run_select(args: argparse.Namespace) -> int:
     cfg = compose_config(args.config, args.overrides)
     data = build_training_data(cfg.data, seed=cfg.run.seed, progress=False)
     main_rows = len(data.samples.paths)  # the main source's people (data.sources rows stay as they are)
-    groups = None if not args.age_groups else [int(g) for g in args.age_groups.split(",") if g.strip()]
+    groups = list(args.age_groups or []) or None  # None: every group
     rep = select_synthesised(
         args.fas, args.aifr, data.dataset, data.labels[:main_rows], data.samples.paths, args.out, target_groups=groups,
         per_identity=args.per_identity, rule=SelectionRule(args.id_threshold, args.age_margin),

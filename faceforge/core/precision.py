@@ -22,10 +22,22 @@ def cpu_has_bf16() -> bool:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when there is one), ``cpu``, ``cuda`` or ``cuda:N``; a device this machine lacks, or any
+    other name, is an :class:`~faceforge.core.rules.OptionError` that says what there is."""
+    from faceforge.core.options import DEVICE_RULE
+
+    DEVICE_RULE.check("device", name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("run.device=cuda but no CUDA device is available (use run.device=cpu)")
+    if name == "cpu":
+        return torch.device("cpu")
+    from faceforge.core.rules import OptionError
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(name.partition(":")[2] or 0)
+    if index >= count:
+        have = f"CUDA devices 0..{count - 1}" if count else "no CUDA device"
+        raise OptionError(f"device={name}: this machine has {have} (use device cpu or auto)")
     return torch.device(name)
 
 

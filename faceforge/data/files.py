@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from faceforge.core.text_files import read_text
 from faceforge.data.image_io import IMAGE_EXTENSIONS, is_image_file
 
 __all__ = ["list_images"]
@@ -41,7 +42,7 @@ def _list_folder(root: Path, recursive: bool, exclude: Path | None) -> list[Path
 def _list_file(list_file: Path, what: str) -> list[Path]:
     files: list[Path] = []
     missing: list[str] = []
-    for line_no, line in enumerate(list_file.read_text().splitlines(), start=1):
+    for line_no, line in enumerate(read_text(list_file).splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         p = Path(line.split()[0])

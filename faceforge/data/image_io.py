@@ -31,8 +31,20 @@ import numpy as np
 from PIL import Image
 
 from faceforge.core.errors import InputError
+from faceforge.core.image_formats import IMAGE_EXTENSIONS, is_image_name
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm")
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "UnreadableImageError",
+    "declared_size",
+    "decode_image_rgb",
+    "is_image_file",
+    "max_image_bytes",
+    "max_image_pixels",
+    "read_image_bytes",
+    "read_image_rgb",
+    "write_image_rgb",
+]
 
 #: Pillow's default limit (its own decompression-bomb guard): 1 GiB / 4 bytes / 3 channels
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
@@ -53,7 +65,8 @@ class UnreadableImageError(InputError):
 
 
 def is_image_file(path: str | Path) -> bool:
-    return str(path).lower().endswith(IMAGE_EXTENSIONS)
+    """Whether the name ends in an image extension (:data:`faceforge.core.image_formats.IMAGE_EXTENSIONS`)."""
+    return is_image_name(str(path))
 
 
 def max_image_pixels() -> int:
@@ -157,9 +170,11 @@ def declared_size(data: bytes, source: str | Path = "<bytes>") -> tuple[int, int
 
 def decode_image_rgb(data: bytes | np.ndarray, source: str | Path = "<bytes>") -> np.ndarray:
     """Decode encoded image bytes to an RGB uint8 array (H, W, 3); grey, 16-bit, RGBA and CMYK images are
-    converted (alpha dropped, 16 bits scaled to 8), animated images give their first frame.
+    converted (alpha dropped, 16 bits scaled to 8), animated images (GIF, APNG, WebP) give their first frame.
 
-    The header's declared size is checked before OpenCV allocates the pixels; every failure raises
+    The header's declared size is checked before anything allocates the pixels. OpenCV decodes what it reads
+    (EXIF orientation applied); Pillow decodes the other formats of
+    :data:`~faceforge.core.image_formats.IMAGE_EXTENSIONS` (ICO, TGA, PCX, PSD, QOI, ...). Every failure raises
     :class:`UnreadableImageError` naming ``source``.
     """
     raw = bytes(data) if isinstance(data, bytearray | memoryview) else data
@@ -174,8 +189,31 @@ def decode_image_rgb(data: bytes | np.ndarray, source: str | Path = "<bytes>") -
         first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
         raise UnreadableImageError(source, f"OpenCV could not decode it ({first})") from None
     if img is None or img.size == 0:
-        raise UnreadableImageError(source, "not a decodable image (truncated or corrupt pixel data)")
+        return _decode_with_pillow(raw, source)
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def _decode_with_pillow(raw: bytes, source: str | Path) -> np.ndarray:
+    """The first frame of an image OpenCV does not decode, as RGB uint8 (16-bit and float grey scaled)."""
+    from PIL import ImageOps
+
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            im.seek(0)
+            im = ImageOps.exif_transpose(im) or im
+            if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+                grey = np.asarray(im, dtype=np.float64)
+                grey = grey / 257.0 if im.mode != "F" and grey.max(initial=0) > 255 else grey
+                rgb = np.repeat(np.clip(np.rint(grey), 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+            else:
+                rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except Exception:  # Pillow's decoders raise many types on damaged data
+        raise UnreadableImageError(
+            source, "not a decodable image (truncated or corrupt pixel data)"
+        ) from None
+    if rgb.ndim != 3 or rgb.size == 0:
+        raise UnreadableImageError(source, "not a decodable image (no pixels)")
+    return np.ascontiguousarray(rgb)
 
 
 def read_image_rgb(path: str | Path) -> np.ndarray:

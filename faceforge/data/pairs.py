@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from faceforge.core.text_files import read_text
+
 __all__ = ["Pair", "lfw_image_path", "read_lfw_pairs", "resolve_pairs"]
 
 StrPath = str | os.PathLike[str]
@@ -75,7 +77,7 @@ def read_lfw_pairs(path: StrPath) -> list[Pair]:
     path = Path(path)
     lines = [
         (lineno, raw.split())
-        for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+        for lineno, raw in enumerate(read_text(path).splitlines(), start=1)
         if raw.strip()
     ]
     if not lines:
@@ -124,8 +126,10 @@ def resolve_pairs(
     """Image paths of both sides of every pair plus the ``issame`` labels, in pair order.
 
     Raises:
-        FileNotFoundError: if any image is missing; the message gives how many distinct files are
-            missing in total and lists the first ``max_listed`` of them.
+        FileNotFoundError: if any image is missing (no directory entry at all); the message gives how
+            many distinct files are missing in total and lists the first ``max_listed`` of them. An entry
+            that exists but cannot be read (a FIFO, a symbolic link loop, a folder) is not missing: the
+            reader lists it as unreadable and the pair is left out, as a corrupt image's pair is.
     """
     paths1: list[Path] = []
     paths2: list[Path] = []
@@ -140,7 +144,7 @@ def resolve_pairs(
     for q in (q for pair in zip(paths1, paths2, strict=True) for q in pair):
         if q not in seen:
             seen.add(q)
-            if not q.is_file():
+            if not os.path.lexists(q):
                 missing.append(q)
     if missing:
         listed = ", ".join(str(m) for m in missing[:max_listed])

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from faceforge.core.text_files import read_text
 from faceforge.data.files import list_images
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ def read_list_file(list_file: str | Path, root: str | Path | None = None) -> Sam
     base = Path(root) if root is not None else lf.parent
     paths: list[str] = []
     labels: list[int] = []
-    for line_no, line in enumerate(lf.read_text().splitlines(), start=1):
+    for line_no, line in enumerate(read_text(lf).splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue

@@ -28,7 +28,9 @@ import cv2
 import numpy as np
 
 from faceforge.core.errors import InputError
+from faceforge.core.options import DETECTOR_OPTION_RULES
 from faceforge.core.registry import Registry
+from faceforge.core.rules import check_call_options
 
 YUNET_MODEL_NAME = "face_detection_yunet_2026may.onnx"
 #: the default YuNet model, package data (MIT licence, 230 KB; ``weights/LICENSE-yunet.txt`` beside it)
@@ -245,7 +247,13 @@ class YuNetDetector:
 
 
 def build_detector(name: str = "yunet", model_path: str | Path | None = None, **options) -> FaceDetector:
-    """Build a registered detector by name; ``model_path`` None means the detector's default model."""
+    """Build a registered detector by name; ``model_path`` None means the detector's default model.
+
+    ``options`` (``--detector-option`` values) must be parameters of the detector's constructor, of their
+    annotated types (:func:`~faceforge.core.rules.check_call_options`)."""
+    check_call_options(
+        f"detector option of {name}", options, DETECTORS.get(name), ("model_path",), DETECTOR_OPTION_RULES
+    )
     return DETECTORS.build(name, model_path=model_path, **options)
 
 

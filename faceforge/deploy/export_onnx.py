@@ -42,7 +42,10 @@ import torch
 
 import faceforge
 from faceforge.core.hashing import file_sha256
+from faceforge.core.options import check_api
+from faceforge.core.rules import OptionError
 from faceforge.data.preprocess import Preprocess
+from faceforge.embedders.finite import ModelOutputError
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,8 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "embedding"
 DEFAULT_OPSET = 18
 EXPORTERS = ("dynamo", "torchscript")
+#: the opsets each exporter writes (torch 2.13: the dynamo exporter from 18, the TorchScript one up to 20)
+OPSETS = {"dynamo": (18, 23), "torchscript": (7, 20)}
 #: batch size of the example input traced for a dynamic batch axis (not 0 or 1, which torch.export specialises)
 _EXAMPLE_BATCH = 2
 #: batches compared against PyTorch after export (two sizes, so a dynamic axis is exercised)
@@ -208,6 +213,11 @@ def verify_onnx(
         out = sess.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
         if out.shape != ref.shape:
             raise RuntimeError(f"ONNX output has shape {list(out.shape)}, PyTorch {list(ref.shape)}")
+        if not (
+            np.isfinite(ref).all() and np.isfinite(out).all()
+        ):  # NaN - NaN would compare as "no difference"
+            which = "PyTorch" if not np.isfinite(ref).all() else "onnxruntime"
+            raise ModelOutputError(f"{path}: {which} gives NaN or infinite embeddings on random faces")
         diff = max(diff, float(np.abs(out.astype(np.float32) - ref).max()))
         scale = max(scale, float(np.abs(ref).max()))
         n += b
@@ -254,6 +264,10 @@ def export_onnx(
     onnx, ort = _require_onnx()
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
+    check_api(opset=opset, tolerance=tolerance, batch=batch)
+    low, high = OPSETS[exporter]
+    if not low <= opset <= high:
+        raise OptionError(f"opset={opset} must be in [{low}, {high}] with the {exporter} exporter")
     batch = _parse_batch(batch)
     dynamic = batch == "dynamic"
     ckpt_path, target = Path(checkpoint), Path(out)
@@ -268,6 +282,12 @@ def export_onnx(
     embedding_size = int(meta["embedding_size"])
     s = preprocess.input_size
     example = torch.zeros(_EXAMPLE_BATCH if dynamic else int(batch), 3, s, s)
+    with torch.inference_mode():  # a model with NaN weights is refused before the (slow) export
+        probe = model(preprocess(torch.full((1, s, s, 3), 128, dtype=torch.uint8))).float()
+    if not torch.isfinite(probe).all():
+        raise ModelOutputError(
+            f"{ckpt_path}: the model gives NaN or infinite embeddings (its weights are broken); nothing exported"
+        )
 
     log.info(
         "exporting %s (%s) with the %s exporter, opset %d",

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from faceforge.core.text_files import read_text
 from faceforge.data.image_io import UnreadableImageError, is_image_file, read_image_rgb
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def read_hard_source(source: str | Path) -> list[tuple[str, str]]:
     if not src.is_file():
         raise FileNotFoundError(f"objectives.ddl.hard_images: no folder or list file at {src}")
     out = []
-    for line_no, line in enumerate(src.read_text().splitlines(), start=1):
+    for line_no, line in enumerate(read_text(src).splitlines(), start=1):
         text = line.split("#", 1)[0].strip()
         if not text:
             continue

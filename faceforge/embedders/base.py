@@ -7,6 +7,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from faceforge.core.registry import Registry
+from faceforge.core.rules import check_call_options
 
 
 @runtime_checkable
@@ -27,16 +28,24 @@ EMBEDDERS: Registry[Embedder] = Registry("embedder")
 
 
 def embedder_from_spec(spec: str, **kwargs: Any) -> Embedder:
-    """``kind:ARG`` (e.g. ``checkpoint:run/model.pt``) or a bare path; ``.pt``/``.pth`` -> checkpoint, ``.onnx`` -> onnx."""
+    """``kind:ARG`` (e.g. ``checkpoint:run/model.pt``) or a bare path; ``.pt``/``.pth`` -> checkpoint, ``.onnx`` -> onnx.
+
+    ``kwargs`` (``device``, ``batch_size`` and the ``--model-option`` values) must be parameters of the kind's
+    constructor, of their annotated types: anything else is an :class:`~faceforge.core.rules.OptionError` that
+    lists the valid ones.
+    """
     kind, _, arg = spec.partition(":")
-    if kind in EMBEDDERS and arg:
-        return EMBEDDERS.build(kind, source=arg, **kwargs)
-    if kind in EMBEDDERS and not arg:
-        return EMBEDDERS.build(kind, source=None, **kwargs)
-    if spec.endswith((".pt", ".pth")):
-        return EMBEDDERS.build("checkpoint", source=spec, **kwargs)
-    if spec.lower().endswith(".onnx"):
-        return EMBEDDERS.build("onnx", source=spec, **kwargs)
+    if kind in EMBEDDERS:
+        source: str | None = arg or None
+    elif spec.endswith((".pt", ".pth")):
+        kind, source = "checkpoint", spec
+    elif spec.lower().endswith(".onnx"):
+        kind, source = "onnx", spec
+    else:
+        kind = ""
+    if kind:
+        check_call_options(f"model option of the {kind} embedder", kwargs, EMBEDDERS.get(kind), ("source",))
+        return EMBEDDERS.build(kind, source=source, **kwargs)
     raise ValueError(
         f"cannot tell which embedder '{spec}' is: use a .pt checkpoint, an .onnx file or kind:path with kind in "
         f"{EMBEDDERS.names()}"

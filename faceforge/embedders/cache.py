@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from faceforge.core.atomic import atomic_writer
 from faceforge.data.image_io import UnreadableImageError, decode_image_rgb, read_image_bytes
+from faceforge.embedders.finite import check_finite
 
 __all__ = [
     "EmbeddingStore",
@@ -316,14 +317,15 @@ def _settle_precision(embedder: Any, n: int, load: Loader, size: int) -> None:
 
 def embed_batch(embedder: Any, faces: np.ndarray, flip: bool) -> np.ndarray:
     """Raw embeddings of uint8 faces; with ``flip``, ``f(x) + f(mirror(x))`` (the embedder's own
-    ``embed_flip_sum`` when it has one, which preprocesses once for both)."""
+    ``embed_flip_sum`` when it has one, which preprocesses once for both). NaN or infinite outputs raise
+    :class:`~faceforge.embedders.finite.ModelOutputError` naming the model."""
     if not flip:
-        return np.asarray(embedder.embed(faces), dtype=np.float32)
+        return check_finite(embedder.embed(faces), embedder)
     both = getattr(embedder, "embed_flip_sum", None)
     if both is not None:
-        return np.asarray(both(faces), dtype=np.float32)
-    emb = np.asarray(embedder.embed(faces), dtype=np.float32)
-    return emb + np.asarray(embedder.embed(np.ascontiguousarray(faces[:, :, ::-1])), dtype=np.float32)
+        return check_finite(both(faces), embedder)
+    emb = check_finite(embedder.embed(faces), embedder)
+    return emb + check_finite(embedder.embed(np.ascontiguousarray(faces[:, :, ::-1])), embedder)
 
 
 def cached_embed(

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from faceforge.core.text_files import open_text
 from faceforge.eval.roc import auc, roc
 from faceforge.eval.verification import fold_ids, kfold_accuracy, l2_normalize, squared_l2
 
@@ -184,7 +185,7 @@ def fgnet_leave_one_out(
 def read_pairs_list(path: str | os.PathLike[str]) -> list[tuple[str, str, bool]]:
     """Whitespace-separated ``name_a name_b label`` lines (label 1 / 0) -> list of tuples."""
     out = []
-    with open(path, encoding="utf-8") as fh:
+    with open_text(path) as fh:
         for line in fh:
             parts = line.split()
             if not parts:

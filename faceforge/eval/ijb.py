@@ -42,6 +42,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from faceforge.core.text_files import open_text
 from faceforge.eval.identification import closed_set_cmc, open_set_dir
 from faceforge.eval.roc import DEFAULT_FARS, TAR_RULES, auc, roc, tar_at_far
 from faceforge.eval.verification import l2_normalize
@@ -70,7 +71,7 @@ Detector = Literal["D0", "D1"]
 # readers
 # --------------------------------------------------------------------------------------------
 def _split_lines(path: StrPath) -> list[list[str]]:
-    with open(path, encoding="utf-8") as fh:
+    with open_text(path) as fh:
         return [line.split() for line in fh if line.strip()]
 
 
@@ -108,7 +109,7 @@ def read_1n_templates(path: StrPath) -> tuple[NDArray[np.int64], NDArray[np.int6
     """1:N gallery/probe CSV with ``TEMPLATE_ID`` and ``SUBJECT_ID`` header columns (one row per
     image, as in the IJB-C ``*_1N_gallery_G1.csv`` / ``*_1N_probe_mixed.csv`` files) ->
     ``(template_ids, subject_ids)``, one entry per template in order of first appearance."""
-    with open(path, encoding="utf-8", newline="") as fh:
+    with open_text(path) as fh:
         reader = csv.reader(fh)
         header = [h.strip().upper() for h in next(reader)]
         ti, si = header.index("TEMPLATE_ID"), header.index("SUBJECT_ID")

@@ -5,8 +5,9 @@ comparison table per benchmark puts the headline numbers side by side (best valu
 
 A result file may come from someone else, and the paths in its ``plots`` are only text: a plot is
 embedded only if it resolves (symbolic links followed) to a file inside the result file's own folder (for
-a record without a source file, the folder the page is written to), is at most 20 MB, starts like a PNG or
-JPEG file and is a whole image to Pillow. Anything else (``/etc/passwd``, ``../x.png``, a link out of the
+a record without a source file, the folder the page is written to), and the file itself, read through one
+open descriptor, is a regular file with one hard link, at most 20 MB, starts like a PNG or JPEG file and is a
+whole image to Pillow. Anything else (``/etc/passwd``, ``../x.png``, a link out of the
 folder, a text file named ``.png``) is not read further and is noted on the page with the reason.
 With several runs, each benchmark's section starts with overlay plots (ROC, error-versus-reject, per-group
 FMR: every run on one figure, :mod:`faceforge.eval.report_overlay`) before each run's own plots.
@@ -18,11 +19,15 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import json
+import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from faceforge.core.text_files import load_json
 from faceforge.eval.report_overlay import overlay_section
 
 __all__ = ["load_result", "normalise_run", "write_html_report"]
@@ -49,10 +54,7 @@ def load_result(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"result file not found: {p}")
-    try:
-        data = json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{p} is not valid JSON: {exc}") from None
+    data = load_json(p, "result")  # not UTF-8, not JSON, nested too deep: one line naming the file
     if not isinstance(data, dict):
         raise ValueError(f"{p} does not hold an evaluation result")
     data["_source"] = str(p)
@@ -111,44 +113,62 @@ def _plot_root(run: dict[str, Any], page_dir: Path) -> Path:
     return (Path(src).parent if src else page_dir).resolve()
 
 
-def _embeddable(path: str, run: dict[str, Any], page_dir: Path) -> tuple[Path | None, str, str]:
-    """``(file, mime type, "")`` for a plot that may be embedded, else ``(None, "", why not)``."""
+def _embeddable(path: str, run: dict[str, Any], page_dir: Path) -> tuple[bytes | None, str, str]:
+    """``(the file's bytes, mime type, "")`` for a plot that may be embedded, else ``(None, "", why not)``.
+
+    The path must resolve inside the result's folder; then the file itself is checked through one open file
+    descriptor, whose bytes are the ones embedded: a regular file (not a FIFO or device), with one hard link
+    (a hard link placed in the folder would carry a file from anywhere past the path check), at most 20 MB,
+    starting with PNG or JPEG magic bytes, and a whole image to Pillow."""
     root = _plot_root(run, page_dir)
     p = Path(path)
     candidates = [p] if p.is_absolute() else [p, root / p, root / p.parent.name / p.name]
-    existing = [c for c in candidates if c.is_file()]
+    existing = [c for c in candidates if c.exists()]
     if not existing:
         return None, "", "file missing"
     inside = [c.resolve() for c in existing if c.resolve().is_relative_to(root)]
     if not inside:
         return None, "", f"outside the result's folder {root}"
-    f = inside[0]
-    if f.stat().st_size > MAX_PLOT_BYTES:
+    try:
+        fd = os.open(inside[0], os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        return None, "", f"cannot open it ({exc.strerror})"
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            return None, "", "not a regular file"
+        if st.st_nlink != 1:
+            return (
+                None,
+                "",
+                f"a file with {st.st_nlink} hard links (it may be a file from outside the folder)",
+            )
+        if st.st_size > MAX_PLOT_BYTES:
+            return None, "", f"larger than {MAX_PLOT_BYTES >> 20} MB"
+        data = fh.read(MAX_PLOT_BYTES + 1)
+    if len(data) > MAX_PLOT_BYTES:
         return None, "", f"larger than {MAX_PLOT_BYTES >> 20} MB"
-    with open(f, "rb") as fh:
-        head = fh.read(8)
-    mime = next((m for sig, m in _IMAGE_SIGNATURES.items() if head.startswith(sig)), None)
+    mime = next((m for sig, m in _IMAGE_SIGNATURES.items() if data.startswith(sig)), None)
     if mime is None:
         return None, "", "not a PNG or JPEG image"
     try:
         from PIL import Image
 
-        with Image.open(f) as im:
+        with Image.open(io.BytesIO(data)) as im:
             im.verify()
     except Exception as exc:  # Pillow raises many types on damaged or spoofed files
         return None, "", f"not a PNG or JPEG image ({type(exc).__name__})"
-    return f, mime, ""
+    return data, mime, ""
 
 
 def _img(path: str | None, run: dict[str, Any], page_dir: Path, skipped: list[str]) -> str:
     if not path:
         return ""
-    f, mime, why = _embeddable(str(path), run, page_dir)
-    if f is None:
+    data, mime, why = _embeddable(str(path), run, page_dir)
+    if data is None:
         skipped.append(f"{path}: {why}")
         return f'<span class="muted">plot not embedded: {html.escape(str(path))} ({html.escape(why)})</span>'
-    data = base64.b64encode(f.read_bytes()).decode()
-    return f'<img alt="{html.escape(f.name)}" src="data:{mime};base64,{data}">'
+    return f'<img alt="{html.escape(Path(path).name)}" src="data:{mime};base64,{base64.b64encode(data).decode()}">'
 
 
 def _kv_table(d: dict[str, Any]) -> str:

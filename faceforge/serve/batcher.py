@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from faceforge.embedders.finite import check_finite
+
 log = logging.getLogger(__name__)
 
 
@@ -83,7 +85,7 @@ class Batcher:
     def _run(self, jobs: list[_Job]) -> None:
         t0 = time.perf_counter()
         try:
-            out = self.embedder.embed(np.concatenate([j.faces for j in jobs]))
+            out = check_finite(self.embedder.embed(np.concatenate([j.faces for j in jobs])), self.embedder)
         except Exception as exc:  # every waiting request gets the error, the worker lives on
             for j in jobs:
                 j.future.set_exception(exc)

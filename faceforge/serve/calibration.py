@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from faceforge.core.text_files import load_json
+
 DEFAULT_FMR = 1e-4
 FMR_TARGETS = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 
@@ -77,7 +79,7 @@ class Calibration:
     def load(cls, path: str | Path) -> Calibration:
         p = Path(path)
         try:
-            return cls.from_dict(json.loads(p.read_text()))
+            return cls.from_dict(load_json(p, "calibration"))
         except (OSError, ValueError, TypeError) as exc:
             raise ValueError(f"{p}: not a faceforge calibration file ({exc})") from None
 

@@ -24,8 +24,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from faceforge.data.align import warp_face
-from faceforge.deploy.detect import Detection, select_faces
+from faceforge.data.align import LandmarksError, warp_face
+from faceforge.deploy.detect import Detection, ImageTooSmallError, select_faces
 
 
 class PhotoError(ValueError):
@@ -162,7 +162,11 @@ class FacePipeline:
         """
         rgb = decode_photo(data, name, self.limits.max_pixels)
         photo = Photo(name, hashlib.sha256(data).hexdigest(), rgb.shape[1], rgb.shape[0])
-        dets = [d for d in self.detector(rgb) if d.score >= self.settings.min_det_score]
+        try:
+            found = self.detector(rgb)
+        except ImageTooSmallError as exc:  # a 1x1 photo is this photo's problem, not the service's
+            raise PhotoError(f"photo {name!r}: {exc}", code="too_small") from None
+        dets = [d for d in found if d.score >= self.settings.min_det_score]
         photo.faces_seen = len(dets)
         if not dets:
             raise PhotoError(f"no face found in photo {name!r}", code="no_face")
@@ -177,12 +181,18 @@ class FacePipeline:
         if not kept:
             raise PhotoError(f"photo {name!r}: {gated[0][1]}", code="low_quality")
         for d in kept:
+            try:
+                aligned = warp_face(rgb, d.landmarks, self.input_size)
+            except LandmarksError as exc:
+                raise PhotoError(
+                    f"photo {name!r}: the detector's landmarks cannot align it ({exc})"
+                ) from None
             photo.faces.append(
                 Face(
                     box=[float(v) for v in d.box],
                     landmarks=[[float(x), float(y)] for x, y in d.landmarks],
                     det_score=float(d.score),
-                    aligned=warp_face(rgb, d.landmarks, self.input_size),
+                    aligned=aligned,
                 )
             )
         return photo

@@ -47,10 +47,13 @@ class ServiceSettings:
 def load_model(spec: str, options: dict[str, Any] | None = None) -> Any:
     """An embedder for ``spec``; ``default`` tries :data:`DEFAULT_MODELS` in order and says what it chose."""
     from faceforge.embedders import embedder_from_spec
+    from faceforge.embedders.finite import probe_finite
 
     options = dict(options or {})
     if spec != "default":
-        return embedder_from_spec(spec, **options)
+        embedder = embedder_from_spec(spec, **options)
+        probe_finite(embedder)  # a NaN model is refused at start, not per request
+        return embedder
     reasons = []
     for name in DEFAULT_MODELS:
         try:

@@ -67,8 +67,8 @@ def test_print_config_and_one_line_errors(small: dict[str, Path], tmp_path: Path
     printed = capsys.readouterr().out
     assert "objectives:" in printed and "rkd:" in printed and "teachers:" in printed
     cases = {
-        "optim.epochs=-1": "optim.epochs=-1 must be >= 1",
-        "data.batch_size=0": "data.batch_size=0 must be >= 1",
+        "optim.epochs=-1": "optim.epochs=-1 must be an integer in [1, 100000]",
+        "data.batch_size=0": "data.batch_size=0 must be an integer in [1, 65536]",
         "optim.lrr=1": "lrr",
         "distill.weight=2": "'distill' is gone",
         "objectives.margin=null": "no objective left",

@@ -362,7 +362,7 @@ def test_resume_with_every_option_is_exact(setup: dict[str, Path], tmp_path: Pat
         ("finetune.head_only_epochs=2", r"head_only_epochs=2\.0 leaves no epoch of optim\.epochs=2"),
         (
             "finetune.backbone_warmup_epochs=-1",
-            r"backbone_warmup_epochs=-1\.0 must be a number of epochs >= 0",
+            r"backbone_warmup_epochs=-1\.0 must be a finite number in \[0, 100000\] \(epochs\)",
         ),
         ("finetune.freeze=['']", r"finetune\.freeze: '' is not a name pattern"),
         ("run.init=null", r"model=from_init builds run\.init's architecture: set run\.init"),

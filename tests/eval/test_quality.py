@@ -98,9 +98,9 @@ def test_informative_quality_lowers_the_curve():
 
 
 def test_bad_inputs():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="mode must be 'fixed' or 'recomputed', got 'iso'"):
         erc(SCORES, LABELS, QUALITY, mode="iso")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"reject_fractions must be increasing values in \[0, 1\)"):
         erc(SCORES, LABELS, QUALITY, reject_fractions=(0.5, 0.2))
 
 

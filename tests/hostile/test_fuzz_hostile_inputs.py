@@ -1,10 +1,15 @@
-"""Issue 17, "done when": a corpus of 300+ broken and hostile inputs, generated here at test time and mixed
-with real LFW photos, through ``prepare``, ``align``, ``embed``, ``eval`` and ``train`` on the command line.
+"""Issues 17 and 30, "done when": a corpus of 500+ broken and hostile inputs, generated here at test time and
+mixed with real LFW photos, through ``prepare``, ``align``, ``embed``, ``eval``, ``train``, ``quality``,
+``search``, ``export-onnx`` and every validated option on the command line, one class of issue 30 each:
+tracebacks (1), hangs (2), one bad item ending a job (3), silent drops (4), wrong success (5), memory (6),
+misleading messages (7) and the compare report's files (8).
 
-Asserted: no traceback anywhere (stdout, stderr, native stderr), every exit code as documented (0 for a
-job that skipped bad items, 2 for a refused input), every bad item listed with a reason (and every input
-accounted for exactly once), every good item processed, no pickle payload executed, and the peak memory
-of the process running all of it bounded (its address space is capped, its peak RSS is checked).
+Asserted: no traceback anywhere (stdout, stderr, native stderr), no hang (each step runs under an alarm of
+:data:`STEP_LIMIT_S` seconds), every exit code as documented (0 for a job that skipped bad items, 2 for a
+refused input), every bad item listed with a reason (and every input accounted for exactly once, counted
+here from the files, not from the implementation's totals), every good item processed (its output exists),
+no NaN model accepted, no pickle payload executed, and the peak memory of the process running all of it
+bounded (its address space is capped, its peak RSS is checked).
 
 All inputs, including the aligned faces that ``embed`` and ``eval`` read, are built before anything runs,
 so the steps do not depend on each other. Every command then runs in one child Python (importing torch
@@ -27,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -54,10 +60,13 @@ from hostile_files import (
 )
 from PIL import Image
 
+from faceforge.cli.main import printable
+
 ADDRESS_SPACE_CAP_GB = 6.0  # the child dies with MemoryError rather than swap the machine
-PEAK_RSS_LIMIT_MB = (
-    3500  # torch, MobileFaceNet training and eval, the largest image decoded: ~2.7 GB measured
-)
+PEAK_RSS_LIMIT_MB = 3500  # torch, MobileFaceNet training and eval, an 88-megapixel PNG measured: ~1.1 GB
+STEP_LIMIT_S = 120  # one step past this is a hang (the slowest, prepare over the corpus, takes ~15 s)
+#: image extensions as this test counts them (independently of the implementation's list)
+COUNTED_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".gif")
 N_PEOPLE, PER_PERSON = 12, 3  # real LFW photos: 36
 LM_COLUMNS = ("leye_x", "leye_y", "reye_x", "reye_y", "nose_x", "nose_y", "lmouth_x", "lmouth_y")
 LM_COLUMNS += ("rmouth_x", "rmouth_y")
@@ -76,10 +85,12 @@ class Corpus:
     checkpoints: list[Path] = field(default_factory=list)
     plots: int = 0
     marker: Path | None = None
+    options: int = 0  # bad option values, overrides and config files (one step each)
 
     @property
     def n_hostile(self) -> int:
-        return len(self.hostile) + self.bad_rows + self.bin_items + len(self.checkpoints) + self.plots
+        n = len(self.hostile) + self.bad_rows + self.bin_items + len(self.checkpoints) + self.plots
+        return n + self.options
 
 
 @dataclass
@@ -136,9 +147,9 @@ def build_corpus(root: Path, data_dir: Path) -> Corpus:
     # empty, random and text files under image names
     for ext in (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif"):
         _write(junk / f"empty{ext}", b"", c, "unreadable")
-    for k in range(40):
-        ext = (".jpg", ".png", ".bmp", ".tiff")[k % 4]
-        _write(junk / f"random_{k}{ext}", random_bytes(1 + 97 * k, k), c, "unreadable")
+    for k in range(120):
+        ext = (".jpg", ".png", ".bmp", ".tiff", ".gif", ".webp")[k % 6]
+        _write(junk / f"random_{k}{ext}", random_bytes(1 + 37 * k, k), c, "unreadable")
     for k, text in enumerate(["hello", "<html></html>", "%PDF-1.4", "\x89PNG but not really", "GIF89a"]):
         _write(junk / f"text_{k}.jpg", text.encode(), c, "unreadable")
     _write(junk / "bad\nname.jpg", b"a newline in the name", c, "unreadable")
@@ -329,7 +340,11 @@ def build_results(c: Corpus) -> dict[str, Path]:
         "link": "link.png",
         "missing": "nope.png",
         "ok": "ok.png",
+        "hard_link": "hard.png",  # a real PNG outside, hard-linked into the folder (class 8)
     }
+    outside = c.root / "outside.png"
+    outside.write_bytes(encode(random_image(16, 16, 4)))
+    os.link(outside, run / "hard.png")
     c.plots += len(plots) - 1
     rec = {"name": "lfw:x", "kind": "lfw", "summary": {"accuracy": 0.5}, "plots": plots}
     (run / "result.json").write_text(json.dumps({"format": "faceforge-eval/1", "benchmarks": {"lfw:x": rec}}))
@@ -344,6 +359,16 @@ def build_results(c: Corpus) -> dict[str, Path]:
 
 
 # ------------------------------------------------------------------------------------------------ steps
+
+
+def _count_inputs(folder: Path) -> int:
+    """Entries below ``folder`` with an image extension that are not folders (links, FIFOs included)."""
+    return sum(1 for p in folder.rglob("*") if not p.is_dir() and p.suffix.lower() in COUNTED_EXTENSIONS)
+
+
+def _written(out: Path, rel: str, renamed: set[str]) -> bool:
+    """Whether prepare/align wrote the face of input ``rel`` (under its own name or, on a clash, renamed)."""
+    return (out / rel).with_suffix(".jpg").is_file() or rel in renamed
 
 
 def _no_traceback(res: dict) -> None:
@@ -382,7 +407,8 @@ def prepare_steps(c: Corpus, paths: dict[str, Path]) -> list[Step]:
         report = json.loads((out / "prepare_report.json").read_text())
         lists = ("no_face", "unreadable", "too_small", "bad_landmarks", "name_taken")
         where, n_done = _accounted(report, lists, ("aligned_images", "kept_existing"))
-        assert n_done + len(where) == report["images"], "an input was dropped without a word"
+        assert n_done + len(where) == _count_inputs(c.photos), "an input was dropped without a word"
+        assert report["images"] == _count_inputs(c.photos)
         for rel, kind in c.hostile.items():
             if kind == "unreadable":
                 assert where.get(rel) == "unreadable", (rel, where.get(rel))
@@ -390,12 +416,13 @@ def prepare_steps(c: Corpus, paths: dict[str, Path]) -> list[Step]:
                 assert where.get(rel) == "too_small", (rel, where.get(rel))
             elif kind == "skipped":
                 assert rel in where, rel
-        for p in c.good:  # every real photo (odd names, collisions, inside a folder named x.jpg)
+        renamed = {r["file"] for r in report["renamed"]}
+        # every real photo (odd names, collisions, inside a folder named x.jpg) and every odd-but-valid
+        # encoding of a real face (CMYK, 16-bit, grey, GIF, ...) is found as a face and written
+        for p in c.good + c.odd_valid:
             rel = p.relative_to(c.photos).as_posix()
             assert rel not in where, (rel, where.get(rel))
-        for p in c.odd_valid:
-            assert where.get(p.relative_to(c.photos).as_posix()) != "unreadable", p
-        renamed = {r["file"] for r in report["renamed"]}
+            assert _written(out, rel, renamed), rel
         assert {f"Collide/same{e}" for e in (".jpg", ".png", ".jpeg", ".bmp")} <= renamed
         faces = sorted((out / "Collide").iterdir())
         assert len(faces) == 4 and all(f.suffix == ".jpg" for f in faces)
@@ -422,14 +449,7 @@ def align_steps(c: Corpus, paths: dict[str, Path]) -> list[Step]:
         report = json.loads((out / "align_report.json").read_text())
         lists = ("no_landmarks", "unreadable", "bad_landmarks", "name_taken")
         where, n_done = _accounted(report, lists, ("aligned", "kept_existing"))
-        n_inputs = sum(
-            1
-            for p in c.photos.rglob("*")
-            if not p.is_dir()
-            and p.suffix.lower()
-            in (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm")
-        )
-        assert n_done + len(where) == n_inputs
+        assert n_done + len(where) == _count_inputs(c.photos)
         for rel, kind in c.hostile.items():
             if kind == "unreadable":
                 assert where.get(rel) == "unreadable", (rel, where.get(rel))
@@ -566,7 +586,7 @@ def eval_steps(c: Corpus, paths: dict[str, Path]) -> list[Step]:
     def compare_check(c: Corpus, res: dict) -> None:
         text = page.read_text()
         assert text.count("data:image/") == 1 and "root:" not in text
-        assert "5 plot(s) not embedded" in res["stdout"]
+        assert "6 plot(s) not embedded" in res["stdout"]
 
     steps.append(
         Step(
@@ -635,11 +655,195 @@ def train_steps(c: Corpus, paths: dict[str, Path]) -> list[Step]:
     steps.append(Step("train from a python-tag YAML", ["train", str(yaml_bomb)], 2,
                       _one_line_naming(str(yaml_bomb.stem), "not plain YAML")))  # fmt: skip
     steps.append(Step("train with batch size 0", [*train, f"data.root={some}", "data.batch_size=0"], 2,
-                      _one_line_naming("data.batch_size=0 must be >= 1")))  # fmt: skip
+                      _one_line_naming("data.batch_size=0 must be an integer")))  # fmt: skip
     for ckpt in c.checkpoints[:4] + [p for p in c.checkpoints if p.name == "payload.pt"]:
         argv = [*train, f"data.root={some}", f"run.dir={c.root / 'init_run'}", f"run.init={ckpt}"]
         steps.append(Step(f"train from {ckpt.name}", argv, 2, _one_line_naming(str(ckpt))))
     return steps
+
+
+def quality_steps(c: Corpus, paths: dict[str, Path]) -> list[Step]:
+    """Class 3 (a name that is not UTF-8 does not end the job), 6 (sharpness of an 88-megapixel PNG the pixel
+    limit allows, in bounded memory) and the whole corpus through ``quality --measure sharpness``."""
+    out = c.root / "quality" / "scores.csv"
+    big = c.root / "big"
+    big.mkdir()
+    stripes = np.zeros((9800, 9000, 3), np.uint8)
+    stripes[::50] = 255
+    cv2.imwrite(str(big / "stripes_88mp.png"), stripes)  # 88.2 megapixels in ~270 kB, under the pixel limit
+    c.options += 1
+
+    def check(c: Corpus, res: dict) -> None:
+        report = json.loads(out.with_name("scores_report.json").read_text())
+        listed = {s.split(": ", 1)[0]: s.split(": ", 1)[1] for s in report["skipped"]}
+        assert all(listed.values())
+        assert report["n_scored"] + len(report["skipped"]) == _count_inputs(c.photos)
+        for rel, kind in c.hostile.items():
+            if kind in ("unreadable", "truncated"):
+                assert printable(c.photos / rel) in listed, rel
+        with out.open(newline="", encoding="utf-8") as fh:
+            scored = {r["path"] for r in csv.DictReader(fh)}
+        for p in c.good + c.odd_valid:
+            rel = p.relative_to(c.photos).as_posix()
+            try:
+                rel.encode("utf-8")
+            except UnicodeEncodeError:  # listed under an escaped name, with the reason
+                assert "not UTF-8" in listed[printable(p)] and "\\udce9" in printable(p), listed
+                continue
+            assert rel in scored, rel
+
+    def big_check(c: Corpus, res: dict) -> None:
+        assert "wrote 1 quality scores" in res["stdout"], res["stdout"]
+
+    argv = [
+        "quality",
+        "--measure",
+        "sharpness",
+        "--images",
+        str(c.photos),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    big_argv = ["quality", "--measure", "sharpness", "--images", str(big), "--out", str(c.root / "big.csv")]
+    return [
+        Step("quality sharpness", argv, 0, check),
+        Step("quality 88-megapixel PNG", big_argv, 0, big_check),
+    ]
+
+
+def search_steps(c: Corpus, paths: dict[str, Path]) -> list[Step]:
+    """Class 3: one 1x1 photo, a FIFO or a symbolic-link loop among the probes or the gallery is skipped and
+    named; every good probe is searched."""
+    gallery, probes = c.root / "search_gallery", c.root / "search_probes"
+    people = sorted({p.parent.name for p in c.good[: N_PEOPLE * PER_PERSON]})[:3]
+    probes.mkdir()
+    for person in people:
+        (gallery / person).mkdir(parents=True)
+        for k in (0, 1):
+            shutil.copy(c.photos / person / sorted(os.listdir(c.photos / person))[k], gallery / person)
+        shutil.copy(c.photos / person / sorted(os.listdir(c.photos / person))[2], probes / f"{person}.jpg")
+    bad = {"tiny_1x1.png": encode(random_image(1, 1, 1)), "empty.jpg": b"", "text.png": b"text"}
+    for name, data in bad.items():
+        (gallery / people[0] / name).write_bytes(data)
+        (probes / name).write_bytes(data)
+    for folder in (gallery / people[1], probes):
+        os.mkfifo(folder / "fifo.jpg")
+        os.symlink("loop.jpg", folder / "loop.jpg")
+    out = c.root / "search" / "results.csv"
+
+    def check(c: Corpus, res: dict) -> None:
+        report = json.loads(out.with_suffix(".json").read_text())
+        names = sorted(Path(s["file"]).name for s in report["skipped"] if s["reason"])
+        assert names == sorted([*bad, "fifo.jpg", "loop.jpg"] * 2), names
+        assert report["probe_photos_searched"] == len(people) and report["gallery_faces"] == 2 * len(people)
+        for name in (*bad, "fifo.jpg", "loop.jpg"):
+            assert name in res["stdout"], name
+
+    argv = ["search", "--gallery", str(gallery), "--probes", str(probes), "--out", str(out)]
+    return [Step("search with bad photos", argv, 0, check)]
+
+
+def option_steps(c: Corpus, paths: dict[str, Path]) -> list[Step]:
+    """Classes 1, 2, 5 and 7: every option value, override and config file issue 30 names (and more of each
+    kind) is refused with exit 2 in one line naming the option and its value, fast, before any work; NaN
+    models are refused naming the model."""
+    faces = c.root / "faces_src"
+    model, nan_model = str(paths["model"]), str(paths["nan_model"])
+    embed = ["embed", "--model", model, "--images", str(faces), "--out", str(c.root / "o.npz")]
+    prep = ["prepare", "--images", str(c.root / "faces_src"), "--out", str(c.root / "o_prep")]
+    align = [
+        "align",
+        "--images",
+        str(faces),
+        "--landmarks",
+        str(paths["landmarks"]),
+        "--out",
+        str(c.root / "o_al"),
+    ]
+    search = ["search", "--gallery", str(faces), "--probes", str(faces), "--out", str(c.root / "o.csv")]
+    export = ["export-onnx", model, str(c.root / "o.onnx")]
+    ev = ["eval", "--model", model, "--benchmark", f"allpairs:{faces}", "--no-progress", "--no-cache"]
+    train = ["train", "lfw_mobilefacenet_arcface", f"data.root={faces}", f"run.dir={c.root / 'o_run'}"]
+    cases: list[tuple[list[str], tuple[str, ...]]] = []
+    for v in ("-4", "0", "nan", "1e9", "abc", "2.5"):
+        cases.append(([*embed, "--batch-size", v], ("--batch-size", v)))
+        cases.append(([*ev, "--batch-size", v], ("--batch-size", v)))
+    for v in ("cuda:99", "gpu", "cuda:-1", "tpu:0"):
+        cases.append(([*embed, "--device", v], ("device", v)))
+    cases.append(([*embed, "--model-option", "junk=1"], ("junk",)))
+    cases.append(([*embed, "--model-option", "batch_size=abc"], ("batch_size",)))
+    for v in ("-112", "0", "5", "99999", "nan"):
+        cases.append(([*prep, "--size", v], ("--size", v)))
+        cases.append(([*align, "--size", v], ("--size", v)))
+    for v in ("nan,inf", "inf,0", "1", "1,2,3", "a,b"):
+        cases.append(([*align, f"--landmark-offset={v}"], ("--landmark-offset", v)))
+    for v in ("-1", "0", "99", "nan"):
+        cases.append(([*export, "--opset", v], ("--opset", v)))
+    for v in ("nan", "inf", "-1", "0", "2"):
+        cases.append(([*export, "--tolerance", v], ("--tolerance", v)))
+    for v in ("nan", "inf", "2", "-1.5"):
+        cases.append(([*search, "--threshold", v], ("--threshold", v)))
+    for v in ("0", "-1", "1.5", "nan"):
+        cases.append(([*search, "--k", v], ("--k", v)))
+    for v in ("5", "0", "1", "nan", "-0.1"):
+        cases.append(([*search, "--fmr", v], ("--fmr", v)))
+    for v in ("-2", "nan", "1.5"):
+        cases.append(([*ev, "--min-valid", v], ("--min-valid", v)))
+    for key, v in (("run.seed", "-1"), ("optim.weight_decay", "-1"), ("optim.grad_clip", "-0.5"),
+                   ("optim.warmup_epochs", "-1"), ("run.threads", "-2"), ("data.batch_size", "0"),
+                   ("optim.lr", "nan"), ("optim.lr", "inf"), ("optim.momentum", "1.5"), ("data.num_workers", "-1"),
+                   ("optim.accumulate_steps", "0"), ("data.max_skipped", "2")):  # fmt: skip
+        cases.append(([*train, f"{key}={v}"], (key,)))
+    cases.append(
+        ([*train, "run.name=!!python/object/apply:os.system ['true']"], ("run.name", "not plain YAML"))
+    )
+    cases.append(([*train, "run.name=!!binary aGk="], ("run.name",)))
+    # config files: an alias bomb (class 2), not UTF-8, a python tag, deeply nested, binary
+    configs = c.root / "configs"
+    configs.mkdir()
+    level = '["lol","lol","lol","lol","lol","lol","lol","lol","lol"]'
+    bomb = f"a0: &a0 {level}\n" + "".join(
+        f"a{i}: &a{i} [{','.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 9)
+    )
+    files = {
+        "bomb.yaml": (bomb.encode(), "alias"),
+        "latin1.yaml": ("run:\n  name: Jos\xe9\n".encode("latin-1"), "UTF-8"),
+        "tag.yaml": (b"run: !!python/object/apply:os.system ['true']\n", "not plain YAML"),
+        "deep.yaml": (b"a: " + b"[" * 5000 + b"]" * 5000 + b"\n", "deep"),
+        "binary.yaml": (bytes(range(256)) * 8, "UTF-8"),
+    }
+    for name, (data, word) in files.items():
+        (configs / name).write_bytes(data)
+        cases.append((["train", str(configs / name)], (name, word)))
+    # text inputs: a pairs file of binary bytes, non-JSON or deeply nested result files (class 1)
+    (configs / "pairs.txt").write_bytes(bytes(range(256)) * 4)
+    cases.append((["eval", "--model", model, "--pairs", str(configs / "pairs.txt"), "--images", str(faces)],
+                  ("pairs.txt", "UTF-8")))  # fmt: skip
+    for name, data in (("deep.json", b"[" * 100000 + b"]" * 100000), ("bin.json", bytes(range(256)))):
+        (configs / name).write_bytes(data)
+        cases.append((["eval", "--compare", str(configs / name), "--html", str(c.root / "o.html")], (name,)))
+    # NaN models are refused naming the model (classes 4, 5 and 7), never "0 embeddings" or "re-align"
+    nan_cases = [
+        ["embed", "--model", nan_model, "--images", str(faces), "--out", str(c.root / "o_nan.npz")],
+        ["eval", "--model", nan_model, "--benchmark", f"allpairs:{faces}", "--no-progress", "--no-cache"],
+    ]
+    c.options += len(cases) + len(nan_cases)
+    steps = [
+        Step(f"option {' '.join(argv[-2:])[-60:]}", argv, 2, _one_line_naming(*words))
+        for argv, words in cases
+    ]
+    for argv in nan_cases:
+        steps.append(Step(f"NaN model {argv[0]}", argv, 2, _nan_refused(nan_model)))
+    return steps
+
+
+def _nan_refused(model: str) -> Callable[[Corpus, dict], None]:
+    def check(c: Corpus, res: dict) -> None:
+        line = [ln for ln in res["stderr"].splitlines() if "error" in ln][-1]
+        assert model in line and "NaN" in line and "re-align" not in line, line
+
+    return check
 
 
 #: command -> steps
@@ -649,28 +853,44 @@ COMMAND_STEPS: dict[str, Callable[[Corpus, dict[str, Path]], list[Step]]] = {
     "embed": embed_steps,
     "eval": eval_steps,
     "train": train_steps,
+    "quality": quality_steps,
+    "search": search_steps,
+    "options": option_steps,
 }
 
 
 # ------------------------------------------------------------------------------------------------ driver
 
 DRIVER = """
-import contextlib, io, json, resource, sys, traceback
+import contextlib, io, json, resource, signal, sys, time, traceback
 cap = int(float(sys.argv[3]) * 2**30)
 resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+limit = int(sys.argv[4])
+class Hang(BaseException):
+    pass
+def alarm(signum, frame):
+    raise Hang(f"still running after {limit} s")
+signal.signal(signal.SIGALRM, alarm)
 from faceforge.cli.main import main
 results = []
 for step in json.loads(open(sys.argv[1]).read()):
     out, err = io.StringIO(), io.StringIO()
-    escaped = ""
+    escaped, hang = "", False
+    t0 = time.perf_counter()
+    signal.alarm(limit)
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             rc = main(step["argv"])
+        except SystemExit as exc:  # argparse's refusal: the exit status a shell would see
+            rc = exc.code
+        except Hang:
+            rc, hang = None, True
         except BaseException:
             rc, escaped = None, traceback.format_exc()
+    signal.alarm(0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     results.append({"name": step["name"], "rc": rc, "stdout": out.getvalue(), "stderr": err.getvalue(),
-                    "escaped": escaped, "peak_rss_mb": peak})
+                    "escaped": escaped, "hang": hang, "seconds": time.perf_counter() - t0, "peak_rss_mb": peak})
     open(sys.argv[2], "w").write(json.dumps(results))
 """
 
@@ -688,12 +908,18 @@ def fuzz_run(
     landmarks, latin1 = build_landmarks(corpus, data_dir)
     paths = {"yunet": yunet, "landmarks": landmarks, "latin1": latin1}
     paths |= build_models_and_sets(corpus)
+    nan = checkpoint_dict(32)
+    nan["backbone"] = {
+        k: v * float("nan") if v.is_floating_point() else v for k, v in nan["backbone"].items()
+    }
+    torch.save(nan, corpus.root / "ckpts" / "nan_weights.pt")
+    paths["nan_model"] = corpus.root / "ckpts" / "nan_weights.pt"
     paths |= {f"res_{k}": v for k, v in build_results(corpus).items()}
     steps = [s for build in COMMAND_STEPS.values() for s in build(corpus, paths)]
     (root / "steps.json").write_text(json.dumps([{"name": s.name, "argv": s.argv} for s in steps]))
     argv = [sys.executable, "-c", DRIVER, str(root / "steps.json"), str(root / "results.json")]
     proc = subprocess.run(
-        [*argv, str(ADDRESS_SPACE_CAP_GB)],
+        [*argv, str(ADDRESS_SPACE_CAP_GB), str(STEP_LIMIT_S)],
         capture_output=True,
         env=child_env() | {"FACEFORGE_CACHE": str(root / "cache")},
         timeout=900,
@@ -705,11 +931,20 @@ def fuzz_run(
     return corpus, steps, results, native_stderr
 
 
-def test_corpus_has_every_class_and_300_inputs(fuzz_run) -> None:
-    corpus, _, _, _ = fuzz_run
+def test_corpus_has_every_class_and_500_inputs(fuzz_run) -> None:
+    corpus, steps, _, _ = fuzz_run
     kinds = set(corpus.hostile.values())
     assert {"truncated", "unreadable", "too_small", "skipped", "odd_valid", "name", "collision"} <= kinds
-    assert corpus.n_hostile >= 300, corpus.n_hostile
+    assert {s.name.split()[0] for s in steps} >= {
+        "prepare",
+        "align",
+        "embed",
+        "eval",
+        "train",
+        "quality",
+        "search",
+    }
+    assert corpus.n_hostile >= 500, corpus.n_hostile
     assert len(corpus.good) >= 36
 
 
@@ -719,6 +954,7 @@ def test_every_command_keeps_its_contract(fuzz_run) -> None:
     assert "Traceback" not in native_stderr
     for step, res in zip(steps, results, strict=True):
         _no_traceback(res)
+        assert not res["hang"] and res["seconds"] < STEP_LIMIT_S, (step.name, res["seconds"])
         assert res["rc"] == step.rc, (step.name, res["rc"], res["stderr"][-500:])
         if step.check is not None:
             step.check(corpus, res)

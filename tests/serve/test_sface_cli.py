@@ -122,6 +122,9 @@ def test_offline_search_cli(tmp_path, default_embedder, lfw, capsys):
         os.symlink(lfw_photo(person, 3), probes / f"{person}.jpg")
     (gallery / PEOPLE[0] / "broken.jpg").write_bytes(b"not a photo")
     (probes / "broken.jpg").write_bytes(b"not a photo either")
+    # issue 30: one 1x1 photo among the gallery or the probes is skipped and named, never the end of the job
+    cv2.imwrite(str(gallery / PEOPLE[1] / "tiny.png"), np.zeros((1, 1, 3), np.uint8))
+    cv2.imwrite(str(probes / "tiny.png"), np.zeros((1, 1, 3), np.uint8))
     out = tmp_path / "results.csv"
     db = tmp_path / "saved.db"
     assert (
@@ -147,7 +150,12 @@ def test_offline_search_cli(tmp_path, default_embedder, lfw, capsys):
     for person in PEOPLE[:3]:
         assert top[f"{person}.jpg"]["identity"] == person and top[f"{person}.jpg"]["match"] == "1"
     report = json.loads(out.with_suffix(".json").read_text())
-    assert {Path(s["file"]).name for s in report["skipped"]} == {"broken.jpg"} and len(report["skipped"]) == 2
+    assert {Path(s["file"]).name for s in report["skipped"]} == {"broken.jpg", "tiny.png"}
+    assert len(report["skipped"]) == 4 and report["skipped_probe_photos"] == 2
+    assert all(s["reason"] for s in report["skipped"])
+    assert report["probe_photos_searched"] == 3 and report["probe_photos"] == 5
+    shown = capsys.readouterr().out
+    assert "gallery photo skipped" in shown and "probe photo skipped" in shown and "tiny.png" in shown
     assert report["gallery_faces"] == 6 and report["decision_rule"]["fmr"] == 1e-4
     # the saved gallery is reusable as --gallery, and refuses a different model
     out2 = tmp_path / "again.csv"

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from faceforge.core.text_files import open_text
 from faceforge.data.files import list_images
 from faceforge.eval.age import (
     DEFAULT_AGE_EDGES,
@@ -58,7 +59,7 @@ def _band_name(lo: float | None, hi: float | None) -> str:
 def read_age_pairs_list(path: str | Path) -> list[tuple[str, str, bool, float, float]]:
     """``image_a image_b label age_a age_b`` lines -> tuples (label 1 / 0)."""
     out = []
-    with open(path, encoding="utf-8") as fh:
+    with open_text(path) as fh:
         for n, line in enumerate(fh, 1):
             parts = line.split()
             if not parts:

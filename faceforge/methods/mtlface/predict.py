@@ -26,6 +26,7 @@ from torch import Tensor
 
 from faceforge.core.checkpoint import CheckpointError, load_checkpoint
 from faceforge.core.hashing import file_sha256
+from faceforge.core.precision import resolve_device
 from faceforge.core.registry import Registry
 from faceforge.data.files import list_images
 from faceforge.data.image_io import UnreadableImageError, read_image_rgb
@@ -91,7 +92,7 @@ class AttributePredictor:
                 f"{self.path}: no attribute head {unknown or ''} among its objectives {sorted(described)} "
                 f"(attribute heads are objectives of type {ATTRIBUTE_HEADS.names()}; have {sorted(available)})"
             )
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.model = backbone_from_checkpoint(ckpt).to(self.device)
         if not hasattr(self.model, "feature_names"):
             raise CheckpointError(f"{self.path}: its backbone gives no feature maps for attribute heads")
