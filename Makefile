@@ -34,7 +34,7 @@ demo: setup
 		sys.exit(acc < 0.80)"
 
 test: setup
-	$(BIN)/python -m pytest -q --durations=10 -m "not full" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=30 -m "not full" $(PYTEST_ARGS)
 
 test-all: setup
 	$(BIN)/python -m pytest -q --durations=10 $(PYTEST_ARGS)
