@@ -67,7 +67,7 @@ def test_loss_falls_and_run_dir_is_complete(lfw_small: Path, tmp_path: Path) -> 
         lfw_small,
         tmp_path / "run",
         "data.batch_size=32",
-        "optim.epochs=3",
+        "optim.epochs=2",
         "optim.lr=0.1",
         "head=cosface",
         "run.log_every=3",
