@@ -12,13 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from faceforge.cli.main import (
-    add_precision_argument,
-    command,
-    parse_key_values,
-    precision_line,
-    printable,
-)
+from faceforge.cli.arguments import add_precision_argument, parse_key_values, precision_line, printable
+from faceforge.cli.registry import command
 from faceforge.eval.kinds.base import DEFAULT_MIN_VALID_FRACTION
 
 

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from faceforge.cli.main import add_precision_argument, command, parse_key_values
+from faceforge.cli.arguments import add_precision_argument, parse_key_values
+from faceforge.cli.registry import command
 
 MAX_PRINTED = 10
 

@@ -19,7 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from faceforge.cli.main import add_precision_argument, command, parse_key_values
+from faceforge.cli.arguments import add_precision_argument, parse_key_values
+from faceforge.cli.registry import command
 
 CSV_COLUMNS = (
     "probe",

@@ -40,8 +40,8 @@ from typing import Any
 import numpy as np
 import torch
 
-import faceforge
 from faceforge.core.hashing import file_sha256
+from faceforge.core.version import __version__
 from faceforge.data.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
@@ -297,7 +297,7 @@ def export_onnx(
         "backbone": meta["backbone"],
         "checkpoint": {"name": ckpt_path.name, "sha256": file_sha256(ckpt_path)},
         **({"predicts": meta["predicts"]} if isinstance(meta.get("predicts"), str) else {}),
-        "faceforge_version": faceforge.__version__,
+        "faceforge_version": __version__,
         "torch_version": str(torch.__version__),
         "exporter": exporter,
         "opset": int(opset_used),

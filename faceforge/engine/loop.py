@@ -32,11 +32,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
 
-import faceforge
 from faceforge.core import distributed as D
 from faceforge.core.checkpoint import atomic_torch_save, remove_stale_temporaries
 from faceforge.core.precision import compile_default, make_scaler, resolve_device, resolve_precision
 from faceforge.core.schema import to_dict
+from faceforge.core.version import __version__
 from faceforge.data.dataset import ResumableSampler, TaggedRows, collate_faces
 from faceforge.data.sources import build_training_data
 from faceforge.engine import setup
@@ -247,7 +247,7 @@ class Trainer:
             },
             "world_size": self.dist.world_size,
             "train_config": self.config_dict,
-            "faceforge_version": faceforge.__version__,
+            "faceforge_version": __version__,
             "torch_version": str(torch.__version__),
         }
 
