@@ -1,6 +1,6 @@
 """One prepared check for the first GPU faceforge runs on: every CUDA path, timed, in one JSON.
 
-Needs nothing but this checkout (no network, no ../shared): it makes its own data, a synthetic face-like
+Needs nothing but this checkout (no network, no data folder): it makes its own data, a synthetic face-like
 data set written as a JPEG folder and as a RecordIO pair with faceforge's writer. Sections, in this order (each
 one is recorded even when it fails, with its error, and the JSON is rewritten after each, so a run cut short
 still leaves what it measured):

@@ -19,7 +19,7 @@ The age gap of a pair is the difference of two *estimated* ages: with an estimat
 an error of up to about 2e, so the bands sort pairs by estimated, not true, gap (stated in every result).
 
     python benchmarks/lfw_agegap_pairs.py --ages lfw_ages.csv --images lfw_aligned --out lfw_agegap.txt
-        [--people-from ../shared/data/lfw/pairsDevTest.txt] [--max-per-person 40] [--seed 0]
+        [--people-from $FACEFORGE_DATA/lfw/pairsDevTest.txt] [--max-per-person 40] [--seed 0]
 
 Writes ``OUT`` (``image_a image_b label age_a age_b``, paths relative to ``--images``; the ``agegap:OUT:IMAGES``
 benchmark reads it) and ``OUT.json`` (counts per band, rules, the ages file's hash).

@@ -11,7 +11,7 @@
 The JSON records the machine (CPU, cores, load average before and after: on a shared machine the speeds are
 only comparable within one run) and the versions.
 
-    python benchmarks/onnx_import.py --images ALIGNED_DEVTEST --pairs ../shared/data/lfw/pairsDevTest.txt
+    python benchmarks/onnx_import.py --images ALIGNED_DEVTEST --pairs $FACEFORGE_DATA/lfw/pairsDevTest.txt
 """
 
 from __future__ import annotations

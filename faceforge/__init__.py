@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from faceforge.core.version import __version__
 
 #: the public names, all defined in :mod:`faceforge.api`
 __all__ = [

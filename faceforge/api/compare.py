@@ -17,43 +17,12 @@ comes from impostor scores measured on held-out people through the same pipeline
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from faceforge.api.errors import NoFaceError
-from faceforge.api.images import ImageInput, describe_input
+from faceforge.api.images import ImageInput
+from faceforge.api.model import Model, load_model
 from faceforge.api.results import Comparison, Face
-
-if TYPE_CHECKING:
-    from faceforge.api.model import Model
-
-
-def _embedding_of(model: Model, side: Any, colour: str | None, which: str) -> tuple[np.ndarray, Face | None]:
-    from dataclasses import replace
-
-    d = model.info.embedding_size
-    if isinstance(side, Face):
-        if side.embedding is not None:
-            emb = np.asarray(side.embedding, np.float32)
-            if emb.shape != (d,):
-                raise ValueError(f"face {which} carries a {emb.shape} embedding; this model's are ({d},)")
-            return emb / max(float(np.linalg.norm(emb)), 1e-12), side
-        emb = model.embed([side])[0]
-        return emb, replace(side, embedding=emb)
-    if isinstance(side, np.ndarray) and side.ndim == 1:
-        if side.shape != (d,):
-            raise ValueError(f"embedding {which} has {side.shape[0]} values; this model's have {d}")
-        emb = np.asarray(side, np.float32)
-        return emb / max(float(np.linalg.norm(emb)), 1e-12), None
-    faces = model.embed_photo(side, colour=colour, select="largest")
-    if not faces:
-        raise NoFaceError(
-            f"no face found in photo {which} ({describe_input(side)}) by the {model.detector.name} detector at "
-            f"min_score {model.detector.min_score}: use a photo with a visible face, or lower min_score "
-            f"(load_model(..., detector=faceforge.Detector('{model.detector.name}', min_score=0.5)))"
-        )
-    return faces[0].embedding, faces[0]  # type: ignore[return-value]
 
 
 def compare_with(
@@ -66,17 +35,11 @@ def compare_with(
     colour: str | None = None,
 ) -> Comparison:
     """:func:`compare` with a loaded :class:`~faceforge.api.model.Model` (also :meth:`Model.compare`)."""
-    rule = model.rule(fmr, threshold=threshold)  # first: an uncalibrated model is refused before any work
-    ea, fa = _embedding_of(model, a, colour, "a")
-    eb, fb = _embedding_of(model, b, colour, "b")
-    score = float(np.dot(ea, eb))
-    return Comparison(score, bool(score >= rule.threshold), rule, (fa, fb))
+    return model.compare(a, b, fmr=fmr, threshold=threshold, colour=colour)
 
 
 @lru_cache(maxsize=4)
 def _cached_model(spec: str) -> Model:
-    from faceforge.api.model import load_model
-
     return load_model(spec)
 
 

@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from faceforge.api.detection import Detector
-from faceforge.api.errors import ModelFileError, UncalibratedError
-from faceforge.api.images import ImageInput, as_batch
+from faceforge.api.errors import ModelFileError, NoFaceError, UncalibratedError
+from faceforge.api.images import ImageInput, as_batch, describe_input
 from faceforge.api.results import Comparison, DecisionRule, Face, ModelInfo
 from faceforge.core.options import check_api
 from faceforge.embedders.finite import check_finite
@@ -192,9 +192,11 @@ class Model:
         colour: str | None = None,
     ) -> Comparison:
         """Compare two faces: see :func:`faceforge.compare`."""
-        from faceforge.api.compare import compare_with
-
-        return compare_with(self, a, b, fmr=fmr, threshold=threshold, colour=colour)
+        rule = self.rule(fmr, threshold=threshold)  # first: an uncalibrated model is refused before any work
+        ea, fa = _embedding_of(self, a, colour, "a")
+        eb, fb = _embedding_of(self, b, colour, "b")
+        score = float(np.dot(ea, eb))
+        return Comparison(score, bool(score >= rule.threshold), rule, (fa, fb))
 
 
 def _calibration(desc: dict[str, Any], calibration: Any, threshold: float | None) -> Any:
@@ -252,3 +254,30 @@ def load_model(
     det = detector if isinstance(detector, Detector) else Detector(detector)
     cal = _calibration(desc, calibration, threshold)
     return Model(embedder, detector=det, calibration=cal, spec=spec, device=device, precision=precision)
+
+
+def _embedding_of(model: Model, side: Any, colour: str | None, which: str) -> tuple[np.ndarray, Face | None]:
+    from dataclasses import replace
+
+    d = model.info.embedding_size
+    if isinstance(side, Face):
+        if side.embedding is not None:
+            emb = np.asarray(side.embedding, np.float32)
+            if emb.shape != (d,):
+                raise ValueError(f"face {which} carries a {emb.shape} embedding; this model's are ({d},)")
+            return emb / max(float(np.linalg.norm(emb)), 1e-12), side
+        emb = model.embed([side])[0]
+        return emb, replace(side, embedding=emb)
+    if isinstance(side, np.ndarray) and side.ndim == 1:
+        if side.shape != (d,):
+            raise ValueError(f"embedding {which} has {side.shape[0]} values; this model's have {d}")
+        emb = np.asarray(side, np.float32)
+        return emb / max(float(np.linalg.norm(emb)), 1e-12), None
+    faces = model.embed_photo(side, colour=colour, select="largest")
+    if not faces:
+        raise NoFaceError(
+            f"no face found in photo {which} ({describe_input(side)}) by the {model.detector.name} detector at "
+            f"min_score {model.detector.min_score}: use a photo with a visible face, or lower min_score "
+            f"(load_model(..., detector=faceforge.Detector('{model.detector.name}', min_score=0.5)))"
+        )
+    return faces[0].embedding, faces[0]  # type: ignore[return-value]

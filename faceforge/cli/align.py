@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from faceforge.cli.main import command, print_listed, printable
+from faceforge.cli.arguments import print_listed, printable
+from faceforge.cli.registry import command
 
 
 def _add(p: argparse.ArgumentParser) -> None:

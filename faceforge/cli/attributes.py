@@ -14,7 +14,7 @@ import csv
 import json
 from pathlib import Path
 
-from faceforge.cli.main import command
+from faceforge.cli.registry import command
 
 
 def _add(p: argparse.ArgumentParser) -> None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from faceforge.cli.main import add_precision_argument, command, model_kwargs, parse_key_values, precision_line
+from faceforge.cli.arguments import add_precision_argument, model_kwargs, parse_key_values, precision_line
+from faceforge.cli.registry import command
 
 
 def _add(p: argparse.ArgumentParser) -> None:

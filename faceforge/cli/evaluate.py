@@ -12,14 +12,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from faceforge.cli.main import (
+from faceforge.cli.arguments import (
     add_precision_argument,
-    command,
     model_kwargs,
     parse_key_values,
     precision_line,
     printable,
 )
+from faceforge.cli.registry import command
 from faceforge.eval.kinds.base import DEFAULT_MIN_VALID_FRACTION
 
 

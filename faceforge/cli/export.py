@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from faceforge.cli.main import command
+from faceforge.cli.registry import command
 
 # as in faceforge.deploy.export_onnx, which is not imported here so that building the parser stays free of torch
 DEFAULT_OPSET = 18

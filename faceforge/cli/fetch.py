@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from faceforge.cli.main import command
+from faceforge.cli.registry import command
 
 
 def _add(p: argparse.ArgumentParser) -> None:

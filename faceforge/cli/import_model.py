@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from faceforge.cli.main import command, parse_key_values
+from faceforge.cli.arguments import parse_key_values
+from faceforge.cli.registry import command
 
 #: the importer modules; each registers its importer when imported (one-way: the registry does not import them)
 IMPORTER_MODULES: tuple[str, ...] = ("faceforge.importers.dlib_net", "faceforge.importers.onnx_net")

@@ -23,137 +23,26 @@ import os
 import sys
 import traceback
 import typing
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-from faceforge.core.errors import FaceforgeError, InputError
-from faceforge.core.registry import Registry
+from faceforge.cli.arguments import (  # noqa: F401  (the helpers' old home: kept importable from here)
+    add_precision_argument,
+    finish_job,
+    model_kwargs,
+    parse_key_values,
+    precision_line,
+    print_listed,
+    printable,
+)
+from faceforge.cli.registry import COMMANDS, Command, command  # noqa: F401
+from faceforge.core.errors import FaceforgeError
 
 #: the package folder: exceptions raised by code in here carry messages written for the user
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 
-@dataclass(frozen=True)
-class Command:
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], int]
-    help: str
-
-
-COMMANDS: Registry[Command] = Registry("command")
-
-
-def command(name: str, help: str):
-    """Register ``run(args) -> int`` with its ``add_arguments(parser)`` as ``faceforge <name>``.
-
-    Used as ``@command("align", "...")(add_arguments)`` on the command's ``run`` function.
-    """
-
-    def with_arguments(add_arguments: Callable[[argparse.ArgumentParser], None]):
-        def with_run(run: Callable[[argparse.Namespace], int]):
-            COMMANDS.register(name)(lambda: Command(add_arguments, run, help))
-            return run
-
-        return with_run
-
-    return with_arguments
-
-
-def parse_key_values(items: list[str], flag: str) -> dict[str, object]:
-    """``KEY=VALUE`` strings to a dict; values are parsed as plain YAML (numbers, booleans, strings, lists)
-    with the bounds of :mod:`faceforge.core.bounded_yaml` (size, aliases, depth; no ``!!python`` tags)."""
-    from faceforge.core.bounded_yaml import load_yaml
-    from faceforge.core.rules import OptionError
-
-    options: dict[str, object] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip() or not key.strip().isidentifier():
-            raise OptionError(f"{flag} {printable(item)!r} is not KEY=VALUE (KEY a name such as box or mean)")
-        options[key.strip()] = load_yaml(value, f"{flag} {printable(key.strip())}")
-    return options
-
-
-def add_precision_argument(p: argparse.ArgumentParser) -> None:
-    """``--precision auto|fp32|bf16`` for commands that embed with a network (faceforge.embedders.parity)."""
-    p.add_argument(
-        "--precision",
-        default="auto",
-        choices=("auto", "fp32", "bf16"),
-        help="inference precision of a faceforge checkpoint: auto (default) uses bf16 autocast + channels_last "
-        "on CUDA or a CPU with native bf16 when the model's parity record keeps its numbers (min cosine to "
-        "fp32 >= 0.999, pairs accuracy within 0.1 point), else fp32; other embedders ignore it",
-    )
-
-
-def precision_line(desc: dict) -> str | None:
-    """``precision: <choice and why>`` for an embedder's ``describe()``, or None when it has no choice."""
-    choice = desc.get("precision_choice")
-    if not isinstance(choice, dict):
-        return None
-    return f"precision: {choice.get('note') or desc.get('precision')}"
-
-
-def printable(text: object) -> str:
-    """``text`` on one line: newlines, other control characters and undecodable bytes of file names
-    (surrogate escapes) are shown as Python escapes, so one listed item is always one line."""
-    s = str(text)
-    if s.isprintable():
-        return s
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
-
-
-def print_listed(what: str, entries: list, limit: int = 20, report: str = "") -> None:
-    """Print ``  what: <file> (<reason>)`` for the first ``limit`` entries (str or {"file", "reason"})."""
-    for e in entries[:limit]:
-        if isinstance(e, dict):
-            print(f"  {what}: {printable(e['file'])} ({printable(e.get('reason', ''))})")
-        else:
-            print(f"  {what}: {printable(e)}")
-    if len(entries) > limit:
-        print(f"  ... and {len(entries) - limit} more {what} in {report or 'the report'}")
-
-
-def model_kwargs(args: argparse.Namespace, options: dict) -> dict:
-    """The embedder's keyword arguments: ``--device``, ``--batch-size``, ``--precision`` and the
-    ``--model-option`` values, which may not repeat one of those three (say ``--batch-size 8``, not
-    ``--model-option batch_size=8``)."""
-    from faceforge.core.rules import OptionError
-
-    own = {"device": args.device, "batch_size": args.batch_size, "precision": args.precision}
-    for key in sorted(set(options) & set(own)):
-        raise OptionError(f"--model-option {key}=...: give it as --{key.replace('_', '-')} instead")
-    return own | options
-
-
-def finish_job(done: int, skipped: int, what: str, report: str = "the report") -> int:
-    """The exit status of a job over many items: 0 when it used at least one (the skipped ones are listed),
-    exit 2 (an :class:`~faceforge.core.errors.InputError`) when it was given items and could use none, so an
-    empty output never passes for success."""
-    if done == 0 and skipped > 0:
-        raise InputError(
-            f"none of the {skipped} {what} could be used; each is listed with its reason in {report}"
-        )
-    return 0
-
-
 def _load_commands() -> None:
-    from faceforge.cli import (  # noqa: F401  (each module registers its command)
-        align,
-        attributes,
-        embed,
-        evaluate,
-        export,
-        fetch,
-        import_model,
-        prepare,
-        quality,
-        search,
-        serve,
-        synthesize,
-        train,
-    )
+    import faceforge.cli.commands  # noqa: F401  (each command module registers its command)
 
 
 class Parser(argparse.ArgumentParser):
@@ -163,7 +52,7 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {printable(' '.join(message.split()))} (see {self.prog} --help)\n")
 
 
-def apply_option_rules(parser: argparse.ArgumentParser, command: str) -> None:
+def apply_option_rules(parser: argparse.ArgumentParser, where: str) -> None:
     """Make the rule of every option that has one (:data:`faceforge.core.options.OPTION_RULES`) its ``type=``,
     in ``parser`` and its sub-commands, and state the allowed values in its help."""
     from faceforge.core.options import rule_for
@@ -171,9 +60,9 @@ def apply_option_rules(parser: argparse.ArgumentParser, command: str) -> None:
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():
-                apply_option_rules(sub, f"{command} {name}")
+                apply_option_rules(sub, f"{where} {name}")
             continue
-        rule = rule_for(action.dest, command) if action.option_strings else None
+        rule = rule_for(action.dest, where) if action.option_strings else None
         if rule is None or action.nargs == 0:
             continue
         action.type = rule.argparse_type(action.option_strings[-1])

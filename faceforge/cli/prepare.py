@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from faceforge.cli.main import command, parse_key_values, print_listed, printable
+from faceforge.cli.arguments import parse_key_values, print_listed, printable
+from faceforge.cli.registry import command
 
 
 def _add(p: argparse.ArgumentParser) -> None:

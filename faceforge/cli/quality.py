@@ -21,14 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from faceforge.cli.main import (
+from faceforge.cli.arguments import (
     add_precision_argument,
-    command,
     finish_job,
     model_kwargs,
     parse_key_values,
     printable,
 )
+from faceforge.cli.registry import command
 
 MAX_PRINTED = 10
 

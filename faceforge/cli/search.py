@@ -20,7 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from faceforge.cli.main import add_precision_argument, command, finish_job, parse_key_values, print_listed
+from faceforge.cli.arguments import add_precision_argument, finish_job, parse_key_values, print_listed
+from faceforge.cli.registry import command
 
 CSV_COLUMNS = (
     "probe",

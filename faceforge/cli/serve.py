@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from faceforge.cli.main import add_precision_argument, command, parse_key_values
+from faceforge.cli.arguments import add_precision_argument, parse_key_values
+from faceforge.cli.registry import command
 from faceforge.core.errors import InputError
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from faceforge.cli.main import command
+from faceforge.cli.registry import command
 
 
 def _add(p: argparse.ArgumentParser) -> None:

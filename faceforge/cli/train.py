@@ -11,7 +11,7 @@ import argparse
 import json
 
 from faceforge.api.training import benchmark_specs, evaluation_hook
-from faceforge.cli.main import command
+from faceforge.cli.registry import command
 
 __all__ = [
     "benchmark_specs",

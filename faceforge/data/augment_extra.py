@@ -3,7 +3,7 @@
 All work on uint8 HWC RGB arrays with OpenCV/numpy, return a new uint8 array of the same shape, and draw
 every random number from the ``numpy.random.Generator`` they are given, so they are deterministic under the
 dataset's (seed, epoch, index) seeding. Importing this module registers them in
-:data:`faceforge.data.transforms.AUGMENTATIONS` under ``lowres``, ``blur``, ``colour_jitter``, ``grey`` and
+:data:`faceforge.data.augment_registry.AUGMENTATIONS` under ``lowres``, ``blur``, ``colour_jitter``, ``grey`` and
 ``random_erasing``.
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from faceforge.data.transforms import AUGMENTATIONS
+from faceforge.data.augment_registry import AUGMENTATIONS
 
 _INTERPOLATIONS = {
     "nearest": cv2.INTER_NEAREST,

@@ -12,6 +12,10 @@ and ``faceforge prepare`` (and the trainer's unlabelled folder), so they all see
   lines and lines starting with ``#`` are skipped, and anything after the first whitespace (a label,
   say) is ignored, so paths cannot contain whitespace.  Lines keep their order, and every listed
   file must exist (the first missing ones are named with their line numbers).
+
+:func:`identity_folders` is the one reading of an identity tree, ``root/<identity>/<image>``: every
+sub-folder in sorted order with its images by the folder rule above (training's ImageFolder, the benchmark
+kinds' labelled folders, DDL's hard images).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from pathlib import Path
 from faceforge.core.text_files import read_text
 from faceforge.data.image_io import IMAGE_EXTENSIONS, is_image_file
 
-__all__ = ["list_images"]
+__all__ = ["identity_folders", "list_images"]
 
 _SHOW_MISSING = 5
 
@@ -93,3 +97,14 @@ def list_images(
     if not files and not allow_empty:
         raise ValueError(f"{what}: no image files {where} (image files end in {', '.join(IMAGE_EXTENSIONS)})")
     return files
+
+
+def identity_folders(root: str | Path, recursive: bool = False) -> list[tuple[Path, list[Path]]]:
+    """``(identity folder, its images)`` for every sub-folder of ``root`` in sorted order (the identity is the
+    folder's name); images by :func:`list_images`'s folder rule (directly in the folder unless ``recursive``),
+    an empty list for a folder without images. Entries of ``root`` that are not folders are ignored."""
+    base = Path(root)
+    return [
+        (d, list_images(d, recursive, allow_empty=True))
+        for d in sorted(p for p in base.iterdir() if p.is_dir())
+    ]

@@ -1,6 +1,8 @@
 """The one place where aligned uint8 faces become network input, and the metadata that describes it.
 
-Networks in this field differ in colour order and normalisation (anchors.md §6.4): faceforge records both in
+Networks in this field differ in colour order and normalisation (arcface_torch and TFace: RGB, ``(x/255 - 0.5)/0.5``;
+AdaFace ``mk-minchul/AdaFace``: the same on BGR; MXNet-era insightface models: raw 0-255, normalised inside
+the graph): faceforge records both in
 every checkpoint and result file, and every embedder converts input through :class:`Preprocess`.
 Default: RGB, ``(x/255 - 0.5)/0.5`` = ``(x - 127.5)/127.5`` (arcface_torch, TFace).
 """

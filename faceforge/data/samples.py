@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from faceforge.core.text_files import read_text
-from faceforge.data.files import list_images
+from faceforge.data.files import identity_folders
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +71,10 @@ def scan_image_folder(
     labels: list[int] = []
     classes: list[str] = []
     warnings: list[str] = []
-    for ident_dir in sorted(p for p in base.iterdir() if p.is_dir()):
+    for ident_dir, images in identity_folders(base):
         if ident_dir.name in excluded:
             continue
-        files = [str(f) for f in list_images(ident_dir, recursive=False, allow_empty=True)]
+        files = [str(f) for f in images]
         if not files:
             warnings.append(
                 f"identity folder {ident_dir} holds no images and was skipped (add images or remove it)"

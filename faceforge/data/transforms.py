@@ -6,14 +6,13 @@ Each augmentation takes the image and a ``numpy.random.Generator``; the dataset 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from faceforge.core.registry import Registry
-
-Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
-AUGMENTATIONS: Registry[Augment] = Registry("augmentation")
+# more augmentations (low resolution, blur, colour jitter, grey, random erasing) register themselves on import
+from faceforge.data import augment_extra  # noqa: F401
+from faceforge.data.augment_registry import AUGMENTATIONS, Augment
 
 
 @AUGMENTATIONS.register("flip")
@@ -55,7 +54,3 @@ class Compose:
 def build_augmentations(spec: dict[str, dict] | None) -> Compose:
     """``{"flip": {"p": 0.5}, ...}`` -> Compose, in the given order; ``None``/empty -> identity."""
     return Compose([AUGMENTATIONS.build(name, **(kw or {})) for name, kw in (spec or {}).items()])
-
-
-# more augmentations (low resolution, blur, colour jitter, grey, random erasing) register themselves on import
-from faceforge.data import augment_extra  # noqa: E402, F401

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from faceforge.deploy.detect import DETECTORS, Detection, _check_rgb, finite_detections
+from faceforge.deploy.detection import DETECTORS, Detection, _check_rgb, finite_detections
 
 MODELS = ("hog", "cnn")
 DEFAULT_MIN_SCORE = 0.5  # margin 0: dlib's own threshold

@@ -40,10 +40,10 @@ from typing import Any
 import numpy as np
 import torch
 
-import faceforge
 from faceforge.core.hashing import file_sha256
 from faceforge.core.options import check_api
 from faceforge.core.rules import OptionError
+from faceforge.core.version import __version__
 from faceforge.data.preprocess import Preprocess
 from faceforge.embedders.finite import ModelOutputError
 
@@ -317,7 +317,7 @@ def export_onnx(
         "backbone": meta["backbone"],
         "checkpoint": {"name": ckpt_path.name, "sha256": file_sha256(ckpt_path)},
         **({"predicts": meta["predicts"]} if isinstance(meta.get("predicts"), str) else {}),
-        "faceforge_version": faceforge.__version__,
+        "faceforge_version": __version__,
         "torch_version": str(torch.__version__),
         "exporter": exporter,
         "opset": int(opset_used),

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from faceforge.core.model_files import find_model_dir
-from faceforge.deploy.detect import DETECTORS, Detection, _check_rgb, finite_detections, resize_for_search
+from faceforge.deploy.detection import DETECTORS, Detection, _check_rgb, finite_detections, resize_for_search
 
 
 class PNet(nn.Module):

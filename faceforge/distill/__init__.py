@@ -7,7 +7,7 @@
 
 Registered names: ``feature_l2``, ``cosine``, ``rkd``, ``sp`` (baselines.py), ``ekd`` (ekd.py, CVPR 2022),
 ``ddl`` (ddl.py, ECCV 2020), ``liaad`` (liaad.py, provisional: no public code). Formulas, defaults
-and sources are in each module's docstring and in methods.md §2, §3 and §8. Teacher tensors are treated
+and sources are in each module's docstring (paper, venue, and the reference code's repository and path). Teacher tensors are treated
 as constants (detached) by every teacher-based loss; the teacher networks themselves stay frozen by the
 caller. The losses compute on the tensors they are given: for a multi-GPU run, all-gather the features
 (with gradient) before calling them, as the reference code does.

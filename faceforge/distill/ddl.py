@@ -1,4 +1,4 @@
-"""DDL: Distribution Distillation Loss (Huang et al., ECCV 2020, arXiv 2002.03662). methods.md §2.
+"""DDL: Distribution Distillation Loss (Huang et al., ECCV 2020, arXiv 2002.03662).
 
 Reference: TFace ``recognition/torchkit/loss/ddl.py`` (its behaviour is the default here). One network
 embeds an *easy* branch E (teacher, e.g. high resolution / frontal) and a *hard* branch H (student, e.g.

@@ -1,4 +1,4 @@
-"""EKD: Evaluation-oriented Knowledge Distillation (Huang, Wu, Xu, Ding; CVPR 2022). methods.md §3.
+"""EKD: Evaluation-oriented Knowledge Distillation (Huang, Wu, Xu, Ding; CVPR 2022).
 
 Reference: TFace ``recognition/tasks/ekd/distillation/ekd.py`` (its behaviour is the default here).
 
@@ -26,10 +26,10 @@ leaves the thresholds unchanged.
 
 Deviation (opt-in): ``warm_start=True`` sets the EMA to the batch thresholds at the first update
 instead of blending with the zero initialisation. The 0.01-momentum EMA otherwise needs a few hundred
-steps to leave 0 (methods.md §3.6), which dominates short runs. ``num_updates`` is a buffer so this
+steps to leave 0, which dominates short runs. ``num_updates`` is a buffer so this
 and the thresholds resume exactly from a state_dict.
 
-Pitfall (methods.md §3.2): with a few hundred images ``floor(|N| / 1e6) = 0``, so the deepest anchors
+Pitfall: with a few hundred images ``floor(|N| / 1e6) = 0``, so the deepest anchors
 collapse to the batch maximum; the loss needs a large gathered batch to be meaningful.
 """
 

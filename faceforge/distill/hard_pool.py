@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from faceforge.core.text_files import read_text
-from faceforge.data.image_io import UnreadableImageError, is_image_file, read_image_rgb
+from faceforge.data.files import identity_folders
+from faceforge.data.image_io import UnreadableImageError, read_image_rgb
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +40,7 @@ def read_hard_source(source: str | Path) -> list[tuple[str, str]]:
     src = Path(source)
     if src.is_dir():
         return [
-            (str(f), ident.name)
-            for ident in sorted(p for p in src.iterdir() if p.is_dir())
-            for f in sorted(ident.iterdir())
-            if f.is_file() and is_image_file(f)
+            (str(f), ident.name) for ident, images in identity_folders(src) for f in images if f.is_file()
         ]
     if not src.is_file():
         raise FileNotFoundError(f"objectives.ddl.hard_images: no folder or list file at {src}")

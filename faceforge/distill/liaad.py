@@ -1,4 +1,4 @@
-"""LIAAD: attentive angular distillation from several teachers (provisional). methods.md §8.
+"""LIAAD: attentive angular distillation from several teachers (provisional).
 
 Source: Truong, Duong, Quach, Le, Bui, Luu, "LIAAD: Lightweight Attentive Angular Distillation for
 Large-scale Age-Invariant Face Recognition", Neurocomputing 543:126198 (2023); first as arXiv 2004.05085.

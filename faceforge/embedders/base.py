@@ -1,4 +1,9 @@
-"""The Embedder contract and the registry of embedder kinds."""
+"""The Embedder contract and the registry of embedder kinds.
+
+This module imports no embedder: the built-in ones (``checkpoint``, ``onnx``, ``dlib``, ``sface``) register
+themselves when :mod:`faceforge.embedders` (the package, which Python runs before any of its modules) imports
+them, so :data:`EMBEDDERS` holds them whichever ``faceforge.embedders.*`` module was imported first.
+"""
 
 from __future__ import annotations
 
@@ -50,10 +55,3 @@ def embedder_from_spec(spec: str, **kwargs: Any) -> Embedder:
         f"cannot tell which embedder '{spec}' is: use a .pt checkpoint, an .onnx file or kind:path with kind in "
         f"{EMBEDDERS.names()}"
     )
-
-
-def _register_builtin() -> None:
-    from faceforge.embedders import checkpoint, dlib_resnet, onnx_model, sface  # noqa: F401
-
-
-_register_builtin()

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -40,6 +39,7 @@ from tqdm import tqdm
 
 from faceforge.core.atomic import atomic_writer
 from faceforge.data.image_io import UnreadableImageError, decode_image_rgb, read_image_bytes
+from faceforge.embedders.cache_dir import default_cache_dir
 from faceforge.embedders.finite import check_finite
 
 __all__ = [
@@ -58,12 +58,6 @@ LOCATION_FIELDS = frozenset({"path", "source", "model_path", "location", "files"
 #: rounding: how the precision was chosen (the parity record, which gains its accuracy part later; the key
 #: covers the precision itself) and inference-only rewrites (BatchNorm folding, about 1e-6 relative)
 REPORT_FIELDS = frozenset({"precision_choice", "inference"})
-
-
-def default_cache_dir() -> Path:
-    """``$FACEFORGE_CACHE`` if set, else ``~/.cache/faceforge/embeddings``."""
-    env = os.environ.get("FACEFORGE_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "faceforge" / "embeddings"
 
 
 def _canonical_hash(obj: Any) -> str:
@@ -298,7 +292,7 @@ def _settle_precision(embedder: Any, n: int, load: Loader, size: int) -> None:
     precision) is opened."""
     if not getattr(embedder, "needs_parity_faces", False):
         return
-    from faceforge.embedders.parity import PARITY_FACES
+    from faceforge.embedders.parity import PARITY_FACES  # (torch: only for an embedder that needs it)
 
     faces: list[np.ndarray] = []
     first = ""

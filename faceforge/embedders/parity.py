@@ -38,6 +38,7 @@ import torch
 
 from faceforge.core.atomic import atomic_writer
 from faceforge.core.precision import hardware_name, inference_candidate
+from faceforge.embedders.cache_dir import default_cache_dir
 
 __all__ = [
     "ACCURACY_BAR_POINTS",
@@ -61,8 +62,6 @@ PRECISION_CHOICES = ("auto", "fp32", "bf16")
 
 def parity_dir() -> Path:
     """``<embedding cache>/parity`` (``$FACEFORGE_CACHE`` or ``~/.cache/faceforge/embeddings``)."""
-    from faceforge.embedders.cache import default_cache_dir
-
     return default_cache_dir() / "parity"
 
 

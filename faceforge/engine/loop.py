@@ -32,11 +32,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
 
-import faceforge
 from faceforge.core import distributed as D
 from faceforge.core.checkpoint import atomic_torch_save, remove_stale_temporaries
 from faceforge.core.precision import compile_default, make_scaler, resolve_device, resolve_precision
 from faceforge.core.schema import to_dict
+from faceforge.core.version import __version__
 from faceforge.data.dataset import ResumableSampler, TaggedRows, collate_faces
 from faceforge.data.sources import build_training_data
 from faceforge.engine import setup
@@ -66,6 +66,21 @@ class Trainer:
         self.evaluate_fn = evaluate
         self.run_dir = Path(cfg.run.dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
+        self._set_up_runtime(cfg)
+        init = self._build_data_and_backbone(cfg)
+        self._build_objectives_and_method(cfg)
+        self._build_batches(cfg)
+        if init is not None:
+            TrainingState(self).init_from(
+                init, head=bool(cfg.run.init_head), partial=bool(cfg.run.init_partial)
+            )
+        del init  # the checkpoint's weights are copied
+        self._prepare_model(cfg)
+        self._build_optimisers(cfg)
+
+    # -------------------------------------------------------------------------------------------- building
+    def _set_up_runtime(self, cfg: DictConfig) -> None:
+        """Device, process group, precision, threads, determinism, plug-ins, seed, gradient accumulation."""
         self.device = resolve_device(cfg.run.device)
         self.dist = D.init_distributed(self.device.type)
         if self.device.type == "cuda" and self.dist.enabled:
@@ -84,6 +99,8 @@ class Trainer:
                 f"{cfg.data.batch_size} (each batch is split into that many equal micro-batches)"
             )
 
+    def _build_data_and_backbone(self, cfg: DictConfig) -> InitSource | None:
+        """The training data and the backbone; returns ``run.init``'s checkpoint (None without one)."""
         # data: the main source and data.sources, with identities (-1: none) and attributes of every row
         self.data = build_training_data(cfg.data, seed=cfg.run.seed, progress=cfg.run.progress)
         self.dataset = self.data.dataset
@@ -92,7 +109,10 @@ class Trainer:
         self.backbone, self.backbone_meta = setup.build_backbone_from(cfg, self.device, init)
         self.preprocess, self.preprocess_origin = input_preprocess(cfg, self.backbone, init)
         self.embedding_size = int(self.backbone.embedding_size)
+        return init
 
+    def _build_objectives_and_method(self, cfg: DictConfig) -> None:
+        """Teachers, objectives, the method, and what the step feeds them (attributes, features)."""
         # objectives (teacher tables are filled by rank 0 first; the other ranks then read the cache)
         self.teachers = TeacherBank(
             [to_dict(t) for t in cfg.teachers],
@@ -150,6 +170,8 @@ class Trainer:
             k: v for o in self.objectives.values() for k, v in o.sharded_parameters().items()
         }
 
+    def _build_batches(self, cfg: DictConfig) -> None:
+        """The batch sampler (an objective's, or shuffled epochs) and the number of steps."""
         # batches: an objective's sampler, or shuffled epochs
         request = SamplerRequest(
             self.data.labels,
@@ -175,11 +197,8 @@ class Trainer:
             )
         self.total_steps = self.steps_per_epoch * cfg.optim.epochs
 
-        if init is not None:
-            TrainingState(self).init_from(
-                init, head=bool(cfg.run.init_head), partial=bool(cfg.run.init_partial)
-            )
-        del init  # the checkpoint's weights are copied
+    def _prepare_model(self, cfg: DictConfig) -> None:
+        """Fine-tuning and the head's start, then DDP and torch.compile around the backbone."""
         # fine-tuning options (freezing before DDP sees the parameters) and the head's start (not when resuming:
         # the checkpoint brings the head)
         self.finetune = FineTuning(cfg, self.backbone, self.steps_per_epoch, self.method.trains_backbone)
@@ -207,6 +226,9 @@ class Trainer:
         if self.device.type == "cuda" and not cfg.run.deterministic:
             torch.backends.cudnn.benchmark = True  # fixed 112x112 input: autotuned conv algorithms pay
         self.wrapped_model = self.model  # the head-only phase runs the bare backbone (no DDP hooks)
+
+    def _build_optimisers(self, cfg: DictConfig) -> None:
+        """Optimisers, schedules and gradient scalers; progress, the training state and the step engine."""
         trained = ([self.backbone] if self.method.trains_backbone else []) + [self.objectives, self.method]
         self.optimizers, self.schedules, self.grad_clip = setup.build_optimizers(
             cfg, trained, self.method, self.steps_per_epoch, self.total_steps, self.finetune.group_settings()
@@ -247,7 +269,7 @@ class Trainer:
             },
             "world_size": self.dist.world_size,
             "train_config": self.config_dict,
-            "faceforge_version": faceforge.__version__,
+            "faceforge_version": __version__,
             "torch_version": str(torch.__version__),
         }
 

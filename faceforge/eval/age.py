@@ -1,6 +1,7 @@
 """Age-invariant face recognition protocols: age-gap verification, FG-NET leave-one-out, CACD-VS.
 
-No anchor codebase implements FG-NET leave-one-out or CACD-VS (anchors.md §6.5); the protocols
+None of the public codebases insightface, TFace, FaceX-Zoo, face.evoLVe and ``Hzzone/MTLFace`` implements FG-NET
+leave-one-out or CACD-VS; the protocols
 below follow their common description in AIFR papers and are written from these definitions:
 
 * :func:`age_gap_verification`: pairs with the two ages; accuracy by the insightface 10-fold rule

@@ -6,7 +6,7 @@ identity label, *impostor* otherwise.  The score is the cosine similarity
 ``s >= threshold``, the convention of :mod:`faceforge.eval.roc`).  From the genuine and impostor
 scores we report the ROC, AUC, EER and TAR@FAR under both rules of :func:`faceforge.eval.roc.tar_at_far`
 (``"nearest"`` and ``"conservative"``).  All-vs-all comparison is what FMR targets of 1e-4 and
-below need on small sets such as LFW (methods.md §5.3: the official LFW list has only 3,000
+below need on small sets such as LFW (the official LFW list has only 3,000
 impostor pairs, so 1/3000 is its FAR resolution).
 
 Two modes:

@@ -2,10 +2,11 @@
 at one global operating threshold (ISO/IEC 19795-10 style).
 
 (a) :func:`per_group_kfold_accuracy`: RFW evaluates each race subset with the LFW 10-fold protocol
-(anchors.md §6.1, §6.5; methods.md §10): squared L2 distances of normalised embeddings
+(insightface ``recognition/arcface_torch/eval/verification.py``; TFace ``recognition/test/utils.py``): squared L2 distances of normalised embeddings
 (``d = ||e1 - e2||^2 = 2 - 2 cos``, range ``[0, 4]``) and the insightface threshold grid
 ``np.arange(0, 4, 0.01)``.  TFace's ``rfw_evaluate`` passes ``np.arange(-1, 1, 0.001)`` instead,
-a cosine-like grid on a distance, which never reaches ``d >= 1`` (anchors.md §1.1); that grid is
+a cosine-like grid on a distance, which never reaches ``d >= 1`` (TFace
+``recognition/test/utils.py`` ``rfw_evaluate``); that grid is
 **not** used here, the grid is recorded in the result.  Reported: each group's mean/std over folds,
 and the mean and standard deviation (``np.std``, ddof 0) of the group means, the fairness number
 CIFP reports.

@@ -1,6 +1,7 @@
 """IJB-B / IJB-C template-based 1:1 verification and 1:N identification from insightface meta files.
 
-Meta files (insightface ``IJBB/meta``, ``IJBC/meta``; anchors.md §6.2), whitespace separated:
+Meta files (insightface ``IJBB/meta``, ``IJBC/meta``; read by insightface
+``recognition/_evaluation_/ijb/ijb_evals.py``), whitespace separated:
 
 * ``*_face_tid_mid.txt``: ``image template_id media_id`` per image;
 * ``*_name_5pts_score.txt``: ``image x1 y1 ... x5 y5 faceness`` per image (same image order);
@@ -180,7 +181,7 @@ def image_features(
 
     ``F0: e``, ``F1: e + e_flip``, ``F2: [e, e_flip]``; then ``N0: f / ||f||`` (``N1``: as is); then
     ``D1: f * faceness`` (``D0``: as is).  Source: insightface ``_evaluation_/ijb/ijb_evals.py`` and
-    arcface_torch ``eval_ijbc.py`` as summarised in anchors.md §6.2.
+    arcface_torch ``eval_ijbc.py``.
     """
     e = np.asarray(feats, dtype=np.float64)
     if e.ndim != 2:

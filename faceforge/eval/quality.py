@@ -1,6 +1,7 @@
 """Face image quality assessment (FIQA) evaluation: error-versus-reject curves (ERC) and their areas.
 
-Setting (methods.md §5.3, anchors.md §6.5): comparisons with similarity scores (higher = more
+Setting (Grother and Tabassi, IEEE TPAMI 2007; SDD-FIQA, Ou et al., CVPR 2021; CR-FIQA
+``fdbtrs/CR-FIQA`` ``ERC/erc.py``): comparisons with similarity scores (higher = more
 alike, accept when ``score >= threshold``), genuine/impostor labels and a quality value per image.
 
 * Pair quality ``q = min(q_a, q_b)`` (CR-FIQA ``erc.py``, MagFace; the usual convention).
@@ -28,7 +29,7 @@ alike, accept when ``score >= threshold``), genuine/impostor labels and a qualit
   - ``aoc_normalised`` = ``1 - (1 / (b - a)) int_a^b FNMR(phi) / FNMR(a) dphi`` (higher is better).
 
   TFace does not define the Area Over Curve that SDD-FIQA reports (``AOC = 1 - int g``, g the
-  ERC; methods.md §5.3).  The plain ``1 - int_0^0.95 FNMR`` would be about 0.99 for every method on
+  ERC).  The plain ``1 - int_0^0.95 FNMR`` would be about 0.99 for every method on
   LFW, while the paper reports 0.6 - 0.8, so faceforge uses the normalised form above - a
   **reconstruction**, flagged in every result (``aoc_is_reconstruction``).  It has a meaning of its
   own, which is why it was chosen over other normalisations: rejecting pairs at random leaves the
@@ -76,7 +77,7 @@ MODE_RULES: dict[str, str] = {
 
 
 def pair_quality(q_a: ArrayLike, q_b: ArrayLike) -> NDArray[np.float64]:
-    """``min(q_a, q_b)`` elementwise (CR-FIQA ``erc.py`` convention, methods.md §5.3)."""
+    """``min(q_a, q_b)`` elementwise (CR-FIQA ``ERC/erc.py`` convention)."""
     return np.minimum(np.asarray(q_a, dtype=np.float64), np.asarray(q_b, dtype=np.float64))
 
 

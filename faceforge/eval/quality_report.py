@@ -9,7 +9,7 @@ Used by the ``quality`` and ``qualityall`` benchmark kinds and by ``benchmarks/q
   listed) when an image of it has no quality in some source, so the curves on one plot compare like
   with like.
 * ``all_pairs`` lists every pair of an identity-labelled image set (FMR 1e-4 needs far more impostor
-  pairs than a pairs file has; methods.md §5.3), with a cap on the number of pairs beyond which the
+  pairs than a pairs file has: LFW's official list has 3,000), with a cap on the number of pairs beyond which the
   impostor pairs are sampled (seeded).
 """
 

@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-import faceforge
 from faceforge.core.checkpoint import FORMAT, VERSION, atomic_torch_save, check_model_meta
 from faceforge.core.errors import InputError
 from faceforge.core.registry import Registry
+from faceforge.core.version import __version__
 from faceforge.models.backbones import build_backbone
 
 #: ``meta.predicts`` of an identity-embedding network (as faceforge.engine.state.IDENTITY_EMBEDDING)
@@ -60,7 +60,7 @@ class ImportedModel:
             "source": dict(self.source),
             "import_notes": list(self.notes),
             "head": None,
-            "faceforge_version": faceforge.__version__,
+            "faceforge_version": __version__,
             "torch_version": str(torch.__version__),
         }
         weights = {k: v.detach().cpu().contiguous() for k, v in self.weights.items()}

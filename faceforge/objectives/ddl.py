@@ -1,5 +1,5 @@
 """DDL as an objective: hard twins of every batch image, embedded in the same forward, distilled toward the easy
-images' similarity distributions (:class:`faceforge.distill.ddl.DDLLoss`, TFace's loss; methods.md §2).
+images' similarity distributions (:class:`faceforge.distill.ddl.DDLLoss`; Huang et al., ECCV 2020; TFace ``recognition/torchkit/loss/ddl.py``).
 
 Batches hold P identities x 2 images (as many steps per epoch as a shuffled pass over the images). The hard
 branch is the batch degraded on the fly by ``hard`` (augmentations by name; default continuous random low

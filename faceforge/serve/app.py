@@ -201,15 +201,38 @@ def _fmr_field(form: Any) -> float | None:
 def create_app(service: Service) -> FastAPI:
     """The application for a running :class:`~faceforge.serve.service.Service`."""
     settings = service.settings
-    limits = settings.limits
-    gallery = service.gallery
-    auth = Authenticator(service.store, RateLimiter(limits.requests_per_minute))
+    auth = Authenticator(service.store, RateLimiter(settings.limits.requests_per_minute))
     metrics = Metrics(service)
     app = FastAPI(title="faceforge face search", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service
     app.state.metrics = metrics
     app.state.auth = auth
+    _add_middleware(app, service, metrics)
+    _add_error_handlers(app)
+    _add_identity_routes(app, service)
+    _add_search_routes(app, service)
+    _add_admin_routes(app, service, metrics)
+    _add_page_routes(app)
+    app.include_router(gallery_router)
+    app.state.describe = lambda: json.dumps(service.describe(), default=str)
+    return app
 
+
+def _form_reader(max_photos: int) -> Any:
+    """``await form(request)``: the request's multipart or urlencoded form, at most ``max_photos`` files."""
+
+    async def form(request: Request) -> Any:
+        ctype = request.headers.get("content-type", "")
+        if not ctype.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+            raise ValueError("send the photos as multipart/form-data")
+        return await request.form(max_files=max_photos + 1, max_fields=32)
+
+    return form
+
+
+def _add_middleware(app: FastAPI, service: Service, metrics: Metrics) -> None:
+    """CORS (when origins are set), metrics and security headers on every response, the body size limit."""
+    settings = service.settings
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -233,9 +256,12 @@ def create_app(service: Service) -> FastAPI:
         response.headers["Referrer-Policy"] = "no-referrer"
         return response
 
-    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.limits.max_body_bytes)
 
-    # -- errors
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error as ``{"error": {"code", "message"}}`` with the status of the module doc's table."""
+
     @app.exception_handler(AuthError)
     async def _auth_error(_: Request, exc: AuthError) -> JSONResponse:
         return _error(exc.status, exc.code, exc.message, exc.headers)
@@ -276,15 +302,12 @@ def create_app(service: Service) -> FastAPI:
         message = "no such route" if exc.status_code == 404 else str(exc.detail)
         return _error(exc.status_code, codes.get(exc.status_code, "bad_request"), message)
 
-    need = authorised
 
-    async def form(request: Request) -> Any:
-        ctype = request.headers.get("content-type", "")
-        if not ctype.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
-            raise ValueError("send the photos as multipart/form-data")
-        return await request.form(max_files=limits.max_photos + 1, max_fields=32)
+def _add_identity_routes(app: FastAPI, service: Service) -> None:
+    """Enrol, add faces, list, read, rename and delete people; delete faces; face crops."""
+    limits, gallery, need = service.settings.limits, service.gallery, authorised
+    form = _form_reader(limits.max_photos)
 
-    # -- identities
     @app.post("/v1/identities", status_code=201)
     async def enrol(request: Request) -> dict[str, Any]:
         actor = await need(request, "enrol")
@@ -352,7 +375,12 @@ def create_app(service: Service) -> FastAPI:
             raise NotFoundError(f"face {face_id} has no stored crop (the server keeps none)")
         return Response(data, media_type="image/jpeg")
 
-    # -- search and verify
+
+def _add_search_routes(app: FastAPI, service: Service) -> None:
+    """Search by photo, verify (two photos, or a photo against a person), search by embedding."""
+    limits, gallery, need = service.settings.limits, service.gallery, authorised
+    form = _form_reader(limits.max_photos)
+
     @app.post("/v1/search")
     async def search(request: Request) -> dict[str, Any]:
         await need(request, "search")
@@ -399,7 +427,11 @@ def create_app(service: Service) -> FastAPI:
         )
         return {"matches": matches[0], "decision_rule": decision.to_dict()}
 
-    # -- admin and health
+
+def _add_admin_routes(app: FastAPI, service: Service, metrics: Metrics) -> None:
+    """The audit log, the index-versus-database check, health, service info and Prometheus metrics."""
+    settings, gallery, need = service.settings, service.gallery, authorised
+
     @app.get("/v1/audit")
     async def audit(request: Request, limit: int = 100, after_id: int = 0) -> dict[str, Any]:
         await need(request, "admin")
@@ -445,7 +477,9 @@ def create_app(service: Service) -> FastAPI:
 
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    # -- the page
+
+def _add_page_routes(app: FastAPI) -> None:
+    """The web page and its static files."""
     static = resources.files("faceforge.serve") / "static"
 
     @app.get("/", response_class=HTMLResponse)
@@ -460,7 +494,3 @@ def create_app(service: Service) -> FastAPI:
         if name not in types:
             return _error(404, "not_found", "no such file")
         return Response((static / name).read_text(), media_type=types[name])
-
-    app.include_router(gallery_router)
-    app.state.describe = lambda: json.dumps(service.describe(), default=str)
-    return app

@@ -2,7 +2,9 @@
 per enrolment, an audit log and a change feed. :class:`Store` holds the identities and their faces, writes
 the audit log and the change feed, and reads snapshots of the embeddings for the index; its API key
 methods come from :class:`~faceforge.serve.keys.ApiKeyMixin` and its pages of people for the service's
-gallery view from :class:`~faceforge.serve.gallery_page.GalleryPageMixin`.
+gallery view from :class:`~faceforge.serve.gallery_page.GalleryPageMixin`. This module holds the connection and
+the writes; the reads are :class:`~faceforge.serve.store_reads.GalleryReadsMixin`, the records it takes and gives
+(:class:`NewFace`, :class:`GallerySnapshot`, :class:`IdentityRow`) are in :mod:`~faceforge.serve.store_records`.
 
 ``Store(url)``: ``url`` is a file path or ``sqlite:///PATH`` (the embedded default; WAL journal,
 ``synchronous=FULL``, so a commit survives a killed process and a power cut) or ``postgresql://...``
@@ -17,11 +19,9 @@ Timestamps are seconds since the epoch (UTC), as floating point.
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -45,58 +45,23 @@ from faceforge.serve.sql import (
     schema_version_of,
     sqlite_path,
 )
+from faceforge.serve.store_reads import GalleryReadsMixin
+from faceforge.serve.store_records import (  # noqa: F401  (re-exported: this was their home)
+    GallerySnapshot,
+    IdentityRow,
+    NewFace,
+    to_snapshot,
+    validate_name,
+)
 
 
-@dataclass
-class NewFace:
-    """A face to store: its L2-normalised embedding and where it came from."""
-
-    embedding: np.ndarray
-    image_sha256: str
-    box: Sequence[float]
-    landmarks: Sequence[Sequence[float]]
-    det_score: float
-    quality: float
-    crop_jpeg: bytes | None = None
-
-
-@dataclass
-class GallerySnapshot:
-    """All faces' ids and embeddings as of change ``seq`` (read in one transaction)."""
-
-    ids: np.ndarray  # int64 [N]
-    embeddings: np.ndarray  # float32 [N, D]
-    seq: int
-
-
-@dataclass
-class IdentityRow:
-    id: int
-    name: str
-    created_at: float
-    updated_at: float
-    faces: int = 0
-    face_rows: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {
-            "id": self.id,
-            "name": self.name,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-            "faces": self.faces,
-        }
-        if self.face_rows:
-            d["face_list"] = self.face_rows
-        return d
-
-
-class Store(ApiKeyMixin, GalleryPageMixin):
+class Store(ApiKeyMixin, GalleryPageMixin, GalleryReadsMixin):
     """The gallery database; see the module doc. Thread-safe (a pool of ``pool_size`` connections).
 
     The API key methods (``create_key``, ``list_keys``, ``revoke_key``, ``check_key``) come from
     :class:`~faceforge.serve.keys.ApiKeyMixin`, ``gallery_page`` from
-    :class:`~faceforge.serve.gallery_page.GalleryPageMixin`.
+    :class:`~faceforge.serve.gallery_page.GalleryPageMixin`, the reads (``counts``, ``snapshot``,
+    ``get_identity``, ``audit_entries``, ...) from :class:`~faceforge.serve.store_reads.GalleryReadsMixin`.
     """
 
     def __init__(self, url: str | Path, pool_size: int = 8, migrate: bool = True) -> None:
@@ -457,166 +422,3 @@ class Store(ApiKeyMixin, GalleryPageMixin):
                 {"faces": len(ids), "from": old[0] if old else None, "to": model_id},
             )
         return len(rows)
-
-    # -- reads
-    def counts(self) -> dict[str, int]:
-        with self._tx(write=False) as cur:
-            n_id = int(cur.execute("SELECT COUNT(*) FROM identities").fetchone()[0])
-            n_face = int(cur.execute("SELECT COUNT(*) FROM faces").fetchone()[0])
-            seq = int(cur.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0])
-        return {"identities": n_id, "faces": n_face, "seq": seq}
-
-    def snapshot(self) -> GallerySnapshot:
-        """Every face id and embedding, with the change ``seq`` they reflect (one read transaction)."""
-        with self._tx(write=False) as cur:
-            seq = int(cur.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0])
-            rows = cur.execute("SELECT id, embedding FROM faces ORDER BY id").fetchall()
-        return _to_snapshot(rows, seq)
-
-    def embeddings_of(self, face_ids: Sequence[int]) -> GallerySnapshot:
-        """The ids and embeddings of those of ``face_ids`` that still exist (seq is 0: not a full state)."""
-        rows: list[Any] = []
-        ids = [int(i) for i in face_ids]
-        with self._tx(write=False) as cur:
-            for start in range(0, len(ids), 500):
-                part = ids[start : start + 500]
-                marks = ",".join("?" * len(part))
-                rows += cur.execute(
-                    f"SELECT id, embedding FROM faces WHERE id IN ({marks}) ORDER BY id", part
-                ).fetchall()
-        return _to_snapshot(rows, 0)
-
-    def changes_since(self, seq: int, limit: int = 100000) -> list[tuple[int, int, str]]:
-        """``(seq, face_id, op)`` of the changes after ``seq``, in order."""
-        with self._tx(write=False) as cur:
-            rows = cur.execute(
-                "SELECT seq, face_id, op FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
-                (int(seq), int(limit)),
-            ).fetchall()
-        return [(int(s), int(f), str(o)) for s, f, o in rows]
-
-    def latest_seq(self) -> int:
-        with self._tx(write=False) as cur:
-            return int(cur.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0])
-
-    def identity_names(self, face_ids: Sequence[int]) -> dict[int, tuple[int, str]]:
-        """face id -> (identity id, name) for the faces that exist."""
-        out: dict[int, tuple[int, str]] = {}
-        ids = sorted({int(i) for i in face_ids})
-        if not ids:
-            return out
-        with self._tx(write=False) as cur:
-            for start in range(0, len(ids), 500):
-                part = ids[start : start + 500]
-                marks = ",".join("?" * len(part))
-                for fid, iid, name in cur.execute(
-                    f"SELECT f.id, i.id, i.name FROM faces f JOIN identities i ON i.id = f.identity_id "
-                    f"WHERE f.id IN ({marks})",
-                    part,
-                ).fetchall():
-                    out[int(fid)] = (int(iid), str(name))
-        return out
-
-    def list_identities(
-        self, offset: int = 0, limit: int = 100, prefix: str | None = None
-    ) -> list[IdentityRow]:
-        where, params = "", []
-        if prefix:
-            where, params = "WHERE i.name LIKE ?", [prefix.replace("%", "").replace("_", "") + "%"]
-        with self._tx(write=False) as cur:
-            rows = cur.execute(
-                f"SELECT i.id, i.name, i.created_at, i.updated_at, "
-                f"(SELECT COUNT(*) FROM faces f WHERE f.identity_id = i.id) FROM identities i {where} "
-                f"ORDER BY i.name LIMIT ? OFFSET ?",
-                [*params, int(limit), int(offset)],
-            ).fetchall()
-        return [IdentityRow(int(a), str(b), float(c), float(d), int(e)) for a, b, c, d, e in rows]
-
-    def get_identity(self, identity_id: int, with_embeddings: bool = False) -> IdentityRow:
-        with self._tx(write=False) as cur:
-            row = cur.execute(
-                "SELECT id, name, created_at, updated_at FROM identities WHERE id = ?", (identity_id,)
-            ).fetchone()
-            if row is None:
-                raise NotFoundError(f"no identity with id {identity_id}")
-            faces = cur.execute(
-                "SELECT id, image_sha256, box, landmarks, det_score, quality, model_id, created_at, "
-                "crop IS NOT NULL, embedding FROM faces WHERE identity_id = ? ORDER BY id",
-                (identity_id,),
-            ).fetchall()
-        face_rows = []
-        for f in faces:
-            d = {
-                "id": int(f[0]),
-                "image_sha256": f[1],
-                "box": json.loads(f[2]),
-                "landmarks": json.loads(f[3]),
-                "det_score": float(f[4]),
-                "quality": float(f[5]),
-                "model_id": f[6],
-                "created_at": float(f[7]),
-                "has_crop": bool(f[8]),
-            }
-            if with_embeddings:
-                d["embedding"] = np.frombuffer(blob_bytes(f[9]), dtype=np.float32).round(6).tolist()
-            face_rows.append(d)
-        return IdentityRow(int(row[0]), str(row[1]), float(row[2]), float(row[3]), len(face_rows), face_rows)
-
-    def identity_by_name(self, name: str) -> int | None:
-        with self._tx(write=False) as cur:
-            row = cur.execute("SELECT id FROM identities WHERE name = ?", (name,)).fetchone()
-        return int(row[0]) if row else None
-
-    def identity_embeddings(self, identity_id: int) -> np.ndarray:
-        with self._tx(write=False) as cur:
-            if cur.execute("SELECT 1 FROM identities WHERE id = ?", (identity_id,)).fetchone() is None:
-                raise NotFoundError(f"no identity with id {identity_id}")
-            rows = cur.execute("SELECT embedding FROM faces WHERE identity_id = ?", (identity_id,)).fetchall()
-        return _to_snapshot([(0, r[0]) for r in rows], 0).embeddings
-
-    def face_crop(self, face_id: int) -> bytes | None:
-        with self._tx(write=False) as cur:
-            row = cur.execute("SELECT crop FROM faces WHERE id = ?", (face_id,)).fetchone()
-        if row is None:
-            raise NotFoundError(f"no face with id {face_id}")
-        return blob_bytes(row[0]) if row[0] is not None else None
-
-    def audit_entries(self, limit: int = 100, after_id: int = 0) -> list[dict[str, Any]]:
-        with self._tx(write=False) as cur:
-            rows = cur.execute(
-                "SELECT id, at, actor, action, identity_id, face_ids, detail FROM audit WHERE id > ? "
-                "ORDER BY id DESC LIMIT ?",
-                (int(after_id), int(limit)),
-            ).fetchall()
-        return [
-            {
-                "id": int(r[0]),
-                "at": float(r[1]),
-                "actor": r[2],
-                "action": r[3],
-                "identity_id": None if r[4] is None else int(r[4]),
-                "face_ids": json.loads(r[5]),
-                "detail": json.loads(r[6]),
-            }
-            for r in rows
-        ]
-
-
-def _to_snapshot(rows: Sequence[Any], seq: int) -> GallerySnapshot:
-    ids = np.fromiter((int(r[0]) for r in rows), dtype=np.int64, count=len(rows))
-    if rows:
-        emb = np.frombuffer(b"".join(blob_bytes(r[1]) for r in rows), dtype=np.float32).reshape(len(rows), -1)
-    else:
-        emb = np.zeros((0, 0), dtype=np.float32)
-    return GallerySnapshot(ids, emb.copy(), seq)
-
-
-_NAME_OK = re.compile(r"^[^\x00-\x1f\x7f]{1,200}$")
-
-
-def validate_name(name: str) -> str:
-    """An identity name: 1-200 printable characters, surrounding spaces removed."""
-    name = str(name).strip()
-    if not _NAME_OK.match(name):
-        raise ValueError("an identity name must be 1 to 200 printable characters")
-    return name

@@ -18,6 +18,7 @@ ALL_NAMES = [
     "aifr_iresnet_se50",
     "aifr_mobilefacenet",
     "dlib_resnet",
+    "dual_bn",
     "iresnet100",
     "iresnet18",
     "iresnet200",

@@ -31,7 +31,7 @@ import numpy as np
 from faceforge.core.errors import InputError
 from faceforge.core.hashing import file_sha256
 from faceforge.core.registry import Registry
-from faceforge.data.files import list_images
+from faceforge.data.files import identity_folders
 
 __all__ = [
     "BENCHMARK_KINDS",
@@ -233,10 +233,7 @@ def list_identity_folder(root: str | Path, min_images: int = 1) -> tuple[list[Pa
     files: list[Path] = []
     labels: list[str] = []
     every: list[Path] = []
-    for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        imgs = list_images(
-            d, recursive=False, allow_empty=True
-        )  # broken links and FIFOs too (then unreadable)
+    for d, imgs in identity_folders(root):  # broken links and FIFOs too (then unreadable)
         every += imgs
         if len(imgs) >= min_images:
             files += imgs

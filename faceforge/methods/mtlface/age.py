@@ -1,6 +1,7 @@
 """MTLFace's age estimation: age groups, the DEX expected age, the gradient reversal layer and the estimator.
 
-From the MTLFace code (``common/ops.py``, ``common/grl.py``, ``backbone/aifr.py``, ``models/fr.py``; methods.md §9):
+From the MTLFace code (``common/ops.py``, ``common/grl.py``, ``backbone/aifr.py``, ``models/fr.py``
+of ``Hzzone/MTLFace`` at commit d13f28f3; Huang, Zhang, Shan, CVPR 2021):
 
 * :func:`age2group`: ``group = #{cuts c : age > c}`` (the cut age belongs to the lower group). ``G = 7`` (the
   default) cuts at 10, 20, ..., 60: groups 0-10, 11-20, ..., 61+; the code's other variants are in

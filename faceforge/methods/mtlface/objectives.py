@@ -1,4 +1,4 @@
-"""MTLFace's two age objectives (methods.md §9.2), on the feature maps of an ``aifr_*`` backbone.
+"""MTLFace's two age objectives (Huang, Zhang, Shan, CVPR 2021; ``Hzzone/MTLFace`` ``models/fr.py``), on the feature maps of an ``aifr_*`` backbone.
 
 * ``age``: the age estimator (:class:`~faceforge.methods.mtlface.age.AgeEstimator`) on ``X_age``,
   ``L_age = MSE(E[age], a) + CE(group logits, group(a))``; it learns age from the age part of the decomposition.

@@ -2,7 +2,8 @@
 identity and an age check.
 
 The TPAMI paper feeds "high-quality" synthesised faces back into AIFR training; its exact selection rule is not
-available to us (methods.md §9.5), so this module implements a rule of its own, with every threshold an option
+available to us (neither the TPAMI abstract nor the public code, ``Hzzone/MTLFace``
+including its ``python_package``, gives it), so this module implements a rule of its own, with every threshold an option
 recorded in ``selection.json``:
 
 * **identity**: ``cos(e(x), e(x')) ≥ id_threshold`` between the AIFR model's embeddings of the source ``x`` and of

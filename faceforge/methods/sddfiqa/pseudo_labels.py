@@ -1,7 +1,8 @@
 """SDD-FIQA quality pseudo-labels (Ou et al., CVPR 2021; TFace ``quality/generate_pseudo_labels``).
 
 For every image ``x_i`` of identity ``y_i``, embedded by a frozen recogniser (cosine similarity on
-L2-normalised embeddings), in each of ``K`` rounds (methods.md §5.1):
+L2-normalised embeddings), in each of ``K`` rounds (Ou et al., CVPR 2021; TFace
+``quality/generate_pseudo_labels/gen_pseudo_labels.py``):
 
 * ``S^P_i``: cosines to ``min(m, n_{y_i} - 1)`` other images of the same identity, drawn without
   replacement (all of them when the identity has at most ``m + 1`` images);
@@ -25,7 +26,8 @@ Choices the paper leaves open, each an option:
   serve as *other-identity* images for everyone else, and they take no part in the min-max
   normalisation.
 * **Unsigned distance**: W1 is unsigned, so an image whose same-identity cosines lie *below* its
-  other-identity cosines (a mislabelled face) also gets a large distance (methods.md §5.5).
+  other-identity cosines (a mislabelled face) also gets a large distance (a known weakness of the unsigned distance; Tencent/TFace
+  issue #37 reports a related one, masked faces scoring above their unmasked sources).
   ``signed=True`` multiplies ``WD_i`` by ``sign(mean(S^P_i) - mean(S^N_i))`` before normalising - a
   deviation from the paper, off by default.
 * **Randomness**: one ``numpy.random.default_rng(seed)`` drives every round, so a seed gives the same

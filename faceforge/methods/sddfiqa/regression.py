@@ -1,4 +1,5 @@
-"""SDD-FIQA's quality regression as a training objective (methods.md §5.2; TFace ``quality/train.py``).
+"""SDD-FIQA's quality regression as a training objective (Ou et al., CVPR 2021; TFace ``quality/train.py``,
+``quality/train_config.py``).
 
 The network is a quality backbone (``model=sddfiqa_mobilefacenet`` / ``sddfiqa_iresnet50``,
 :mod:`faceforge.models.backbones.quality`) whose one-number output arrives as the ``[B, 1]`` "embedding"; the

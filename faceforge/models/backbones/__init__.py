@@ -16,8 +16,6 @@ from __future__ import annotations
 
 from torch import nn
 
-from faceforge.core.registry import Registry
-
 from .aifr import (
     AIFRNet,
     AttentionDecomposition,
@@ -52,8 +50,7 @@ from .quality import (
     sddfiqa_iresnet100,
     sddfiqa_mobilefacenet,
 )
-
-BACKBONES: Registry[nn.Module] = Registry("backbone")
+from .registry import BACKBONES
 
 BACKBONES.register("mobilefacenet")(mobilefacenet)
 BACKBONES.register("iresnet18")(iresnet18)

@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from faceforge.models.backbones.registry import BACKBONES
+
 __all__ = ["DualBNNet", "DualBatchNorm", "FusingWeightPredictor", "Route", "convert_dual_bn", "dual_bn"]
 
 CLEAN_STATS = ("running", "batch")
@@ -145,8 +147,6 @@ class DualBNNet(nn.Module):
         **base_kwargs: Any,
     ) -> None:
         super().__init__()
-        from faceforge.models.backbones import BACKBONES  # the registry holding this class too
-
         if base == "dual_bn" or base not in BACKBONES:
             raise ValueError(
                 f"dual_bn: base={base!r} must be another registered backbone: {BACKBONES.names()}"

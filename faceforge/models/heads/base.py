@@ -1,6 +1,7 @@
 """Shared pieces of the classification heads: the output record, input checks and the margin-head base.
 
-Conventions (TFace / official CurricularFace, see methods.md §0-§1):
+Conventions (TFace ``recognition/torchkit/head/localfc/*.py``; official CurricularFace
+``HuangYG123/CurricularFace`` ``head/metrics.py``):
 
 * the class weight ``W`` is stored as [num_classes, embedding_size] and initialised N(0, 0.01);
 * margin heads L2-normalise the embedding and every class row of ``W``, so

@@ -2,7 +2,7 @@
 
 Source: Xu, Huang, Shen, Li, Li, Huang, Li, Cui, "Consistent Instance False Positive Improves Fairness in
 Face Recognition", CVPR 2021; reference implementation TFace ``recognition/torchkit/head/localfc/cifp.py``
-(read at commit 9004edb; the computation below follows it step by step, methods.md §4.2). TFace ships it
+(read at commit 9004edb; the computation below follows it step by step). TFace ships it
 as a CosFace head that needs an initialised process group even on one GPU; here it is a transform of the
 logits of whatever margin head (CosFace, ArcFace, CurricularFace, NormFace) the criterion uses, local or
 sharded, in one process (every collective is a no-op) or under torchrun.
@@ -32,8 +32,8 @@ CurricularFace), ``s`` the scale.
    ``penalty="paper_ratio"``: the paper's abstract says the penalty is "in proportion to the ratio of
    instance FPR over overall FPR"; this multiplies the code's ``δ_i`` by ``FPR_i / α`` with
    ``FPR_i = |F_i| / N_i`` (``N_i`` = the row's non-target entries), which at ``α = 1/(C - 1)`` is
-   ``|F_i|``, turning the mean into a sum. The paper's equation could not be checked against the PDF
-   (methods.md §12.1), so this option is our reading of the abstract, and the default is the code.
+   ``|F_i|``, turning the mean into a sum. The paper's equation could not be checked against the PDF,
+   so this option is our reading of the abstract, and the default is the code.
 7. Logits: the target logit becomes ``s · (t_i - δ_i)``; every other logit is the head's own. Plain
    cross-entropy follows. Equivalently, ``(exp(s·δ_i) - 1) · Σ_{j≠y} exp(s·c_ij)`` is added to the
    softmax denominator, a penalty that grows with the instance's false-positive similarities.
