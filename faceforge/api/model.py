@@ -33,8 +33,8 @@ from faceforge.api.detection import Detector
 from faceforge.api.errors import ModelFileError, NoFaceError, UncalibratedError
 from faceforge.api.images import ImageInput, as_batch, describe_input
 from faceforge.api.results import Comparison, DecisionRule, Face, ModelInfo
+from faceforge.core.finite import check_finite
 from faceforge.core.options import check_api
-from faceforge.embedders.finite import check_finite
 
 #: precisions a caller may ask for; "auto" lets the embedder choose (bf16 only where the CPU or GPU has it)
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")

@@ -98,7 +98,7 @@ def _quality_gate(args: argparse.Namespace):
             "gives 1 (train one with 'faceforge train lfw_sddfiqa', or use a quality ONNX export)"
         )
 
-    from faceforge.embedders.finite import check_finite
+    from faceforge.core.finite import check_finite
 
     def score(faces):
         return check_finite(model.embed(faces), model, "quality scores")[:, 0]

@@ -444,7 +444,7 @@ def _reembed(args: argparse.Namespace) -> int:
     import cv2
     import numpy as np
 
-    from faceforge.embedders.finite import check_finite
+    from faceforge.core.finite import check_finite
     from faceforge.serve.gallery import model_id_of
     from faceforge.serve.keys import Actor
     from faceforge.serve.pipeline import l2_normalise

@@ -40,12 +40,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from faceforge.core.finite import ModelOutputError
 from faceforge.core.hashing import file_sha256
 from faceforge.core.options import check_api
 from faceforge.core.rules import OptionError
 from faceforge.core.version import __version__
 from faceforge.data.preprocess import Preprocess
-from faceforge.embedders.finite import ModelOutputError
 
 log = logging.getLogger(__name__)
 

@@ -38,9 +38,9 @@ import numpy as np
 from tqdm import tqdm
 
 from faceforge.core.atomic import atomic_writer
+from faceforge.core.finite import check_finite
 from faceforge.data.image_io import UnreadableImageError, decode_image_rgb, read_image_bytes
 from faceforge.embedders.cache_dir import default_cache_dir
-from faceforge.embedders.finite import check_finite
 
 __all__ = [
     "EmbeddingStore",
@@ -312,7 +312,7 @@ def _settle_precision(embedder: Any, n: int, load: Loader, size: int) -> None:
 def embed_batch(embedder: Any, faces: np.ndarray, flip: bool) -> np.ndarray:
     """Raw embeddings of uint8 faces; with ``flip``, ``f(x) + f(mirror(x))`` (the embedder's own
     ``embed_flip_sum`` when it has one, which preprocesses once for both). NaN or infinite outputs raise
-    :class:`~faceforge.embedders.finite.ModelOutputError` naming the model."""
+    :class:`~faceforge.core.finite.ModelOutputError` naming the model."""
     if not flip:
         return check_finite(embedder.embed(faces), embedder)
     both = getattr(embedder, "embed_flip_sum", None)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from faceforge.embedders.finite import check_finite
+from faceforge.core.finite import check_finite
 
 log = logging.getLogger(__name__)
 

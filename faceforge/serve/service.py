@@ -46,8 +46,8 @@ class ServiceSettings:
 
 def load_model(spec: str, options: dict[str, Any] | None = None) -> Any:
     """An embedder for ``spec``; ``default`` tries :data:`DEFAULT_MODELS` in order and says what it chose."""
+    from faceforge.core.finite import probe_finite
     from faceforge.embedders import embedder_from_spec
-    from faceforge.embedders.finite import probe_finite
 
     options = dict(options or {})
     if spec != "default":

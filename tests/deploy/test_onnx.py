@@ -258,8 +258,10 @@ def test_export_failing_verification_leaves_no_file(
     assert diff < 1e-4 and n == 2 and batch_dim == 2 and meta_batch == 2
     assert list(tmp_path.iterdir()) == []
 
-    assert main(["export-onnx", str(exported.checkpoint), str(out), "--batch", "0"]) == 2
-    assert "positive integer" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # argparse refuses it by the option's rule, exit status 2
+        main(["export-onnx", str(exported.checkpoint), str(out), "--batch", "0"])
+    assert refused.value.code == 2
+    assert "--batch: 0 must be 'dynamic' or an integer in [1, 65536]" in capsys.readouterr().err
 
 
 def _subset(root: Path, out: Path, people: int = 6, per_person: int = 8) -> Path:
