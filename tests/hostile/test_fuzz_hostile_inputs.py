@@ -915,7 +915,10 @@ def fuzz_run(
     proc = subprocess.run(
         [*argv, str(ADDRESS_SPACE_CAP_GB), str(STEP_LIMIT_S)],
         capture_output=True,
-        env=child_env() | {"FACEFORGE_CACHE": str(root / "cache")},
+        # one intra-op thread: the contracts checked here do not depend on it, and on a shared 2-core runner
+        # OpenMP's spinning barriers stalled every forward while another process held a core (the child
+        # took 70 s instead of 48 s); prepare still spreads the photos over worker processes
+        env=child_env() | {"FACEFORGE_CACHE": str(root / "cache"), "OMP_NUM_THREADS": "1"},
         timeout=900,
         check=False,
     )
