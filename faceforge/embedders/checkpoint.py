@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.overrides import TorchFunctionMode
 
 from faceforge.core.checkpoint import CheckpointError, check_model_meta, load_checkpoint
 from faceforge.core.hashing import file_sha256
@@ -17,6 +18,29 @@ from faceforge.embedders.base import EMBEDDERS
 from faceforge.embedders.parity import PrecisionPolicy
 from faceforge.models.backbones import BACKBONES, build_backbone
 from faceforge.models.fusion import fold_batchnorm
+
+#: in-place ops that only write values (never shapes): weight initialisers call them
+_VALUE_INIT_OPS = frozenset(
+    {"normal_", "uniform_", "fill_", "zero_", "erfinv_", "mul_", "add_", "clamp_", "copy_"}
+)
+
+
+class _SkipMetaInit(TorchFunctionMode):
+    """Skip value-only in-place ops on ``meta`` tensors: a skeleton has shapes, no values to initialise.
+
+    Initialising meta tensors goes through PyTorch's Python references, whose first call imports
+    ``torch._dynamo`` (seconds per process: the first checkpoint a command loaded paid it). Modes are
+    per thread, so a model built in another thread meanwhile is initialised as usual."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+        if (
+            getattr(func, "__name__", None) in _VALUE_INIT_OPS
+            and args
+            and isinstance(args[0], torch.Tensor)
+            and args[0].is_meta
+        ):
+            return args[0]
+        return func(*args, **(kwargs or {}))
 
 
 def backbone_from_checkpoint(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> torch.nn.Module:
@@ -38,7 +62,7 @@ def backbone_from_checkpoint(ckpt: dict[str, Any], path: str | Path = "checkpoin
             f"{path}: unknown backbone {name!r} in its metadata (known: {BACKBONES.names()})"
         )
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), _SkipMetaInit():
             skeleton = build_backbone(name, **kwargs)
     except (TypeError, ValueError, KeyError) as exc:
         raise CheckpointError(

@@ -10,6 +10,7 @@ hard-negative modulation uses t_j, the step's starting t moved by micro-batch j'
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
@@ -26,6 +27,8 @@ class ToyLinear(nn.Module):
     """8x8 average pool -> flatten -> linear: a backbone with no batch statistics."""
 
     input_size = 112
+    #: the batch size of every training-mode forward (the test reads how the step was cut)
+    seen: ClassVar[list[int]] = []
 
     def __init__(self, embedding_size: int = 16, input_size: int = 112, dropout: float = 0.0) -> None:
         super().__init__()
@@ -33,6 +36,8 @@ class ToyLinear(nn.Module):
         self.fc = nn.Linear(3 * 8 * 8, embedding_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            ToyLinear.seen.append(len(x))
         return self.fc(F.adaptive_avg_pool2d(x, 8).flatten(1))
 
 
@@ -54,7 +59,11 @@ def _run(root: Path, lf: Path, run: Path, head: str, k: int, steps: int) -> Trai
          "optim.warmup_epochs=0"],
     )  # fmt: skip
     trainer = Trainer(cfg)
+    ToyLinear.seen = []
     trainer.fit()
+    # each optimiser step is k forwards of 8 / k faces: a run that ignored accumulate_steps would pass the
+    # equality below trivially (two identical runs)
+    assert ToyLinear.seen == [8 // k] * (k * steps), (k, ToyLinear.seen)
     return trainer
 
 

@@ -158,5 +158,15 @@ def test_impostor_sampling_is_seeded():
     assert r1 == r2
     assert r1["n_impostor"] == 2000 and r1["n_genuine"] == 20 * 6
     assert r1["impostor_sampling"] == {"n": 2000, "seed": 7, "with_replacement": True}
-    _s, same = allpairs_scores(x, y, impostor_sample=2000, seed=7)
+    s7, same = allpairs_scores(x, y, impostor_sample=2000, seed=7)
     assert same.sum() == 120 and (~same).sum() == 2000
+    # the same seed draws the same impostor pairs; another seed other ones (the genuine pairs are all kept)
+    s7b, same_b = allpairs_scores(x, y, impostor_sample=2000, seed=7)
+    np.testing.assert_array_equal(s7b, s7)
+    np.testing.assert_array_equal(same_b, same)
+    s8, same8 = allpairs_scores(x, y, impostor_sample=2000, seed=8)
+    np.testing.assert_array_equal(np.sort(s8[same8]), np.sort(s7[same]))
+    imp7, imp8 = s7[~same], s8[~same8]
+    assert len(imp8) == 2000 and not np.array_equal(np.sort(imp7), np.sort(imp8))
+    r8 = allpairs_verification(x, y, mode="histogram", impostor_sample=2000, seed=8)
+    assert r8["impostor_sampling"]["seed"] == 8 and r8 != r1

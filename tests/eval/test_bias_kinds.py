@@ -19,6 +19,7 @@ from faceforge.data.image_io import read_image_rgb
 from faceforge.eval.benchmarks import BenchmarkSpecError, parse_benchmark_spec, run_benchmarks
 from faceforge.eval.bias import group_pairs_report, impostor_differential, within_group_impostor_pairs
 from faceforge.eval.report_html import write_html_report
+from tests.eval.plot_checks import assert_drawn_png
 
 
 class MeanGridEmbedder:
@@ -172,7 +173,9 @@ def test_biaspairs_and_identity_folder_runs(lfw_small: Path, lfw_groups: dict, t
     assert {"threshold_rule", "target_fmrs", "accuracy", "flip", "alignment", "pairs"} <= set(bp["settings"])
     assert bp["group_table"]["rows"][0][0] == "g1" and len(bp["group_table"]["rows"]) == 3
     assert set(bp["plots"]) == {"roc_by_group", "fmr_by_group"}
-    assert all(Path(p).stat().st_size > 3000 for p in bp["plots"].values())
+    for name, p in bp["plots"].items():
+        # every group's FMR is 0 on this small set: its bars have no height, axes and target line remain
+        assert_drawn_png(p, min_coloured=0 if name == "fmr_by_group" else 200)
 
     ident = saved["benchmarks"]["bias:groups.csv:identities"]
     assert ident["benchmark"]["identities_per_group"] == {"g1": 6, "g2": 6}

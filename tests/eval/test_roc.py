@@ -11,6 +11,7 @@ from sklearn.metrics import roc_auc_score
 
 from faceforge.eval.plots import plot_roc, plot_score_histogram
 from faceforge.eval.roc import auc, eer, eer_from_roc, roc, summarize_verification, tar_at_far
+from tests.eval.plot_checks import assert_drawn_png
 
 # ---------------------------------------------------------------------------------------------
 # Main hand example: 4 genuine, 8 impostor similarity scores (accept when score >= threshold).
@@ -210,11 +211,6 @@ def test_accept_nothing_threshold_serialises_as_null() -> None:
 # ---------------------------------------------------------------------------------------------
 # plots
 # ---------------------------------------------------------------------------------------------
-def _is_png(path: Path, min_bytes: int = 5000) -> bool:
-    data = path.read_bytes()
-    return data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > min_bytes
-
-
 def test_plot_roc_writes_png(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     y = rng.random(4000) < 0.5
@@ -225,7 +221,7 @@ def test_plot_roc_writes_png(tmp_path: Path) -> None:
         curves[name] = (fpr, tpr)
     out = plot_roc(curves, tmp_path / "sub" / "roc.png", title="test ROC")
     assert out == tmp_path / "sub" / "roc.png"
-    assert _is_png(out)
+    assert_drawn_png(out)
 
 
 def test_plot_score_histogram_writes_png(tmp_path: Path) -> None:
@@ -233,4 +229,4 @@ def test_plot_score_histogram_writes_png(tmp_path: Path) -> None:
     y = rng.random(2000) < 0.4
     s = np.where(y, rng.normal(0.6, 0.15, y.size), rng.normal(0.1, 0.15, y.size))
     out = plot_score_histogram(s, y, tmp_path / "hist.png")
-    assert out.exists() and _is_png(out)
+    assert_drawn_png(out)

@@ -61,12 +61,32 @@ def png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\0" * 64))
 
 
+def _repeated_zlib(unit: bytes, times: int) -> bytes:
+    """``zlib.compress(unit * times)`` without compressing (or holding) the whole: ``unit`` is deflated once,
+    ending in a full flush (byte-aligned, no back references across it), so its blocks can be repeated."""
+    comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = comp.compress(unit) + comp.flush(zlib.Z_FULL_FLUSH)
+    adler = 1
+    for _ in range(times):  # the checksum of the whole stream (fast: no compression)
+        adler = zlib.adler32(unit, adler)
+    # zlib header, the repeated blocks, an empty final block (fixed Huffman: 0b011 + end code), Adler-32
+    return b"\x78\xda" + block * times + b"\x03\x00" + struct.pack(">I", adler)
+
+
 def png_bomb(width: int, height: int) -> bytes:
     """A complete, valid all-black RGB PNG: tiny on disk, ``3 * width * height`` bytes once decoded."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    comp = zlib.compressobj(9)
-    row = b"\0" * (1 + 3 * width)
-    data = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
+    rows = 100 if height % 100 == 0 else 1
+    data = _repeated_zlib(b"\0" * (1 + 3 * width) * rows, height // rows)
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", data) + _chunk(b"IEND", b"")
+
+
+def png_stripes(width: int, height: int, period: int = 50) -> bytes:
+    """A valid RGB PNG, black with a white row every ``period`` rows (``height`` a multiple of it)."""
+    assert height % period == 0
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    white, black = b"\0" + b"\xff" * (3 * width), b"\0" * (1 + 3 * width)
+    data = _repeated_zlib(white + black * (period - 1), height // period)
     return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", data) + _chunk(b"IEND", b"")
 
 

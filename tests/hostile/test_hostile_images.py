@@ -210,13 +210,18 @@ def test_prepare_never_drops_a_photo_on_an_output_name_collision(
     tmp_path: Path, lfw_photos: list[Path], yunet_model: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     src = _collision_tree(tmp_path, lfw_photos)
+    # names a rerun must find again: one that is not UTF-8, one with a newline
+    odd = [os.fsdecode(b"latin1_\xe9\xff.jpg"), "new\nline.jpg"]
+    for name in odd:
+        shutil.copy(lfw_photos[3], src / name)
     out = tmp_path / "out"
     argv = ["prepare", "--images", str(src), "--out", str(out), "--no-progress"]
     argv += ["--detector-model", str(yunet_model)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     report = json.loads((out / "prepare_report.json").read_text())
-    assert report["aligned_images"] == 3 and report["kept_existing"] == 0
+    assert report["aligned_images"] == 5 and report["kept_existing"] == 0
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".jpg") == sorted(odd)
     outputs = sorted(p.name for p in (out / "Person").iterdir())
     assert outputs == ["a_jpg.jpg", "a_png.jpg", "b.jpg"]
     renamed = {r["file"]: r["output"] for r in report["renamed"]}
@@ -225,10 +230,11 @@ def test_prepare_never_drops_a_photo_on_an_output_name_collision(
     # the two faces are different people's: neither output is a copy of the other
     a_jpg, a_png = (read_image_rgb(out / "Person" / n) for n in ("a_jpg.jpg", "a_png.jpg"))
     assert np.abs(a_jpg.astype(int) - a_png.astype(int)).mean() > 10
-    # running again keeps all three, once each
+    # running again keeps all five (renamed and odd names too), once each
     assert main(argv) == 0
     again = json.loads((out / "prepare_report.json").read_text())
-    assert again["kept_existing"] == 3 and again["aligned_images"] == 0
+    assert again["kept_existing"] == 5 and again["aligned_images"] == 0
+    assert len(list(out.rglob("*.jpg"))) == 5
 
 
 def test_align_never_drops_an_image_on_an_output_name_collision(

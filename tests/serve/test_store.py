@@ -139,9 +139,15 @@ def test_index_follows_the_change_feed_and_matches_the_database(store_url):
 
 
 def test_concurrent_enrolments_commit_in_change_order(store):
+    """Four writers enrol 24 people while a reader follows the change log as the index does
+    (``changes_since(last seen)``): the reader sees every change once, in seq order, and the log's order is
+    the order of the commits (face ids grow with seq; each writer's enrolments appear in the order it made
+    them). A change that committed after a later seq was visible would be skipped by the reader."""
     rng = np.random.default_rng(3)
     faces = [[_face(rng)] for _ in range(24)]
-    errors = []
+    errors: list[BaseException] = []
+    polled: list[tuple[int, int, str]] = []
+    done = threading.Event()
 
     def worker(i: int) -> None:
         try:
@@ -150,14 +156,38 @@ def test_concurrent_enrolments_commit_in_change_order(store):
         except Exception as exc:  # pragma: no cover - the assertion below shows it
             errors.append(exc)
 
+    def poll() -> None:
+        try:
+            while True:
+                finished = done.is_set()
+                got = store.changes_since(polled[-1][0] if polled else 0)
+                polled.extend(got)
+                if finished:
+                    return
+        except Exception as exc:  # pragma: no cover
+            errors.append(exc)
+
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    reader = threading.Thread(target=poll)
+    reader.start()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    done.set()
+    reader.join()
     assert not errors
     changes = store.changes_since(0)
     assert len(changes) == 24 and len({f for _, f, _ in changes}) == 24
+    assert polled == changes  # the follower missed nothing and saw nothing twice
+    seqs = [s for s, _, _ in changes]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 24 and {op for _, _, op in changes} == {"add"}
+    face_ids = [f for _, f, _ in changes]
+    assert face_ids == sorted(face_ids)  # writes are serialised: a later commit has a later id and seq
+    names = store.identity_names(face_ids)
+    order = [int(names[f][1].split()[1]) for f in face_ids]
+    for i in range(4):  # each writer's own enrolments, in the order it made them
+        assert [j for j in order if j % 4 == i] == list(range(i, 24, 4)), order
     index = FaceIndex(8)
     assert index.rebuild(store).ok and index.count == 24
 
