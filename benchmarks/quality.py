@@ -10,7 +10,7 @@ Recognisers scoring the pairs: dlib's ResNet (pretrained) and a faceforge Mobile
 by the demo recipe ``lfw_mobilefacenet_arcface`` for ``--epochs`` epochs on Train (or ``--model PATH``).
 No flip test-time augmentation for either.
 
-Quality sources (rows; :mod:`faceforge.eval.quality_sources`):
+Quality sources (rows; :mod:`faceforge.eval.kinds.quality_sources`):
 - random rejection (``random=SEED``; mean and spread over ``--random-seeds`` seeds);
 - face size: inter-ocular distance (``facesize``) and detection-box size (``facebox``) in the LFW
   photo, from ``landmarks_mtcnn_5pts_250px.csv``;
@@ -61,9 +61,13 @@ from faceforge.embedders import embedder_from_spec
 from faceforge.embedders.cache import cached_embed_paths
 from faceforge.eval.benchmarks import run_benchmarks
 from faceforge.eval.kinds.base import list_identity_folder
-from faceforge.eval.quality import AOC_FORMULA, ERC_MODES
-from faceforge.eval.quality_report import all_pairs, compare_sources
-from faceforge.eval.quality_sources import QualityInputs, parse_quality_sources, relative_key, score_images
+from faceforge.eval.kinds.quality_sources import (
+    QualityInputs,
+    parse_quality_sources,
+    relative_key,
+    score_images,
+)
+from faceforge.eval.quality import AOC_FORMULA, ERC_MODES, all_pairs, compare_sources
 from faceforge.methods.sddfiqa import label_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -237,7 +241,7 @@ def regressor_fit(
     """Spearman correlation of the regressor's scores with the pseudo-labels: on Train (what it was fitted to)
     and on Test (the labeller's pseudo-labels of the Test people, never trained on: does the regressor predict
     them?)."""
-    from faceforge.eval.quality_sources import read_quality_csv
+    from faceforge.eval.kinds.quality_sources import read_quality_csv
 
     test_labels = folder / "test_labels.csv"
     if not test_labels.is_file():
@@ -264,7 +268,7 @@ def regressor_fit(
 
 def label_correlations(labels_csv: Path, train: Path, norms: dict[str, float]) -> dict[str, float]:
     """Spearman correlation of the pseudo-labels with the classic measures and the labeller's norm on Train."""
-    from faceforge.eval.quality_sources import read_quality_csv
+    from faceforge.eval.kinds.quality_sources import read_quality_csv
 
     table, _ = read_quality_csv(labels_csv)
     keys = sorted(k for k, v in table.items() if v is not None)
