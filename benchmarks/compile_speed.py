@@ -37,6 +37,7 @@ from faceforge.config import compose_config
 from faceforge.core.checkpoint import FORMAT, VERSION, atomic_torch_save
 from faceforge.core.precision import hardware_name
 from faceforge.data.dataset import Batch
+from faceforge.data.files import identity_folders
 from faceforge.data.preprocess import Preprocess
 from faceforge.embedders.checkpoint import CheckpointEmbedder
 from faceforge.engine.loop import Trainer
@@ -52,7 +53,7 @@ def training_data(tmp: Path, n: int = 256) -> Path:
     from faceforge.data.align_folder import align_folder
 
     src = DATA / "lfw" / "images"
-    photos = [f for p in sorted(src.iterdir()) if p.is_dir() for f in sorted(p.glob("*.jpg"))][:n]
+    photos = [f for _, files in identity_folders(src) for f in files][:n]
     align_folder(
         src, DATA / "lfw" / "landmarks_mtcnn_5pts_250px.csv", tmp / "aligned", landmark_offset=(-48, -48),
         images=photos, progress=False,

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader
 from faceforge.config import compose_config
 from faceforge.data.build import build_dataset
 from faceforge.data.dataset import ResumableSampler, collate_faces
+from faceforge.data.files import identity_folders
 from faceforge.data.recordio import write_face_rec
 from faceforge.data.samples import Samples, scan_image_folder
 
@@ -50,9 +51,7 @@ def aligned_subset(root: Path, images: int, tmp: Path) -> tuple[Path, str]:
     from faceforge.data.align_folder import align_folder
 
     src = DATA / "lfw" / "images"
-    files = [
-        f for person in sorted(p for p in src.iterdir() if p.is_dir()) for f in sorted(person.glob("*.jpg"))
-    ]
+    files = [f for _, images in identity_folders(src) for f in images]
     out = tmp / "lfw_aligned"
     align_folder(
         src,

@@ -61,7 +61,7 @@ import numpy as np
 import torch
 
 from faceforge.config import compose_config
-from faceforge.data.pairs import read_lfw_pairs, resolve_pairs
+from faceforge.data.pairs import pairs_people, read_lfw_pairs, resolve_pairs
 from faceforge.embedders import embedder_from_spec
 from faceforge.engine.loop import Trainer
 from faceforge.eval.benchmarks import run_benchmarks
@@ -299,11 +299,7 @@ def teacher_phase(faces: Path, n: int, out: Path) -> dict[str, Any]:
     from faceforge.data.image_io import read_image_rgb
     from faceforge.distill.teachers import build_teacher_tables
 
-    devtest = {
-        name
-        for pair in read_lfw_pairs(DATA / "lfw" / "pairsDevTest.txt")
-        for name in (pair.name1, pair.name2)
-    }
+    devtest = pairs_people(DATA / "lfw" / "pairsDevTest.txt")
     files = [f for f in sorted(faces.rglob("*.jpg")) if f.parent.name not in devtest][:n]
     runs: dict[str, Any] = {}
     tables = {}

@@ -37,7 +37,7 @@ from faceforge.cli.main import main as faceforge
 from faceforge.core.checkpoint import load_checkpoint
 from faceforge.core.precision import autocast, cpu_has_bf16
 from faceforge.data.image_io import read_image_rgb
-from faceforge.data.pairs import read_lfw_pairs
+from faceforge.data.pairs import pairs_people
 from faceforge.data.preprocess import Preprocess
 from faceforge.embedders.checkpoint import backbone_from_checkpoint
 from faceforge.embedders.dlib_resnet import DlibResNetEmbedder, model_files
@@ -50,7 +50,7 @@ def data_root() -> Path:
 
 
 def people_faces(aligned: Path, pairs: Path, limit: int, step: int = 1) -> list[Path]:
-    names = sorted({n for p in read_lfw_pairs(pairs) for n in (p.name1, p.name2)})
+    names = sorted(pairs_people(pairs))
     files = [f for n in names for f in sorted((aligned / n).glob("*.jpg"))]
     return files[::step][:limit]
 

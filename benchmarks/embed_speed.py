@@ -44,7 +44,7 @@ import faceforge
 from faceforge.cli.main import main as faceforge_main
 from faceforge.core.checkpoint import FORMAT, VERSION, atomic_torch_save
 from faceforge.core.precision import autocast, hardware_name, inference_candidate
-from faceforge.data.files import list_images
+from faceforge.data.files import identity_folders, list_images
 from faceforge.data.image_io import read_image_rgb
 from faceforge.data.preprocess import Preprocess
 from faceforge.embedders.checkpoint import CheckpointEmbedder
@@ -63,7 +63,7 @@ def aligned_faces(root: Path | None, n: int, tmp: Path) -> tuple[Path, str]:
         from faceforge.data.align_folder import align_folder
 
         src = DATA / "lfw" / "images"
-        photos = [f for p in sorted(src.iterdir()) if p.is_dir() for f in sorted(p.glob("*.jpg"))][:n]
+        photos = [f for _, files in identity_folders(src) for f in files][:n]
         out = tmp / "aligned"
         align_folder(
             src,

@@ -46,7 +46,7 @@ import torch
 from faceforge.config import compose_config
 from faceforge.core.checkpoint import load_checkpoint
 from faceforge.core.hashing import file_sha256
-from faceforge.data.pairs import read_lfw_pairs, resolve_pairs
+from faceforge.data.pairs import pairs_people, read_lfw_pairs, resolve_pairs, write_lfw_pairs
 from faceforge.engine.loop import Trainer
 from faceforge.engine.setup import import_plugins
 from faceforge.eval.benchmarks import evaluate_checkpoint
@@ -94,8 +94,7 @@ def align_lfw(out: Path) -> Path:
 def training_list(faces: Path, out: Path, people: int | None) -> tuple[Path, int, int]:
     """``path label`` list of the demo's training identities (not in pairsDevTest, >= 2 images), optionally the
     first ``people`` of them by name; returns (file, images, people)."""
-    pairs = read_lfw_pairs(DATA / "lfw" / "pairsDevTest.txt")
-    held_out = {n for p in pairs for n in (p.name1, p.name2)}
+    held_out = pairs_people(DATA / "lfw" / "pairsDevTest.txt")
     chosen = []
     for person in sorted(d for d in faces.iterdir() if d.is_dir() and d.name not in held_out):
         files = sorted(f for f in person.iterdir() if f.suffix.lower() in (".jpg", ".png"))
@@ -114,11 +113,10 @@ def devtest_set(faces: Path, out: Path, per_kind: int | None) -> tuple[Path, Pat
     src = DATA / "lfw" / "pairsDevTest.txt"
     pairs_file, images = src, out / "devtest_images"
     if per_kind:
-        lines = [ln for ln in src.read_text().splitlines()[1:] if ln.strip()]
-        matched = [ln for ln in lines if len(ln.split()) == 3][:per_kind]
-        mismatched = [ln for ln in lines if len(ln.split()) == 4][:per_kind]
-        pairs_file = out / "pairsDevTest_quick.txt"
-        pairs_file.write_text("\n".join([str(per_kind), *matched, *mismatched]) + "\n")
+        pairs = read_lfw_pairs(src)
+        matched = [p for p in pairs if p.same][:per_kind]
+        mismatched = [p for p in pairs if not p.same][:per_kind]
+        pairs_file = write_lfw_pairs([*matched, *mismatched], out / "pairsDevTest_quick.txt")
         images = out / "devtest_images_quick"
     if not (images / ".done").is_file():
         p1, p2, _ = resolve_pairs(read_lfw_pairs(pairs_file), faces)

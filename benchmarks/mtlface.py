@@ -65,7 +65,7 @@ from utkface_split import split_utkface
 from faceforge.cli.main import main as faceforge
 from faceforge.config import compose_config
 from faceforge.data.attributes import utkface_fields
-from faceforge.data.pairs import read_lfw_pairs, resolve_pairs
+from faceforge.data.pairs import pairs_people, read_lfw_pairs, resolve_pairs
 from faceforge.embedders import embedder_from_spec
 from faceforge.engine.loop import Trainer
 from faceforge.eval.benchmarks import run_benchmarks
@@ -149,7 +149,7 @@ def train_list(faces: Path, out: Path, cap: int, seed: int = 0) -> Path:
     path = out / f"lfw_train_cap{cap}.txt"
     if path.is_file():
         return path
-    dev = {n for p in read_lfw_pairs(DATA / "lfw" / "pairsDevTest.txt") for n in (p.name1, p.name2)}
+    dev = pairs_people(DATA / "lfw" / "pairsDevTest.txt")
     rng = np.random.default_rng(seed)
     lines, label = [], 0
     for person in sorted(p for p in faces.iterdir() if p.is_dir() and p.name not in dev):
@@ -208,9 +208,7 @@ def lfw_ages(model: Path, faces: Path, train: Path, out: Path) -> Path:
     """Estimated ages of the training faces and of every image of the pairsDevTest people (the age-gap list's)."""
     csv_path = out / "lfw_ages.csv"
     if not csv_path.is_file():
-        dev = sorted(
-            {n for p in read_lfw_pairs(DATA / "lfw" / "pairsDevTest.txt") for n in (p.name1, p.name2)}
-        )
+        dev = sorted(pairs_people(DATA / "lfw" / "pairsDevTest.txt"))
         needed = [line.split()[0] for line in train.read_text().splitlines() if line.strip()]
         needed += [f.relative_to(faces).as_posix() for d in dev for f in sorted((faces / d).glob("*.jpg"))]
         listing = faces / f"ages_needed_{train.stem}.txt"
@@ -454,8 +452,8 @@ def main() -> None:
         ctx["lfw_ages"] = lfw_ages(age_model, faces, ctx["train_list"], out)
         ctx["agegap"] = agegap = out / "lfw_agegap.txt"
         if not agegap.is_file():
-            pairs_people = DATA / "lfw" / "pairsDevTest.txt"
-            result["agegap_list"] = build_agegap_pairs(ctx["lfw_ages"], faces, pairs_people, agegap)
+            people_from = DATA / "lfw" / "pairsDevTest.txt"
+            result["agegap_list"] = build_agegap_pairs(ctx["lfw_ages"], faces, people_from, agegap)
             save()
         for seed in seeds:  # seed by seed: a complete table after each one
             for name in wanted:

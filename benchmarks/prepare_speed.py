@@ -30,6 +30,7 @@ from typing import Any
 
 from faceforge.core.workers import available_cores, one_thread
 from faceforge.data.align_folder import align_folder
+from faceforge.data.files import identity_folders
 from faceforge.data.image_io import read_image_rgb
 from faceforge.deploy.align_photos import CHUNK, DetectorSpec
 from faceforge.deploy.detect import build_detector
@@ -42,7 +43,7 @@ LANDMARKS = DATA / "lfw" / "landmarks_mtcnn_5pts_250px.csv"
 
 def lfw_photos(n: int) -> list[Path]:
     src = DATA / "lfw" / "images"
-    return [f for p in sorted(src.iterdir()) if p.is_dir() for f in sorted(p.glob("*.jpg"))][:n]
+    return [f for _, files in identity_folders(src) for f in files][:n]
 
 
 def linked_tree(photos: list[Path], root: Path) -> Path:

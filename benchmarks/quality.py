@@ -56,7 +56,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import spearmanr
 
-from faceforge.data.pairs import read_lfw_pairs, resolve_pairs
+from faceforge.data.files import identity_folders
+from faceforge.data.pairs import pairs_people, read_lfw_pairs, resolve_pairs
 from faceforge.embedders import embedder_from_spec
 from faceforge.embedders.cache import cached_embed_paths
 from faceforge.eval.benchmarks import run_benchmarks
@@ -107,12 +108,11 @@ def split_folders(faces: Path, out: Path) -> tuple[Path, Path]:
     """``out/test`` (pairsDevTest people) and ``out/train`` (the others with >= 2 images): identity folders of
     links to the aligned faces, so file keys stay ``<identity>/<file>`` (files are linked, not folders, because
     folder listings do not follow linked folders)."""
-    test_people = {n for p in read_lfw_pairs(PAIRS) for n in (p.name1, p.name2)}
+    test_people = pairs_people(PAIRS)
     test, train = out / "test", out / "train"
     for folder in (test, train):
         folder.mkdir(parents=True, exist_ok=True)
-    for d in sorted(p for p in faces.iterdir() if p.is_dir()):
-        images = sorted(d.glob("*.jpg"))
+    for d, images in identity_folders(faces):
         if d.name in test_people:
             target = test / d.name
         elif len(images) >= 2:

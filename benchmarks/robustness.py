@@ -84,7 +84,7 @@ def faceforge_cli(args: list[str]) -> None:
 def prepare_data(base: Path, quick: bool) -> dict[str, Path]:
     """Aligned LFW (``faceforge align``), the evaluation folder (pairsDevTest people, links) and, for ``--quick``, a
     training list of 120 people."""
-    from faceforge.data.pairs import read_lfw_pairs
+    from faceforge.data.pairs import pairs_people
 
     faces = base / "lfw_aligned"
     if not (faces / "align_report.json").is_file():
@@ -92,7 +92,7 @@ def prepare_data(base: Path, quick: bool) -> dict[str, Path]:
                        str(DATA / "lfw" / "landmarks_mtcnn_5pts_250px.csv"), "--landmark-offset=-48,-48",
                        "--out", str(faces), "--no-progress"])  # fmt: skip
     pairs = DATA / "lfw" / "pairsDevTest.txt"
-    people = sorted({n for p in read_lfw_pairs(pairs) for n in (p.name1, p.name2)})
+    people = sorted(pairs_people(pairs))
     if quick:
         people = people[:150]
     evald = base / ("devtest_people_quick" if quick else "devtest_people")
@@ -102,7 +102,7 @@ def prepare_data(base: Path, quick: bool) -> dict[str, Path]:
             (evald / name).symlink_to((faces / name).resolve())
     out = {"faces": faces, "pairs": pairs, "eval_folder": evald}
     if quick:
-        excluded = set(people) | {n for p in read_lfw_pairs(pairs) for n in (p.name1, p.name2)}
+        excluded = set(people) | pairs_people(pairs)
         train = [d for d in sorted(faces.iterdir()) if d.is_dir() and d.name not in excluded]
         train = [d for d in train if len(list(d.glob("*.jpg"))) >= 4][:120]
         lines = [
