@@ -31,20 +31,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import DATA, REPO, lfw_photos
 
 import faceforge
 from faceforge.config import compose_config
 from faceforge.core.checkpoint import FORMAT, VERSION, atomic_torch_save
 from faceforge.core.precision import hardware_name
 from faceforge.data.dataset import Batch
-from faceforge.data.files import identity_folders
 from faceforge.data.preprocess import Preprocess
 from faceforge.embedders.checkpoint import CheckpointEmbedder
 from faceforge.engine.loop import Trainer
 from faceforge.models.backbones import build_backbone
-
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("FACEFORGE_DATA", REPO.parent / "shared" / "data")).resolve()
 
 
 def training_data(tmp: Path, n: int = 256) -> Path:
@@ -53,7 +50,7 @@ def training_data(tmp: Path, n: int = 256) -> Path:
     from faceforge.data.align_folder import align_folder
 
     src = DATA / "lfw" / "images"
-    photos = [f for _, files in identity_folders(src) for f in files][:n]
+    photos = lfw_photos(src, n)
     align_folder(
         src, DATA / "lfw" / "landmarks_mtcnn_5pts_250px.csv", tmp / "aligned", landmark_offset=(-48, -48),
         images=photos, progress=False,

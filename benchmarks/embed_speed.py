@@ -39,19 +39,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from common import DATA, REPO, lfw_photos
 
 import faceforge
 from faceforge.cli.main import main as faceforge_main
 from faceforge.core.checkpoint import FORMAT, VERSION, atomic_torch_save
 from faceforge.core.precision import autocast, hardware_name, inference_candidate
-from faceforge.data.files import identity_folders, list_images
+from faceforge.data.files import list_images
 from faceforge.data.image_io import read_image_rgb
 from faceforge.data.preprocess import Preprocess
 from faceforge.embedders.checkpoint import CheckpointEmbedder
 from faceforge.models.backbones import BACKBONES, build_backbone
-
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("FACEFORGE_DATA", REPO.parent / "shared" / "data")).resolve()
 
 
 def aligned_faces(root: Path | None, n: int, tmp: Path) -> tuple[Path, str]:
@@ -63,7 +61,7 @@ def aligned_faces(root: Path | None, n: int, tmp: Path) -> tuple[Path, str]:
         from faceforge.data.align_folder import align_folder
 
         src = DATA / "lfw" / "images"
-        photos = [f for _, files in identity_folders(src) for f in files][:n]
+        photos = lfw_photos(src, n)
         out = tmp / "aligned"
         align_folder(
             src,

@@ -38,8 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-REPO = Path(__file__).resolve().parents[1]
+from common import REPO
 
 
 def faceforge(*args: str) -> float:

@@ -54,6 +54,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from common import DEVTEST_PAIRS as PAIRS
+from common import LFW_LANDMARKS as LANDMARKS
+from common import REPO, align_lfw
 from scipy.stats import spearmanr
 
 from faceforge.data.files import identity_folders
@@ -71,15 +74,11 @@ from faceforge.eval.kinds.quality_sources import (
 from faceforge.eval.quality import AOC_FORMULA, ERC_MODES, all_pairs, compare_sources
 from faceforge.methods.sddfiqa import label_folder
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("FACEFORGE_DATA", REPO.parent / "shared" / "data")).resolve()
 RECIPE = "lfw_mobilefacenet_arcface"
 SDD_RECIPE = "lfw_sddfiqa"  # method=sddfiqa on the Train people (faceforge/configs/lfw_sddfiqa.yaml)
 #: the regressors' schedule here: a measured epoch took ~25 min on the shared 2-core CPU (see the README)
 SDD_EPOCHS = 3
 SDD_MILESTONES = (2,)
-LANDMARKS = DATA / "lfw" / "landmarks_mtcnn_5pts_250px.csv"
-PAIRS = DATA / "lfw" / "pairsDevTest.txt"
 #: FMR targets per comparison set: pairsDevTest has 500 impostor pairs, so 1e-3 and below are not resolvable
 FMRS = {"pairsDevTest": (1e-1, 1e-2), "all pairs": (1e-2, 1e-3, 1e-4)}
 CLASSIC = {
@@ -93,15 +92,6 @@ log = logging.getLogger("quality")
 # --------------------------------------------------------------------------------------------
 # data and recognisers
 # --------------------------------------------------------------------------------------------
-def align_lfw(out: Path) -> Path:
-    faces = out / "lfw_aligned"
-    if not (faces / "align_report.json").is_file():
-        from faceforge.cli.main import main as faceforge
-
-        args = ["align", "--images", str(DATA / "lfw" / "images"), "--landmarks", str(LANDMARKS)]
-        if faceforge([*args, "--landmark-offset=-48,-48", "--out", str(faces), "--no-progress"]) != 0:
-            raise SystemExit("faceforge align failed")
-    return faces
 
 
 def split_folders(faces: Path, out: Path) -> tuple[Path, Path]:

@@ -55,14 +55,12 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from common import DATA, REPO
 
 from faceforge.data.files import identity_folders
 from faceforge.data.pairs import pairs_people
 from faceforge.serve.index import IndexSettings
 from faceforge.serve.recall import per_query_ms
-
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("FACEFORGE_DATA", REPO.parent / "shared" / "data")).resolve()
 
 
 def free_port() -> int:
