@@ -4,7 +4,7 @@ The scripts run as ``python benchmarks/NAME.py`` (this folder is then first on `
 ``from common import ...``; the tests load them the same way (``tests/benchmarks/conftest.py`` puts this
 folder on the path).
 
-* where things are: :data:`REPO`, :data:`DATA` (``$FACEFORGE_DATA``, else ``../shared/data`` beside the
+* where things are: :data:`REPO`, :data:`DATA` (``$FACEFORGE_DATA``, else the data folder that sits beside the
   checkout), :data:`RESULTS` (``benchmarks/results``), :data:`DEVTEST_PAIRS` (LFW ``pairsDevTest.txt``);
 * data: :func:`faceforge_cli`, :func:`align_lfw` (``faceforge align`` of LFW with its 5-point landmarks, once,
   as ``make demo`` does), :func:`lfw_photos`, :func:`write_training_list` (a ``path label`` list of the people
