@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import DATA, REPO, lfw_photos
 
 import faceforge
 from faceforge.config import compose_config
@@ -42,9 +43,6 @@ from faceforge.embedders.checkpoint import CheckpointEmbedder
 from faceforge.engine.loop import Trainer
 from faceforge.models.backbones import build_backbone
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("FACEFORGE_DATA", REPO.parent / "shared" / "data")).resolve()
-
 
 def training_data(tmp: Path, n: int = 256) -> Path:
     """The first ``n`` LFW photos aligned into ``tmp``: the trainer needs a data set (its batches come from
@@ -52,7 +50,7 @@ def training_data(tmp: Path, n: int = 256) -> Path:
     from faceforge.data.align_folder import align_folder
 
     src = DATA / "lfw" / "images"
-    photos = [f for p in sorted(src.iterdir()) if p.is_dir() for f in sorted(p.glob("*.jpg"))][:n]
+    photos = lfw_photos(src, n)
     align_folder(
         src, DATA / "lfw" / "landmarks_mtcnn_5pts_250px.csv", tmp / "aligned", landmark_offset=(-48, -48),
         images=photos, progress=False,

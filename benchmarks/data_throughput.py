@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import DATA, REPO, lfw_photos
 from torch.utils.data import DataLoader
 
 from faceforge.config import compose_config
@@ -36,8 +37,6 @@ from faceforge.data.dataset import ResumableSampler, collate_faces
 from faceforge.data.recordio import write_face_rec
 from faceforge.data.samples import Samples, scan_image_folder
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("FACEFORGE_DATA", REPO.parent / "shared" / "data")).resolve()
 CONFIG = "lfw_mobilefacenet_arcface"
 AUGMENT = "data.augment={flip: {p: 0.5}, lowres: {}, colour_jitter: {}}"
 
@@ -50,9 +49,7 @@ def aligned_subset(root: Path, images: int, tmp: Path) -> tuple[Path, str]:
     from faceforge.data.align_folder import align_folder
 
     src = DATA / "lfw" / "images"
-    files = [
-        f for person in sorted(p for p in src.iterdir() if p.is_dir()) for f in sorted(person.glob("*.jpg"))
-    ]
+    files = lfw_photos(src)
     out = tmp / "lfw_aligned"
     align_folder(
         src,

@@ -59,15 +59,14 @@ from typing import Any, NamedTuple
 import cv2
 import numpy as np
 import torch
+from common import DEVTEST_PAIRS, RESULTS, align_lfw, machine_info, write_results
 
 from faceforge.config import compose_config
-from faceforge.data.pairs import read_lfw_pairs, resolve_pairs
+from faceforge.data.pairs import pairs_people, read_lfw_pairs, resolve_pairs
 from faceforge.embedders import embedder_from_spec
 from faceforge.engine.loop import Trainer
 from faceforge.eval.benchmarks import run_benchmarks
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("FACEFORGE_DATA", REPO.parent / "shared" / "data")).resolve()
 RECIPE = "lfw_mobilefacenet_arcface"
 ROWS = ["scratch", "feature_l2", "cosine", "rkd", "sp", "ekd", "liaad", "ddl"]
 #: fine-tuning rows start from the ArcFace-only student (run.init) and train --finetune-epochs more
@@ -110,31 +109,9 @@ def split_row(name: str) -> tuple[str, int | None]:
     return base, epochs
 
 
-def align_lfw(out: Path) -> Path:
-    faces = out / "lfw_aligned"
-    if not (faces / "align_report.json").is_file():
-        from faceforge.cli.main import main as faceforge
-
-        code = faceforge(
-            [
-                "align",
-                "--images",
-                str(DATA / "lfw" / "images"),
-                "--landmarks",
-                str(DATA / "lfw" / "landmarks_mtcnn_5pts_250px.csv"),
-                "--landmark-offset=-48,-48",
-                "--out",
-                str(faces),
-            ]
-        )
-        if code != 0:
-            raise SystemExit("faceforge align failed")
-    return faces
-
-
 def devtest_sets(faces: Path, out: Path) -> tuple[Path, Path, Path]:
     """Folders with the images of pairsDevTest (original and 24 px), and the pairs file."""
-    pairs_file = DATA / "lfw" / "pairsDevTest.txt"
+    pairs_file = DEVTEST_PAIRS
     full, low = out / "devtest_112", out / f"devtest_{LOW_RES}px"
     if not (low / ".done").is_file():
         p1, p2, _ = resolve_pairs(read_lfw_pairs(pairs_file), faces)
@@ -299,11 +276,7 @@ def teacher_phase(faces: Path, n: int, out: Path) -> dict[str, Any]:
     from faceforge.data.image_io import read_image_rgb
     from faceforge.distill.teachers import build_teacher_tables
 
-    devtest = {
-        name
-        for pair in read_lfw_pairs(DATA / "lfw" / "pairsDevTest.txt")
-        for name in (pair.name1, pair.name2)
-    }
+    devtest = pairs_people(DEVTEST_PAIRS)
     files = [f for f in sorted(faces.rglob("*.jpg")) if f.parent.name not in devtest][:n]
     runs: dict[str, Any] = {}
     tables = {}
@@ -331,7 +304,7 @@ def teacher_phase(faces: Path, n: int, out: Path) -> dict[str, Any]:
     }
     path = out / "teacher_phase.json"
     path.write_text(json.dumps(record, indent=2))
-    shutil.copy(path, REPO / "benchmarks" / "results" / "teacher_phase.json")
+    shutil.copy(path, RESULTS / "teacher_phase.json")
     return record
 
 
@@ -473,17 +446,10 @@ def main() -> None:
             "landmarks mode (shape predictor + chip), fp32"
         ),
         "torch_threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
+        "machine": machine_info(),
     }
-    saved.write_text(json.dumps(result, indent=2, default=str))
     md = table(rows, teacher)
-    (out / "distill_lfw.md").write_text(md)
-    results = REPO / "benchmarks" / "results"
-    results.mkdir(exist_ok=True)
-    shutil.copyfile(saved, results / "distill_lfw.json")
-    shutil.copyfile(out / "distill_lfw.md", results / "distill_lfw.md")
+    write_results(out, "distill_lfw", result, md)
     print(md)
 
 

@@ -32,25 +32,20 @@ from typing import Any
 
 import numpy as np
 import torch
+from common import DATA, REPO
 
 from faceforge.cli.main import main as faceforge
 from faceforge.core.checkpoint import load_checkpoint
 from faceforge.core.precision import autocast, cpu_has_bf16
 from faceforge.data.image_io import read_image_rgb
-from faceforge.data.pairs import read_lfw_pairs
+from faceforge.data.pairs import pairs_people
 from faceforge.data.preprocess import Preprocess
 from faceforge.embedders.checkpoint import backbone_from_checkpoint
 from faceforge.embedders.dlib_resnet import DlibResNetEmbedder, model_files
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def data_root() -> Path:
-    return Path(os.environ.get("FACEFORGE_DATA", REPO.parent / "shared" / "data")).resolve()
-
 
 def people_faces(aligned: Path, pairs: Path, limit: int, step: int = 1) -> list[Path]:
-    names = sorted({n for p in read_lfw_pairs(pairs) for n in (p.name1, p.name2)})
+    names = sorted(pairs_people(pairs))
     files = [f for n in names for f in sorted((aligned / n).glob("*.jpg"))]
     return files[::step][:limit]
 
@@ -178,7 +173,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "dlib_import.json")
     ap.add_argument("--work", type=Path, default=REPO / "benchmarks_out" / "dlib_import")
     args = ap.parse_args()
-    lfw = data_root() / "lfw"
+    lfw = DATA / "lfw"
     args.work.mkdir(parents=True, exist_ok=True)
     models = {mode: args.work / f"dlib_{mode}.pt" for mode in ("arcface112", "chip150")}
     for mode, path in models.items():

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from common import DATA, REPO, lfw_photos
 
 import faceforge
 from faceforge.cli.main import main as faceforge_main
@@ -50,9 +51,6 @@ from faceforge.data.preprocess import Preprocess
 from faceforge.embedders.checkpoint import CheckpointEmbedder
 from faceforge.models.backbones import BACKBONES, build_backbone
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("FACEFORGE_DATA", REPO.parent / "shared" / "data")).resolve()
-
 
 def aligned_faces(root: Path | None, n: int, tmp: Path) -> tuple[Path, str]:
     """A list file of ``n`` aligned faces: from ``root`` if given, else the first ``n`` LFW photos aligned."""
@@ -63,7 +61,7 @@ def aligned_faces(root: Path | None, n: int, tmp: Path) -> tuple[Path, str]:
         from faceforge.data.align_folder import align_folder
 
         src = DATA / "lfw" / "images"
-        photos = [f for p in sorted(src.iterdir()) if p.is_dir() for f in sorted(p.glob("*.jpg"))][:n]
+        photos = lfw_photos(src, n)
         out = tmp / "aligned"
         align_folder(
             src,

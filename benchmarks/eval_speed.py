@@ -29,12 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from common import REPO
 
 from faceforge.eval.allpairs import allpairs_verification
 from faceforge.eval.roc import summarize_verification
 from faceforge.eval.verification import fold_ids, kfold_accuracy
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def insightface_kfold(dist: np.ndarray, issame: np.ndarray, n_folds: int = 10) -> float:

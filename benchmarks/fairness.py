@@ -37,8 +37,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -47,10 +45,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from common import DATA, REPO, RESULTS, align_lfw, faceforge_cli, machine_info, mean_std, pm
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("FACEFORGE_DATA", REPO.parent / "shared" / "data")).resolve()
 RECIPE = "lfw_mobilefacenet_arcface"
 ROWS = ("cosface", "cosface_cifp", "arcface", "arcface_cifp")
 #: the objective keys of a CIFP row in the plug-in engine's config (issue 16)
@@ -94,29 +90,6 @@ def training_command(
 # ------------------------------------------------------------------------------------------------------
 # data
 # ------------------------------------------------------------------------------------------------------
-def faceforge_cli(args: list[str]) -> None:
-    from faceforge.cli.main import main as faceforge
-
-    if faceforge(args) != 0:
-        raise SystemExit(f"faceforge {args[0]} failed")
-
-
-def aligned_lfw(base: Path) -> Path:
-    faces = base / "lfw_aligned"
-    if not (faces / "align_report.json").is_file():
-        faceforge_cli(
-            [
-                "align",
-                "--images",
-                str(DATA / "lfw" / "images"),
-                "--landmarks",
-                str(DATA / "lfw" / "landmarks_mtcnn_5pts_250px.csv"),
-                "--landmark-offset=-48,-48",
-                "--out",
-                str(faces),
-            ]
-        )
-    return faces
 
 
 def prepared_utkface(base: Path) -> Path:
@@ -276,16 +249,6 @@ def flat_numbers(ev: dict[str, Any]) -> dict[str, float | None]:
     return out
 
 
-def mean_std(values: Sequence[float | None]) -> dict[str, Any]:
-    """Mean and sample std (ddof 1; 0 for one value) of the values that are not None, and how many."""
-    vals = [float(v) for v in values if v is not None]
-    if not vals:
-        return {"mean": None, "std": None, "n": 0, "values": list(values)}
-    arr = np.asarray(vals)
-    std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
-    return {"mean": float(arr.mean()), "std": std, "n": int(arr.size), "values": list(values)}
-
-
 def aggregate(runs: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str, dict[str, Any]]]:
     """``{row: {seed: {"eval": ...}}}`` -> ``{row: {number: mean_std over seeds}}``."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
@@ -331,16 +294,6 @@ def compare(summary: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str
     return out
 
 
-def _pm(m: dict[str, Any] | None, scale: float = 1.0, digits: int = 2, unit: str = "") -> str:
-    """``mean ± std`` (just the value for one seed), with ``(n=k)`` when some seeds had no value."""
-    if not m or m.get("mean") is None:
-        return "n/a"
-    n = f" (n={m['n']})" if m["n"] != len(m["values"]) else ""
-    if m["n"] == 1:
-        return f"{m['mean'] * scale:.{digits}f}{unit}{n}"
-    return f"{m['mean'] * scale:.{digits}f} ± {m['std'] * scale:.{digits}f}{unit}{n}"
-
-
 def small_groups(runs: dict[str, dict[str, dict[str, Any]]]) -> dict[str, list[str]]:
     """Per grouping, the groups any run left out of the ratio and spread for having too few pairs."""
     out: dict[str, set[str]] = {g: set() for g in GROUPINGS}
@@ -371,12 +324,12 @@ def table(
         if not s:
             continue
         cells = [
-            _pm(s.get("pairs_accuracy"), 100, 2, " %"),
-            _pm(s.get("race.fmr_ratio_floored"), 1, 1),
-            _pm(s.get("race.log10_fmr_std"), 1, 2),
-            _pm(s.get("gender.fmr_ratio_floored"), 1, 2),
-            _pm(s.get("gender.log10_fmr_std"), 1, 2),
-            *[_pm(s.get(f"race.fmr.{r}"), 100, 3, " %") for r in races],
+            pm(s.get("pairs_accuracy"), 100, 2, " %"),
+            pm(s.get("race.fmr_ratio_floored"), 1, 1),
+            pm(s.get("race.log10_fmr_std"), 1, 2),
+            pm(s.get("gender.fmr_ratio_floored"), 1, 2),
+            pm(s.get("gender.log10_fmr_std"), 1, 2),
+            *[pm(s.get(f"race.fmr.{r}"), 100, 3, " %") for r in races],
         ]
         lines.append(f"| {row.replace('_cifp', ' + CIFP')} | " + " | ".join(cells) + " |")
     notes = []
@@ -419,7 +372,7 @@ def main() -> None:
     for r in rows:
         split_row(r)  # an unknown row stops before any training
     seeds = [int(s) for s in args.seeds.split(",") if s]
-    lfw = Path(args.lfw) if args.lfw else aligned_lfw(out.parent)
+    lfw = Path(args.lfw) if args.lfw else align_lfw(out.parent)
     utk = Path(args.utk) if args.utk else prepared_utkface(out.parent)
     saved = out / "fairness.json"
     result: dict[str, Any] = json.loads(saved.read_text()) if args.reuse and saved.is_file() else {}
@@ -446,8 +399,7 @@ def main() -> None:
             ),
         },
         "aggregation": "mean and sample std (ddof 1) over seeds",
-        "machine": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
+        "machine": machine_info(),
     }
     for row in rows:
         for seed in seeds:
@@ -478,7 +430,7 @@ def main() -> None:
     (out / "fairness.md").write_text(md)
     print(md)
     if args.publish:
-        dest = REPO / "benchmarks" / "results"
+        dest = RESULTS
         for f in (saved, out / "fairness.md"):
             shutil.copyfile(f, dest / f.name)
 

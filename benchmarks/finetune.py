@@ -33,8 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
 import shutil
 import statistics
 import time
@@ -42,18 +40,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import DEVTEST_PAIRS, align_lfw, machine_info, mean_std, write_results, write_training_list
 
 from faceforge.config import compose_config
 from faceforge.core.checkpoint import load_checkpoint
 from faceforge.core.hashing import file_sha256
-from faceforge.data.pairs import read_lfw_pairs, resolve_pairs
+from faceforge.data.pairs import pairs_people, read_lfw_pairs, resolve_pairs, write_lfw_pairs
 from faceforge.engine.loop import Trainer
 from faceforge.engine.setup import import_plugins
 from faceforge.eval.benchmarks import evaluate_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("FACEFORGE_DATA", REPO.parent / "shared" / "data")).resolve()
-RESULTS = REPO / "benchmarks" / "results"
 RECIPE = "finetune"
 #: every fine-tuning option off: what a first attempt does (the recipe's data, head, optimiser and epochs)
 NAIVE = [
@@ -77,48 +73,23 @@ FULL_COMMAND = (
 )
 
 
-def align_lfw(out: Path) -> Path:
-    """``faceforge align`` of LFW into ``out/lfw_aligned`` (as ``make demo``), once."""
-    faces = out / "lfw_aligned"
-    if not (faces / "align_report.json").is_file():
-        from faceforge.cli.main import main as faceforge
-
-        landmarks = DATA / "lfw" / "landmarks_mtcnn_5pts_250px.csv"
-        code = faceforge(["align", "--images", str(DATA / "lfw" / "images"), "--landmarks", str(landmarks),
-                          "--landmark-offset=-48,-48", "--out", str(faces)])  # fmt: skip
-        if code != 0:
-            raise SystemExit("faceforge align failed")
-    return faces
-
-
 def training_list(faces: Path, out: Path, people: int | None) -> tuple[Path, int, int]:
     """``path label`` list of the demo's training identities (not in pairsDevTest, >= 2 images), optionally the
     first ``people`` of them by name; returns (file, images, people)."""
-    pairs = read_lfw_pairs(DATA / "lfw" / "pairsDevTest.txt")
-    held_out = {n for p in pairs for n in (p.name1, p.name2)}
-    chosen = []
-    for person in sorted(d for d in faces.iterdir() if d.is_dir() and d.name not in held_out):
-        files = sorted(f for f in person.iterdir() if f.suffix.lower() in (".jpg", ".png"))
-        if len(files) >= 2:
-            chosen.append(files)
-    chosen = chosen[:people] if people else chosen
-    lines = [f"{f.relative_to(faces)} {label}" for label, files in enumerate(chosen) for f in files]
-    path = out / ("train_quick.txt" if people else "train.txt")
-    path.write_text("\n".join(lines) + "\n")
-    return path, len(lines), len(chosen)
+    name = "train_quick.txt" if people else "train.txt"
+    return write_training_list(faces, out / name, pairs_people(DEVTEST_PAIRS), max_people=people)
 
 
 def devtest_set(faces: Path, out: Path, per_kind: int | None) -> tuple[Path, Path]:
     """The pairsDevTest pairs file (or its first ``per_kind`` matched and mismatched pairs) and a folder with the
     images those pairs use (the all-pairs set)."""
-    src = DATA / "lfw" / "pairsDevTest.txt"
+    src = DEVTEST_PAIRS
     pairs_file, images = src, out / "devtest_images"
     if per_kind:
-        lines = [ln for ln in src.read_text().splitlines()[1:] if ln.strip()]
-        matched = [ln for ln in lines if len(ln.split()) == 3][:per_kind]
-        mismatched = [ln for ln in lines if len(ln.split()) == 4][:per_kind]
-        pairs_file = out / "pairsDevTest_quick.txt"
-        pairs_file.write_text("\n".join([str(per_kind), *matched, *mismatched]) + "\n")
+        pairs = read_lfw_pairs(src)
+        matched = [p for p in pairs if p.same][:per_kind]
+        mismatched = [p for p in pairs if not p.same][:per_kind]
+        pairs_file = write_lfw_pairs([*matched, *mismatched], out / "pairsDevTest_quick.txt")
         images = out / "devtest_images_quick"
     if not (images / ".done").is_file():
         p1, p2, _ = resolve_pairs(read_lfw_pairs(pairs_file), faces)
@@ -183,9 +154,8 @@ def summarise(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """mean, std (over seeds; 0 for one run) and n of every metric."""
     out: dict[str, Any] = {"n": len(runs)}
     for m in METRICS:
-        values = [r[m] for r in runs.values()]
-        out[m] = statistics.fmean(values)
-        out[f"{m}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        ms = mean_std([r[m] for r in runs.values()])
+        out[m], out[f"{m}_std"] = ms["mean"], ms["std"]
     return out
 
 
@@ -299,15 +269,11 @@ def main() -> None:
         "quick": args.quick, "recipe": RECIPE, "naive_overrides": NAIVE, "epochs": epochs, "seeds": seeds,
         "train_images": n_images, "train_people": n_people, "pairs": f"{pairs_file.name} (flip-sum, 10 folds)",
         "allpairs_rule": "conservative: largest TAR with FAR <= 1e-3", "faces": str(faces), "set": args.set,
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()},
+        "machine": machine_info(threads=torch.get_num_threads()),
     }  # fmt: skip
 
     def save() -> None:
-        saved.write_text(json.dumps(result, indent=2, default=str))
-        (out / f"{stem}.md").write_text(table(result))
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(saved, RESULTS / saved.name)
-        shutil.copyfile(out / f"{stem}.md", RESULTS / f"{stem}.md")
+        write_results(out, stem, result, table(result))
 
     for name, path in models.items():
         model = Path(path)

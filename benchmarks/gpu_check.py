@@ -38,7 +38,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import socket
 import tempfile
 import time
@@ -50,6 +49,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+from common import REPO, machine_info
 
 import faceforge
 from faceforge.config import compose_config
@@ -64,7 +64,6 @@ from faceforge.eval.embed_files import embed_files
 from faceforge.models.backbones import build_backbone
 from faceforge.objectives.margin import find_margin
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIG = "lfw_mobilefacenet_arcface"
 PARITY_STEPS = 20
 PARITY_RTOL, PARITY_ATOL = 1e-2, 1e-3
@@ -374,15 +373,7 @@ def parity_check(data: dict[str, Any], device: torch.device, tmp: Path, batch: i
 
 # ------------------------------------------------------------------------------------------------ main
 def machine(device: torch.device) -> dict[str, Any]:
-    rec: dict[str, Any] = {
-        "device": str(device),
-        "hardware": hardware_name(device),
-        "torch": str(torch.__version__),
-        "cuda": torch.version.cuda,
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "faceforge": faceforge.__version__,
-    }
+    rec = machine_info(device=str(device), hardware=hardware_name(device), cuda=torch.version.cuda)
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         rec |= {

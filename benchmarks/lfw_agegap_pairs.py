@@ -37,7 +37,7 @@ import numpy as np
 
 from faceforge.core.hashing import file_sha256
 from faceforge.data.attributes import read_sidecar
-from faceforge.data.pairs import read_lfw_pairs
+from faceforge.data.pairs import pairs_people
 from faceforge.eval.age import DEFAULT_AGE_EDGES
 
 
@@ -61,7 +61,7 @@ def build_agegap_pairs(
     table, names = read_sidecar(ages_csv)
     if "age" not in names:
         raise ValueError(f"{ages_csv}: no 'age' column (have {names}); write it with faceforge attributes")
-    people = sorted({n for p in read_lfw_pairs(people_from) for n in (p.name1, p.name2)})
+    people = sorted(pairs_people(people_from))
     wanted = set(people)
     by_person: dict[str, list[tuple[str, float]]] = defaultdict(list)
     for path, row in table.items():

@@ -48,8 +48,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
 import shutil
 import time
 from collections.abc import Callable
@@ -57,22 +55,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import common
 import numpy as np
 import torch
+from common import DATA, DEVTEST_PAIRS, align_lfw, machine_info, write_results, write_training_list
 from lfw_agegap_pairs import build_agegap_pairs
 from utkface_split import split_utkface
 
 from faceforge.cli.main import main as faceforge
 from faceforge.config import compose_config
 from faceforge.data.attributes import utkface_fields
-from faceforge.data.pairs import read_lfw_pairs, resolve_pairs
+from faceforge.data.pairs import pairs_people, read_lfw_pairs, resolve_pairs
 from faceforge.embedders import embedder_from_spec
 from faceforge.engine.loop import Trainer
 from faceforge.eval.benchmarks import run_benchmarks
 from faceforge.methods.mtlface.predict import AttributePredictor, age_mae_report, predict_folder
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("FACEFORGE_DATA", REPO.parent / "shared" / "data")).resolve()
 RECIPE = "lfw_mobilefacenet_arcface"
 log = logging.getLogger("mtlface")
 
@@ -114,14 +112,6 @@ ROWS: dict[str, Row] = {
 
 
 # ------------------------------------------------------------------------------------------------ faces
-def align_lfw(out: Path) -> Path:
-    faces = out / "lfw_aligned"
-    if not (faces / "align_report.json").is_file():
-        lm = DATA / "lfw" / "landmarks_mtcnn_5pts_250px.csv"
-        args = ["align", "--images", str(DATA / "lfw" / "images"), "--landmarks", str(lm)]
-        if faceforge([*args, "--landmark-offset=-48,-48", "--out", str(faces)]) != 0:
-            raise SystemExit("faceforge align failed")
-    return faces
 
 
 def prepare_utk(out: Path) -> Path:
@@ -147,20 +137,8 @@ def train_list(faces: Path, out: Path, cap: int, seed: int = 0) -> Path:
     """``path label`` list of the LFW people outside pairsDevTest with >= 2 images, at most ``cap`` each (a seeded
     choice; 0 = all)."""
     path = out / f"lfw_train_cap{cap}.txt"
-    if path.is_file():
-        return path
-    dev = {n for p in read_lfw_pairs(DATA / "lfw" / "pairsDevTest.txt") for n in (p.name1, p.name2)}
-    rng = np.random.default_rng(seed)
-    lines, label = [], 0
-    for person in sorted(p for p in faces.iterdir() if p.is_dir() and p.name not in dev):
-        imgs = sorted(person.glob("*.jpg"))
-        if len(imgs) < 2:
-            continue
-        if cap and len(imgs) > cap:
-            imgs = [imgs[i] for i in sorted(rng.choice(len(imgs), cap, replace=False))]
-        lines += [f"{f.relative_to(faces).as_posix()} {label}" for f in imgs]
-        label += 1
-    path.write_text("\n".join(lines) + "\n")
+    if not path.is_file():
+        write_training_list(faces, path, pairs_people(DEVTEST_PAIRS), per_person=cap, seed=seed)
     return path
 
 
@@ -168,7 +146,7 @@ def devtest_folder(faces: Path, out: Path) -> Path:
     """The images of pairsDevTest.txt (people never trained on), for the pairs and all-pairs benchmarks."""
     full = out / "devtest_112"
     if not (full / ".done").is_file():
-        p1, p2, _ = resolve_pairs(read_lfw_pairs(DATA / "lfw" / "pairsDevTest.txt"), faces)
+        p1, p2, _ = resolve_pairs(read_lfw_pairs(DEVTEST_PAIRS), faces)
         for src in sorted({Path(p) for p in p1 + p2}):
             dst = full / src.relative_to(faces)
             dst.parent.mkdir(parents=True, exist_ok=True)
@@ -208,9 +186,7 @@ def lfw_ages(model: Path, faces: Path, train: Path, out: Path) -> Path:
     """Estimated ages of the training faces and of every image of the pairsDevTest people (the age-gap list's)."""
     csv_path = out / "lfw_ages.csv"
     if not csv_path.is_file():
-        dev = sorted(
-            {n for p in read_lfw_pairs(DATA / "lfw" / "pairsDevTest.txt") for n in (p.name1, p.name2)}
-        )
+        dev = sorted(pairs_people(DEVTEST_PAIRS))
         needed = [line.split()[0] for line in train.read_text().splitlines() if line.strip()]
         needed += [f.relative_to(faces).as_posix() for d in dev for f in sorted((faces / d).glob("*.jpg"))]
         listing = faces / f"ages_needed_{train.stem}.txt"
@@ -299,8 +275,9 @@ def save_record(out: Path, name: str, seed: int | str, record: dict[str, Any]) -
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
-    a = np.asarray(values, dtype=np.float64)
-    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+    """(mean, std) of :func:`common.mean_std`, the pair this script's tables and record use."""
+    ms = common.mean_std(values)
+    return ms["mean"], ms["std"]
 
 
 def aggregate(runs: dict[str, Any]) -> dict[str, Any]:
@@ -454,8 +431,8 @@ def main() -> None:
         ctx["lfw_ages"] = lfw_ages(age_model, faces, ctx["train_list"], out)
         ctx["agegap"] = agegap = out / "lfw_agegap.txt"
         if not agegap.is_file():
-            pairs_people = DATA / "lfw" / "pairsDevTest.txt"
-            result["agegap_list"] = build_agegap_pairs(ctx["lfw_ages"], faces, pairs_people, agegap)
+            people_from = DEVTEST_PAIRS
+            result["agegap_list"] = build_agegap_pairs(ctx["lfw_ages"], faces, people_from, agegap)
             save()
         for seed in seeds:  # seed by seed: a complete table after each one
             for name in wanted:
@@ -499,17 +476,11 @@ def main() -> None:
         "agegap": "LFW age-gap list of the pairsDevTest people (lfw_agegap_pairs.py); gaps of estimated ages",
         "general_teacher": "dlib ResNet (SFace after `faceforge fetch sface` is the other choice: teachers.0.model=sface)",
         "torch_threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
+        "machine": machine_info(),
     }
     save()
     md = table(summary, labels)
-    (out / "mtlface.md").write_text(md)
-    results = REPO / "benchmarks" / "results"
-    results.mkdir(exist_ok=True)
-    shutil.copyfile(saved, results / "mtlface.json")
-    shutil.copyfile(out / "mtlface.md", results / "mtlface.md")
+    write_results(out, "mtlface", result, md)
     print(md)
     print(json.dumps(result["targets"], indent=2))
 

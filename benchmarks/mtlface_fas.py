@@ -38,8 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-REPO = Path(__file__).resolve().parents[1]
+from common import REPO
 
 
 def faceforge(*args: str) -> float:
@@ -105,9 +104,9 @@ def external_age_estimator(
 
 
 def devtest_people(pairs: Path) -> list[str]:
-    from faceforge.data.pairs import read_lfw_pairs
+    from faceforge.data.pairs import pairs_people
 
-    return sorted({n for p in read_lfw_pairs(pairs) for n in (p.name1, p.name2)})
+    return sorted(pairs_people(pairs))
 
 
 def dlib_reference(lfw: Path, people: list[str], cache: Path | None) -> dict[str, Any]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 import onnxruntime
 import torch
+from common import REPO, cpu_name
 
 from faceforge.core.precision import cpu_has_bf16
 from faceforge.data.image_io import read_image_rgb
@@ -36,18 +36,6 @@ from faceforge.embedders.sface import SFaceEmbedder, default_sface_path
 from faceforge.eval.benchmarks import lfw_spec, run_benchmarks
 from faceforge.importers.base import save_imported
 from faceforge.importers.onnx_net import import_onnx
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _timed(embedder: Any, faces: np.ndarray, batch: int) -> tuple[np.ndarray, float]:
@@ -128,7 +116,7 @@ def main() -> None:
                 **accuracy,
             }
     result["machine"] = {
-        "cpu": _cpu(),
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "native_bf16": cpu_has_bf16(),
         "torch_threads": torch.get_num_threads(),

@@ -38,8 +38,8 @@ import time
 from pathlib import Path
 
 import torch
+from common import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 MODES = {"full": 1.0, "sharded": 1.0, "pfc0.1": 0.1}
 DIM = 512
 

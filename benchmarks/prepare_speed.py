@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common import DATA, REPO, lfw_photos
+
 from faceforge.core.workers import available_cores, one_thread
 from faceforge.data.align_folder import align_folder
 from faceforge.data.image_io import read_image_rgb
@@ -35,14 +37,7 @@ from faceforge.deploy.align_photos import CHUNK, DetectorSpec
 from faceforge.deploy.detect import build_detector
 from faceforge.deploy.prepare import prepare_folder
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("FACEFORGE_DATA", REPO.parent / "shared" / "data")).resolve()
 LANDMARKS = DATA / "lfw" / "landmarks_mtcnn_5pts_250px.csv"
-
-
-def lfw_photos(n: int) -> list[Path]:
-    src = DATA / "lfw" / "images"
-    return [f for p in sorted(src.iterdir()) if p.is_dir() for f in sorted(p.glob("*.jpg"))][:n]
 
 
 def linked_tree(photos: list[Path], root: Path) -> Path:
@@ -114,7 +109,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.photos, args.align_images, args.detectors = 160, 1100, "yunet,mtcnn"
-    photos = lfw_photos(max(args.photos, args.align_images))
+    photos = lfw_photos(DATA / "lfw" / "images", max(args.photos, args.align_images))
     result: dict[str, Any] = {
         "benchmark": "prepare_speed",
         "what": "prepare / align photos per second on one core vs every core; MTCNN batched vs photo by photo",

@@ -28,11 +28,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import DATA, REPO
 
 from faceforge.cli.main import main as faceforge
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("FACEFORGE_DATA", REPO.parent / "shared" / "data")).resolve()
 RECIPE = "lfw_mobilefacenet_arcface"
 
 

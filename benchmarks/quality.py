@@ -10,7 +10,7 @@ Recognisers scoring the pairs: dlib's ResNet (pretrained) and a faceforge Mobile
 by the demo recipe ``lfw_mobilefacenet_arcface`` for ``--epochs`` epochs on Train (or ``--model PATH``).
 No flip test-time augmentation for either.
 
-Quality sources (rows; :mod:`faceforge.eval.quality_sources`):
+Quality sources (rows; :mod:`faceforge.eval.kinds.quality_sources`):
 - random rejection (``random=SEED``; mean and spread over ``--random-seeds`` seeds);
 - face size: inter-ocular distance (``facesize``) and detection-box size (``facebox``) in the LFW
   photo, from ``landmarks_mtcnn_5pts_250px.csv``;
@@ -54,27 +54,31 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from common import DEVTEST_PAIRS as PAIRS
+from common import LFW_LANDMARKS as LANDMARKS
+from common import REPO, align_lfw
 from scipy.stats import spearmanr
 
-from faceforge.data.pairs import read_lfw_pairs, resolve_pairs
+from faceforge.data.files import identity_folders
+from faceforge.data.pairs import pairs_people, read_lfw_pairs, resolve_pairs
 from faceforge.embedders import embedder_from_spec
 from faceforge.embedders.cache import cached_embed_paths
 from faceforge.eval.benchmarks import run_benchmarks
 from faceforge.eval.kinds.base import list_identity_folder
-from faceforge.eval.quality import AOC_FORMULA, ERC_MODES
-from faceforge.eval.quality_report import all_pairs, compare_sources
-from faceforge.eval.quality_sources import QualityInputs, parse_quality_sources, relative_key, score_images
+from faceforge.eval.kinds.quality_sources import (
+    QualityInputs,
+    parse_quality_sources,
+    relative_key,
+    score_images,
+)
+from faceforge.eval.quality import AOC_FORMULA, ERC_MODES, all_pairs, compare_sources
 from faceforge.methods.sddfiqa import label_folder
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("FACEFORGE_DATA", REPO.parent / "shared" / "data")).resolve()
 RECIPE = "lfw_mobilefacenet_arcface"
 SDD_RECIPE = "lfw_sddfiqa"  # method=sddfiqa on the Train people (faceforge/configs/lfw_sddfiqa.yaml)
 #: the regressors' schedule here: a measured epoch took ~25 min on the shared 2-core CPU (see the README)
 SDD_EPOCHS = 3
 SDD_MILESTONES = (2,)
-LANDMARKS = DATA / "lfw" / "landmarks_mtcnn_5pts_250px.csv"
-PAIRS = DATA / "lfw" / "pairsDevTest.txt"
 #: FMR targets per comparison set: pairsDevTest has 500 impostor pairs, so 1e-3 and below are not resolvable
 FMRS = {"pairsDevTest": (1e-1, 1e-2), "all pairs": (1e-2, 1e-3, 1e-4)}
 CLASSIC = {
@@ -88,27 +92,17 @@ log = logging.getLogger("quality")
 # --------------------------------------------------------------------------------------------
 # data and recognisers
 # --------------------------------------------------------------------------------------------
-def align_lfw(out: Path) -> Path:
-    faces = out / "lfw_aligned"
-    if not (faces / "align_report.json").is_file():
-        from faceforge.cli.main import main as faceforge
-
-        args = ["align", "--images", str(DATA / "lfw" / "images"), "--landmarks", str(LANDMARKS)]
-        if faceforge([*args, "--landmark-offset=-48,-48", "--out", str(faces), "--no-progress"]) != 0:
-            raise SystemExit("faceforge align failed")
-    return faces
 
 
 def split_folders(faces: Path, out: Path) -> tuple[Path, Path]:
     """``out/test`` (pairsDevTest people) and ``out/train`` (the others with >= 2 images): identity folders of
     links to the aligned faces, so file keys stay ``<identity>/<file>`` (files are linked, not folders, because
     folder listings do not follow linked folders)."""
-    test_people = {n for p in read_lfw_pairs(PAIRS) for n in (p.name1, p.name2)}
+    test_people = pairs_people(PAIRS)
     test, train = out / "test", out / "train"
     for folder in (test, train):
         folder.mkdir(parents=True, exist_ok=True)
-    for d in sorted(p for p in faces.iterdir() if p.is_dir()):
-        images = sorted(d.glob("*.jpg"))
+    for d, images in identity_folders(faces):
         if d.name in test_people:
             target = test / d.name
         elif len(images) >= 2:
@@ -237,7 +231,7 @@ def regressor_fit(
     """Spearman correlation of the regressor's scores with the pseudo-labels: on Train (what it was fitted to)
     and on Test (the labeller's pseudo-labels of the Test people, never trained on: does the regressor predict
     them?)."""
-    from faceforge.eval.quality_sources import read_quality_csv
+    from faceforge.eval.kinds.quality_sources import read_quality_csv
 
     test_labels = folder / "test_labels.csv"
     if not test_labels.is_file():
@@ -264,7 +258,7 @@ def regressor_fit(
 
 def label_correlations(labels_csv: Path, train: Path, norms: dict[str, float]) -> dict[str, float]:
     """Spearman correlation of the pseudo-labels with the classic measures and the labeller's norm on Train."""
-    from faceforge.eval.quality_sources import read_quality_csv
+    from faceforge.eval.kinds.quality_sources import read_quality_csv
 
     table, _ = read_quality_csv(labels_csv)
     keys = sorted(k for k, v in table.items() if v is not None)

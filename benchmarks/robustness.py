@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -45,10 +43,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from common import (
+    DEVTEST_PAIRS,
+    REPO,
+    align_lfw,
+    machine_info,
+    mean_std,
+    pm,
+    write_training_list,
+)
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("FACEFORGE_DATA", REPO.parent / "shared" / "data")).resolve()
 RECIPE = "lfw_mobilefacenet_arcface"
 EPS = "0,1/255,2/255,4/255,8/255"
 EPS_LABELS = ("0/255", "1/255", "2/255", "4/255", "8/255")  # as the robust kind names them
@@ -73,26 +77,15 @@ def row_overrides(row: str, a: argparse.Namespace) -> list[str]:
     return rows[row]
 
 
-def faceforge_cli(args: list[str]) -> None:
-    from faceforge.cli.main import main as faceforge
-
-    if faceforge(args) != 0:
-        raise SystemExit(f"faceforge {args[0]} failed")
-
-
 # ------------------------------------------------------------------------------------------------------ data
 def prepare_data(base: Path, quick: bool) -> dict[str, Path]:
     """Aligned LFW (``faceforge align``), the evaluation folder (pairsDevTest people, links) and, for ``--quick``, a
     training list of 120 people."""
-    from faceforge.data.pairs import read_lfw_pairs
+    from faceforge.data.pairs import pairs_people
 
-    faces = base / "lfw_aligned"
-    if not (faces / "align_report.json").is_file():
-        faceforge_cli(["align", "--images", str(DATA / "lfw" / "images"), "--landmarks",
-                       str(DATA / "lfw" / "landmarks_mtcnn_5pts_250px.csv"), "--landmark-offset=-48,-48",
-                       "--out", str(faces), "--no-progress"])  # fmt: skip
-    pairs = DATA / "lfw" / "pairsDevTest.txt"
-    people = sorted({n for p in read_lfw_pairs(pairs) for n in (p.name1, p.name2)})
+    faces = align_lfw(base)
+    pairs = DEVTEST_PAIRS
+    people = sorted(pairs_people(pairs))
     if quick:
         people = people[:150]
     evald = base / ("devtest_people_quick" if quick else "devtest_people")
@@ -102,14 +95,9 @@ def prepare_data(base: Path, quick: bool) -> dict[str, Path]:
             (evald / name).symlink_to((faces / name).resolve())
     out = {"faces": faces, "pairs": pairs, "eval_folder": evald}
     if quick:
-        excluded = set(people) | {n for p in read_lfw_pairs(pairs) for n in (p.name1, p.name2)}
-        train = [d for d in sorted(faces.iterdir()) if d.is_dir() and d.name not in excluded]
-        train = [d for d in train if len(list(d.glob("*.jpg"))) >= 4][:120]
-        lines = [
-            f"{f.relative_to(faces)} {i}" for i, d in enumerate(train) for f in sorted(d.glob("*.jpg"))[:8]
-        ]
-        out["list"] = base / "quick_train.txt"
-        out["list"].write_text("\n".join(lines) + "\n")
+        out["list"] = write_training_list(
+            faces, base / "quick_train.txt", pairs_people(pairs), min_images=4, max_people=120, per_person=8
+        )[0]
     return out
 
 
@@ -195,12 +183,6 @@ def flat(ev: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def mean_std(values: list[float]) -> dict[str, Any]:
-    arr = np.asarray(values, dtype=np.float64)
-    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if arr.size > 1 else 0.0, "n": int(arr.size),
-            "values": [float(v) for v in arr]}  # fmt: skip
-
-
 def aggregate(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     out = {}
     for row, seeds in runs.items():
@@ -210,27 +192,23 @@ def aggregate(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _pm(m: dict[str, Any] | None) -> str:
-    if not m:
-        return "n/a"
-    return f"{100 * m['mean']:.1f}" + (f" ± {100 * m['std']:.1f}" if m["n"] > 1 else "")
-
-
 def tables_md(summary: dict[str, dict[str, Any]], refused: dict[str, str]) -> str:
     """The two README tables (markdown), mean ± std over seeds in percent."""
     lines = ["| model | pairsDevTest acc (10-fold) | " + " | ".join(f"acc @ ε={e}" for e in EPS_LABELS) + " |",
              "|---" * (2 + len(EPS_LABELS)) + "|"]  # fmt: skip
     for row, s in summary.items():
         if any(k.startswith("accuracy@") for k in s) or row in refused:
-            cells = [_pm(s.get(f"accuracy@eps={e}")) for e in EPS_LABELS]
+            cells = [pm(s.get(f"accuracy@eps={e}"), 100, 1) for e in EPS_LABELS]
             if row in refused:
                 cells = ["not differentiable"] * len(EPS_LABELS)
-            lines.append(f"| {row} | {_pm(s.get('pairs_accuracy'))} | " + " | ".join(cells) + " |")
+            lines.append(f"| {row} | {pm(s.get('pairs_accuracy'), 100, 1)} | " + " | ".join(cells) + " |")
     lines += ["", "| model | TAR@FAR=1e-3 112 px | " + " | ".join(f"probe {p} px" for p in SIZES) + " |",
               "|---" * (2 + len(SIZES)) + "|"]  # fmt: skip
     for row, s in summary.items():
         if "tar@112/112" in s:
-            lines.append(f"| {row} | " + " | ".join(_pm(s.get(f"tar@112/{p}")) for p in (112, *SIZES)) + " |")
+            lines.append(
+                f"| {row} | " + " | ".join(pm(s.get(f"tar@112/{p}"), 100, 1) for p in (112, *SIZES)) + " |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -308,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "robustness", "quick": a.quick, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "settings": {**{k: v for k, v in vars(a).items() if k not in ("out", "publish")}, "eps": EPS,
                      "sizes": list(SIZES), "recipe": RECIPE, "tables": {k: list(v) for k, v in TABLES.items()}},
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}, "runs": {},
+        "machine": machine_info(), "runs": {},
     }  # fmt: skip
     plan = [(r, None) for r in rows] + ([(r, init) for r in rows if r != "afa"] if init else [])
     for row, ini in plan:

@@ -55,23 +55,12 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from common import DATA, REPO
 
+from faceforge.data.files import identity_folders
+from faceforge.data.pairs import pairs_people
 from faceforge.serve.index import IndexSettings
 from faceforge.serve.recall import per_query_ms
-
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("FACEFORGE_DATA", REPO.parent / "shared" / "data")).resolve()
-
-
-def pairs_people(pairs: Path) -> list[str]:
-    people = set()
-    for line in pairs.read_text().splitlines()[1:]:
-        p = line.split()
-        if len(p) == 3:
-            people.add(p[0])
-        elif len(p) == 4:
-            people.update((p[0], p[2]))
-    return sorted(people)
 
 
 def free_port() -> int:
@@ -348,7 +337,7 @@ def crash_rounds(rounds: int, stream_seconds: float, work: Path, model: str, lfw
     from faceforge.serve.store import Store
 
     rnd = random.Random(0)
-    photos = [sorted(p.glob("*.jpg"))[0] for p in sorted(p for p in lfw.iterdir() if p.is_dir())]
+    photos = [files[0] for _, files in identity_folders(lfw) if files]
     out = []
     for r in range(rounds):
         db = work / f"crash_{r}.db"
@@ -464,7 +453,9 @@ def main() -> int:
     settings = IndexSettings(args.hnsw_above, args.hnsw_m, args.ef_construction, args.ef_search)
     lfw = DATA / "lfw" / "images"
     people = [
-        p for p in pairs_people(DATA / "lfw" / "pairsDevTest.txt") if len(list((lfw / p).glob("*.jpg"))) >= 2
+        p
+        for p in sorted(pairs_people(DATA / "lfw" / "pairsDevTest.txt"))
+        if len(list((lfw / p).glob("*.jpg"))) >= 2
     ]
     people = people[: args.people] if sizes else []
     embedder = load_model(args.model)

@@ -24,13 +24,11 @@ import time
 from pathlib import Path
 
 import torch
+from common import DATA, REPO
 
 from faceforge.config import compose_config
 from faceforge.data.dataset import Batch
 from faceforge.engine.loop import Trainer
-
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("FACEFORGE_DATA", REPO.parent / "shared" / "data")).resolve()
 
 
 def ensure_aligned(root: Path) -> Path:

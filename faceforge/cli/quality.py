@@ -160,7 +160,7 @@ def _add_quality(p: argparse.ArgumentParser) -> None:
 )
 def run_quality(args: argparse.Namespace) -> int:
     from faceforge.data.files import list_images
-    from faceforge.eval.quality_sources import (
+    from faceforge.eval.kinds.quality_sources import (
         QualityInputs,
         parse_quality_sources,
         relative_key,

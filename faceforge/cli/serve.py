@@ -345,24 +345,12 @@ def _load_probes(path: str, dim: int) -> Any:
     return probes / np.linalg.norm(probes, axis=1, keepdims=True).clip(1e-12)
 
 
-def _people_from(pairs: str) -> set[str]:
-    people = set()
-    from faceforge.core.text_files import read_text
-
-    for line in read_text(pairs).splitlines()[1:]:
-        parts = line.split()
-        if len(parts) == 3:
-            people.add(parts[0])
-        elif len(parts) == 4:
-            people.update((parts[0], parts[2]))
-    return people
-
-
 def _calibrate(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
     from faceforge.data.image_io import is_image_file
+    from faceforge.data.pairs import pairs_people
     from faceforge.deploy.detect import build_detector
     from faceforge.serve.batcher import Batcher
     from faceforge.serve.calibration import Calibration, all_pair_scores, thresholds_from_scores
@@ -372,7 +360,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     root = Path(args.images)
     if not root.is_dir():
         raise FileNotFoundError(f"--images {root} is not a folder")
-    people = _people_from(args.people_from) if args.people_from else None
+    people = pairs_people(args.people_from) if args.people_from else None
     files = sorted(
         p for p in root.glob("*/*") if is_image_file(p) and (people is None or p.parent.name in people)
     )

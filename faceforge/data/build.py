@@ -25,7 +25,7 @@ seeded from (seed, epoch, index). Records are named ``<file>:<key>`` (``.rec``) 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -35,6 +35,7 @@ import numpy as np
 from faceforge.core.registry import Registry
 from faceforge.data.dataset import FaceDataset
 from faceforge.data.image_io import UnreadableImageError, decode_image_rgb
+from faceforge.data.pairs import pairs_people
 from faceforge.data.samples import Samples, read_list_file, scan_image_folder
 from faceforge.data.transforms import Compose, build_augmentations
 
@@ -149,12 +150,6 @@ def _relabel(
     return positions, new_label[labels[positions]], [str(int(c)) for c in kept], warnings
 
 
-def people_in_pairs(pairs_files: Iterable[str]) -> set[str]:
-    from faceforge.data.pairs import read_lfw_pairs
-
-    return {n for f in pairs_files for p in read_lfw_pairs(f) for n in (p.name1, p.name2)}
-
-
 # ------------------------------------------------------------------------------------------- formats
 
 
@@ -224,7 +219,7 @@ def data_format_problem(data_cfg: Any) -> str | None:
     "folder", "an ImageFolder tree data.root/<identity>/<image> (with data.list_file set: that list)"
 )
 def _folder(data_cfg: Any) -> Samples:
-    excluded = people_in_pairs(list(data_cfg.exclude_pairs))
+    excluded = pairs_people(*data_cfg.exclude_pairs)
     return scan_image_folder(data_cfg.root, excluded, data_cfg.min_images_per_identity)
 
 

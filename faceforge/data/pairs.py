@@ -9,12 +9,17 @@ File format (LFW README, "View 1" / "View 2"):
 * mismatched pair: ``name1 n1 name2 n2``.
 
 Fields are separated by tabs or spaces.  Blank lines are ignored.
+
+:func:`read_lfw_pairs` is the one parser of this format in faceforge (the ``lfw``, ``bias``, ``robust`` and
+``quality`` benchmark kinds, ``data.exclude_pairs``, ``faceforge serve calibrate --people-from`` and the
+benchmark scripts all go through it); :func:`pairs_people` gives the people a list names and
+:func:`write_lfw_pairs` writes a list back (a View 1 file).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +28,7 @@ from numpy.typing import NDArray
 
 from faceforge.core.text_files import read_text
 
-__all__ = ["Pair", "lfw_image_path", "read_lfw_pairs", "resolve_pairs"]
+__all__ = ["Pair", "lfw_image_path", "pairs_people", "read_lfw_pairs", "resolve_pairs", "write_lfw_pairs"]
 
 StrPath = str | os.PathLike[str]
 
@@ -113,6 +118,29 @@ def read_lfw_pairs(path: StrPath) -> list[Pair]:
             name1, a, name2, b = fields
             pairs.append(Pair(name1, _parse_index(a, where), name2, _parse_index(b, where), False))
     return pairs
+
+
+def pairs_people(*pairs_files: StrPath) -> set[str]:
+    """Every person named in the given LFW pairs files (both sides of every pair)."""
+    return {n for f in pairs_files for p in read_lfw_pairs(f) for n in (p.name1, p.name2)}
+
+
+def write_lfw_pairs(pairs: Sequence[Pair], path: StrPath) -> Path:
+    """Write ``pairs`` as a View 1 file: header ``N``, then ``N`` matched and ``N`` mismatched lines.
+
+    Raises:
+        ValueError: when the matched pairs do not come first or the two counts differ (View 1's layout).
+    """
+    n = sum(p.same for p in pairs)
+    if 2 * n != len(pairs) or not all(p.same for p in pairs[:n]):
+        raise ValueError("a View 1 pairs file needs N matched pairs followed by N mismatched pairs")
+    lines = [str(n)] + [
+        f"{p.name1}\t{p.idx1}\t{p.idx2}" if p.same else f"{p.name1}\t{p.idx1}\t{p.name2}\t{p.idx2}"
+        for p in pairs
+    ]
+    out = Path(path)
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return out
 
 
 def lfw_image_path(images_dir: StrPath, name: str, idx: int, ext: str = ".jpg") -> Path:

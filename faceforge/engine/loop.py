@@ -50,7 +50,7 @@ from faceforge.engine.state import Progress, TrainingState
 from faceforge.engine.step import NonFiniteLossError, StepEngine
 from faceforge.objectives import ObjectiveContext, SamplerRequest
 from faceforge.objectives.margin import find_margin
-from faceforge.objectives.teachers import TeacherBank
+from faceforge.objectives.teacher_bank import TeacherBank
 
 log = logging.getLogger(__name__)
 

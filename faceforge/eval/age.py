@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,7 +31,6 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from faceforge.core.text_files import open_text
 from faceforge.eval.roc import auc, roc
 from faceforge.eval.verification import fold_ids, kfold_accuracy, l2_normalize, squared_l2
 
@@ -42,7 +40,6 @@ __all__ = [
     "cacd_vs_accuracy",
     "fgnet_leave_one_out",
     "parse_fgnet_name",
-    "read_pairs_list",
 ]
 
 DEFAULT_AGE_EDGES: tuple[float, ...] = (0, 5, 10, 20, math.inf)
@@ -180,20 +177,6 @@ def fgnet_leave_one_out(
                 }
             )
         out["age_bands"] = bands
-    return out
-
-
-def read_pairs_list(path: str | os.PathLike[str]) -> list[tuple[str, str, bool]]:
-    """Whitespace-separated ``name_a name_b label`` lines (label 1 / 0) -> list of tuples."""
-    out = []
-    with open_text(path) as fh:
-        for line in fh:
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 3:
-                raise ValueError(f"{path}: expected 'name_a name_b label', got {line!r}")
-            out.append((parts[0], parts[1], bool(int(parts[2]))))
     return out
 
 

@@ -4,7 +4,7 @@ Benchmark specs are ``kind:ARG[:ARG...]``; every kind is a class in the registry
 :data:`faceforge.eval.kinds.BENCHMARK_KINDS` (see :mod:`faceforge.eval.kinds` for what each does):
 
 * pairs: ``lfw:PAIRS:IMAGES``, ``bin:FILE``, ``quality:PAIRS:IMAGES[:SOURCES]``, ``qualityall:IMAGES[:SOURCES]``
-  (quality sources: :mod:`faceforge.eval.quality_sources`);
+  (quality sources: :mod:`faceforge.eval.kinds.quality_sources`);
 * identity-labelled folders: ``allpairs:IMAGES[:MIN]``, ``ident:IMAGES[:K[:MIN]]``;
 * demographic differentials: ``bias:IMAGES:GROUPS[:identities]``, ``biaspairs:PAIRS:IMAGES:GROUPS``
   (GROUPS: a labeller name or an ``identity_or_path,group`` CSV/TSV file);

@@ -32,6 +32,7 @@ __all__ = [
     "fixed_threshold",
     "parse_threshold_rule",
     "rates_at",
+    "subset_pairs",
 ]
 
 THRESHOLD_RULES = ("accuracy", "far=X")
@@ -99,3 +100,17 @@ def rates_at(scores: ArrayLike, issame: ArrayLike, threshold: float) -> dict[str
         "n_genuine": float(gen.size),
         "n_impostor": float(imp.size),
     }
+
+
+def subset_pairs(issame: np.ndarray, max_pairs: int | None, seed: int) -> np.ndarray:
+    """Indices of at most ``max_pairs`` pairs (all when None): half genuine, half impostor, drawn without
+    replacement by ``seed``, returned in file order."""
+    n = len(issame)
+    if max_pairs is None or max_pairs >= n:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    gen, imp = np.flatnonzero(issame), np.flatnonzero(~issame)
+    k_gen = min(len(gen), max_pairs // 2)
+    k_imp = min(len(imp), max_pairs - k_gen)
+    pick = np.concatenate([rng.choice(gen, k_gen, replace=False), rng.choice(imp, k_imp, replace=False)])
+    return np.sort(pick)

@@ -5,7 +5,7 @@ Registered here: ``margin`` (the margin head's cross-entropy), ``feature_l2``, `
 anywhere else joins by ``@OBJECTIVES.register("name")`` in a module named in ``run.plugins``.
 """
 
-from faceforge.objectives import cifp, ddl, distillation, margin  # noqa: F401  (registration)
+from faceforge.objectives import cifp, ddl_objective, distillation, margin  # noqa: F401  (registration)
 from faceforge.objectives.base import (
     OBJECTIVES,
     Needs,

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from faceforge.data.pairs import Pair, lfw_image_path, read_lfw_pairs, resolve_pairs
+from faceforge.data.pairs import (
+    Pair,
+    lfw_image_path,
+    pairs_people,
+    read_lfw_pairs,
+    resolve_pairs,
+    write_lfw_pairs,
+)
 
 
 def _data_root() -> Path:
@@ -125,3 +132,18 @@ def test_real_lfw_dev_test_pairs() -> None:
     p1, p2, same = resolve_pairs(pairs, lfw / "images")  # raises if any image is missing
     assert len(p1) == len(p2) == 1000 and int(same.sum()) == 500
     assert all(p.is_file() for p in p1 + p2)
+
+
+def test_pairs_people_and_write_lfw_pairs_round_trip(tmp_path: Path) -> None:
+    pairs = [
+        Pair("Ann", 1, "Ann", 2, True),
+        Pair("Bob", 1, "Bob", 3, True),
+        Pair("Ann", 1, "Cid", 1, False),
+        Pair("Bob", 2, "Dee", 4, False),
+    ]
+    path = write_lfw_pairs(pairs, tmp_path / "pairs.txt")
+    assert path.read_text().splitlines()[:2] == ["2", "Ann\t1\t2"]
+    assert read_lfw_pairs(path) == pairs
+    assert pairs_people(path, path) == {"Ann", "Bob", "Cid", "Dee"}
+    with pytest.raises(ValueError, match="View 1"):
+        write_lfw_pairs(pairs[1:], tmp_path / "bad.txt")

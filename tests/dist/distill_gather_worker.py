@@ -15,7 +15,7 @@ import torch
 
 from faceforge.core import distributed as D
 from faceforge.objectives import OBJECTIVES, Objective, ObjectiveContext, StepBatch
-from faceforge.objectives.teachers import TeacherBank
+from faceforge.objectives.teacher_bank import TeacherBank
 
 LABELS = np.array([0, 0, 1, 1, 2, 2, 3, 3])
 #: method -> rows of each rank (rank 0, rank 1); sp runs on an uneven split (a batch that lost images)

@@ -12,8 +12,8 @@ from faceforge.eval.age import (
     cacd_vs_accuracy,
     fgnet_leave_one_out,
     parse_fgnet_name,
-    read_pairs_list,
 )
+from faceforge.eval.kinds.age import read_pairs_list
 from faceforge.eval.verification import kfold_accuracy, squared_l2
 
 

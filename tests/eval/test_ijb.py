@@ -12,12 +12,10 @@ from faceforge.eval.ijb import (
     ijb_1to1,
     ijb_1toN,
     image_features,
-    load_ijb_meta,
     pair_scores,
-    read_1n_templates,
-    read_template_pair_label,
     template_features,
 )
+from faceforge.eval.kinds.ijb import load_ijb_meta, read_1n_templates, read_template_pair_label
 
 # ---------------------------------------------------------------------------------------------
 # 5 images, 3 templates, 4 media:

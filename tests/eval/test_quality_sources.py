@@ -13,17 +13,15 @@ from scipy import ndimage
 
 from faceforge.data.attributes import attributes_for, read_sidecar
 from faceforge.data.image_io import read_image_rgb, write_image_rgb
-from faceforge.eval.quality import erc
-from faceforge.eval.quality_report import all_pairs, compare_sources
-from faceforge.eval.quality_sources import (
+from faceforge.eval.kinds.quality_sources import (
     QualityInputs,
     QualitySourceError,
-    laplacian_variance,
     parse_quality_sources,
     read_quality_csv,
     score_images,
     write_quality_csv,
 )
+from faceforge.eval.quality import all_pairs, compare_sources, erc, laplacian_variance
 
 
 def test_laplacian_variance_by_hand_and_against_scipy() -> None:

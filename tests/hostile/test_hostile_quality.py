@@ -15,8 +15,8 @@ import pytest
 from hostile_files import encode, random_image
 
 from faceforge.cli.main import main
-from faceforge.eval import quality_sources
-from faceforge.eval.quality_sources import laplacian_variance
+from faceforge.eval import quality
+from faceforge.eval.quality import laplacian_variance
 
 COLS = ("leye_x", "leye_y", "reye_x", "reye_y")
 
@@ -85,5 +85,5 @@ def test_sharpness_in_strips_equals_one_pass(shape: tuple[int, int, int], monkey
     rgb = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
     grey = rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
     one_pass = cv2.Laplacian(grey, cv2.CV_64F, ksize=1, borderType=cv2.BORDER_REFLECT_101).var()
-    monkeypatch.setattr(quality_sources, "SHARPNESS_STRIP_PIXELS", 1000)  # many strips of a few rows
+    monkeypatch.setattr(quality, "SHARPNESS_STRIP_PIXELS", 1000)  # many strips of a few rows
     assert laplacian_variance(rgb) == pytest.approx(one_pass, rel=1e-12, abs=1e-12)

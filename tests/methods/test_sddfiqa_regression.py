@@ -255,7 +255,7 @@ def test_quality_checkpoint_exports_to_onnx_and_scores_as_a_quality_source(tmp_p
     from faceforge.data.preprocess import Preprocess
     from faceforge.deploy.export_onnx import export_onnx
     from faceforge.embedders import embedder_from_spec
-    from faceforge.eval.quality_sources import QualityInputs, parse_quality_sources, score_images
+    from faceforge.eval.kinds.quality_sources import QualityInputs, parse_quality_sources, score_images
 
     torch.manual_seed(0)
     net = build_backbone("sddfiqa_mobilefacenet", scale=1).eval()

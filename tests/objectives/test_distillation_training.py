@@ -18,7 +18,7 @@ import torch
 from faceforge.config import ConfigError, compose_config
 from faceforge.core.checkpoint import load_checkpoint
 from faceforge.engine.loop import Trainer
-from faceforge.objectives.ddl import complete_pairs
+from faceforge.objectives.ddl_objective import complete_pairs
 
 pytest.importorskip("dlib")
 

@@ -27,7 +27,6 @@ from faceforge.eval.age import (
     cacd_vs_accuracy,
     fgnet_leave_one_out,
     parse_fgnet_name,
-    read_pairs_list,
 )
 from faceforge.eval.kinds.base import (
     BENCHMARK_KINDS,
@@ -47,13 +46,27 @@ from faceforge.eval.kinds.base import (
 from faceforge.eval.plots import plot_group_bars, plot_score_histogram
 from faceforge.eval.verification import squared_l2
 
-__all__ = ["FGNET_AGE_EDGES", "read_age_pairs_list"]
+__all__ = ["FGNET_AGE_EDGES", "read_age_pairs_list", "read_pairs_list"]
 
 FGNET_AGE_EDGES: tuple[float, ...] = (0, 10, 20, 30, float("inf"))
 
 
 def _band_name(lo: float | None, hi: float | None) -> str:
     return f"{lo:g}+" if hi is None else f"{lo:g}-{hi:g}"
+
+
+def read_pairs_list(path: str | Path) -> list[tuple[str, str, bool]]:
+    """Whitespace-separated ``name_a name_b label`` lines (label 1 / 0) -> list of tuples."""
+    out = []
+    with open_text(path) as fh:
+        for line in fh:
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 3:
+                raise ValueError(f"{path}: expected 'name_a name_b label', got {line!r}")
+            out.append((parts[0], parts[1], bool(int(parts[2]))))
+    return out
 
 
 def read_age_pairs_list(path: str | Path) -> list[tuple[str, str, bool, float, float]]:

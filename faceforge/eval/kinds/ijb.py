@@ -16,14 +16,19 @@ summed, ``F0``: original only); ``F2`` (concatenation) is available in the libra
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import os
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
+from faceforge.core.text_files import open_text
 from faceforge.data.align import TEMPLATE_NAME, LandmarksError, warp_face
 from faceforge.data.image_io import UnreadableImageError, decode_image_rgb, read_image_bytes
 from faceforge.embedders.cache import cached_embed
@@ -31,8 +36,6 @@ from faceforge.eval.ijb import (
     ijb_1to1,
     ijb_1toN,
     image_features,
-    load_ijb_meta,
-    read_1n_templates,
     template_features,
 )
 from faceforge.eval.kinds.base import (
@@ -48,9 +51,117 @@ from faceforge.eval.kinds.base import (
 from faceforge.eval.plots import plot_cmc, plot_roc, plot_score_histogram
 from faceforge.eval.roc import roc, roc_points
 
-__all__ = ["IjbKind"]
+__all__ = [
+    "IJBMeta",
+    "IjbKind",
+    "load_ijb_meta",
+    "read_1n_templates",
+    "read_face_tid_mid",
+    "read_name_5pts_score",
+    "read_template_pair_label",
+]
+
+StrPath = str | os.PathLike[str]
 
 _SWITCHES = re.compile(r"^(N[01])(D[01])$")
+
+
+# --------------------------------------------------------------------------------------------
+# readers
+# --------------------------------------------------------------------------------------------
+def _split_lines(path: StrPath) -> list[list[str]]:
+    with open_text(path) as fh:
+        return [line.split() for line in fh if line.strip()]
+
+
+def read_face_tid_mid(path: StrPath) -> tuple[list[str], NDArray[np.int64], NDArray[np.int64]]:
+    """``image tid mid`` lines -> ``(image_names, template_ids, media_ids)``."""
+    rows = _split_lines(path)
+    if any(len(r) != 3 for r in rows):
+        raise ValueError(f"{path}: expected 3 columns (img tid mid)")
+    return (
+        [r[0] for r in rows],
+        np.array([int(r[1]) for r in rows], dtype=np.int64),
+        np.array([int(r[2]) for r in rows], dtype=np.int64),
+    )
+
+
+def read_template_pair_label(path: StrPath) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+    """``t1 t2 label`` lines -> three int64 arrays (parsed in C: IJB-C has ~15.7M pairs)."""
+    flat = np.fromfile(path, dtype=np.int64, sep=" ")
+    if flat.size % 3:
+        raise ValueError(f"{path}: expected 3 integer columns (t1 t2 label)")
+    arr = flat.reshape(-1, 3)
+    return arr[:, 0].copy(), arr[:, 1].copy(), arr[:, 2].copy()
+
+
+def read_name_5pts_score(path: StrPath) -> tuple[list[str], NDArray[np.float64], NDArray[np.float64]]:
+    """``image x1 y1 ... x5 y5 faceness`` lines -> ``(names, landmarks (n, 5, 2), faceness (n,))``."""
+    rows = _split_lines(path)
+    if any(len(r) != 12 for r in rows):
+        raise ValueError(f"{path}: expected 12 columns (img, 10 landmark values, faceness)")
+    vals = np.array([[float(v) for v in r[1:]] for r in rows], dtype=np.float64).reshape(-1, 11)
+    return [r[0] for r in rows], vals[:, :10].reshape(-1, 5, 2), vals[:, 10].copy()
+
+
+def read_1n_templates(path: StrPath) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """1:N gallery/probe CSV with ``TEMPLATE_ID`` and ``SUBJECT_ID`` header columns (one row per
+    image, as in the IJB-C ``*_1N_gallery_G1.csv`` / ``*_1N_probe_mixed.csv`` files) ->
+    ``(template_ids, subject_ids)``, one entry per template in order of first appearance."""
+    with open_text(path) as fh:
+        reader = csv.reader(fh)
+        header = [h.strip().upper() for h in next(reader)]
+        ti, si = header.index("TEMPLATE_ID"), header.index("SUBJECT_ID")
+        seen: dict[int, int] = {}
+        for row in reader:
+            if not row:
+                continue
+            t, s = int(row[ti]), int(row[si])
+            if seen.setdefault(t, s) != s:
+                raise ValueError(f"{path}: template {t} has two subjects")
+    return np.array(list(seen), dtype=np.int64), np.array(list(seen.values()), dtype=np.int64)
+
+
+@dataclass(frozen=True, eq=False)
+class IJBMeta:
+    """Contents of one IJB meta directory, image arrays aligned with ``names``."""
+
+    names: list[str]
+    template_ids: NDArray[np.int64]
+    media_ids: NDArray[np.int64]
+    landmarks: NDArray[np.float64] | None
+    faceness: NDArray[np.float64] | None
+    pair_t1: NDArray[np.int64] | None
+    pair_t2: NDArray[np.int64] | None
+    pair_label: NDArray[np.int64] | None
+
+
+def _one(meta_dir: Path, suffix: str, required: bool) -> Path | None:
+    hits = sorted(meta_dir.glob(f"*{suffix}"))
+    if len(hits) > 1:
+        raise ValueError(f"several *{suffix} files in {meta_dir}: {[h.name for h in hits]}")
+    if not hits and required:
+        raise FileNotFoundError(f"no *{suffix} in {meta_dir}")
+    return hits[0] if hits else None
+
+
+def load_ijb_meta(meta_dir: StrPath) -> IJBMeta:
+    """Read ``*_face_tid_mid.txt`` (required), ``*_name_5pts_score.txt`` and
+    ``*_template_pair_label.txt`` (optional) from ``meta_dir``; checks that the two per-image files
+    list the same images in the same order."""
+    d = Path(meta_dir)
+    names, tids, mids = read_face_tid_mid(_one(d, "_face_tid_mid.txt", True))  # type: ignore[arg-type]
+    lmk = score = None
+    p5 = _one(d, "_name_5pts_score.txt", False)
+    if p5 is not None:
+        names5, lmk, score = read_name_5pts_score(p5)
+        if names5 != names:
+            raise ValueError("image lists of face_tid_mid and name_5pts_score differ")
+    t1 = t2 = lab = None
+    pp = _one(d, "_template_pair_label.txt", False)
+    if pp is not None:
+        t1, t2, lab = read_template_pair_label(pp)
+    return IJBMeta(names, tids, mids, lmk, score, t1, t2, lab)
 
 
 @BENCHMARK_KINDS.register("ijb")

@@ -6,7 +6,7 @@
   the same protocol as ``lfw``;
 * ``quality`` - error-versus-reject on an LFW-format pairs file, ``qualityall`` - the same on every pair
   of an identity-labelled folder: image quality from one or several sources (default: the L2 norm of
-  the raw, flip-summed embedding, as MagFace reads it; :mod:`faceforge.eval.quality_sources`); pair
+  the raw, flip-summed embedding, as MagFace reads it; :mod:`faceforge.eval.kinds.quality_sources`); pair
   quality is the smaller of the two; FNMR at FMR 1e-2, 1e-3, 1e-4 as the lowest-quality pairs are
   rejected, with the threshold fixed on all pairs (ISO/IEC 29794-1) and re-set per reject level
   (MagFace / CR-FIQA), both named, with the area under each curve and the AOC
@@ -53,8 +53,7 @@ from faceforge.eval.kinds.quality_common import (
     split_options,
 )
 from faceforge.eval.plots import plot_roc, plot_score_histogram
-from faceforge.eval.quality import DEFAULT_FMRS
-from faceforge.eval.quality_report import all_pairs
+from faceforge.eval.quality import DEFAULT_FMRS, all_pairs
 from faceforge.eval.roc import roc, roc_points, summarize_verification
 from faceforge.eval.verification import kfold_accuracy, val_at_far
 

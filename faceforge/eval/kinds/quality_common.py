@@ -1,7 +1,7 @@
 """What the ``quality`` and ``qualityall`` kinds share: the options field of the spec and the run.
 
 Spec: ``quality:PAIRS:IMAGES[:OPTIONS]`` and ``qualityall:IMAGES[:OPTIONS]``; ``OPTIONS`` is a
-comma-separated list of quality sources (:mod:`faceforge.eval.quality_sources`: ``norm``,
+comma-separated list of quality sources (:mod:`faceforge.eval.kinds.quality_sources`: ``norm``,
 ``sharpness``, ``csv=PATH[#COLUMN]``, ``facesize=CSV``, ``facebox=CSV``, ``random[=SEED]``,
 ``model=SPEC``) and settings ``fmr=A+B+C`` (FMR targets, default 1e-2+1e-3+1e-4) and, for
 ``qualityall``, ``maxpairs=N``.  Without ``OPTIONS`` the source is ``norm`` (the old meaning of
@@ -17,14 +17,23 @@ from typing import Any
 import numpy as np
 
 from faceforge.eval.kinds.base import BenchmarkSpec, BenchmarkSpecError, RunContext, check_valid
-from faceforge.eval.quality import AOC_FORMULA, AREA_FORMULA, DEFAULT_FMRS, DEFAULT_REJECT_FRACTIONS
-from faceforge.eval.quality_report import MAX_ALL_PAIRS, compare_sources, plot_sources, quality_summary
-from faceforge.eval.quality_sources import (
+from faceforge.eval.kinds.quality_sources import (
     QUALITY_SOURCES,
     QualityInputs,
     QualitySourceError,
     parse_quality_sources,
     score_images,
+)
+from faceforge.eval.plots import plot_erc_sources
+from faceforge.eval.quality import (
+    AOC_FORMULA,
+    AREA_FORMULA,
+    DEFAULT_FMRS,
+    DEFAULT_REJECT_FRACTIONS,
+    MAX_ALL_PAIRS,
+    MODE_RULES,
+    compare_sources,
+    quality_summary,
 )
 
 SETTING_KEYS = ("fmr", "maxpairs")
@@ -163,3 +172,27 @@ def run_quality(
     if plot_dir is not None:
         rec["plots"] = plot_sources(res, plot_dir, f"ERC: {ctx.name}")
     return rec
+
+
+def _short(label: str) -> str:
+    """``csv=/long/path/labels.csv`` -> ``csv=labels.csv`` for legends."""
+    name, sep, arg = label.partition("=")
+    return f"{name}={Path(arg).name}" if sep and "/" in arg else label
+
+
+def plot_sources(res: dict[str, Any], plot_dir: Path, title: str) -> dict[str, str]:
+    """One ERC figure per threshold mode, one panel per FMR, one line per source."""
+    out: dict[str, str] = {}
+    modes = next(iter(res["sources"].values())).keys() if res["sources"] else []
+    for mode in modes:
+        curves = {
+            _short(label): (r[mode]["reject_fractions"], {k: c["fnmr"] for k, c in r[mode]["curves"].items()})
+            for label, r in res["sources"].items()
+        }
+        aoc = {_short(label): r[mode]["aoc_normalised"] for label, r in res["sources"].items()}
+        out[f"erc_{mode}"] = str(
+            plot_erc_sources(
+                curves, plot_dir / f"erc_{mode}.png", title=f"{title} ({MODE_RULES[mode]})", aoc=aoc
+            )
+        )
+    return out

@@ -44,7 +44,7 @@ from faceforge.eval.kinds.base import (
     two_paths,
 )
 from faceforge.eval.plots import plot_lines
-from faceforge.eval.robustness import fixed_threshold, parse_threshold_rule, rates_at
+from faceforge.eval.robustness import fixed_threshold, parse_threshold_rule, rates_at, subset_pairs
 from faceforge.models.attacks import AttackSettings, EpsilonError, parse_epsilon
 
 __all__ = ["DEFAULT_EPSILONS", "RobustKind"]
@@ -124,20 +124,6 @@ def attack_settings(b: BenchmarkSpec) -> AttackSettings:
         step_size=float(step) if step else None,
         random_start=b.option("start", "random") == "random",
     )
-
-
-def subset_pairs(issame: np.ndarray, max_pairs: int | None, seed: int) -> np.ndarray:
-    """Indices of at most ``max_pairs`` pairs (all when None): half genuine, half impostor, drawn without
-    replacement by ``seed``, returned in file order."""
-    n = len(issame)
-    if max_pairs is None or max_pairs >= n:
-        return np.arange(n)
-    rng = np.random.default_rng(seed)
-    gen, imp = np.flatnonzero(issame), np.flatnonzero(~issame)
-    k_gen = min(len(gen), max_pairs // 2)
-    k_imp = min(len(imp), max_pairs - k_gen)
-    pick = np.concatenate([rng.choice(gen, k_gen, replace=False), rng.choice(imp, k_imp, replace=False)])
-    return np.sort(pick)
 
 
 @BENCHMARK_KINDS.register("robust")

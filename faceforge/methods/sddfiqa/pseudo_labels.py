@@ -54,7 +54,7 @@ import numpy as np
 
 from faceforge.embedders.cache import cached_embed_paths
 from faceforge.eval.kinds.base import list_identity_folder
-from faceforge.eval.quality_sources import relative_key, write_quality_csv
+from faceforge.eval.kinds.quality_sources import relative_key, write_quality_csv
 
 __all__ = [
     "SINGLETON_RULES",

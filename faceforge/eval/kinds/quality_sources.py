@@ -49,13 +49,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import cv2
 import numpy as np
 
 from faceforge.core.registry import Registry
 from faceforge.core.text_files import open_text
 from faceforge.data.attributes import AttributeFileError, read_sidecar
 from faceforge.data.image_io import UnreadableImageError, declared_size, read_image_bytes, read_image_rgb
+from faceforge.eval.quality import laplacian_variance
 
 __all__ = [
     "QUALITY_SOURCES",
@@ -63,7 +63,6 @@ __all__ = [
     "QualityScores",
     "QualitySource",
     "QualitySourceError",
-    "laplacian_variance",
     "parse_quality_sources",
     "read_quality_csv",
     "relative_key",
@@ -259,45 +258,6 @@ class CsvSource(QualitySource):
             else:
                 vals[i] = table[key]
         return QualityScores(vals, missing)
-
-
-#: float64 working pixels per strip of :func:`laplacian_variance` (32 MB): its memory beyond the decoded image
-SHARPNESS_STRIP_PIXELS = 1 << 22
-
-
-def _grey(rgb: np.ndarray) -> np.ndarray:
-    img = np.asarray(rgb, dtype=np.float64)
-    return img[..., 0] * 0.299 + img[..., 1] * 0.587 + img[..., 2] * 0.114 if img.ndim == 3 else img
-
-
-def laplacian_variance(rgb: np.ndarray) -> float:
-    """Variance of the Laplacian of an RGB uint8 image (definition in the module docstring).
-
-    Computed over strips of rows (each with one row of its neighbours on either side, so every pixel sees
-    the same 4 neighbours as in one pass) and combined exactly (Chan et al.'s pairwise variance), so the
-    working memory is bounded (:data:`SHARPNESS_STRIP_PIXELS` float64 pixels) whatever the image's size: an
-    88-megapixel photo costs its decoded pixels plus ~100 MB, not 2.8 GB of float copies.
-    """
-    arr = np.asarray(rgb)
-    height, width = arr.shape[:2]
-    rows = max(1, SHARPNESS_STRIP_PIXELS // max(width, 1))
-    n_total, mean_total, m2_total = 0, 0.0, 0.0
-    for r0 in range(0, height, rows):
-        r1 = min(height, r0 + rows)
-        lo, hi = max(0, r0 - 1), min(height, r1 + 1)
-        lap = cv2.Laplacian(_grey(arr[lo:hi]), cv2.CV_64F, ksize=1, borderType=cv2.BORDER_REFLECT_101)
-        part = lap[r0 - lo : r0 - lo + (r1 - r0)]
-        n, mean = part.size, float(part.mean())
-        m2 = float(((part - mean) ** 2).sum())
-        if n_total == 0:
-            n_total, mean_total, m2_total = n, mean, m2
-            continue
-        delta = mean - mean_total
-        both = n_total + n
-        m2_total += m2 + delta * delta * n_total * n / both
-        mean_total += delta * n / both
-        n_total = both
-    return m2_total / n_total
 
 
 @QUALITY_SOURCES.register("sharpness")
