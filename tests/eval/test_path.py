@@ -192,10 +192,10 @@ def test_embed_out_path_list_file_model_option_and_bad_images(
     listing.write_text("\n".join([*lines, str(files[3])]) + "\n")
     out = tmp_path / "out" / "emb"  # no suffix: the file written is emb.npz, and that is what is printed
     argv = ["embed", "--model", str(checkpoint), "--images", str(listing), "--out", str(out)]
-    assert (
-        main([*argv, "--no-cache", "--no-progress", "--device", "cpu", "--model-option", "precision=fp32"])
-        == 0
-    )
+    # --model-option may not repeat --precision/--device/--batch-size (issue 30): one line says which flag
+    assert main([*argv, "--no-cache", "--no-progress", "--model-option", "precision=fp32"]) == 2
+    assert "give it as --precision instead" in capsys.readouterr().err
+    assert main([*argv, "--no-cache", "--no-progress", "--device", "cpu", "--precision", "fp32"]) == 0
     printed = capsys.readouterr().out
     real = out.with_name("emb.npz")
     assert f"to {real} " in printed and not out.exists() and real.is_file()
