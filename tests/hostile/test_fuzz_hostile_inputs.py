@@ -63,7 +63,10 @@ from PIL import Image
 from faceforge.cli.main import printable
 
 ADDRESS_SPACE_CAP_GB = 6.0  # the child dies with MemoryError rather than swap the machine
-PEAK_RSS_LIMIT_MB = 3500  # torch, MobileFaceNet training and eval, an 88-megapixel PNG measured: ~1.1 GB
+# torch, MobileFaceNet training and eval, an 88-megapixel PNG: 1.4 GB measured when this file runs alone, 3.8 GB
+# once inside the whole suite on a loaded CI machine (cause not found; the message names the top steps); the
+# unbounded case this guards against (sharpness on the full 88-megapixel frame) took 4.75 GB in one step
+PEAK_RSS_LIMIT_MB = 4500
 STEP_LIMIT_S = 120  # one step past this is a hang (the slowest, prepare over the corpus, takes ~15 s)
 #: image extensions as this test counts them (independently of the implementation's list)
 COUNTED_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".gif")
@@ -957,4 +960,5 @@ def test_every_command_keeps_its_contract(fuzz_run) -> None:
             step.check(corpus, res)
     assert corpus.marker is not None and not corpus.marker.exists(), "a pickle payload ran"
     peak = max(r["peak_rss_mb"] for r in results)
-    assert peak < PEAK_RSS_LIMIT_MB, peak
+    top = sorted(((r["peak_rss_mb"], r["name"]) for r in results), reverse=True)[:5]
+    assert peak < PEAK_RSS_LIMIT_MB, top  # the steps with the highest peaks, named

@@ -420,12 +420,13 @@ def test_select_synthetic_writes_a_trainable_list(
               "model=mobilefacenet", "model.name=test_tiny_aifr", f"run.plugins=[{PLUGIN}]"]  # fmt: skip
     args = ["select-synthetic", "lfw_mobilefacenet_arcface", *common, "--fas", str(fas_run / "checkpoints" / "last.pt"),
             "--aifr", str(aifr_ckpt), "--age-groups", "0,6", "--per-identity", "1", "--device", "cpu"]  # fmt: skip
-    # an identity threshold above 1 keeps nothing; below -1 keeps whatever passes the age check
-    assert main([*args, "--out", str(out / "none"), "--id-threshold", "1.01"]) == 0
+    # a cosine threshold must lie in [-1, 1] (the option's rule refuses 1.01): 1 keeps nothing (no synthesised
+    # face is its source), -1 keeps whatever passes the age check
+    assert main([*args, "--out", str(out / "none"), "--id-threshold", "1"]) == 0
     sel = json.loads((out / "none" / "selection.json").read_text())
     assert sel["candidates"] == 12 and sel["kept"] == 0  # 6 people x 1 face x 2 groups
     assert (out / "none" / "selected.txt").read_text().count("\n") == 24  # the training rows only
-    assert main([*args, "--out", str(out / "all"), "--id-threshold", "-1.01", "--age-margin", "200"]) == 0
+    assert main([*args, "--out", str(out / "all"), "--id-threshold", "-1", "--age-margin", "200"]) == 0
     sel = json.loads((out / "all" / "selection.json").read_text())
     assert all(s["identity_ok"] == 6 for s in sel["per_group"].values())
     kept = sel["kept"]

@@ -95,4 +95,6 @@ def test_pseudo_labels_regressor_and_quality_scores(faces: Path, tmp_path: Path,
     # the regressor learnt its training labels: on 37 faces a Spearman rho of 0.4 has p ~ 0.007 (an untrained head
     # gives ~0); measured 0.50-0.6 here and 0.497 on a CI machine with other float kernels, so the bar is 0.4
     assert rho > 0.4, rho
-    assert abs(got.mean() - lab.mean()) < 0.5 * lab.std() and got.std() > 0.2 * lab.std()  # on their scale
+    # on their scale: centred on the labels, not collapsed to one value (90 steps at lr 1e-4 leave the spread
+    # compressed: 0.18-0.3 of the labels' std measured across machines, so the bar is 0.1)
+    assert abs(got.mean() - lab.mean()) < 0.5 * lab.std() and got.std() > 0.1 * lab.std()
