@@ -164,3 +164,27 @@ def machine_info(**extra: Any) -> dict[str, Any]:
     if "torch" in sys.modules:
         rec["torch"] = str(sys.modules["torch"].__version__)
     return rec | extra
+
+
+def random_weights_checkpoint(name: str, path: Path) -> Path:
+    """A faceforge checkpoint of backbone ``name`` with seed-0 random weights (default preprocessing) at ``path``:
+    for speed benchmarks that need a model file and no trained one."""
+    import torch
+
+    import faceforge
+    from faceforge.core.checkpoint import FORMAT, VERSION, atomic_torch_save
+    from faceforge.data.preprocess import Preprocess
+    from faceforge.models.backbones import build_backbone
+
+    torch.manual_seed(0)
+    net = build_backbone(name)
+    meta = {
+        "backbone": {"name": name, "kwargs": {}},
+        "embedding_size": int(net.embedding_size),
+        "preprocess": Preprocess().to_dict(),
+        "faceforge_version": faceforge.__version__,
+    }
+    atomic_torch_save(
+        {"format": FORMAT, "version": VERSION, "meta": meta, "backbone": net.state_dict()}, path
+    )
+    return path

@@ -31,17 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import DATA, REPO, lfw_photos
+from common import DATA, REPO, lfw_photos, random_weights_checkpoint
 
-import faceforge
 from faceforge.config import compose_config
-from faceforge.core.checkpoint import FORMAT, VERSION, atomic_torch_save
 from faceforge.core.precision import hardware_name
 from faceforge.data.dataset import Batch
-from faceforge.data.preprocess import Preprocess
 from faceforge.embedders.checkpoint import CheckpointEmbedder
 from faceforge.engine.loop import Trainer
-from faceforge.models.backbones import build_backbone
 
 
 def training_data(tmp: Path, n: int = 256) -> Path:
@@ -109,18 +105,7 @@ def training(name: str, batch: int, root: Path, tmp: Path, rounds: int, steps: i
 
 
 def inference(name: str, batch: int, tmp: Path, rounds: int, steps: int) -> dict[str, Any]:
-    torch.manual_seed(0)
-    net = build_backbone(name)
-    meta = {
-        "backbone": {"name": name, "kwargs": {}},
-        "embedding_size": int(net.embedding_size),
-        "preprocess": Preprocess().to_dict(),
-        "faceforge_version": faceforge.__version__,
-    }
-    path = tmp / f"{name}.pt"
-    atomic_torch_save(
-        {"format": FORMAT, "version": VERSION, "meta": meta, "backbone": net.state_dict()}, path
-    )
+    path = random_weights_checkpoint(name, tmp / f"{name}.pt")
     faces = torch.randint(0, 256, (batch, 112, 112, 3), dtype=torch.uint8).numpy()
     embedders = {
         "eager": CheckpointEmbedder(path, precision="auto", batch_size=batch, compile=False),

@@ -39,17 +39,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import DATA, REPO, lfw_photos
+from common import DATA, REPO, lfw_photos, random_weights_checkpoint
 
-import faceforge
 from faceforge.cli.main import main as faceforge_main
-from faceforge.core.checkpoint import FORMAT, VERSION, atomic_torch_save
 from faceforge.core.precision import autocast, hardware_name, inference_candidate
 from faceforge.data.files import list_images
 from faceforge.data.image_io import read_image_rgb
-from faceforge.data.preprocess import Preprocess
 from faceforge.embedders.checkpoint import CheckpointEmbedder
-from faceforge.models.backbones import BACKBONES, build_backbone
+from faceforge.models.backbones import BACKBONES
 
 
 def aligned_faces(root: Path | None, n: int, tmp: Path) -> tuple[Path, str]:
@@ -84,18 +81,7 @@ def model_file(spec: str, tmp: Path) -> tuple[Path, str]:
         return Path(spec), "checkpoint file"
     if spec not in BACKBONES:
         raise SystemExit(f"--model {spec}: neither a checkpoint file nor a backbone ({BACKBONES.names()})")
-    torch.manual_seed(0)
-    net = build_backbone(spec)
-    meta = {
-        "backbone": {"name": spec, "kwargs": {}},
-        "embedding_size": int(net.embedding_size),
-        "preprocess": Preprocess().to_dict(),
-        "faceforge_version": faceforge.__version__,
-    }
-    path = tmp / f"{spec}.pt"
-    atomic_torch_save(
-        {"format": FORMAT, "version": VERSION, "meta": meta, "backbone": net.state_dict()}, path
-    )
+    path = random_weights_checkpoint(spec, tmp / f"{spec}.pt")
     return path, "random weights (no trained checkpoint given): the parity is not a trained network's"
 
 
