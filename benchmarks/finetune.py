@@ -17,6 +17,11 @@ Metrics (``faceforge eval``'s code, flip-sum, fp32): pairsDevTest accuracy (insi
 TAR@FAR=1e-3 over the images of pairsDevTest (the DevTest people; conservative rule: the largest TAR with FAR <=
 1e-3), mean +- std over the seeds.
 
+``--select``: choose the recipe's settings without looking at the test people. A quarter of the training people
+(every 4th by name) is held out; each of :data:`CANDIDATES` is trained on the other three quarters and scored by
+all-pairs TAR@FAR=1e-3 over the held-out people's images (and their all-pairs AUC); it writes
+``finetune_select.{json,md}``. The packaged recipe's values come from this run; pairsDevTest is never seen by it.
+
 ``--quick``: a CI-size smoke run of the same code: the first ``--quick-people`` (100) training people, 2 epochs, one
 seed, the first 100 matched and 100 mismatched pairs of pairsDevTest; it writes ``finetune_quick.{json,md}`` (never
 the full results) and an estimate of the full run's time from the speeds it measured.
@@ -45,6 +50,7 @@ from common import DEVTEST_PAIRS, align_lfw, machine_info, mean_std, write_resul
 from faceforge.config import compose_config
 from faceforge.core.checkpoint import load_checkpoint
 from faceforge.core.hashing import file_sha256
+from faceforge.data.files import identity_folders, list_images
 from faceforge.data.pairs import pairs_people, read_lfw_pairs, resolve_pairs, write_lfw_pairs
 from faceforge.engine.loop import Trainer
 from faceforge.engine.setup import import_plugins
@@ -67,6 +73,16 @@ LABELS = {
     "finetune": "finetune recipe (class-mean head, 0.01x backbone lr, frozen BN stats, head-only epoch)",
 }
 METRICS = ("pairs_accuracy", "allpairs_tar@far=1e-3")
+#: settings tried by ``--select`` on held-out training people (the recipe's own values are the first): the
+#: backbone's learning-rate multiplier, and training the final projection only (``fc``: dlib's ResNet;
+#: ``features``/``output_layer`` name it in IResNet/MobileFaceNet)
+CANDIDATES: dict[str, list[str]] = {
+    "recipe (backbone lr x0.01)": [],
+    "backbone lr x0.03": ["finetune.backbone_lr_mult=0.03"],
+    "backbone lr x0.003": ["finetune.backbone_lr_mult=0.003"],
+    "backbone lr x0.001": ["finetune.backbone_lr_mult=0.001"],
+    "final projection only (x0.01)": ["finetune.freeze=[conv1.*,affine1.*,blocks.*]"],
+}
 FULL_COMMAND = (
     "python benchmarks/finetune.py --model dlib=dlib.pt --model sface=sface.pt --faces demo_out/lfw_aligned "
     "--out benchmarks_out/finetune --epochs 3 --seeds 0,1,2"
@@ -78,6 +94,78 @@ def training_list(faces: Path, out: Path, people: int | None) -> tuple[Path, int
     first ``people`` of them by name; returns (file, images, people)."""
     name = "train_quick.txt" if people else "train.txt"
     return write_training_list(faces, out / name, pairs_people(DEVTEST_PAIRS), max_people=people)
+
+
+def selection_split(faces: Path, out: Path) -> tuple[Path, Path, int, int]:
+    """The ``--select`` split of the training people: every 4th (by name) held out, the rest in a ``path label``
+    list; the held-out people's images copied to a folder (the all-pairs set). Returns (list, folder, training
+    images, held-out people)."""
+    people = [
+        d
+        for d, files in identity_folders(faces)
+        if d.name not in pairs_people(DEVTEST_PAIRS) and len(files) >= 2
+    ]
+    held = {d.name for d in people[3::4]}
+    list_file, n_images, _ = write_training_list(
+        faces, out / "train_select.txt", pairs_people(DEVTEST_PAIRS) | held
+    )
+    images = out / "select_images"
+    if not (images / ".done").is_file():
+        for d in people[3::4]:
+            (images / d.name).mkdir(parents=True, exist_ok=True)
+            for f in list_images(d):
+                shutil.copyfile(f, images / d.name / f.name)
+        (images / ".done").write_text("ok")
+    return list_file, images, n_images, len(held)
+
+
+def select(models: dict[str, str], faces: Path, out: Path, epochs: int, seed: int, plugins: list[str],
+           extra: list[str], reuse: bool) -> dict[str, Any]:  # fmt: skip
+    """Train every candidate of :data:`CANDIDATES` on three quarters of the training people and score it on the
+    held-out quarter (see the module doc)."""
+    list_file, images, n_images, n_held = selection_split(faces, out)
+    saved = out / "finetune_select.json"
+    result: dict[str, Any] = json.loads(saved.read_text()) if reuse and saved.is_file() else {}
+    result["settings"] = {
+        "purpose": "choose the finetune recipe's settings on held-out training people (never pairsDevTest)",
+        "train_images": n_images, "held_out_people": n_held,
+        "held_out_images": len(list_images(images, recursive=True)), "epochs": epochs, "seed": seed, "set": extra,
+        "metric": "all-pairs TAR@FAR=1e-3 over the held-out people's images (conservative rule), flip-sum",
+        "machine": machine_info(threads=torch.get_num_threads()),
+    }  # fmt: skip
+    result.setdefault("models", {})
+    for name, path in models.items():
+        entry = result["models"].setdefault(name, {})
+        for cand, overrides in {"as imported (no training)": None, **CANDIDATES}.items():
+            if cand in entry and reuse:
+                continue
+            where = out / "select" / name / cand.split(" (")[0].replace(" ", "_").replace(".", "")
+            model, info = Path(path), {}
+            if overrides is not None:
+                model, info = train(Path(path), "finetune", seed, faces, list_file, epochs, where, plugins,
+                                    [*extra, *overrides])  # fmt: skip
+            ev = evaluate_checkpoint(model, [f"allpairs:{images}"], where / "eval", flip=True, batch_size=64,
+                                     device="cpu", progress=False)  # fmt: skip
+            summary = next(iter(ev.record["benchmarks"].values()))["summary"]
+            entry[cand] = {"overrides": overrides, "allpairs_tar@far=1e-3": summary["tar@far=0.001"],
+                           "allpairs_auc": summary.get("auc"), "training": info}  # fmt: skip
+            write_results(out, "finetune_select", result, select_table(result))
+    return result
+
+
+def select_table(result: dict[str, Any]) -> str:
+    lines = ["| model | candidate | held-out all-pairs TAR@FAR=1e-3 | AUC |", "|---|---|---|---|"]
+    for name, entry in result["models"].items():
+        for cand, r in entry.items():
+            auc = f"{r['allpairs_auc']:.4f}" if r.get("allpairs_auc") is not None else "-"
+            lines.append(f"| {name} | {cand} | {r['allpairs_tar@far=1e-3'] * 100:.2f} % | {auc} |")
+    s = result["settings"]
+    lines.append(
+        f"\n{s['train_images']} training images (three quarters of the training people), {s['held_out_people']} "
+        f"held-out people ({s['held_out_images']} images), {s['epochs']} epochs, seed {s['seed']}; pairsDevTest "
+        "unseen."
+    )
+    return "\n".join(lines) + "\n"
 
 
 def devtest_set(faces: Path, out: Path, per_kind: int | None) -> tuple[Path, Path]:
@@ -229,6 +317,7 @@ def main() -> None:
     ap.add_argument("--naive-seeds", default=None, help="seeds of the naive row (default: --seeds)")
     ap.add_argument("--rows", default=",".join(ROWS), help=f"of {list(ROWS)}")
     ap.add_argument("--quick", action="store_true", help="CI-size smoke run (see the module doc)")
+    ap.add_argument("--select", action="store_true", help="choose the recipe on held-out people (module doc)")
     ap.add_argument("--quick-people", type=int, default=100)
     ap.add_argument("--quick-pairs", type=int, default=100, help="matched and mismatched pairs each")
     ap.add_argument("--plugins", default="", help="modules that register backbones (comma-separated)")
@@ -259,6 +348,9 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     faces = Path(args.faces) if args.faces else align_lfw(out.parent)
+    if args.select:
+        print(select_table(select(models, faces, out, epochs, seeds[0], plugins, args.set, args.reuse)))
+        return
     list_file, n_images, n_people = training_list(faces, out, args.quick_people if args.quick else None)
     pairs_file, images = devtest_set(faces, out, args.quick_pairs if args.quick else None)
     stem = "finetune_quick" if args.quick else "finetune"
