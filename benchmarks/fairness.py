@@ -92,10 +92,13 @@ def training_command(
 # ------------------------------------------------------------------------------------------------------
 
 
-def prepared_utkface(base: Path) -> Path:
+def prepared_utkface(base: Path, images: Path | None = None) -> Path:
+    """``faceforge prepare`` (YuNet, largest face) of the UTKFace photos (``images``: all of them by default, or a
+    folder holding some of them) into ``base/utk112``, once."""
     faces = base / "utk112"
     if not (faces / "prepare_report.json").is_file():
-        faceforge_cli(["prepare", "--images", str(DATA / "utkface" / "images"), "--out", str(faces)])
+        src = images if images is not None else DATA / "utkface" / "images"
+        faceforge_cli(["prepare", "--images", str(src), "--out", str(faces)])
     return faces
 
 
@@ -217,11 +220,15 @@ def group_numbers(rec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def evaluate(model: Path, lfw_faces: Path, utk_faces: Path, out_dir: Path, cache: Path) -> dict[str, Any]:
+def evaluate(
+    model: Path, lfw_faces: Path, utk_faces: Path, out_dir: Path, cache: Path, pairs: Path | None = None
+) -> dict[str, Any]:
+    """pairs accuracy on ``pairs`` (default pairsDevTest) over ``lfw_faces`` and the ``bias:`` numbers of every
+    grouping on ``utk_faces``."""
     from faceforge.embedders import embedder_from_spec
     from faceforge.eval.benchmarks import run_benchmarks
 
-    pairs = DATA / "lfw" / "pairsDevTest.txt"
+    pairs = pairs if pairs is not None else DATA / "lfw" / "pairsDevTest.txt"
     specs = [f"lfw:{pairs}:{lfw_faces}"] + [f"bias:{utk_faces}:{g}" for g in GROUPINGS.values()]
     run = run_benchmarks(embedder_from_spec(str(model)), specs, out_dir, cache_dir=cache, progress=False)
     recs = list(run["benchmarks"].values())

@@ -221,8 +221,15 @@ def train(model: Path, row: str, seed: int, faces: Path, list_file: Path, epochs
     ]
     if plugins:
         overrides.append(f"run.plugins=[{','.join(plugins)}]")
+    return train_recipe(RECIPE, overrides)
+
+
+def train_recipe(recipe: str, overrides: list[str]) -> tuple[Path, dict[str, Any]]:
+    """Train the packaged ``recipe`` with ``overrides`` (``faceforge train``'s trainer, in this process); returns the
+    model file and what the run did (its overrides, set-up seconds, which include the head's class means and any
+    teacher tables, training seconds and speed, data size, precision, fine-tuning options, last logged numbers)."""
     t0 = time.perf_counter()
-    trainer = Trainer(compose_config(RECIPE, overrides))
+    trainer = Trainer(compose_config(recipe, overrides))
     setup_seconds = time.perf_counter() - t0
     report = trainer.fit()
     return Path(report["model"]), {
@@ -233,7 +240,7 @@ def train(model: Path, row: str, seed: int, faces: Path, list_file: Path, epochs
         "num_images": len(trainer.dataset),
         "num_identities": trainer.data.num_classes,
         "precision": report["precision"],
-        "finetune": report["finetune"],
+        "finetune": report.get("finetune"),
         "final_logs": report["history"][-1] if report["history"] else None,
     }
 

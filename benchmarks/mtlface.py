@@ -114,13 +114,15 @@ ROWS: dict[str, Row] = {
 # ------------------------------------------------------------------------------------------------ faces
 
 
-def prepare_utk(out: Path) -> Path:
+def prepare_utk(out: Path, images: Path | None = None) -> Path:
+    """UTKFace (``images``: all of its photos by default, or a folder holding some of them) detected and aligned
+    into ``out/utk_aligned`` (YuNet + dlib68, largest face) and split for age estimation, once."""
     faces = out / "utk_aligned"
     if not (faces / "prepare_report.json").is_file():
         args = [
             "prepare",
             "--images",
-            str(DATA / "utkface" / "images"),
+            str(images if images is not None else DATA / "utkface" / "images"),
             "--out",
             str(faces),
             "--detector",
@@ -229,10 +231,13 @@ def train_row(
 
 
 def evaluate(model: Path | str, ctx: dict[str, Any], out_dir: Path, age_head: bool) -> dict[str, Any]:
-    """pairsDevTest 10-fold, all-pairs TAR@FAR=1e-3 on its images, the LFW age-gap bands, and the age head's MAE."""
+    """pairsDevTest 10-fold, all-pairs TAR@FAR=1e-3 on its images, the LFW age-gap bands, and the age head's MAE.
+
+    ``ctx``: ``devtest`` (the images of the pairs), ``agegap`` (the list), ``faces``, ``eval_cache``, ``flip``, ``utk``
+    (for the MAE) and optionally ``pairs`` (another pairs file over ``devtest``; default pairsDevTest)."""
     emb = embedder_from_spec(str(model), batch_size=64)
     specs = [
-        f"lfw:{DATA / 'lfw' / 'pairsDevTest.txt'}:{ctx['devtest']}",
+        f"lfw:{ctx.get('pairs', DATA / 'lfw' / 'pairsDevTest.txt')}:{ctx['devtest']}",
         f"allpairs:{ctx['devtest']}",
         f"agegap:{ctx['agegap']}:{ctx['faces']}",
     ]

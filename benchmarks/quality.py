@@ -49,7 +49,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +154,7 @@ def sddfiqa_test_scores(
     init_model: Path | None = None,
     epochs: int = SDD_EPOCHS,
     milestones: tuple[int, ...] = SDD_MILESTONES,
+    overrides: Sequence[str] = (),
 ) -> tuple[Path | None, dict[str, Any]]:
     """The SDD-FIQA row trained on pseudo-labels from ``labeller``: a ``path,quality`` CSV over Test.
 
@@ -161,7 +162,8 @@ def sddfiqa_test_scores(
     2. a quality regressor trained on them through ``faceforge train lfw_sddfiqa`` (``method=sddfiqa``:
        MobileFaceNet with the paper's widths whose encoder is initialised from ``init_model`` with
        ``run.init_partial``, a fresh Flatten -> PReLU -> Dropout -> Linear head, SmoothL1, Adam 1e-4;
-       ``epochs`` epochs, lr x0.1 at ``milestones``; kept in ``out/sddfiqa/<name>/run`` and resumed there);
+       ``epochs`` epochs, lr x0.1 at ``milestones``, then ``overrides`` (more ``KEY=VALUE``: another quality
+       network, a training list, a seed); kept in ``out/sddfiqa/<name>/run`` and resumed there);
     3. ``faceforge quality --model <regressor> --images <test> --out <csv>`` (and on Train, to see the fit).
 
     Without ``faces`` or ``init_model`` only step 1 runs and the row is marked pending.
@@ -189,7 +191,7 @@ def sddfiqa_test_scores(
         cmd = [sys.executable, "-m", "faceforge", "train", SDD_RECIPE, f"data.root={faces}"]
         cmd += [f"data.attributes={labels_csv}", f"run.init={init_model}", f"run.dir={run}"]
         cmd += [f"optim.epochs={epochs}", f"optim.milestones=[{','.join(str(m) for m in milestones)}]"]
-        cmd += ["run.progress=false", "run.resume=auto"]
+        cmd += ["run.progress=false", "run.resume=auto", *overrides]
         log.info("training the SDD-FIQA regressor on %s labels: %s", name, " ".join(cmd))
         subprocess.run(cmd, check=True)
         info["train_seconds_this_call"] = time.perf_counter() - t0
@@ -279,13 +281,14 @@ def label_correlations(labels_csv: Path, train: Path, norms: dict[str, float]) -
 # evaluation
 # --------------------------------------------------------------------------------------------
 def evaluate(
-    embedder: Any, name: str, test: Path, extra: dict[str, str], out: Path, cache: Path
+    embedder: Any, name: str, test: Path, extra: dict[str, str], out: Path, cache: Path, pairs: Path = PAIRS
 ) -> dict[str, Any]:
-    """``quality:`` on pairsDevTest and ``qualityall:`` on Test with every source, through run_benchmarks."""
+    """``quality:`` on ``pairs`` (pairsDevTest, or a pairs file over fewer of Test's images) and ``qualityall:`` on
+    Test with every source, through run_benchmarks."""
     sources = ["random=0", *CLASSIC.values(), "norm", *extra.values()]
     fmr = {k: "+".join(f"{f:g}" for f in v) for k, v in FMRS.items()}
     specs = [
-        f"quality:{PAIRS}:{test}:{','.join(sources)},fmr={fmr['pairsDevTest']}",
+        f"quality:{pairs}:{test}:{','.join(sources)},fmr={fmr['pairsDevTest']}",
         f"qualityall:{test}:{','.join(sources)},fmr={fmr['all pairs']}",
     ]
     run = run_benchmarks(embedder, specs, out / "eval" / name, cache_dir=cache, flip=False, progress=False)
