@@ -14,7 +14,8 @@ method differs (:data:`ROWS`):
   (``lowres:SIZE:one:allpairs``: the second face of each pair down-sampled and back, DDL's degradation);
 * ``--pretrained NAME=PATH`` (repeatable): any model faceforge evaluates (a checkpoint, an imported dlib or SFace
   checkpoint, an .onnx file, ``dlib``) in both tables, untrained; models without input gradients get the
-  low-resolution numbers and the attack's one-line refusal in place of attacked numbers;
+  low-resolution numbers and the attack's one-line refusal in place of attacked numbers; with ``--rows ""`` only
+  these are evaluated and ``--publish`` writes ``robustness_pretrained.*``;
 * ``--init NAME=PATH`` with ``--init-overrides "model=... ..."``: every trained row of ``--rows`` again, started from
   that checkpoint (``run.init``, a fresh head), e.g. the dlib import (``afa`` needs a dual-BN checkpoint: skipped).
 
@@ -280,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     data = prepare_data(out, a.quick)
-    rows, seeds = a.rows.split(","), [int(s) for s in a.seeds.split(",")]
+    rows, seeds = [r for r in a.rows.split(",") if r], [int(s) for s in a.seeds.split(",")]
     init = tuple(a.init.split("=", 1)) if a.init else None
     record: dict[str, Any] = {
         "benchmark": "robustness", "quick": a.quick, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -309,11 +310,12 @@ def main(argv: list[str] | None = None) -> int:
     print((out / "robustness.md").read_text())
     if a.publish:
         dest = REPO / "benchmarks" / "results"
-        stem = "robustness_quick" if a.quick else "robustness"
+        # quick: the smoke run; no trained rows (--rows ""): the pretrained models alone
+        stem = "robustness_quick" if a.quick else "robustness" if rows else "robustness_pretrained"
         shutil.copy(out / "robustness.json", dest / f"{stem}.json")
         shutil.copy(out / "robustness.md", dest / f"{stem}.md")
         for png in record["plots"].values() if not a.quick else ():  # smoke-run plots stay in --out
-            shutil.copy(png, REPO / "docs" / Path(png).name)
+            shutil.copy(png, REPO / "docs" / Path(png).name.replace("robustness", stem, 1))
     return 0
 
 
