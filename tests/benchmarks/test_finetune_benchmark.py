@@ -63,3 +63,27 @@ def test_summary_table_and_estimate(bench) -> None:
     # 3 seeds x (1000 x 3 / 10 img/s of training + 1000 x 0.1 s of set-up and class means + that eval)
     eval_s = (10 + 3 * 20) / 4 / 100 * 1655
     assert est["hours_per_model"]["m"] == pytest.approx((eval_s + 3 * (300 + 100 + eval_s)) / 3600)
+
+
+def test_selection_split_holds_out_every_fourth_training_person(bench, tmp_path: Path, monkeypatch) -> None:
+    """--select trains on three quarters of the training people and scores the other quarter: the two sets are
+    disjoint, the DevTest people are in neither, and every held-out image is copied for the all-pairs set."""
+    faces = tmp_path / "faces"
+    people = [f"person_{i:02d}" for i in range(8)] + ["devtest_a", "single"]
+    for name in people:
+        (faces / name).mkdir(parents=True)
+        for k in range(1 if name == "single" else 3):
+            (faces / name / f"{name}_{k:04d}.jpg").write_bytes(b"\xff\xd8\xff")  # listed by name only
+    monkeypatch.setattr(bench, "pairs_people", lambda *files: {"devtest_a"})
+    list_file, images, n_images, n_held = bench.selection_split(faces, tmp_path / "out")
+    trained = {line.split("/")[0] for line in list_file.read_text().splitlines()}
+    held = {p.name for p in images.iterdir() if p.is_dir()}
+    eligible = sorted(p for p in people if p.startswith("person_"))
+    assert held == set(eligible[3::4]) and n_held == 2
+    assert trained == set(eligible) - held and n_images == 3 * len(trained)
+    assert sum(1 for _ in images.glob("*/*.jpg")) == 3 * n_held
+    # the recipe's own values are the first candidate, and every candidate composes
+    first = next(iter(bench.CANDIDATES.values()))
+    assert first == []
+    for overrides in bench.CANDIDATES.values():
+        compose_config(bench.RECIPE, [f"data.root={tmp_path}", f"run.init={tmp_path / 'x.pt'}", *overrides])
