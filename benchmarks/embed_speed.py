@@ -11,6 +11,12 @@ which gets random weights: its parity is then not a trained network's) and each 
   ``--images`` faces, with ``--no-cache``; once with ``--no-flip`` (images/s) and once with the default flip
   sum (two forward passes per image: forward passes/s);
 - ``ratio = embed / bare`` (target >= 0.9), both rates in forward passes per second;
+- the command's **steady-state throughput** and its **start-up**: the command also runs on the first half of the
+  faces, and ``steady = (n - n/2) / (t(n) - t(n/2))`` is the rate at which it embeds once started (model load
+  and hash, BatchNorm folding, imports and one-time kernel set-up cancel out), ``startup_s = t(n/2) - (n/2) /
+  steady`` what the start-up costs; ``steady_ratio = steady / bare``. The whole-command ratio of a short job is
+  dominated by its start-up (a second against a 1,000-face job of 0.75 s with the dlib import in bf16), so both are
+  reported;
 - ``parity``: the model's parity record for that precision (min / mean cosine to fp32 on the first 32 faces,
   :mod:`faceforge.embedders.parity`), measured here when missing.
 
@@ -101,10 +107,8 @@ def bare_rate(emb: CheckpointEmbedder, faces: np.ndarray, precision: str, repeat
     return best
 
 
-def command_rate(
-    ckpt: Path, listing: Path, n: int, precision: str, batch: int, flip: bool, out: Path
-) -> float:
-    """Forward passes/s of the whole ``faceforge embed`` command (two passes per image with flip)."""
+def command_seconds(ckpt: Path, listing: Path, precision: str, batch: int, flip: bool, out: Path) -> float:
+    """Seconds of the whole ``faceforge embed`` command."""
     args = ["embed", "--model", str(ckpt), "--images", str(listing), "--out", str(out), "--no-cache"]
     args += ["--no-progress", "--precision", precision, "--batch-size", str(batch)]
     t0 = time.perf_counter()
@@ -112,7 +116,19 @@ def command_rate(
     seconds = time.perf_counter() - t0
     if rc != 0:
         raise SystemExit(f"faceforge embed failed ({rc})")
-    return n * (2 if flip else 1) / seconds
+    return seconds
+
+
+def command_rates(
+    ckpt: Path, listing: Path, half: Path, n: int, precision: str, batch: int, flip: bool, tmp: Path
+) -> dict[str, float]:
+    """The whole command's rate on ``n`` faces, its steady-state rate (from the run on the first ``n // 2``) and
+    its start-up seconds (module doc), in forward passes per second (two passes per image with flip)."""
+    passes = 2 if flip else 1
+    t_half = command_seconds(ckpt, half, precision, batch, flip, tmp / "h.npz")
+    t_full = command_seconds(ckpt, listing, precision, batch, flip, tmp / "f.npz")
+    steady = passes * (n - n // 2) / max(t_full - t_half, 1e-9)
+    return {"whole": passes * n / t_full, "steady": steady, "startup_s": t_half - passes * (n // 2) / steady}
 
 
 def measure(
@@ -122,11 +138,14 @@ def measure(
     emb = CheckpointEmbedder(ckpt, precision=precision, batch_size=args.batch_size)
     emb.settle_precision(faces, "the first faces of this benchmark")
     used = emb.precision
-    n = len(listing.read_text().splitlines())
+    lines = listing.read_text().splitlines()
+    n = len(lines)
+    half = tmp / "half.txt"
+    half.write_text("".join(f"{p}\n" for p in lines[: n // 2]))
     # the bare pass before and after the commands, the larger kept: drift (other load) can only lower the ratio
     bare_runs = [bare_rate(emb, faces[: args.batch_size], used, args.repeats)]
-    no_flip = command_rate(ckpt, listing, n, precision, args.batch_size, False, tmp / "a.npz")
-    flip = command_rate(ckpt, listing, n, precision, args.batch_size, True, tmp / "b.npz")
+    no_flip = command_rates(ckpt, listing, half, n, precision, args.batch_size, False, tmp)
+    flip = command_rates(ckpt, listing, half, n, precision, args.batch_size, True, tmp)
     bare_runs.append(bare_rate(emb, faces[: args.batch_size], used, args.repeats))
     bare = max(bare_runs)
     return {
@@ -137,10 +156,16 @@ def measure(
         "precision_note": emb.policy.note,
         "bare_forward_per_s": bare,
         "bare_forward_per_s_before_after": bare_runs,
-        "embed_no_flip_images_per_s": no_flip,
-        "embed_flip_forward_per_s": flip,
-        "ratio_no_flip": no_flip / bare,
-        "ratio_flip": flip / bare,
+        "embed_no_flip_images_per_s": no_flip["whole"],
+        "embed_flip_forward_per_s": flip["whole"],
+        "ratio_no_flip": no_flip["whole"] / bare,
+        "ratio_flip": flip["whole"] / bare,
+        "steady_no_flip_images_per_s": no_flip["steady"],
+        "steady_flip_forward_per_s": flip["steady"],
+        "steady_ratio_no_flip": no_flip["steady"] / bare,
+        "steady_ratio_flip": flip["steady"] / bare,
+        "startup_s_no_flip": no_flip["startup_s"],
+        "startup_s_flip": flip["startup_s"],
         "parity": emb.describe()["precision_choice"]["record"],
     }
 
@@ -177,13 +202,15 @@ def main() -> None:
                 print(
                     f"{spec} {row['precision']}: bare {row['bare_forward_per_s']:.1f}/s, embed "
                     f"{row['embed_no_flip_images_per_s']:.1f} img/s (x{row['ratio_no_flip']:.2f}), with flip "
-                    f"{row['embed_flip_forward_per_s']:.1f} passes/s (x{row['ratio_flip']:.2f})",
+                    f"{row['embed_flip_forward_per_s']:.1f} passes/s (x{row['ratio_flip']:.2f}); steady state "
+                    f"x{row['steady_ratio_no_flip']:.2f} / x{row['steady_ratio_flip']:.2f} with flip, start-up "
+                    f"{row['startup_s_no_flip']:.2f} / {row['startup_s_flip']:.2f} s",
                     flush=True,
                 )
     result = {
         "benchmark": "embed_speed",
         "what": "faceforge embed (whole command, --no-cache) vs the bare forward pass on a batch in memory",
-        "target": "ratio >= 0.9 in forward passes per second",
+        "target": "ratio >= 0.9 in forward passes per second (steady_ratio: the throughput once started)",
         "settings": {
             "faces": len(paths),
             "faces_from": where,
