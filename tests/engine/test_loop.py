@@ -154,12 +154,14 @@ def test_periodic_evaluation_on_several_benchmarks(lfw_small: Path, tmp_path: Pa
     from faceforge.embedders import embedder_from_spec
     from faceforge.eval.benchmarks import run_benchmarks
 
-    direct = run_benchmarks(
-        embedder_from_spec(report["model"]),
-        [f"allpairs:{held_out}:2", f"ident:{held_out}:1:2"],
-        None,
-        progress=False,
-    )["benchmarks"]
+    direct = (
+        run_benchmarks(  # in the hook's precision (fp32; `auto` would pick bf16 on a CPU with native bf16)
+            embedder_from_spec(report["model"], precision="fp32"),
+            [f"allpairs:{held_out}:2", f"ident:{held_out}:1:2"],
+            None,
+            progress=False,
+        )["benchmarks"]
+    )
     assert final[name_all]["auc"] == pytest.approx(direct[name_all]["summary"]["auc"], abs=1e-6)
     assert final[name_id]["rank-1"] == pytest.approx(direct[name_id]["summary"]["rank-1"], abs=1e-6)
     assert (tmp_path / "run" / "eval_epoch1" / "result.json").is_file()

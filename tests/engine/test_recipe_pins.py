@@ -28,7 +28,9 @@ PINS = json.loads((Path(__file__).parent / "recipe_pins.json").read_text())
 #: -> recipe -> pins), for the recipes whose relation losses turn those bits into other numbers: DDL drops positive
 #: similarities <= 0 and takes hardest negatives (a cosine near 0 lands on the other side), EKD ranks pairs at
 #: T = 0.01. ``recipe_pins.json`` was captured on AVX-512 (with the engine as it was before the refactor); the
-#: AVX2 pins were captured with the engine of that same commit and of today, which gave identical numbers.
+#: AVX2 pins were captured with the engine of that same commit and of today, which gave identical numbers. On an
+#: AVX-512 CPU with AMX tiles (key ``AVX512_AMX``) oneDNN picks other fp32 kernels again: its DDL and EKD pins were
+#: captured with today's engine, which reproduces the AVX-512 and AVX2 pins on those CPUs.
 PINS_BY_CPU = json.loads((Path(__file__).parent / "recipe_pins_cpu.json").read_text())
 BASE = """
 defaults:
@@ -77,7 +79,9 @@ def setup(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
 
 
 def _recipes(t1: Path, t2: Path) -> dict[str, list[str]]:
-    one = f"teachers=[{{model: {t1}}}]"
+    # teachers embed in fp32 as when the pins were captured (``auto`` would pick bf16 on a CPU with native bf16)
+    fp32 = "options: {precision: fp32}"
+    one = f"teachers=[{{model: {t1}, {fp32}}}]"
     return {
         "softmax": ["head=softmax"],
         "normface": ["head=normface"],
@@ -92,7 +96,7 @@ def _recipes(t1: Path, t2: Path) -> dict[str, list[str]]:
         "ekd": ["method=ekd", one],
         "liaad": [
             "method=liaad",
-            f"teachers=[{{model: {t1}, name: general}},{{model: {t2}, name: age_invariant}}]",
+            f"teachers=[{{model: {t1}, name: general, {fp32}}},{{model: {t2}, name: age_invariant, {fp32}}}]",
         ],
         "ddl": ["method=ddl"],
     }
@@ -114,6 +118,13 @@ def _renamed(old: dict[str, float], recipe: str) -> dict[str, float]:
     return out
 
 
+def _cpu_key() -> str:
+    """The pins' key for this CPU: torch's capability (``AVX2``, ``AVX512``), ``_AMX`` appended where AMX tiles
+    exist."""
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    return torch.backends.cpu.get_cpu_capability() + ("_AMX" if amx else "")
+
+
 def _record(path: Path, recipe: str, report: dict, run: Path) -> None:
     """Write this run's numbers in the pin format (the old log names) to ``path[<cpu capability>][recipe]``."""
     old = {
@@ -132,7 +143,7 @@ def _record(path: Path, recipe: str, report: dict, run: Path) -> None:
     ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     abs_sum = float(sum(v.double().abs().sum() for v in ckpt["backbone"].values() if v.is_floating_point()))
     pins = json.loads(path.read_text()) if path.is_file() else {}
-    pins.setdefault(torch.backends.cpu.get_cpu_capability(), {})[recipe] = {
+    pins.setdefault(_cpu_key(), {})[recipe] = {
         "history": history,
         "backbone_abs_sum": abs_sum,
     }
@@ -151,7 +162,7 @@ def test_recipe_gives_its_pinned_numbers(setup: dict[str, Path], recipe: str) ->
     report = Trainer(cfg).fit()
     if os.environ.get("FACEFORGE_RECORD_PINS"):  # capture this CPU's pins (see PINS_BY_CPU)
         _record(Path(os.environ["FACEFORGE_RECORD_PINS"]), recipe, report, run)
-    pinned = PINS_BY_CPU.get(torch.backends.cpu.get_cpu_capability(), {}).get(recipe, PINS[recipe])
+    pinned = PINS_BY_CPU.get(_cpu_key(), {}).get(recipe, PINS[recipe])
     assert len(report["history"]) == len(pinned["history"])
     for step, (old, new) in enumerate(zip(pinned["history"], report["history"], strict=True)):
         for key, value in _renamed(old, recipe).items():
