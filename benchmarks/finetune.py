@@ -1,13 +1,15 @@
 """Fine-tuning pretrained imports on the demo's training identities: as imported, naive, and the finetune recipe.
 
 For every ``--model NAME=PATH`` (a faceforge checkpoint, e.g. ``faceforge import dlib --out dlib.pt`` or
-``faceforge import onnx sface.onnx --out sface.pt``), three rows on the same data, epochs and backbone:
+``faceforge import onnx sface.onnx --out sface.pt``), four rows on the same data, epochs and backbone:
 
 * ``imported``: the model as imported, no training (evaluated once: it has no seed);
 * ``naive``: the packaged ``finetune`` recipe with every fine-tuning option off: a random head, the backbone at the
   full learning rate, BatchNorm statistics re-estimated, nothing frozen, no head-only phase;
-* ``finetune``: the packaged recipe as it is (class-mean head, backbone at 0.01x, frozen BN statistics, a head-only
-  epoch, backbone ramp; see faceforge/configs/finetune.yaml).
+* ``previous``: the recipe as it was before ``finetune.head_row_norm`` (imprinted rows at a random head's norm,
+  ~0.11, backbone at 0.01x): what the row-norm fix changes;
+* ``finetune``: the packaged recipe as it is (class-mean head rows at norm 1, backbone at 0.03x, frozen BN
+  statistics, a head-only epoch, backbone ramp; see faceforge/configs/finetune.yaml).
 
 Training data: the demo's identities -- LFW people who are not in pairsDevTest and have at least 2 images (1,262
 people, 6,968 images) from the aligned folder ``--faces`` (``faceforge align`` of LFW; made under ``--out`` when
@@ -60,28 +62,42 @@ RECIPE = "finetune"
 #: every fine-tuning option off: what a first attempt does (the recipe's data, head, optimiser and epochs)
 NAIVE = [
     "finetune.head_init=random",
+    "finetune.head_row_norm=null",
     "finetune.backbone_lr_mult=1.0",
     "finetune.freeze_bn=none",
     "finetune.head_only_epochs=0",
     "finetune.backbone_warmup_epochs=0",
     "finetune.freeze=[]",
 ]
-ROWS: dict[str, list[str] | None] = {"imported": None, "naive": NAIVE, "finetune": []}
+#: the recipe before head_row_norm (its imprinted rows at a random head's norm, backbone x0.01): the fix's effect
+PREVIOUS = ["finetune.head_row_norm=null", "finetune.backbone_lr_mult=0.01"]
+ROWS: dict[str, list[str] | None] = {"imported": None, "naive": NAIVE, "previous": PREVIOUS, "finetune": []}
 LABELS = {
     "imported": "as imported (no training)",
     "naive": "naive fine-tune (random head, full lr, nothing frozen)",
-    "finetune": "finetune recipe (class-mean head, 0.01x backbone lr, frozen BN stats, head-only epoch)",
+    "previous": "previous recipe (class-mean head rows at a random head's norm ~0.11, 0.01x backbone lr)",
+    "finetune": "finetune recipe (class-mean head rows at norm 1, 0.03x backbone lr, frozen BN stats, head-only "
+    "epoch)",
 }
 METRICS = ("pairs_accuracy", "allpairs_tar@far=1e-3")
 #: settings tried by ``--select`` on held-out training people (the recipe's own values are the first): the
-#: backbone's learning-rate multiplier, and training the final projection only (``fc``: dlib's ResNet;
-#: ``features``/``output_layer`` name it in IResNet/MobileFaceNet)
+#: imprinted head rows' norm (``finetune.head_row_norm``: 1, or as built ~0.11), the backbone's learning-rate
+#: multiplier, and training the final projection only (``fc``: dlib's ResNet; ``features``/``output_layer`` name
+#: it in IResNet/MobileFaceNet)
+AS_BUILT = "finetune.head_row_norm=null"
 CANDIDATES: dict[str, list[str]] = {
-    "recipe (backbone lr x0.01)": [],
-    "backbone lr x0.03": ["finetune.backbone_lr_mult=0.03"],
-    "backbone lr x0.003": ["finetune.backbone_lr_mult=0.003"],
-    "backbone lr x0.001": ["finetune.backbone_lr_mult=0.001"],
-    "final projection only (x0.01)": ["finetune.freeze=[conv1.*,affine1.*,blocks.*]"],
+    "recipe (head rows at norm 1, backbone lr x0.03)": [],
+    "head rows at norm 1, backbone lr x0.01": ["finetune.backbone_lr_mult=0.01"],
+    "head rows at norm 1, backbone lr x0.1": ["finetune.backbone_lr_mult=0.1"],
+    "head rows as built, backbone lr x0.01": [AS_BUILT, "finetune.backbone_lr_mult=0.01"],
+    "head rows as built, backbone lr x0.03": [AS_BUILT, "finetune.backbone_lr_mult=0.03"],
+    "head rows as built, backbone lr x0.003": [AS_BUILT, "finetune.backbone_lr_mult=0.003"],
+    "head rows as built, backbone lr x0.001": [AS_BUILT, "finetune.backbone_lr_mult=0.001"],
+    "head rows as built, final projection only (x0.01)": [
+        AS_BUILT,
+        "finetune.backbone_lr_mult=0.01",
+        "finetune.freeze=[conv1.*,affine1.*,blocks.*]",
+    ],
 }
 FULL_COMMAND = (
     "python benchmarks/finetune.py --model dlib=dlib.pt --model sface=sface.pt --faces demo_out/lfw_aligned "

@@ -5,8 +5,9 @@ Rows (:data:`ROWS`; trained rows run every ``--seeds`` seed, ``--epochs`` epochs
 the LFW people outside pairsDevTest with at least 2 images, 1,262 people, 6,968 images of ``--faces``):
 
 * ``imported``: the import as it is, no training (a reference, evaluated once);
-* ``plain``: the packaged ``finetune`` recipe from the import (class-mean ArcFace head s=32 m=0.3, backbone at
-  0.01x, frozen BN statistics, a head-only epoch, backbone ramp; benchmarks/finetune.py's ``finetune`` row);
+* ``plain``: the packaged ``finetune`` recipe from the import (class-mean ArcFace head s=32 m=0.3 with rows at norm
+  1, backbone at 0.03x, frozen BN statistics, a head-only epoch, backbone ramp; benchmarks/finetune.py's
+  ``finetune`` row);
 * ``cifp``: the same + CIFP (``method=cifp`` on the recipe's head, as benchmarks/fairness.py turns it on);
 * ``mtlface_age``: the same + MTLFace's attention-based feature decomposition on dlib's last map
   (``model=aifr_dlib_resnet``, encoder from the import with ``run.init_partial``), its age estimator on X_age and

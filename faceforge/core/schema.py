@@ -143,6 +143,10 @@ class FinetuneConfig:
     # the head's first weights: random (N(0, 0.01)) | class_mean (each identity's normalised mean embedding
     # under the initial backbone, eval mode, no augmentation: weight imprinting, Qi et al. CVPR 2018)
     head_init: str = "random"
+    # class_mean only: the norm r of every imprinted row; null = the mean row norm of the head as built (N(0, 0.01)
+    # rows: |w| ~ 0.01 sqrt(d)). A normalised head's row turns by ~ lr * grad / |w|^2, so small rows let the
+    # head's first steps scramble the imprinted directions; 1.0 keeps them (the finetune recipe)
+    head_row_norm: float | None = None
     # the backbone's learning rate = this x the schedule's (its own parameter groups); > 0
     backbone_lr_mult: float = 1.0
     # backbone parameter names to keep fixed, as fnmatch patterns ("conv1.*", "layer1.*"); a pattern matching

@@ -53,6 +53,9 @@ CONFIG_RULES: dict[str, Rule] = {
         note="the backbone's learning rate is this times the schedule's; to keep backbone layers fixed use "
         "finetune.freeze=['*']",
     ),
+    "finetune.head_row_norm": Rule(
+        float, 0.0, 1e6, low_open=True, optional=True, note="null: the mean row norm of the head as built"
+    ),
     "finetune.head_only_epochs": _EPOCHS,
     "finetune.backbone_warmup_epochs": _EPOCHS,
 }

@@ -77,6 +77,7 @@ class FineTuning:
         self.backbone = backbone
         self.options = {
             "head_init": str(f.head_init),
+            "head_row_norm": None if f.get("head_row_norm") is None else float(f.head_row_norm),
             "backbone_lr_mult": float(f.backbone_lr_mult),
             "freeze": list(f.freeze),
             "freeze_bn": str(f.freeze_bn),

@@ -186,6 +186,12 @@ def test_imprint_writes_scaled_directions_into_local_and_partial_fc_heads(layout
     after = margin.head.weight.detach()
     torch.testing.assert_close(after[[0, 1, 3]], radius * dirs[[0, 1, 3]])
     assert torch.equal(after[2], before[2])  # no image: the random row stays
+    # finetune.head_row_norm: the imprinted rows get exactly that norm; the un-imprinted row still stays
+    assert imprint_head(margin, dirs, counts, row_norm=1.0) == 1.0
+    after = margin.head.weight.detach()
+    torch.testing.assert_close(after[[0, 1, 3]].norm(dim=1), torch.ones(3))
+    torch.testing.assert_close(after[[0, 1, 3]], dirs[[0, 1, 3]])
+    assert torch.equal(after[2], before[2])
 
 
 @pytest.mark.slow
@@ -365,6 +371,10 @@ def test_resume_with_every_option_is_exact(setup: dict[str, Path], tmp_path: Pat
             r"backbone_warmup_epochs=-1\.0 must be a finite number in \[0, 100000\] \(epochs\)",
         ),
         ("finetune.freeze=['']", r"finetune\.freeze: '' is not a name pattern"),
+        (
+            "finetune.head_row_norm=0",
+            r"finetune\.head_row_norm=0\.0 must be a finite number in \(0, 1e\+06\] \(null: the mean row norm",
+        ),
         ("run.init=null", r"model=from_init builds run\.init's architecture: set run\.init"),
         (
             "model.embedding_size=32",
@@ -432,5 +442,6 @@ def test_the_packaged_recipe_through_faceforge_train(setup: dict[str, Path], tmp
         meta["preprocess"]["colour"] == "BGR" and meta["init"]["source"]["network"] == "random mobilefacenet"
     )
     ft = meta["finetune"]
-    assert (ft["head_init"]["name"], ft["backbone_lr_mult"], ft["freeze_bn"]) == ("class_mean", 0.01, "stats")
+    assert (ft["head_init"]["name"], ft["backbone_lr_mult"], ft["freeze_bn"]) == ("class_mean", 0.03, "stats")
+    assert ft["head_init"]["row_norm"] == 1.0 and ft["head_row_norm"] == 1.0
     assert (ft["head_only_steps"], ft["backbone_warmup_steps"]) == (2, 1)
