@@ -6,8 +6,10 @@ order :mod:`faceforge.data.align` expects: left eye, right eye, nose tip, left m
 corner, where left/right are *image* left/right (the person's right eye comes first).
 
 The contract, the registry and the helpers every detector uses are in :mod:`faceforge.deploy.detection`
-(re-exported here); this module holds ``yunet`` and :func:`build_detector`, and imports ``mtcnn`` and ``dlib``
-so that all three are registered. Registration is one-way: no detector imports this module.
+(re-exported here); this module holds ``yunet`` and :func:`build_detector`, imports ``dlib`` and registers
+``mtcnn`` lazily (:meth:`~faceforge.core.registry.Registry.register_lazy`: its module imports PyTorch, which
+a process that only runs YuNet or dlib, e.g. a ``prepare`` worker, need not pay for), so that all three are
+registered. Registration is one-way: no detector imports this module.
 
 ``yunet`` is OpenCV's ``cv2.FaceDetectorYN`` with the YuNet ONNX model. A row of its output is
 ``x, y, w, h``, five landmark ``(x, y)`` pairs, then the score. The model names its points "right eye,
@@ -33,9 +35,6 @@ import numpy as np
 from faceforge.core.model_files import YUNET_FILE, find_model_dir
 from faceforge.core.options import DETECTOR_OPTION_RULES
 from faceforge.core.rules import check_call_options
-
-# the other built-in detectors register themselves in DETECTORS on import
-from faceforge.deploy import mtcnn  # noqa: F401
 from faceforge.deploy.detection import (  # noqa: F401  (re-exported: this was their home)
     DETECTORS,
     MIN_SEARCH_SIDE,
@@ -49,6 +48,8 @@ from faceforge.deploy.detection import (  # noqa: F401  (re-exported: this was t
     select_faces,
 )
 from faceforge.deploy.dlib_detector import YUNET_TO_DLIB_RECT, Dlib68Landmarks
+
+DETECTORS.register_lazy("mtcnn", "faceforge.deploy.mtcnn")
 
 YUNET_MODEL_NAME = YUNET_FILE
 #: YuNet's coarsest feature stride: smaller inputs are padded to it

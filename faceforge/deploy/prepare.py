@@ -51,6 +51,7 @@ import json
 import math
 import re
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,9 +61,9 @@ from tqdm import tqdm
 
 from faceforge.data.align import TEMPLATE_NAME, template_for_size
 from faceforge.data.files import list_images
-from faceforge.data.image_io import UnreadableImageError, read_image_rgb, write_image_rgb
+from faceforge.data.image_io import UnreadableImageError, read_image_rgb
 from faceforge.data.output_names import output_names
-from faceforge.deploy.align_photos import DetectorSpec, Found, found_in_order
+from faceforge.deploy.align_photos import DetectorSpec, Found, face_targets, found_in_order, write_faces
 from faceforge.deploy.detect import SELECT_POLICIES, FaceDetector
 
 REPORT_NAME = "prepare_report.json"
@@ -243,10 +244,12 @@ def prepare_folder(
             if have and (select != "all" or have[0].name == f"{single.stem}_0.jpg"):
                 existing = have
         plan.append((path, key, single, existing))
-    todo = [str(path) for path, _, _, existing in plan if existing is None]
-    found = found_in_order(todo, detector, select, size, float(min_score), workers)
+    todo = [(str(path), str(single)) for path, _, single, existing in plan if existing is None]
+    # without a quality gate to score the faces first, each worker writes its faces itself
+    targets = [t for _, t in todo] if quality is None else None
+    found = found_in_order([p for p, _ in todo], detector, select, size, float(min_score), workers, targets)
 
-    with tqdm(total=len(files), desc="prepare", unit="img", disable=not progress) as bar:
+    with closing(found), tqdm(total=len(files), desc="prepare", unit="img", disable=not progress) as bar:
         for _path, key, single, existing in plan:
             bar.update(1)
             if existing is not None:
@@ -264,10 +267,7 @@ def prepare_folder(
             faces = got.faces
             if select != "all" and got.detections > 1:
                 report.several_faces.append({"file": key, "faces": got.detections, "chosen": got.chosen})
-            if select == "all":
-                targets = [single.with_name(f"{single.stem}_{k}.jpg") for k in range(len(faces))]
-            else:
-                targets = [single]
+            targets = face_targets(single, select, got.count)
             if quality is not None:
                 scores = quality.scores(faces)
                 for k, (target, q) in enumerate(zip(targets, scores.tolist(), strict=True)):
@@ -282,8 +282,8 @@ def prepare_folder(
                 if not targets:
                     report.dropped_photos += 1
                     continue
-            for target, face in reversed(list(zip(targets, faces, strict=True))):
-                write_image_rgb(target, face)
+            if not got.written:
+                write_faces(targets, faces)
             report.aligned_images += 1
             report.faces_written += len(targets)
             written[key] = targets
