@@ -109,7 +109,8 @@ class ParityRecord:
             )
         acc = self.accuracy or {}
         delta = acc.get("delta_points")
-        if delta is not None and not abs(delta) <= self.bar["accuracy_delta_points"]:
+        # (rounded: one pair in 1,000 is 0.1 point, which float arithmetic makes 0.1000000000000009)
+        if delta is not None and not round(abs(delta), 9) <= self.bar["accuracy_delta_points"]:
             out.append(
                 f"{acc.get('benchmark')} accuracy changes by {delta:+.3f} points "
                 f"(more than {self.bar['accuracy_delta_points']})"
