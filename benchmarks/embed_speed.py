@@ -4,8 +4,14 @@ For each model (a faceforge checkpoint path, e.g. an imported network's ``model.
 which gets random weights: its parity is then not a trained network's) and each precision, in one process:
 
 - ``bare``: the network's forward pass on one batch of real aligned faces already preprocessed in memory
-  (``batch_size`` faces, channels_last, under the precision's autocast, ``inference_mode``; the same network the
-  command runs, BatchNorms folded): the limit, measured before and after the commands, the larger kept;
+  (``batch_size`` faces in passes of the embedder's ``forward_batch``, 32 on a CPU, channels_last, under the
+  precision's autocast; the same network the command runs, BatchNorms folded): the limit, measured before and
+  after the commands, the larger kept; and at each of ``--forward-batches`` faces per pass (the sweep that chose
+  the CPU default);
+- ``reading``: seconds per image to read, sha1-hash and decode the files on one thread, and the **ceiling with
+  reading**, ``1 / (1 / bare + t_read / passes_per_image)``: the most a command that must read JPEG files can
+  reach on the same cores. For a network whose forward pass is cheap (the dlib import, ~0.8 ms a face) reading
+  is ~15 % of it, so ``ratio`` cannot reach 0.9 there however the reading is scheduled;
 - ``embed``: the ``faceforge embed`` command itself (``main([...])`` in this process: model load and hash,
   file listing, read + sha1 + JPEG decode of every file, preprocessing, the forward passes, the ``.npz``) on
   ``--images`` faces, with ``--no-cache``; once with ``--no-flip`` (images/s) and once with the default flip
@@ -92,18 +98,40 @@ def model_file(spec: str, tmp: Path) -> tuple[Path, str]:
 
 
 @torch.inference_mode()
-def bare_rate(emb: CheckpointEmbedder, faces: np.ndarray, precision: str, repeats: int) -> float:
-    """Forward passes/s of the network on one preprocessed batch in memory (the first pass is warm-up)."""
+def bare_rate(emb: CheckpointEmbedder, faces: np.ndarray, precision: str, repeats: int,
+              forward_batch: int | None = None) -> float:  # fmt: skip
+    """Forward passes/s of the network on one preprocessed batch in memory, ``forward_batch`` faces per pass
+    (default: the embedder's, as the command runs it; the first round is warm-up)."""
     x = emb.preprocess(torch.from_numpy(faces), emb.device)
+    step = forward_batch or emb.forward_batch
     best = 0.0
     with autocast(emb.device, precision):
-        emb.model(x)
+        emb.model(x[:step])
         for _ in range(repeats):
             t0 = time.perf_counter()
-            emb.model(x)
+            for i in range(0, len(x), step):
+                emb.model(x[i : i + step])
             if emb.device.type == "cuda":
                 torch.cuda.synchronize()
             best = max(best, len(x) / (time.perf_counter() - t0))
+    return best
+
+
+def read_seconds(paths: list[str]) -> float:
+    """Seconds per file to read, hash (sha1, the cache key) and decode, on one thread: what the command must
+    do for every face besides the forward pass."""
+    import hashlib
+
+    from faceforge.data.image_io import decode_image_rgb, read_image_bytes
+
+    best = float("inf")
+    for _ in range(2):
+        t0 = time.perf_counter()
+        for p in paths:
+            data = read_image_bytes(Path(p))
+            hashlib.sha1(data).hexdigest()
+            decode_image_rgb(data, p)
+        best = min(best, (time.perf_counter() - t0) / len(paths))
     return best
 
 
@@ -148,13 +176,26 @@ def measure(
     flip = command_rates(ckpt, listing, half, n, precision, args.batch_size, True, tmp)
     bare_runs.append(bare_rate(emb, faces[: args.batch_size], used, args.repeats))
     bare = max(bare_runs)
+    t_read = read_seconds(lines[:512])
+    # the most a command that reads JPEG files can reach on these cores: reading adds t_read per image
+    ceiling = {"no_flip": 1 / (1 / bare + t_read), "flip": 1 / (1 / bare + t_read / 2)}
+    sweep = {
+        str(b): bare_rate(emb, faces[: args.batch_size], used, max(2, args.repeats // 2), b)
+        for b in args.forward_batches
+    }
     return {
         "model": spec,
         "weights": weights,
         "precision_requested": precision,
         "precision": used,
         "precision_note": emb.policy.note,
+        "forward_batch": emb.forward_batch,
         "bare_forward_per_s": bare,
+        "bare_forward_per_s_by_forward_batch": sweep,
+        "read_hash_decode_ms_per_image": 1000 * t_read,
+        "ceiling_with_reading_per_s": ceiling,
+        "ratio_flip_to_ceiling": flip["whole"] / ceiling["flip"],
+        "steady_ratio_flip_to_ceiling": flip["steady"] / ceiling["flip"],
         "bare_forward_per_s_before_after": bare_runs,
         "embed_no_flip_images_per_s": no_flip["whole"],
         "embed_flip_forward_per_s": flip["whole"],
@@ -177,12 +218,17 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000, help="faces embedded by the command")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=5, help="timed bare forward passes (best kept)")
+    ap.add_argument(
+        "--forward-batches", default="8,16,32,64,128",
+        help="also time the bare pass at these faces per pass (the embedder's forward_batch)",
+    )  # fmt: skip
     ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     ap.add_argument("--quick", action="store_true", help="256 faces, batch 64, MobileFaceNet only")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "embed_speed.json")
     args = ap.parse_args()
     if args.quick:
-        args.n, args.batch_size, args.repeats = min(args.n, 256), 64, 2
+        args.n, args.batch_size, args.repeats, args.forward_batches = min(args.n, 256), 64, 2, "16,64"
+    args.forward_batches = [int(b) for b in args.forward_batches.split(",") if b]
     models = args.model or (["mobilefacenet"] if args.quick else ["mobilefacenet", "iresnet50"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precisions = [args.precision]
@@ -204,7 +250,10 @@ def main() -> None:
                     f"{row['embed_no_flip_images_per_s']:.1f} img/s (x{row['ratio_no_flip']:.2f}), with flip "
                     f"{row['embed_flip_forward_per_s']:.1f} passes/s (x{row['ratio_flip']:.2f}); steady state "
                     f"x{row['steady_ratio_no_flip']:.2f} / x{row['steady_ratio_flip']:.2f} with flip, start-up "
-                    f"{row['startup_s_no_flip']:.2f} / {row['startup_s_flip']:.2f} s",
+                    f"{row['startup_s_no_flip']:.2f} / {row['startup_s_flip']:.2f} s; reading "
+                    f"{row['read_hash_decode_ms_per_image']:.3f} ms/image, flip ratio to the ceiling with reading "
+                    f"x{row['ratio_flip_to_ceiling']:.2f}; bare by faces per pass "
+                    f"{ {k: round(v) for k, v in row['bare_forward_per_s_by_forward_batch'].items()} }",
                     flush=True,
                 )
     result = {

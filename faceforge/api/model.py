@@ -232,7 +232,8 @@ def load_model(
         device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when available); stated, never guessed.
         precision: ``"fp32"`` (default), ``"bf16"``, ``"fp16"`` (CUDA) or ``"auto"`` for checkpoints; models
             that run in fp32 only refuse anything else.
-        batch_size: faces per forward pass.
+        batch_size: faces embedded at a time (a checkpoint on a CPU passes at most ``forward_batch``, 32 by
+            default, through the network at once: ``options={"forward_batch": N}``).
         detector: the detector for whole photos (a name or a :class:`Detector`).
         calibration: a calibration JSON (``faceforge serve calibrate``) or
             :class:`~faceforge.serve.calibration.Calibration` for decisions; default: the packaged one of this

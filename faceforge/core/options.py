@@ -25,7 +25,7 @@ COSINE = Rule(float, -1.0, 1.0)
 
 OPTION_RULES: dict[str, Rule] = {
     # embedding and evaluation
-    "batch_size": Rule(int, 1, 65536, note="faces per forward pass"),
+    "batch_size": Rule(int, 1, 65536, note="faces read and embedded at a time (a CPU passes 32 at once)"),
     "device": DEVICE_RULE,
     "precision": Rule(str, choices=("auto", "fp32", "bf16", "fp16")),
     "folds": Rule(int, 2, 100),

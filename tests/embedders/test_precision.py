@@ -177,3 +177,32 @@ def test_one_pair_in_a_thousand_is_within_the_accuracy_bar() -> None:
     assert 100 * (0.948 - 0.947) > 0.1  # (the float fact the bar must absorb)
     assert record(0.947, 0.948).passed and record(0.948, 0.947).passed
     assert not record(0.947, 0.949).passed
+
+
+def test_forward_batch_splits_the_passes_and_keeps_each_face_its_embedding(
+    model_file: Path, data_dir: Path
+) -> None:
+    """On a CPU the network sees ``forward_batch`` faces a pass (32 by default, ``--model-option
+    forward_batch=N``); each face's embedding is the one a single pass gives, up to float rounding."""
+    from faceforge.core.rules import OptionError
+    from faceforge.embedders import embedder_from_spec
+    from faceforge.embedders.checkpoint import CPU_FORWARD_BATCH
+
+    files = sorted((data_dir / "lfw" / "images").rglob("*.jpg"))[:10]
+    import cv2
+
+    faces = np.stack([cv2.resize(read_image_rgb(f)[69:181, 69:181], (112, 112)) for f in files])
+    whole = CheckpointEmbedder(model_file, precision="fp32", forward_batch=128)
+    split = embedder_from_spec(str(model_file), precision="fp32", forward_batch=3)
+    assert CheckpointEmbedder(model_file, precision="fp32").forward_batch == CPU_FORWARD_BATCH
+    assert (
+        CheckpointEmbedder(model_file, precision="fp32", batch_size=8).forward_batch == 8
+    )  # at most the batch
+    assert whole.forward_batch == 128 and split.forward_batch == 3
+    assert split.describe()["inference"]["forward_batch"] == 3
+    a, b = whole.embed(faces), split.embed(faces)
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * np.abs(a).max())
+    with pytest.raises(ValueError, match="forward_batch must be a positive"):
+        CheckpointEmbedder(model_file, forward_batch=0)
+    with pytest.raises(OptionError):
+        embedder_from_spec(str(model_file), forward_batch="many")
