@@ -10,8 +10,8 @@ which gets random weights: its parity is then not a trained network's) and each 
   the CPU default);
 - ``reading``: seconds per image to read, sha1-hash and decode the files on one thread, and the **ceiling with
   reading**, ``1 / (1 / bare + t_read / passes_per_image)``: the most a command that must read JPEG files can
-  reach on the same cores. For a network whose forward pass is cheap (the dlib import, ~0.8 ms a face) reading
-  is ~15 % of it, so ``ratio`` cannot reach 0.9 there however the reading is scheduled;
+  reach on the same cores. For a network whose forward pass is cheap (the dlib import, ~1 ms a face) reading
+  alone (~0.19 ms an image) takes that ceiling to ~0.92 of the bare pass with flip, ~0.85 without;
 - ``embed``: the ``faceforge embed`` command itself (``main([...])`` in this process: model load and hash,
   file listing, read + sha1 + JPEG decode of every file, preprocessing, the forward passes, the ``.npz``) on
   ``--images`` faces, with ``--no-cache``; once with ``--no-flip`` (images/s) and once with the default flip
