@@ -17,10 +17,11 @@ from faceforge.core.registry import Registry
 
 def test_start_method_forks_only_a_lone_thread_without_pytorch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delitem(sys.modules, "torch", raising=False)
-    assert workers.start_method() == "fork"
-    monkeypatch.setitem(sys.modules, "torch", object())  # PyTorch imported: its OpenMP pool cannot fork
-    assert workers.start_method() == "spawn"
-    monkeypatch.delitem(sys.modules, "torch")
+    with monkeypatch.context() as alone:  # (earlier tests may have left threads in this process)
+        alone.setattr(workers.threading, "active_count", lambda: 1)
+        assert workers.start_method() == "fork"
+        alone.setitem(sys.modules, "torch", object())  # PyTorch imported: its OpenMP pool cannot fork
+        assert workers.start_method() == "spawn"
     stop = threading.Event()
     other = threading.Thread(target=stop.wait)
     other.start()
@@ -32,16 +33,21 @@ def test_start_method_forks_only_a_lone_thread_without_pytorch(monkeypatch: pyte
 
 
 def test_one_thread_limits_blas_and_restores_it() -> None:
+    import cv2  # noqa: F401  (its OpenBLAS loaded too, as one_thread() imports it)
     import numpy as np
+    from threadpoolctl import threadpool_limits
 
     np.linalg.svd(np.eye(4))  # (numpy's OpenBLAS loaded)
-    before = {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
-    assert before
-    with workers.one_thread():
-        inside = {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
-        assert set(inside.values()) == {1}
-    after = {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
-    assert after == before
+
+    def blas() -> dict[str, int]:
+        return {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    with threadpool_limits(limits=2, user_api="blas"):  # two threads each, whatever OMP_NUM_THREADS says
+        before = blas()
+        assert before and set(before.values()) == {2}
+        with workers.one_thread():
+            assert set(blas().values()) == {1}
+        assert blas() == before
 
 
 def test_lazy_registry_entry_imports_its_module_on_first_use() -> None:
