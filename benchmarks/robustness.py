@@ -28,7 +28,8 @@ epoch, one seed, 60 attacked pairs, 150 evaluation people) that checks the whole
         [--rows plain,pgd_at,afa,randscale,ddl,fan] [--pretrained NAME=PATH ...] [--init NAME=PATH]
         [--train-override KEY=VALUE ...] [--publish]
 
-A run whose ``checkpoints/model.pt`` exists and whose ``command.json`` holds the same command is reused.
+A run whose ``checkpoints/model.pt`` exists and whose ``command.json`` holds the same command (``run.resume`` aside)
+is reused; an interrupted one resumes from its ``last.pt`` (``run.resume=auto``).
 Writes ``<out>/robustness.json``, ``<out>/robustness.md`` and two plots after every run; ``--publish`` copies
 the JSON and the tables to benchmarks/results/ (quick runs as ``robustness_quick.*``) and the plots to docs/.
 """
@@ -58,6 +59,9 @@ RECIPE = "lfw_mobilefacenet_arcface"
 EPS = "0,1/255,2/255,4/255,8/255"
 EPS_LABELS = ("0/255", "1/255", "2/255", "4/255", "8/255")  # as the robust kind names them
 SIZES = (32, 24, 16)
+#: an interrupted training run (a session that ended, a machine that rebooted) goes on from its last epoch's
+#: checkpoint (the engine's exact resume) instead of starting again
+RESUME = "run.resume=auto"
 TABLES = {"attack": ("plain", "pgd_at", "afa"), "lowres": ("plain", "randscale", "ddl", "fan")}
 
 
@@ -107,7 +111,7 @@ def training_command(row: str, seed: int, data: dict[str, Path], run_dir: Path, 
                      init: tuple[str, str] | None) -> list[str]:  # fmt: skip
     cmd = [sys.executable, "-m", "faceforge", "train", RECIPE, f"data.root={data['faces'].absolute()}",
            f"run.dir={run_dir.absolute()}", f"run.seed={seed}", f"optim.epochs={a.epochs}", "eval.pairs=null",
-           "run.progress=false", f"run.precision={a.precision}", *row_overrides(row, a)]  # fmt: skip
+           "run.progress=false", f"run.precision={a.precision}", RESUME, *row_overrides(row, a)]  # fmt: skip
     if "list" in data:
         cmd += [f"data.list_file={data['list'].absolute()}", "data.exclude_pairs=[]"]
     if init is not None:
@@ -115,10 +119,19 @@ def training_command(row: str, seed: int, data: dict[str, Path], run_dir: Path, 
     return cmd + list(a.train_override)
 
 
+def _same_run(a: list[str], b: list[str]) -> bool:
+    """Two training commands train the same model (``run.resume`` only says where an interrupted one goes on)."""
+
+    def keys(c: list[str]) -> list[str]:
+        return [x for x in c if not x.startswith("run.resume=")]
+
+    return keys(a) == keys(b)
+
+
 def train(cmd: list[str], run_dir: Path) -> dict[str, Any]:
     model, saved = run_dir / "checkpoints" / "model.pt", run_dir / "command.json"
     info: dict[str, Any] = {"command": cmd[2:], "model": str(model)}
-    if model.is_file() and saved.is_file() and json.loads(saved.read_text()) == cmd[2:]:
+    if model.is_file() and saved.is_file() and _same_run(json.loads(saved.read_text()), cmd[2:]):
         info["trained"] = "earlier (model.pt and the same command.json existed)"
     else:
         t0 = time.perf_counter()

@@ -34,6 +34,9 @@ def test_every_row_is_a_valid_config(bench, tmp_path: Path) -> None:
         cmd = bench.training_command(row, 1, data, tmp_path / row, args, None)
         cfg = compose_config(bench.RECIPE, cmd[cmd.index(bench.RECIPE) + 1 :])
         assert cfg.method.name == method and cfg.run.seed == 1 and cfg.optim.epochs == 3
+        assert cfg.run.resume == "auto"  # an interrupted run goes on from its last epoch
+        assert bench._same_run([c for c in cmd if c != bench.RESUME], cmd)  # runs saved before still reused
+        assert not bench._same_run([*cmd, "run.seed=2"], cmd)
     cfg = compose_config(bench.RECIPE, [*bench.row_overrides("randscale", args), f"data.root={tmp_path}"])
     assert cfg.data.augment.lowres.min_scale == 0.125 and cfg.data.augment.lowres.p == 0.5
     cfg = compose_config(bench.RECIPE, [*bench.row_overrides("ddl", args), f"data.root={tmp_path}"])
