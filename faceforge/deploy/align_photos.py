@@ -13,6 +13,7 @@ first) the faces come back. The quality gate and the report stay with the caller
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,7 +175,7 @@ def found_in_order(
             "prepare with several workers needs a DetectorSpec: each worker builds its own detector"
         )
     options = {"detector": detector, "select": select, "size": size, "min_score": min_score}
-    return _found_in_pool(ProcessPool(workers, _Aligner, options), chunks)
+    return _FoundInPool(ProcessPool(workers, _Aligner, options), chunks)
 
 
 def _found_here(aligner: _Aligner, chunks: list[list[tuple[str, str | None]]]) -> Iterator[Found]:
@@ -184,7 +185,23 @@ def _found_here(aligner: _Aligner, chunks: list[list[tuple[str, str | None]]]) -
         yield from found
 
 
-def _found_in_pool(pool: ProcessPool, chunks: list[list[tuple[str, str | None]]]) -> Iterator[Found]:
-    with pool:
-        for result in pool.map(_worker_chunk, chunks):
-            yield from result
+class _FoundInPool:
+    """The pool's results in order; closing it (or reaching the end) closes the pool, also before the first item
+    (a generator closed before it started would never run its ``with pool:`` exit)."""
+
+    def __init__(self, pool: ProcessPool, chunks: list[list[tuple[str, str | None]]]) -> None:
+        self._pool = pool
+        self._found = itertools.chain.from_iterable(pool.map(_worker_chunk, chunks))
+
+    def __iter__(self) -> _FoundInPool:
+        return self
+
+    def __next__(self) -> Found:
+        try:
+            return next(self._found)
+        except BaseException:  # the end, or a worker's error: the pool is done either way
+            self.close()
+            raise
+
+    def close(self) -> None:
+        self._pool.close()
