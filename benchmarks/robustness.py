@@ -29,7 +29,8 @@ epoch, one seed, 60 attacked pairs, 150 evaluation people) that checks the whole
         [--train-override KEY=VALUE ...] [--publish]
 
 A run whose ``checkpoints/model.pt`` exists and whose ``command.json`` holds the same command (``run.resume`` aside)
-is reused; an interrupted one resumes from its ``last.pt`` (``run.resume=auto``).
+is reused; an interrupted one resumes from its ``last.pt`` (``run.resume=auto``). A model's evaluation is reused
+from its ``eval/eval_record.json`` when the model file and the evaluation options are the same.
 Writes ``<out>/robustness.json``, ``<out>/robustness.md`` and two plots after every run; ``--publish`` copies
 the JSON and the tables to benchmarks/results/ (quick runs as ``robustness_quick.*``) and the plots to docs/.
 """
@@ -189,6 +190,37 @@ def evaluate(
     return res
 
 
+#: the options that change a model's evaluation numbers (the rest only say how a model is trained)
+EVAL_KEYS = ("precision", "attack_pairs", "attack_steps", "lowres_mode")
+
+
+def eval_key(model: str, tables: set[str], a: argparse.Namespace) -> dict[str, Any]:
+    """What one model's evaluation depends on: the model file's bytes, its tables and the evaluation options."""
+    from faceforge.core.hashing import file_sha256
+
+    digest = file_sha256(model) if Path(model).is_file() else model  # e.g. ``dlib``: the runtime itself
+    return {"model": digest, "tables": sorted(tables), "eps": EPS, "sizes": list(SIZES),
+            **{k: getattr(a, k) for k in EVAL_KEYS}}  # fmt: skip
+
+
+def evaluate_once(
+    model: str, tables: set[str], data: dict[str, Path], out: Path, a: argparse.Namespace
+) -> dict[str, Any]:
+    """:func:`evaluate`, reusing ``out/eval_record.json`` when it was written for the same :func:`eval_key` (a
+    later invocation, e.g. with more seeds, does not attack the same model again)."""
+    saved, key = out / "eval_record.json", eval_key(model, tables, a)
+    if saved.is_file():
+        rec = json.loads(saved.read_text())
+        if rec.get("key") == key:
+            return {**rec["eval"], "evaluated": "earlier (eval_record.json with the same key)"}
+    ev = evaluate(model, tables, data, out, a)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = saved.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"key": key, "eval": ev}, indent=2))
+    tmp.replace(saved)
+    return ev
+
+
 def flat(ev: dict[str, Any]) -> dict[str, float]:
     out = {"pairs_accuracy": ev["pairs_accuracy"]}
     out.update({f"tar@112/{s}": v for s, v in (ev.get("tar@far=1e-3") or {}).items()})
@@ -310,13 +342,13 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = out / "runs" / name / f"seed{seed}"
             cmd = training_command(row, seed, data, run_dir, a, ini)
             entry = train(cmd, run_dir)
-            entry["eval"] = evaluate(entry["model"], tables, data, run_dir / "eval", a)
+            entry["eval"] = evaluate_once(entry["model"], tables, data, run_dir / "eval", a)
             record["runs"].setdefault(name, {})[str(seed)] = entry
             print(f"{name} seed {seed}: {json.dumps(flat(entry['eval']))}", flush=True)
             write(out, record)
     for item in a.pretrained:
         name, _, path = item.partition("=")
-        entry = {"model": path, "eval": evaluate(path, set(TABLES), data, out / "pretrained" / name, a)}
+        entry = {"model": path, "eval": evaluate_once(path, set(TABLES), data, out / "pretrained" / name, a)}
         record["runs"][f"pretrained:{name}"] = {"-": entry}
         write(out, record)
     write(out, record)

@@ -62,3 +62,31 @@ def test_aggregation_and_tables(bench) -> None:
     md = bench.tables_md(summary, {"pretrained:dlib": "cannot attack"})
     assert "| plain | 81.0 ± 1.4 | 35.0 ± 7.1 |" in md and "not differentiable" in md
     assert "| pretrained:dlib | 50.0 | 40.0 | 30.0 | 60.0 |" in md
+
+
+def test_an_evaluation_is_reused_only_for_the_same_model_and_options(
+    bench, tmp_path: Path, monkeypatch
+) -> None:
+    calls = []
+
+    def fake(model, tables, data, out, a):
+        calls.append(model)
+        return {"pairs_accuracy": 0.5 + len(calls) / 10}
+
+    monkeypatch.setattr(bench, "evaluate", fake)
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"one")
+    a = bench.main.__globals__["argparse"].Namespace(precision="auto", attack_pairs=300, attack_steps=5,
+                                                     lowres_mode="one")  # fmt: skip
+    first = bench.evaluate_once(str(model), {"attack"}, {}, tmp_path / "eval", a)
+    again = bench.evaluate_once(str(model), {"attack"}, {}, tmp_path / "eval", a)
+    assert first["pairs_accuracy"] == again["pairs_accuracy"] == 0.6 and len(calls) == 1
+    assert again["evaluated"].startswith("earlier")
+    a.attack_steps = 10  # another option: evaluated again
+    assert bench.evaluate_once(str(model), {"attack"}, {}, tmp_path / "eval", a)["pairs_accuracy"] == 0.7
+    model.write_bytes(b"two")  # another model in the same place (a run trained again): evaluated again
+    assert bench.evaluate_once(str(model), {"attack"}, {}, tmp_path / "eval", a)["pairs_accuracy"] == 0.8
+    assert (
+        bench.evaluate_once(str(model), {"attack", "lowres"}, {}, tmp_path / "eval", a)["pairs_accuracy"]
+        == 0.9
+    )
