@@ -45,11 +45,15 @@ class Registry(Generic[T]):
             self._lazy[name] = module
 
     def _load(self, name: str) -> None:
-        module = self._lazy.pop(name, None)
+        """Import the module promised for ``name``. The promise is dropped only once the module has registered
+        it: a module that fails to import (a missing optional dependency) raises its own error at every lookup
+        instead of the entry turning "unknown" after the first."""
+        module = self._lazy.get(name)
         if module is not None and name not in self._items:
             importlib.import_module(module)
             if name not in self._items:
                 raise KeyError(f"{self.kind} '{name}': importing {module} did not register it")
+        self._lazy.pop(name, None)
 
     def unregister(self, name: str) -> Callable[..., T]:
         """Remove and return an entry (tests that register a temporary plug-in clean up with it)."""

@@ -86,12 +86,14 @@ def _one_thread() -> None:
 
 @contextlib.contextmanager
 def one_thread() -> Iterator[None]:
-    """Run the block with one compute thread (OpenCV, PyTorch), as every pool worker does; restored after.
+    """Run the block with one compute thread (OpenCV, PyTorch, BLAS, and ``OMP_NUM_THREADS`` for what starts
+    in it), as every pool worker does; all restored after.
 
     PyTorch's results change in the last bits with its thread count (oneDNN splits the sums differently), so
     the one-process path of a job whose output must equal the pool's runs its compute this way too."""
     torch = sys.modules.get("torch")
     before_torch = torch.get_num_threads() if torch is not None else None
+    before_omp = os.environ.get("OMP_NUM_THREADS")
     try:
         import cv2
 
@@ -103,6 +105,10 @@ def one_thread() -> Iterator[None]:
         with threadpool_limits(limits=1):  # (restores the BLAS thread counts on exit)
             yield
     finally:
+        if before_omp is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = before_omp
         if torch is not None and before_torch is not None:
             torch.set_num_threads(before_torch)
         if before_cv2 is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -60,7 +61,27 @@ def test_lazy_registry_entry_imports_its_module_on_first_use() -> None:
     with pytest.raises(KeyError, match="registered twice"):
         reg.register_lazy("x", "json")
     reg.register("x")(dict)  # the module's own registration replaces the promise
-    assert reg.get("x") is dict and reg.names() == ["x"]
+    assert reg.get("x") is dict and reg.names() == ["json_thing", "x"]  # (still promised, still failing)
+
+
+def test_lazy_entry_whose_module_fails_to_import_keeps_saying_why() -> None:
+    reg: Registry[object] = Registry("thing")
+    reg.register_lazy("heavy", "faceforge_no_such_module_here")
+    for _ in range(2):  # the second lookup names the import error too, not "unknown thing"
+        with pytest.raises(ModuleNotFoundError, match="faceforge_no_such_module_here"):
+            reg.get("heavy")
+    assert "heavy" in reg
+
+
+def test_one_thread_restores_the_environment(monkeypatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    with workers.one_thread():
+        assert os.environ["OMP_NUM_THREADS"] == "1"
+    assert os.environ["OMP_NUM_THREADS"] == "2"
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    with workers.one_thread():
+        pass
+    assert "OMP_NUM_THREADS" not in os.environ
 
 
 def test_prepare_workers_fork_without_pytorch_and_write_the_one_process_files(
