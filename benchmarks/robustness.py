@@ -238,22 +238,34 @@ def aggregate(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _seeds(s: dict[str, Any]) -> str:
+    """How many runs a row's numbers average (``-``: an untrained model, measured once)."""
+    acc = s.get("pairs_accuracy") or {}
+    return str(acc.get("n", "")) if acc else ""
+
+
 def tables_md(summary: dict[str, dict[str, Any]], refused: dict[str, str]) -> str:
-    """The two README tables (markdown), mean ± std over seeds in percent."""
-    lines = ["| model | pairsDevTest acc (10-fold) | " + " | ".join(f"acc @ ε={e}" for e in EPS_LABELS) + " |",
-             "|---" * (2 + len(EPS_LABELS)) + "|"]  # fmt: skip
+    """The two README tables (markdown), mean ± std over seeds in percent, with the number of seeds."""
+    lines = ["| model | seeds | pairsDevTest acc (10-fold) | " + " | ".join(f"acc @ ε={e}" for e in EPS_LABELS)
+             + " |", "|---" * (3 + len(EPS_LABELS)) + "|"]  # fmt: skip
     for row, s in summary.items():
+        seeds = "-" if row.startswith("pretrained:") else _seeds(s)
         if any(k.startswith("accuracy@") for k in s) or row in refused:
             cells = [pm(s.get(f"accuracy@eps={e}"), 100, 1) for e in EPS_LABELS]
             if row in refused:
                 cells = ["not differentiable"] * len(EPS_LABELS)
-            lines.append(f"| {row} | {pm(s.get('pairs_accuracy'), 100, 1)} | " + " | ".join(cells) + " |")
-    lines += ["", "| model | TAR@FAR=1e-3 112 px | " + " | ".join(f"probe {p} px" for p in SIZES) + " |",
-              "|---" * (2 + len(SIZES)) + "|"]  # fmt: skip
+            lines.append(
+                f"| {row} | {seeds} | {pm(s.get('pairs_accuracy'), 100, 1)} | " + " | ".join(cells) + " |"
+            )
+    lines += ["", "| model | seeds | TAR@FAR=1e-3 112 px | " + " | ".join(f"probe {p} px" for p in SIZES) + " |",
+              "|---" * (3 + len(SIZES)) + "|"]  # fmt: skip
     for row, s in summary.items():
+        seeds = "-" if row.startswith("pretrained:") else _seeds(s)
         if "tar@112/112" in s:
             lines.append(
-                f"| {row} | " + " | ".join(pm(s.get(f"tar@112/{p}"), 100, 1) for p in (112, *SIZES)) + " |"
+                f"| {row} | {seeds} | "
+                + " | ".join(pm(s.get(f"tar@112/{p}"), 100, 1) for p in (112, *SIZES))
+                + " |"
             )
     return "\n".join(lines) + "\n"
 
