@@ -95,8 +95,23 @@ def list_images(
     else:
         raise FileNotFoundError(f"{what}: no folder or list file at {src}")
     if not files and not allow_empty:
-        raise ValueError(f"{what}: no image files {where} (image files end in {', '.join(IMAGE_EXTENSIONS)})")
+        raise ValueError(
+            f"{what}: no image files {where} (image files end in {', '.join(IMAGE_EXTENSIONS)})"
+            + (_linked_folders_hint(src, recursive) if src.is_dir() else "")
+        )
     return files
+
+
+def _linked_folders_hint(root: Path, recursive: bool) -> str:
+    """Why a folder of symbolic links to folders lists nothing, and what to do instead."""
+    entries = root.rglob("*") if recursive else root.iterdir()
+    linked = sum(1 for p in entries if p.is_symlink() and p.is_dir())
+    if not linked:
+        return ""
+    return (
+        f"; {linked} symbolic link(s) to folders below it are not followed (a link loop would never end): "
+        "list the images in a file (one path per line) or copy the folders"
+    )
 
 
 def identity_folders(root: str | Path, recursive: bool = False) -> list[tuple[Path, list[Path]]]:

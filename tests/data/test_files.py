@@ -70,3 +70,21 @@ def test_errors_name_the_source(tmp_path: Path) -> None:
     (tmp_path / "empty.txt").write_text("# nothing\n")
     with pytest.raises(ValueError, match="no image files listed in"):
         list_images(tmp_path / "empty.txt")
+    assert "symbolic link" not in _error(tmp_path / "empty")  # (no links: no hint)
+
+
+def _error(src: Path) -> str:
+    with pytest.raises(ValueError) as e:
+        list_images(src)
+    return str(e.value)
+
+
+def test_a_folder_of_linked_folders_says_links_are_not_followed(tmp_path: Path) -> None:
+    _touch(tmp_path / "real" / "alice", "a.jpg")
+    (tmp_path / "links").mkdir()
+    (tmp_path / "links" / "alice").symlink_to(tmp_path / "real" / "alice")
+    msg = _error(tmp_path / "links")
+    assert (
+        "1 symbolic link(s) to folders below it are not followed" in msg
+        and "list the images in a file" in msg
+    )
