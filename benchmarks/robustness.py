@@ -213,11 +213,11 @@ def evaluate_once(
         rec = json.loads(saved.read_text())
         if rec.get("key") == key:
             return {**rec["eval"], "evaluated": "earlier (eval_record.json with the same key)"}
+    from faceforge.core.atomic import atomic_writer
+
     ev = evaluate(model, tables, data, out, a)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = saved.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"key": key, "eval": ev}, indent=2))
-    tmp.replace(saved)
+    with atomic_writer(saved) as fh:
+        fh.write(json.dumps({"key": key, "eval": ev}, indent=2).encode())
     return ev
 
 
@@ -238,10 +238,11 @@ def aggregate(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _seeds(s: dict[str, Any]) -> str:
+def _seeds(row: str, s: dict[str, Any]) -> str:
     """How many runs a row's numbers average (``-``: an untrained model, measured once)."""
-    acc = s.get("pairs_accuracy") or {}
-    return str(acc.get("n", "")) if acc else ""
+    if row.startswith("pretrained:"):
+        return "-"
+    return str((s.get("pairs_accuracy") or {}).get("n", ""))
 
 
 def tables_md(summary: dict[str, dict[str, Any]], refused: dict[str, str]) -> str:
@@ -249,7 +250,7 @@ def tables_md(summary: dict[str, dict[str, Any]], refused: dict[str, str]) -> st
     lines = ["| model | seeds | pairsDevTest acc (10-fold) | " + " | ".join(f"acc @ ε={e}" for e in EPS_LABELS)
              + " |", "|---" * (3 + len(EPS_LABELS)) + "|"]  # fmt: skip
     for row, s in summary.items():
-        seeds = "-" if row.startswith("pretrained:") else _seeds(s)
+        seeds = _seeds(row, s)
         if any(k.startswith("accuracy@") for k in s) or row in refused:
             cells = [pm(s.get(f"accuracy@eps={e}"), 100, 1) for e in EPS_LABELS]
             if row in refused:
@@ -260,7 +261,7 @@ def tables_md(summary: dict[str, dict[str, Any]], refused: dict[str, str]) -> st
     lines += ["", "| model | seeds | TAR@FAR=1e-3 112 px | " + " | ".join(f"probe {p} px" for p in SIZES) + " |",
               "|---" * (3 + len(SIZES)) + "|"]  # fmt: skip
     for row, s in summary.items():
-        seeds = "-" if row.startswith("pretrained:") else _seeds(s)
+        seeds = _seeds(row, s)
         if "tar@112/112" in s:
             lines.append(
                 f"| {row} | {seeds} | "
