@@ -4,10 +4,15 @@
 the rendezvous variables; :func:`init_distributed` then joins the group (NCCL on CUDA, gloo on CPU). The
 same command without torchrun runs in one process with **no** process group: every collective here is a
 no-op at world size 1, so nothing asks for a group that does not exist (TFace's single-GPU failure).
+
+A group this module opens is destroyed when the process exits (:func:`shutdown`, registered with ``atexit``):
+left to the interpreter's own teardown, gloo's worker threads may outlive it and the rank dies with
+"terminate called without an active exception" (SIGABRT) after its work is done (pytorch/pytorch#190489).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -48,7 +53,14 @@ def init_distributed(device_type: str) -> DistContext:
         if device_type == "cuda":
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend=backend)
+        atexit.register(shutdown)
     return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank)
+
+
+def shutdown() -> None:
+    """Destroy the default process group if there is one (a no-op otherwise, so it may run twice)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def current() -> DistContext:

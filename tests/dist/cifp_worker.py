@@ -100,7 +100,7 @@ def main(out: Path) -> None:
     results["pfc"] = {**step(crit, emb20[mine], labels20[mine], cifp), "sampled": crit.last_sampled}
     torch.save(results, out / f"rank{r}.pt")
     D.barrier()
-    D.dist.destroy_process_group()
+    D.shutdown()
 
 
 if __name__ == "__main__":

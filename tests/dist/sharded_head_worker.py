@@ -86,7 +86,7 @@ def main(out: Path) -> None:
     results["continued_t"] = crit.head.t.clone()
     torch.save(results, out / f"rank{r}.pt")
     D.barrier()
-    D.dist.destroy_process_group()
+    D.shutdown()
 
 
 if __name__ == "__main__":

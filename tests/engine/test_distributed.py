@@ -65,6 +65,31 @@ def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
 
+def test_a_group_opened_here_is_destroyed_at_exit(monkeypatch) -> None:
+    """Without destroy_process_group a gloo rank may abort at interpreter teardown ("terminate called without
+    an active exception"): init_distributed registers faceforge.core.distributed.shutdown with atexit."""
+    import atexit
+
+    from faceforge.core import distributed as D
+
+    registered, opened = [], []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(D.dist, "is_initialized", lambda: bool(opened))
+    monkeypatch.setattr(D.dist, "init_process_group", lambda backend: opened.append(backend))
+    monkeypatch.setattr(D.dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(D.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(atexit, "register", registered.append)
+    ctx = D.init_distributed("cpu")
+    assert opened == ["gloo"] and registered == [D.shutdown] and (ctx.rank, ctx.world_size) == (1, 2)
+    D.init_distributed("cpu")  # joined already: neither opened nor registered again
+    assert opened == ["gloo"] and registered == [D.shutdown]
+    destroyed = []
+    monkeypatch.setattr(D.dist, "destroy_process_group", lambda: destroyed.append(opened.pop()))
+    D.shutdown()
+    D.shutdown()  # no group left: a no-op
+    assert destroyed == ["gloo"]
+
+
 def test_shard_ranges_cover_the_classes() -> None:
     assert [shard_range(10, r, 3) for r in range(3)] == [(0, 4), (4, 7), (7, 10)]
     assert [shard_range(4, r, 2) for r in range(2)] == [(0, 2), (2, 4)]
