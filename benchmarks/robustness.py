@@ -221,6 +221,43 @@ def evaluate_once(
     return ev
 
 
+#: the settings that define the experiment: a run from another record is only merged when all of these are equal
+#: (precision is not among them: it is recorded with every carried run, as the machines may differ)
+MERGE_KEYS = ("quick", "epochs", "at_eps", "afa_eps", "train_steps", "adv_fraction", "min_scale", "max_scale",
+              "fan_decoder_rows", "attack_pairs", "attack_steps", "lowres_mode", "init_overrides",
+              "train_override", "eps", "sizes", "recipe")  # fmt: skip
+
+
+def merge_runs(record: dict[str, Any], path: Path) -> list[str]:
+    """Carry the runs of an earlier ``robustness.json`` (e.g. the published one, whose run folders were on another
+    machine) into ``record`` where this invocation did not produce the same row and seed; each carried run says
+    where it came from (file, date, machine, precision); a run this invocation makes later replaces the carried one
+    of the same row and seed. Refuses a record whose experiment differs (:data:`MERGE_KEYS`). Returns the
+    ``row/seed`` names carried."""
+    try:
+        old = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"--merge {path}: cannot read it ({exc})") from None
+    if old.get("benchmark") != "robustness":
+        raise SystemExit(f"--merge {path}: not a robustness.json (benchmark={old.get('benchmark')!r})")
+    differ = [f"{k}: {old['settings'].get(k)!r} there, {record['settings'].get(k)!r} here" for k in MERGE_KEYS
+              if old["settings"].get(k) != record["settings"].get(k)]  # fmt: skip
+    if differ:
+        raise SystemExit(
+            f"--merge {path}: a different experiment ({'; '.join(differ)}); rerun those rows instead"
+        )
+    carried = []
+    for row, seeds in old.get("runs", {}).items():
+        for seed, entry in seeds.items():
+            src = entry.get("carried_from") or {
+                "file": str(path), "created": old.get("created"), "machine": old.get("machine"),
+                "precision": entry.get("precision", old["settings"].get("precision")),
+            }  # fmt: skip
+            record["runs"].setdefault(row, {})[seed] = {**entry, "carried_from": src}
+            carried.append(f"{row}/{seed}")
+    return carried
+
+
 def flat(ev: dict[str, Any]) -> dict[str, float]:
     out = {"pairs_accuracy": ev["pairs_accuracy"]}
     out.update({f"tar@112/{s}": v for s, v in (ev.get("tar@far=1e-3") or {}).items()})
@@ -331,6 +368,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--init-overrides", default="", help="keys for --init rows, e.g. 'model=... model.x=...'")
     p.add_argument("--train-override", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--merge", default=None, metavar="JSON",
+        help="also report the runs of this earlier robustness.json that this invocation does not produce",
+    )  # fmt: skip
     p.add_argument("--publish", action="store_true")
     a = p.parse_args(argv)
     if a.quick:
@@ -343,10 +384,14 @@ def main(argv: list[str] | None = None) -> int:
     init = tuple(a.init.split("=", 1)) if a.init else None
     record: dict[str, Any] = {
         "benchmark": "robustness", "quick": a.quick, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "settings": {**{k: v for k, v in vars(a).items() if k not in ("out", "publish")}, "eps": EPS,
+        "settings": {**{k: v for k, v in vars(a).items() if k not in ("out", "publish", "merge")}, "eps": EPS,
                      "sizes": list(SIZES), "recipe": RECIPE, "tables": {k: list(v) for k, v in TABLES.items()}},
         "machine": machine_info(), "runs": {},
     }  # fmt: skip
+    if a.merge:  # checked before any training: a different experiment stops here, not hours later
+        carried = merge_runs(record, Path(a.merge))
+        record["merged_from"] = {"file": a.merge, "runs": carried}
+        print(f"carrying from {a.merge}: {', '.join(carried) or 'nothing'}", flush=True)
     plan = [(r, None) for r in rows] + ([(r, init) for r in rows if r != "afa"] if init else [])
     for row, ini in plan:
         name = row if ini is None else f"{row}+{ini[0]}"
@@ -354,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed in seeds:
             run_dir = out / "runs" / name / f"seed{seed}"
             cmd = training_command(row, seed, data, run_dir, a, ini)
-            entry = train(cmd, run_dir)
+            entry = {**train(cmd, run_dir), "precision": a.precision}
             entry["eval"] = evaluate_once(entry["model"], tables, data, run_dir / "eval", a)
             record["runs"].setdefault(name, {})[str(seed)] = entry
             print(f"{name} seed {seed}: {json.dumps(flat(entry['eval']))}", flush=True)
@@ -364,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
         entry = {"model": path, "eval": evaluate_once(path, set(TABLES), data, out / "pretrained" / name, a)}
         record["runs"][f"pretrained:{name}"] = {"-": entry}
         write(out, record)
+    if a.merge:  # the runs this invocation made replaced those of the same row and seed
+        record["merged_from"]["runs"] = [f"{r}/{s}" for r, seeds in record["runs"].items()
+                                         for s, e in seeds.items() if "carried_from" in e]  # fmt: skip
     write(out, record)
     print((out / "robustness.md").read_text())
     if a.publish:

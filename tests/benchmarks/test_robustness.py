@@ -90,3 +90,28 @@ def test_an_evaluation_is_reused_only_for_the_same_model_and_options(
         bench.evaluate_once(str(model), {"attack", "lowres"}, {}, tmp_path / "eval", a)["pairs_accuracy"]
         == 0.9
     )
+
+
+def test_merge_carries_earlier_runs_of_the_same_experiment_only(bench, tmp_path: Path) -> None:
+    settings = {k: 1 for k in bench.MERGE_KEYS}
+    old = {"benchmark": "robustness", "created": "then", "machine": {"cpu": "A"},
+           "settings": {**settings, "precision": "auto"},
+           "runs": {"plain": {"0": {"eval": {"pairs_accuracy": 0.8}}, "1": {"eval": {"pairs_accuracy": 0.7}}}}}  # fmt: skip
+    path = tmp_path / "old.json"
+    path.write_text(bench.json.dumps(old))
+    record = {"settings": {**settings, "precision": "fp32"}, "runs": {}}
+    assert bench.merge_runs(record, path) == ["plain/0", "plain/1"]
+    carried = record["runs"]["plain"]["0"]
+    assert carried["carried_from"] == {"file": str(path), "created": "then", "machine": {"cpu": "A"},
+                                       "precision": "auto"}  # fmt: skip
+    assert bench.aggregate(record["runs"])["plain"]["pairs_accuracy"]["mean"] == pytest.approx(0.75)
+    # carried twice (a merge of a merged record): still names the first origin
+    path.write_text(bench.json.dumps({**old, "runs": record["runs"]}))
+    again = {"settings": record["settings"], "runs": {}}
+    bench.merge_runs(again, path)
+    assert again["runs"]["plain"]["1"]["carried_from"]["created"] == "then"
+    with pytest.raises(SystemExit, match=r"a different experiment .*epochs: 1 there, 3 here"):
+        bench.merge_runs({"settings": {**settings, "epochs": 3}, "runs": {}}, path)
+    path.write_text('{"benchmark": "fairness"}')
+    with pytest.raises(SystemExit, match=r"not a robustness\.json"):
+        bench.merge_runs(record, path)
