@@ -110,7 +110,10 @@ def test_summary_comparison_table_and_estimate(bench) -> None:
 
 
 # ------------------------------------------------------------------------------------------- real data, slow
+# ``full``: 40 s here (the import fine-tuned three times); CI keeps the import's own training test
+# (tests/importers/test_dlib_import.py) and the composition test above
 @pytest.mark.slow
+@pytest.mark.full
 def test_quick_slice_on_real_data(bench, data_dir: Path, tmp_path: Path) -> None:
     """The quick mode's code on a smaller slice (the plain, CIFP and DDL rows: 40 training people, 20 + 20 pairs,
     300 UTKFace photos) from the real dlib import: every number present and finite, the fine-tuned rows well above

@@ -67,7 +67,7 @@ def test_loss_falls_and_run_dir_is_complete(lfw_small: Path, tmp_path: Path) -> 
         lfw_small,
         tmp_path / "run",
         "data.batch_size=32",
-        "optim.epochs=2",
+        "optim.epochs=1",
         "optim.lr=0.1",
         "head=cosface",
         "run.log_every=3",
@@ -76,7 +76,7 @@ def test_loss_falls_and_run_dir_is_complete(lfw_small: Path, tmp_path: Path) -> 
     report = Trainer(cfg).fit()
     losses = [h["loss"] for h in report["history"]]
     assert len(losses) >= 4
-    assert losses[-1] < losses[0] - 0.5, losses
+    assert losses[-1] < losses[0] - 3.0, losses  # one epoch falls by ~8 (fp32 and bf16)
     run = tmp_path / "run"
     assert (run / "config.yaml").is_file() and (run / "report.json").is_file()
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))

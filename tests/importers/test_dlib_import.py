@@ -86,14 +86,14 @@ def _dlib_chips(faces: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.slow
-def test_parity_with_dlibs_runtime_on_500_real_chips(
+def test_parity_with_dlibs_runtime_on_200_real_chips(
     imported: dict[str, Path], lfw_devtest_aligned: Path
 ) -> None:
     from faceforge.data.image_io import read_image_rgb
     from faceforge.data.preprocess import Preprocess
     from faceforge.embedders.dlib_resnet import model_files
 
-    files = sorted(lfw_devtest_aligned.rglob("*.jpg"))[:500]
+    files = sorted(lfw_devtest_aligned.rglob("*.jpg"))[:200]  # dlib's runtime: ~20 faces/s
     chips = _dlib_chips(np.stack([read_image_rgb(f) for f in files]))
     net = dlib.face_recognition_model_v1(str(model_files()["recognition"]))
     ref = np.asarray([np.asarray(v) for v in net.compute_face_descriptor(list(chips))], np.float32)
@@ -102,7 +102,7 @@ def test_parity_with_dlibs_runtime_on_500_real_chips(
     with torch.no_grad():
         ours = model(Preprocess.from_dict(ckpt["meta"]["preprocess"])(torch.from_numpy(chips))).numpy()
     cos = (ours * ref).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(ref, axis=1)
-    assert len(cos) == 500 and cos.min() >= 0.9999, cos.min()
+    assert len(cos) == 200 and cos.min() >= 0.9999, cos.min()
     assert np.abs(ours - ref).max() < 1e-4
 
 

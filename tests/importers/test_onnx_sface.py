@@ -1,5 +1,5 @@
 """SFace (OpenCV Zoo, int8 block-quantised ONNX) imported as a trainable network: parity with onnxruntime on
-500 real aligned LFW faces, and faceforge's default exporter on an imported graph."""
+200 real aligned LFW faces, and faceforge's default exporter on an imported graph."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from faceforge.importers.base import save_imported
 from faceforge.importers.onnx_net import import_onnx
 from tests.importers.graphs import save, tiny_net
 
-N_FACES = 500
+N_FACES = 200
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.slow
-def test_sface_import_matches_onnxruntime_on_500_lfw_faces(
+def test_sface_import_matches_onnxruntime_on_200_lfw_faces(
     sface_path: Path, lfw_small: Path, tmp_path: Path
 ) -> None:
     from faceforge.embedders.sface import SFaceEmbedder
