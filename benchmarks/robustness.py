@@ -26,7 +26,10 @@ epoch, one seed, 60 attacked pairs, 150 evaluation people) that checks the whole
 
     python benchmarks/robustness.py [--out benchmarks_out/robustness] [--quick] [--seeds 0,1,2] [--epochs 2]
         [--rows plain,pgd_at,afa,randscale,ddl,fan] [--pretrained NAME=PATH ...] [--init NAME=PATH]
-        [--train-override KEY=VALUE ...] [--publish]
+        [--train-override KEY=VALUE ...] [--merge EARLIER.json] [--publish]
+
+``--merge`` carries the runs of an earlier record (e.g. the published one, made on another machine whose run
+folders are not here) into this one when the experiment's settings are equal (:func:`merge_runs`).
 
 A run whose ``checkpoints/model.pt`` exists and whose ``command.json`` holds the same command (``run.resume`` aside)
 is reused; an interrupted one resumes from its ``last.pt`` (``run.resume=auto``). A model's evaluation is reused
