@@ -190,7 +190,8 @@ class CheckpointEmbedder:
             for i in range(0, len(batch), self.forward_batch):
                 x = self.preprocess(batch[i : i + self.forward_batch], self.device)
                 emb = self.model(x).float()
-                if flip_sum:  # mirror(preprocess(face)) == preprocess(mirror(face)): one preprocessing for both
+                # mirror(preprocess(face)) == preprocess(mirror(face)): one preprocessing for both
+                if flip_sum:
                     emb = emb + self.model(x.flip(3).contiguous(memory_format=torch.channels_last)).float()
                 out.append(emb)
         return torch.cat(out).cpu().numpy().astype(np.float32, copy=False)

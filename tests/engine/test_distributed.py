@@ -228,7 +228,7 @@ def test_two_process_ddp_training_on_lfw_then_resume_in_one(lfw_small: Path, tmp
     more = Trainer(cfg).fit()
     assert more["world_size"] == 1
     after = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert after["progress"]["epoch"] == 1 and after["progress"]["global_step"] == steps + 6  # steps of this run
+    assert after["progress"]["epoch"] == 1 and after["progress"]["global_step"] == steps + 6  # run.max_steps
     assert not torch.equal(after["objectives"]["margin"]["weight"], last["objectives"]["margin"]["weight"])
 
 
