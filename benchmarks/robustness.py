@@ -232,10 +232,9 @@ MERGE_KEYS = ("quick", "epochs", "at_eps", "afa_eps", "train_steps", "adv_fracti
 
 
 def merge_runs(record: dict[str, Any], path: Path) -> list[str]:
-    """Carry the runs of an earlier ``robustness.json`` (e.g. the published one, whose run folders were on another
-    machine) into ``record`` where this invocation did not produce the same row and seed; each carried run says
-    where it came from (file, date, machine, precision); a run this invocation makes later replaces the carried one
-    of the same row and seed. Refuses a record whose experiment differs (:data:`MERGE_KEYS`). Returns the
+    """Carry every run of an earlier ``robustness.json`` (e.g. the published one, whose run folders were on another
+    machine) into ``record``; each carried run says where it came from (file, date, machine, precision), and a run
+    this invocation makes later replaces the carried one of the same row and seed. Refuses a record whose experiment differs (:data:`MERGE_KEYS`). Returns the
     ``row/seed`` names carried."""
     try:
         old = json.loads(Path(path).read_text())
@@ -393,7 +392,6 @@ def main(argv: list[str] | None = None) -> int:
     }  # fmt: skip
     if a.merge:  # checked before any training: a different experiment stops here, not hours later
         carried = merge_runs(record, Path(a.merge))
-        record["merged_from"] = {"file": a.merge, "runs": carried}
         print(f"carrying from {a.merge}: {', '.join(carried) or 'nothing'}", flush=True)
     plan = [(r, None) for r in rows] + ([(r, init) for r in rows if r != "afa"] if init else [])
     for row, ini in plan:
@@ -412,9 +410,9 @@ def main(argv: list[str] | None = None) -> int:
         entry = {"model": path, "eval": evaluate_once(path, set(TABLES), data, out / "pretrained" / name, a)}
         record["runs"][f"pretrained:{name}"] = {"-": entry}
         write(out, record)
-    if a.merge:  # the runs this invocation made replaced those of the same row and seed
-        record["merged_from"]["runs"] = [f"{r}/{s}" for r, seeds in record["runs"].items()
-                                         for s, e in seeds.items() if "carried_from" in e]  # fmt: skip
+    if a.merge:  # what is still carried (a run this invocation made replaced the carried one of its row and seed)
+        record["merged_from"] = {"file": a.merge, "runs": [f"{r}/{s}" for r, seeds in record["runs"].items()
+                                                           for s, e in seeds.items() if "carried_from" in e]}  # fmt: skip
     write(out, record)
     print((out / "robustness.md").read_text())
     if a.publish:
