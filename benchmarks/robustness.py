@@ -410,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
         entry = {"model": path, "eval": evaluate_once(path, set(TABLES), data, out / "pretrained" / name, a)}
         record["runs"][f"pretrained:{name}"] = {"-": entry}
         write(out, record)
-    if a.merge:  # what is still carried (a run this invocation made replaced the carried one of its row and seed)
+    # what is still carried (a run this invocation made replaced the carried one of its row and seed)
+    if a.merge:
         record["merged_from"] = {"file": a.merge, "runs": [f"{r}/{s}" for r, seeds in record["runs"].items()
                                                            for s, e in seeds.items() if "carried_from" in e]}  # fmt: skip
     write(out, record)
