@@ -30,7 +30,15 @@ from tqdm import tqdm
 
 from faceforge.core.errors import InputError
 from faceforge.core.workers import ProcessPool, resolve_workers, worker_tool
-from faceforge.data.align import TEMPLATE_NAME, LandmarksError, check_landmarks, template_for_size, warp_face
+from faceforge.data.align import (
+    MAX_COORDINATE,
+    MIN_SPREAD,
+    TEMPLATE_NAME,
+    LandmarksError,
+    check_landmarks,
+    template_for_size,
+    warp_face,
+)
 from faceforge.data.files import list_images
 from faceforge.data.image_io import UnreadableImageError, read_image_rgb, write_image_rgb
 from faceforge.data.output_names import output_names
@@ -67,15 +75,12 @@ def read_landmarks_csv(
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"landmarks file not found: {p}")
-    table: dict[str, np.ndarray] = {}
-    first_line: dict[str, int] = {}
-    shift = np.asarray(offset, dtype=np.float64)
-
-    def bad(line_no: int, name: str, reason: str) -> None:
-        if bad_rows is None:
-            raise InputError(f"{p}:{line_no}: {reason}")
-        bad_rows.append({"row": f"{p}:{line_no}", "file": name, "reason": reason})
-
+    # one pass over the rows (structure and numbers), then the landmark checks on all rows at once: the
+    # per-row numpy checks were most of the serial time before a many-core alignment starts
+    problems: list[tuple[int, str, str]] = []  # (line, file, reason), reported in line order
+    lines: list[int] = []
+    names: list[str] = []
+    values: list[str] = []
     try:
         with p.open(newline="", encoding="utf-8-sig") as fh:
             reader = csv.reader(fh)
@@ -86,46 +91,96 @@ def read_landmarks_csv(
                     f"{p}: missing column(s) {missing}; expected a header with 'file' and {list(LANDMARK_COLUMNS)}"
                 )
             col = {c: header.index(c) for c in ("file", *LANDMARK_COLUMNS)}
+            value_cols = [col[c] for c in LANDMARK_COLUMNS]
             while True:
                 try:
                     row = next(reader)
                 except StopIteration:
                     break
                 except csv.Error as exc:
-                    bad(reader.line_num, "", f"not a valid CSV row ({exc})")
+                    problems.append((reader.line_num, "", f"not a valid CSV row ({exc})"))
                     continue
                 line_no = reader.line_num
                 if not row or all(not v.strip() for v in row):
                     continue
                 name = row[col["file"]] if len(row) > col["file"] else ""
                 if len(row) != len(header):
-                    bad(line_no, name, f"row has {len(row)} fields, the header has {len(header)}")
+                    problems.append(
+                        (line_no, name, f"row has {len(row)} fields, the header has {len(header)}")
+                    )
                     continue
                 if not name.strip():
-                    bad(line_no, name, "empty 'file' value")
+                    problems.append((line_no, name, "empty 'file' value"))
                     continue
-                try:
-                    values = [float(row[col[c]]) for c in LANDMARK_COLUMNS]
-                except ValueError:
-                    what = next(c for c in LANDMARK_COLUMNS if not _is_number(row[col[c]]))
-                    bad(line_no, name, f"{what}={row[col[what]]!r} is not a number")
-                    continue
-                try:
-                    pts = check_landmarks(np.array(values, dtype=np.float64).reshape(5, 2) + shift)
-                except LandmarksError as exc:
-                    bad(line_no, name, str(exc))
-                    continue
-                if name in table:
-                    bad(line_no, name, f"{name} already has landmarks on line {first_line[name]} (kept)")
-                    continue
-                table[name] = pts
-                first_line[name] = line_no
+                lines.append(line_no)
+                names.append(name)
+                values.extend(row[i] for i in value_cols)
     except UnicodeDecodeError as exc:
         raise InputError(
             f"{p}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
             "save the landmarks file as UTF-8"
         ) from None
+    points, usable = _parse_points(values, len(names), offset)
+    for i in np.flatnonzero(~usable):  # the reason, exactly as for one row
+        problems.append((lines[i], names[i], _row_problem(values[10 * i : 10 * i + 10], offset)))
+    table: dict[str, np.ndarray] = {}
+    first_line: dict[str, int] = {}
+    for i in np.flatnonzero(usable).tolist():
+        name = names[i]
+        if name in table:
+            problems.append(
+                (lines[i], name, f"{name} already has landmarks on line {first_line[name]} (kept)")
+            )
+            continue
+        table[name] = points[i]
+        first_line[name] = lines[i]
+    for line_no, name, reason in sorted(problems, key=lambda t: t[0]):
+        if bad_rows is None:
+            raise InputError(f"{p}:{line_no}: {reason}")
+        bad_rows.append({"row": f"{p}:{line_no}", "file": name, "reason": reason})
     return table
+
+
+def _parse_points(values: list[str], rows: int, offset: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """``rows`` rows of ten numbers as text -> points [rows, 5, 2] (+ ``offset``) and which rows can define an
+    alignment (:func:`~faceforge.data.align.check_landmarks` decides every row the vectorised test doubts)."""
+    try:
+        flat = np.fromiter(map(float, values), dtype=np.float64, count=len(values))
+        numeric = np.ones(rows, dtype=bool)
+    except ValueError:  # some value is not a number: row by row
+        numeric = np.array(
+            [all(_is_number(v) for v in values[10 * i : 10 * i + 10]) for i in range(rows)], bool
+        )
+        flat = np.array([float(v) if _is_number(v) else np.nan for v in values], dtype=np.float64)
+    points = flat.reshape(rows, 5, 2) + np.asarray(offset, dtype=np.float64)
+    with np.errstate(all="ignore"):
+        finite = np.isfinite(points).all(axis=(1, 2))
+        within = np.abs(points).max(axis=(1, 2), initial=0.0) < MAX_COORDINATE * (1 - 1e-9)
+        centred = points - points.mean(axis=1, keepdims=True)
+        spread = np.sqrt((centred**2).sum(axis=2).mean(axis=1))
+    clear = numeric & finite & within & (spread > MIN_SPREAD * (1 + 1e-9))
+    usable = clear.copy()
+    for i in np.flatnonzero(numeric & ~clear):  # near a limit, or bad: the one-row check decides
+        try:
+            check_landmarks(points[i])
+            usable[i] = True
+        except LandmarksError:
+            pass
+    return points, usable
+
+
+def _row_problem(values: list[str], offset: tuple[float, float]) -> str:
+    """Why one row's ten values cannot define an alignment (its first non-number, or the landmark check)."""
+    bad = next((i for i, v in enumerate(values) if not _is_number(v)), None)
+    if bad is not None:
+        return f"{LANDMARK_COLUMNS[bad]}={values[bad]!r} is not a number"
+    try:
+        check_landmarks(
+            np.array([float(v) for v in values], dtype=np.float64).reshape(5, 2) + np.asarray(offset)
+        )
+    except LandmarksError as exc:
+        return str(exc)
+    raise AssertionError("a row the landmark check rejected passed it the second time")  # pragma: no cover
 
 
 def _is_number(text: str) -> bool:

@@ -109,6 +109,53 @@ def test_landmarks_csv_errors_name_the_file(tmp_path: Path) -> None:
         read_landmarks_csv(tmp_path / "absent.csv")
 
 
+def test_landmarks_csv_decides_every_row_as_the_one_row_check_does(tmp_path: Path) -> None:
+    """The table is parsed and checked all rows at once; rows at the limits (a spread of about 1 px, a coordinate
+    of exactly 1e7 after the offset), non-numbers, NaN and repeats get what :func:`check_landmarks` gives one row,
+    and the problems are listed in line order."""
+    from faceforge.data.align import LandmarksError, check_landmarks
+
+    header = "file,leye_x,leye_y,reye_x,reye_y,nose_x,nose_y,lmouth_x,lmouth_y,rmouth_x,rmouth_y\n"
+    good = "30,50,80,50,55,70,35,90,75,90"
+    rows = {
+        "ok.jpg": good,
+        "small.jpg": "1,0,-1,0,0,1,0,-1,0,0",  # rms distance to the centroid: sqrt(4/5) < 1
+        "spread1.jpg": ",".join(
+            f"{v * 1.25**0.5!r}" for v in (1, 0, -1, 0, 0, 1, 0, -1, 0, 0)
+        ),  # ~1: at the limit
+        "edge.jpg": "10000048,0,10000047,0,10000046,0,10000045,0,10000044,0",  # max |x| = 1e7 after -48
+        "beyond.jpg": "10000049,0,10000047,0,10000046,0,10000045,0,10000044,0",
+        "nan.jpg": "nan,50,80,50,55,70,35,90,75,90",
+        "word.jpg": "30,fifty,80,50,55,70,35,90,75,90",
+        "ok.jpg ": good,
+    }
+    csv = tmp_path / "lm.csv"
+    csv.write_text(header + "".join(f"{k},{v}\n" for k, v in rows.items()) + f"ok.jpg,{good}\n")
+    bad: list[dict[str, str]] = []
+    table = read_landmarks_csv(csv, offset=(-48, -48), bad_rows=bad)
+    expect_ok, expect_bad = [], {}
+    for name, text in rows.items():
+        try:
+            pts = check_landmarks(np.array([float(v) for v in text.split(",")]).reshape(5, 2) - 48)
+            expect_ok.append((name, pts))
+        except (LandmarksError, ValueError) as exc:
+            expect_bad[name] = str(exc)
+    assert [n for n, _ in expect_ok] == list(table)
+    assert {"ok.jpg", "edge.jpg", "ok.jpg "} <= set(table) and "small.jpg" not in table
+    for name, pts in expect_ok:
+        np.testing.assert_array_equal(table[name], pts)
+    line = {name: str(i + 2) for i, name in enumerate(rows)}
+    want = [(line[n], n, r) for n, r in expect_bad.items() if n != "word.jpg"]
+    want += [(line["word.jpg"], "word.jpg", "leye_y='fifty' is not a number")]
+    want += [(str(len(rows) + 2), "ok.jpg", "ok.jpg already has landmarks on line 2 (kept)")]
+    assert [(b["row"].rsplit(":", 1)[1], b["file"], b["reason"]) for b in bad] == sorted(
+        want, key=lambda w: int(w[0])
+    )
+    assert {"beyond.jpg", "nan.jpg"} <= set(expect_bad)
+    with pytest.raises(ValueError, match=r"lm\.csv:3: the five points lie within"):
+        read_landmarks_csv(csv, offset=(-48, -48))  # without bad_rows: the first problem, by line
+
+
 def test_align_on_every_core_writes_the_one_process_files(
     data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
