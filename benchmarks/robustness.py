@@ -16,8 +16,11 @@ method differs (:data:`ROWS`):
   checkpoint, an .onnx file, ``dlib``) in both tables, untrained; models without input gradients get the
   low-resolution numbers and the attack's one-line refusal in place of attacked numbers; with ``--rows ""`` only
   these are evaluated and ``--publish`` writes ``robustness_pretrained.*``;
-* ``--init NAME=PATH`` with ``--init-overrides "model=... ..."``: every trained row of ``--rows`` again, started from
-  that checkpoint (``run.init``, a fresh head), e.g. the dlib import (``afa`` needs a dual-BN checkpoint: skipped).
+* ``--init NAME=PATH``: every trained row of ``--rows`` again (named ``ROW+NAME``), fine-tuned from that checkpoint
+  (e.g. the dlib import) by the packaged ``finetune`` recipe (:data:`INIT_RECIPE`: class-mean head rows at norm 1,
+  backbone at 0.03x the rate, frozen BatchNorm statistics, a head-only first epoch) for ``--init-epochs`` epochs
+  (3, the recipe's own) on the same training people, with the row's method on top; ``--init-overrides`` adds
+  keys; ``--init-only`` trains only these rows. ``afa`` needs a dual-BN checkpoint: skipped.
 
 Costs are bounded by options recorded in the JSON: training attacks use ``--train-steps`` PGD steps on an
 ``--adv-fraction`` of each batch, FAN's decoder branch sees ``--fan-decoder-rows`` faces per batch, the attacked
@@ -25,7 +28,8 @@ evaluation uses ``--attack-pairs`` pairs and ``--attack-steps`` steps. ``--quick
 epoch, one seed, 60 attacked pairs, 150 evaluation people) that checks the whole pipeline in minutes.
 
     python benchmarks/robustness.py [--out benchmarks_out/robustness] [--quick] [--seeds 0,1,2] [--epochs 2]
-        [--rows plain,pgd_at,afa,randscale,ddl,fan] [--pretrained NAME=PATH ...] [--init NAME=PATH]
+        [--rows plain,pgd_at,afa,randscale,ddl,fan] [--pretrained NAME=PATH ...]
+        [--init NAME=PATH [--init-epochs 3] [--init-only]]
         [--train-override KEY=VALUE ...] [--merge EARLIER.json] [--publish]
 
 ``--merge`` carries the runs of an earlier record (e.g. the published one, made on another machine whose run
@@ -60,6 +64,9 @@ from common import (
 )
 
 RECIPE = "lfw_mobilefacenet_arcface"
+#: the rows fine-tuned from a pretrained checkpoint (``--init``): the product's own fine-tuning recipe, since a
+#: plain recipe's random head and full rate destroy a strong network (benchmarks/finetune.py, the naive row)
+INIT_RECIPE = "finetune"
 EPS = "0,1/255,2/255,4/255,8/255"
 EPS_LABELS = ("0/255", "1/255", "2/255", "4/255", "8/255")  # as the robust kind names them
 SIZES = (32, 24, 16)
@@ -113,13 +120,16 @@ def prepare_data(base: Path, quick: bool) -> dict[str, Path]:
 # ------------------------------------------------------------------------------------------------- training
 def training_command(row: str, seed: int, data: dict[str, Path], run_dir: Path, a: argparse.Namespace,
                      init: tuple[str, str] | None) -> list[str]:  # fmt: skip
-    cmd = [sys.executable, "-m", "faceforge", "train", RECIPE, f"data.root={data['faces'].absolute()}",
-           f"run.dir={run_dir.absolute()}", f"run.seed={seed}", f"optim.epochs={a.epochs}", "eval.pairs=null",
+    recipe, epochs = (RECIPE, a.epochs) if init is None else (INIT_RECIPE, a.init_epochs)
+    cmd = [sys.executable, "-m", "faceforge", "train", recipe, f"data.root={data['faces'].absolute()}",
+           f"run.dir={run_dir.absolute()}", f"run.seed={seed}", f"optim.epochs={epochs}", "eval.pairs=null",
            "run.progress=false", f"run.precision={a.precision}", RESUME, *row_overrides(row, a)]  # fmt: skip
     if "list" in data:
         cmd += [f"data.list_file={data['list'].absolute()}", "data.exclude_pairs=[]"]
+    elif init is not None:  # the same training people as the scratch rows (the finetune recipe excludes none)
+        cmd += [f"data.exclude_pairs=[{Path(data['pairs']).absolute()}]"]
     if init is not None:
-        cmd += [f"run.init={Path(init[1]).absolute()}", "run.init_head=false", *a.init_overrides.split()]
+        cmd += [f"run.init={Path(init[1]).absolute()}", *a.init_overrides.split()]
     return cmd + list(a.train_override)
 
 
@@ -227,8 +237,14 @@ def evaluate_once(
 #: the settings that define the experiment: a run from another record is only merged when all of these are equal
 #: (precision is not among them: it is recorded with every carried run, as the machines may differ)
 MERGE_KEYS = ("quick", "epochs", "at_eps", "afa_eps", "train_steps", "adv_fraction", "min_scale", "max_scale",
-              "fan_decoder_rows", "attack_pairs", "attack_steps", "lowres_mode", "init_overrides",
-              "train_override", "eps", "sizes", "recipe")  # fmt: skip
+              "fan_decoder_rows", "attack_pairs", "attack_steps", "lowres_mode", "train_override", "eps", "sizes",
+              "recipe")  # fmt: skip
+#: the settings of the ``--init`` rows alone: compared only when both records have such rows
+INIT_MERGE_KEYS = ("init_recipe", "init_epochs", "init_overrides")
+
+
+def _has_init_rows(record: dict[str, Any]) -> bool:
+    return any("+" in row for row in record.get("runs", {}))
 
 
 def merge_runs(record: dict[str, Any], path: Path) -> list[str]:
@@ -242,7 +258,8 @@ def merge_runs(record: dict[str, Any], path: Path) -> list[str]:
         raise SystemExit(f"--merge {path}: cannot read it ({exc})") from None
     if old.get("benchmark") != "robustness":
         raise SystemExit(f"--merge {path}: not a robustness.json (benchmark={old.get('benchmark')!r})")
-    differ = [f"{k}: {old['settings'].get(k)!r} there, {record['settings'].get(k)!r} here" for k in MERGE_KEYS
+    keys = MERGE_KEYS + (INIT_MERGE_KEYS if _has_init_rows(old) and record["settings"].get("init") else ())
+    differ = [f"{k}: {old['settings'].get(k)!r} there, {record['settings'].get(k)!r} here" for k in keys
               if old["settings"].get(k) != record["settings"].get(k)]  # fmt: skip
     if differ:
         raise SystemExit(
@@ -368,7 +385,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--init", default=None, metavar="NAME=PATH", help="also train every row from this checkpoint"
     )
-    p.add_argument("--init-overrides", default="", help="keys for --init rows, e.g. 'model=... model.x=...'")
+    p.add_argument(
+        "--init-epochs", type=int, default=3, help="epochs of the --init rows (3: the finetune recipe's own)"
+    )
+    p.add_argument(
+        "--init-overrides", default="", help="more keys for the --init rows, e.g. 'finetune.x=...'"
+    )
+    p.add_argument("--init-only", action="store_true", help="train only the --init rows of --rows")
     p.add_argument("--train-override", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument(
         "--merge", default=None, metavar="JSON",
@@ -377,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--publish", action="store_true")
     a = p.parse_args(argv)
     if a.quick:
-        a.seeds, a.epochs, a.attack_pairs, a.attack_steps = "0", 1, 60, 2
+        a.seeds, a.epochs, a.init_epochs, a.attack_pairs, a.attack_steps = "0", 1, 1, 60, 2
         a.out = a.out if a.out != "benchmarks_out/robustness" else "benchmarks_out/robustness_quick"
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -387,13 +410,21 @@ def main(argv: list[str] | None = None) -> int:
     record: dict[str, Any] = {
         "benchmark": "robustness", "quick": a.quick, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "settings": {**{k: v for k, v in vars(a).items() if k not in ("out", "publish", "merge")}, "eps": EPS,
-                     "sizes": list(SIZES), "recipe": RECIPE, "tables": {k: list(v) for k, v in TABLES.items()}},
+                     "sizes": list(SIZES), "recipe": RECIPE, "init_recipe": INIT_RECIPE,
+                     "tables": {k: list(v) for k, v in TABLES.items()}},
         "machine": machine_info(), "runs": {},
     }  # fmt: skip
     if a.merge:  # checked before any training: a different experiment stops here, not hours later
         carried = merge_runs(record, Path(a.merge))
         print(f"carrying from {a.merge}: {', '.join(carried) or 'nothing'}", flush=True)
-    plan = [(r, None) for r in rows] + ([(r, init) for r in rows if r != "afa"] if init else [])
+    if a.init_only and init is None:
+        raise SystemExit("--init-only needs --init NAME=PATH (the checkpoint the rows are fine-tuned from)")
+    if init is not None and (len(init) != 2 or not Path(init[1]).is_file()):
+        raise SystemExit(
+            f"--init {a.init}: not NAME=PATH of a checkpoint file (e.g. from 'faceforge import dlib')"
+        )
+    plan = [] if a.init_only else [(r, None) for r in rows]
+    plan += [(r, init) for r in rows if r != "afa"] if init else []
     for row, ini in plan:
         name = row if ini is None else f"{row}+{ini[0]}"
         tables = {t for t, members in TABLES.items() if row in members}

@@ -26,6 +26,7 @@ def test_every_row_is_a_valid_config(bench, tmp_path: Path) -> None:
     args = bench.main.__globals__["argparse"].Namespace(
         epochs=3, precision="auto", at_eps="4/255", afa_eps="8/255", train_steps=1, adv_fraction=0.5,
         min_scale=0.125, max_scale=0.5, fan_decoder_rows=16, init_overrides="", train_override=[],
+        init_epochs=4,
     )  # fmt: skip
     data = {"faces": tmp_path, "pairs": tmp_path / "p.txt", "eval_folder": tmp_path}
     want = {"plain": "standard", "pgd_at": "pgd_at", "afa": "afa", "ddl": "standard", "fan": "fan",
@@ -45,6 +46,34 @@ def test_every_row_is_a_valid_config(bench, tmp_path: Path) -> None:
     assert cfg.model.name == "dual_bn" and cfg.method.adv_fraction == 0.5 and cfg.method.steps == 1
     with pytest.raises(SystemExit, match="unknown row"):
         bench.row_overrides("nope", args)
+
+
+def test_init_rows_are_the_finetune_recipe_with_the_method_on_the_same_people(bench, tmp_path: Path) -> None:
+    """An ``--init`` row fine-tunes by the packaged recipe (a plain recipe's random head and full rate destroy a
+    strong network), for ``--init-epochs``, with pairsDevTest's people left out as in the scratch rows."""
+    from faceforge.config import compose_config
+
+    args = bench.main.__globals__["argparse"].Namespace(
+        epochs=2, precision="fp32", at_eps="4/255", afa_eps="8/255", train_steps=1, adv_fraction=0.5,
+        min_scale=0.125, max_scale=0.5, fan_decoder_rows=16, init_overrides="finetune.head_only_epochs=0.5",
+        train_override=[], init_epochs=3,
+    )  # fmt: skip
+    pairs = tmp_path / "pairsDevTest.txt"
+    data = {"faces": tmp_path, "pairs": pairs, "eval_folder": tmp_path}
+    ckpt = tmp_path / "dlib.pt"
+    for row, method in {"plain": "standard", "pgd_at": "pgd_at", "fan": "fan", "ddl": "standard"}.items():
+        cmd = bench.training_command(row, 0, data, tmp_path / row, args, ("dlib", str(ckpt)))
+        assert cmd[cmd.index("train") + 1] == bench.INIT_RECIPE
+        # run.init's checkpoint is read when the trainer builds the model, not when the config composes
+        cfg = compose_config(bench.INIT_RECIPE, cmd[cmd.index(bench.INIT_RECIPE) + 1 :])
+        assert cfg.method.name == method and cfg.optim.epochs == 3 and cfg.run.init == str(ckpt)
+        assert cfg.run.init_head is False and cfg.finetune.backbone_lr_mult == 0.03
+        assert cfg.finetune.head_only_epochs == 0.5  # --init-overrides come after the recipe's keys
+        assert list(cfg.data.exclude_pairs) == [str(pairs)]
+    scratch = bench.training_command("plain", 0, data, tmp_path / "p", args, None)
+    assert (
+        bench.RECIPE in scratch and "optim.epochs=2" in scratch and not any("run.init" in c for c in scratch)
+    )
 
 
 def test_aggregation_and_tables(bench) -> None:
@@ -112,6 +141,14 @@ def test_merge_carries_earlier_runs_of_the_same_experiment_only(bench, tmp_path:
     assert again["runs"]["plain"]["1"]["carried_from"]["created"] == "then"
     with pytest.raises(SystemExit, match=r"a different experiment .*epochs: 1 there, 3 here"):
         bench.merge_runs({"settings": {**settings, "epochs": 3}, "runs": {}}, path)
+    # the --init rows' settings matter only where both records have such rows
+    both = {"init": "dlib=x.pt", "init_recipe": "finetune", "init_epochs": 3, "init_overrides": ""}
+    bench.merge_runs({"settings": {**settings, **both, "init_epochs": 2}, "runs": {}}, path)  # none there
+    path.write_text(bench.json.dumps({**old, "settings": {**old["settings"], **both},
+                                      "runs": {"plain+dlib": {"0": {"eval": {"pairs_accuracy": 0.9}}}}}))  # fmt: skip
+    bench.merge_runs({"settings": {**settings, "init": None}, "runs": {}}, path)  # none here
+    with pytest.raises(SystemExit, match=r"init_epochs: 3 there, 2 here"):
+        bench.merge_runs({"settings": {**settings, **both, "init_epochs": 2}, "runs": {}}, path)
     path.write_text('{"benchmark": "fairness"}')
     with pytest.raises(SystemExit, match=r"not a robustness\.json"):
         bench.merge_runs(record, path)
