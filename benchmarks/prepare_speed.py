@@ -1,6 +1,7 @@
 """`faceforge prepare` and `faceforge align` on one core and on every core, and MTCNN batched or not.
 
-On the first ``--photos`` LFW photos (people in name order; linked into a temporary folder), in one process:
+On the first ``--photos`` LFW photos (people in name order; linked into a temporary folder), each run in a
+fresh Python process as the ``faceforge`` command runs it (its clock starts after the imports, at the call):
 
 - ``prepare`` with each detector (``--detectors``, default yunet, mtcnn, dlib), ``workers=1`` (one process,
   one compute thread) and ``workers=0`` (one worker process per core, each with its own detector): photos/s,
@@ -13,7 +14,10 @@ On the first ``--photos`` LFW photos (people in name order; linked into a tempor
 
 Worker start-up (forked where that is safe, see :func:`faceforge.core.workers.start_method`; spawned processes
 import faceforge and build their detector: about a second, more for MTCNN, which imports PyTorch) is inside the
-every-core times, so small jobs gain less. Each setting runs ``--repeats`` times in turn, into fresh folders,
+every-core times, so small jobs gain less. A fresh process per run matters: a pool forked from a process that
+had just aligned 13k images itself ran ~15 % slower per image than one forked from a fresh process (its
+children spent 12.4 CPU-s against 10.1 for the same work), which is what an earlier, in-process version of this
+benchmark measured. Each setting runs ``--repeats`` times in turn, into fresh folders,
 and its fastest run counts (every run's seconds are in the JSON): on this 2-core virtual machine one run's
 ratio moves by 0.1-0.2 with the kernel's file-system work (creating thousands of files right after deleting
 thousands spends most of its system time in ext4's inode allocator, which two writers share badly);
@@ -31,6 +35,8 @@ import json
 import multiprocessing
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -67,17 +73,47 @@ def report_of(rep: Any) -> dict[str, Any]:
     return {k: v for k, v in rep.to_dict().items() if k not in ("out_dir", "images_dir")}
 
 
-def one_vs_all(run: Any, n: int, out: Path, repeats: int = 1) -> dict[str, Any]:
-    """``run(out_dir, workers) -> report`` with one worker, then every core, ``repeats`` times in turn (each
-    into a fresh folder); rates and ratio from each setting's fastest run; identical outputs and reports?"""
+def run_job(job: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+    """One ``prepare`` or ``align`` job (``job``: what, where, how many workers), timed from the call to its
+    return in this process: (seconds, report)."""
+    out, workers = Path(job["out"]), int(job["workers"])
+    if job["stage"] == "align":
+        files = lfw_photos(DATA / "lfw" / "images", job["images"])
+        t0 = time.perf_counter()
+        rep = align_folder(DATA / "lfw" / "images", LANDMARKS, out, landmark_offset=(-48, -48), images=files,
+                           workers=workers, progress=False)  # fmt: skip
+    else:
+        spec = DetectorSpec(job["detector"])
+        t0 = time.perf_counter()
+        rep = prepare_folder(Path(job["src"]), out, spec, workers=workers, progress=False)
+    return time.perf_counter() - t0, report_of(rep)
+
+
+def run_fresh(job: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+    """:func:`run_job` in a new Python process (``--job``), as a user's ``faceforge`` command runs: nothing
+    imported, allocated or forked before it but what the command itself does."""
+    proc = subprocess.run(
+        [sys.executable, __file__, "--job", json.dumps(job)], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"job {job} failed:\n{proc.stderr[-3000:]}")
+    seconds, report = json.loads(proc.stdout.strip().splitlines()[-1])
+    return seconds, report
+
+
+def one_vs_all(job: dict[str, Any], n: int, out: Path, repeats: int = 1) -> dict[str, Any]:
+    """``job`` (:func:`run_job`) with one worker, then every core, ``repeats`` times in turn, each in a fresh
+    process and into a fresh folder; rates and ratio from each setting's fastest run; identical outputs and
+    reports?"""
     times: dict[str, list[float]] = {"one_core": [], "every_core": []}
     reports = {}
-    method = start_method()  # (the every-core pools' start method, before the one-core run imports anything)
+    method = (
+        start_method()
+    )  # (a fresh process's: the every-core pools' start method, unless the job imports torch)
     for r in range(repeats):
         for label, workers in (("one_core", 1), ("every_core", 0)):
-            t0 = time.perf_counter()
-            reports[label] = report_of(run(out / f"{label}{r}", workers))
-            times[label].append(time.perf_counter() - t0)
+            seconds, reports[label] = run_fresh({**job, "out": str(out / f"{label}{r}"), "workers": workers})
+            times[label].append(seconds)
     best = {k: min(v) for k, v in times.items()}
     return {
         "items": n,
@@ -141,8 +177,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--photos", type=int, default=4000)
     ap.add_argument("--align-images", type=int, default=13233)
-    # MTCNN last: it imports PyTorch into this process, after which the pools spawn instead of forking (as the
-    # faceforge command does for align, yunet and dlib, which never import it)
+    # each run is its own process, whose pool forks as the faceforge command's does (MTCNN's workers import
+    # PyTorch after the fork); the MTCNN batching comparison runs in this process, last (it imports PyTorch)
     ap.add_argument("--detectors", default="yunet,dlib,mtcnn")
     ap.add_argument(
         "--repeats", type=int, default=2, help="runs of each setting, in turn (the fastest counts)"
@@ -153,7 +189,11 @@ def main() -> None:
     )  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="160 photos, 1100 alignments, yunet and mtcnn")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "prepare_speed.json")
+    ap.add_argument("--job", default=None, help=argparse.SUPPRESS)  # one timed run, in a fresh process
     args = ap.parse_args()
+    if args.job:
+        print(json.dumps(run_job(json.loads(args.job))))
+        return
     if args.quick:
         args.photos, args.align_images, args.detectors, args.repeats = 160, 1100, "yunet,mtcnn", 1
     photos = lfw_photos(DATA / "lfw" / "images", max(args.photos, args.align_images))
@@ -177,16 +217,10 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory(dir=args.scratch) as tmp_name:
         tmp = Path(tmp_name)
-        lfw = DATA / "lfw" / "images"
         align_files = photos[: args.align_images]
 
-        def align(out: Path, workers: int) -> Any:
-            return align_folder(
-                lfw, LANDMARKS, out, landmark_offset=(-48, -48), images=align_files, workers=workers,
-                progress=False,
-            )  # fmt: skip
-
-        result["align"] = one_vs_all(align, len(align_files), tmp / "align", args.repeats)
+        job = {"stage": "align", "images": args.align_images}
+        result["align"] = one_vs_all(job, len(align_files), tmp / "align", args.repeats)
         ceiling = independent_halves(align_files, tmp / "halves", min(result["align"]["seconds"]["one_core"]))
         result["align"]["machine_ceiling"] = ceiling
         result["align"]["ratio_to_ceiling"] = result["align"]["ratio"] / ceiling["ratio"]
@@ -194,12 +228,8 @@ def main() -> None:
               f"x{ceiling['ratio']:.2f}), identical {result['align']['identical_outputs']}")  # fmt: skip
         src = linked_tree(photos[: args.photos], tmp / "photos")
         for name in [d for d in args.detectors.split(",") if d]:
-            spec = DetectorSpec(name)
-
-            def run(out: Path, workers: int, spec: DetectorSpec = spec) -> Any:
-                return prepare_folder(src, out, spec, workers=workers, progress=False)
-
-            rec = one_vs_all(run, args.photos, tmp / f"prepare_{name}", args.repeats)
+            job = {"stage": "prepare", "detector": name, "src": str(src)}
+            rec = one_vs_all(job, args.photos, tmp / f"prepare_{name}", args.repeats)
             result["prepare"][name] = rec
             print(f"prepare {name}: x{rec['ratio']:.2f} ({rec['one_core_per_s']:.1f} -> "
                   f"{rec['every_core_per_s']:.1f} photos/s), identical {rec['identical_outputs']}", flush=True)  # fmt: skip
