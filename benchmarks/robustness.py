@@ -159,6 +159,7 @@ def train(cmd: list[str], run_dir: Path) -> dict[str, Any]:
     report = json.loads((run_dir / "report.json").read_text()) if (run_dir / "report.json").is_file() else {}
     info["train_seconds"] = report.get("train_seconds_this_run")
     info["images_per_s"] = report.get("images_per_s_this_run")
+    info["train_precision"] = report.get("precision")  # what run.precision resolved to (auto: bf16 or fp32)
     return info
 
 
@@ -200,6 +201,9 @@ def evaluate(
         except InputError as exc:  # no input gradients (dlib, ONNX): recorded, not fatal
             res["attack_refused"] = str(exc)
     res["eval_seconds"] = time.perf_counter() - t0
+    res["eval_precision"] = getattr(
+        emb, "precision", None
+    )  # resolved (auto: bf16 where it keeps the numbers)
     return res
 
 
