@@ -15,9 +15,8 @@ fresh Python process as the ``faceforge`` command runs it (its clock starts afte
 Worker start-up (forked where that is safe, see :func:`faceforge.core.workers.start_method`; spawned processes
 import faceforge and build their detector: about a second, more for MTCNN, which imports PyTorch) is inside the
 every-core times, so small jobs gain less. A fresh process per run matters: a pool forked from a process that
-had just aligned 13k images itself ran ~15 % slower per image than one forked from a fresh process (its
-children spent 12.4 CPU-s against 10.1 for the same work), which is what an earlier, in-process version of this
-benchmark measured. Each setting runs ``--repeats`` times in turn, into fresh folders,
+had just aligned 13k images itself took 6.9 s where a fresh process's took 5.8 (its workers spent 12.4 CPU-s on
+what the one-core run did in 10.1), which is what an earlier, in-process version of this benchmark measured. Each setting runs ``--repeats`` times in turn, into fresh folders,
 and its fastest run counts (every run's seconds are in the JSON): on this 2-core virtual machine one run's
 ratio moves by 0.1-0.2 with the kernel's file-system work (creating thousands of files right after deleting
 thousands spends most of its system time in ext4's inode allocator, which two writers share badly);
@@ -107,9 +106,8 @@ def one_vs_all(job: dict[str, Any], n: int, out: Path, repeats: int = 1) -> dict
     reports?"""
     times: dict[str, list[float]] = {"one_core": [], "every_core": []}
     reports = {}
-    method = (
-        start_method()
-    )  # (a fresh process's: the every-core pools' start method, unless the job imports torch)
+    # a fresh process's start method: the every-core pools' (MTCNN's workers import PyTorch after the fork)
+    method = start_method()
     for r in range(repeats):
         for label, workers in (("one_core", 1), ("every_core", 0)):
             seconds, reports[label] = run_fresh({**job, "out": str(out / f"{label}{r}"), "workers": workers})

@@ -201,9 +201,8 @@ def evaluate(
         except InputError as exc:  # no input gradients (dlib, ONNX): recorded, not fatal
             res["attack_refused"] = str(exc)
     res["eval_seconds"] = time.perf_counter() - t0
-    res["eval_precision"] = getattr(
-        emb, "precision", None
-    )  # resolved (auto: bf16 where it keeps the numbers)
+    # the precision the evaluation resolved to (auto: bf16 where the model's parity record passes)
+    res["eval_precision"] = getattr(emb, "precision", None)
     return res
 
 
