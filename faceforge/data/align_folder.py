@@ -120,13 +120,13 @@ def read_landmarks_csv(
             f"{p}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
             "save the landmarks file as UTF-8"
         ) from None
-    points, usable = _parse_points(values, len(names), offset)
-    for i in np.flatnonzero(~usable):  # the reason, exactly as for one row
-        problems.append((lines[i], names[i], _row_problem(values[10 * i : 10 * i + 10], offset)))
+    points, reasons = _parse_points(values, len(names), offset)
+    problems += [(lines[i], names[i], why) for i, why in reasons.items()]
     table: dict[str, np.ndarray] = {}
     first_line: dict[str, int] = {}
-    for i in np.flatnonzero(usable).tolist():
-        name = names[i]
+    for i, name in enumerate(names):
+        if i in reasons:
+            continue
         if name in table:
             problems.append(
                 (lines[i], name, f"{name} already has landmarks on line {first_line[name]} (kept)")
@@ -141,16 +141,15 @@ def read_landmarks_csv(
     return table
 
 
-def _parse_points(values: list[str], rows: int, offset: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
-    """``rows`` rows of ten numbers as text -> points [rows, 5, 2] (+ ``offset``) and which rows can define an
-    alignment (:func:`~faceforge.data.align.check_landmarks` decides every row the vectorised test doubts)."""
+def _parse_points(
+    values: list[str], rows: int, offset: tuple[float, float]
+) -> tuple[np.ndarray, dict[int, str]]:
+    """``rows`` rows of ten numbers as text -> points [rows, 5, 2] (+ ``offset``) and, for each row that cannot
+    define an alignment, why (its first non-number, or what :func:`~faceforge.data.align.check_landmarks` says:
+    it decides every row the vectorised test doubts, so the rows and messages are those of the one-row check)."""
     try:
         flat = np.fromiter(map(float, values), dtype=np.float64, count=len(values))
-        numeric = np.ones(rows, dtype=bool)
-    except ValueError:  # some value is not a number: row by row
-        numeric = np.array(
-            [all(_is_number(v) for v in values[10 * i : 10 * i + 10]) for i in range(rows)], bool
-        )
+    except ValueError:  # some value is not a number: those become NaN, their rows are named below
         flat = np.array([float(v) if _is_number(v) else np.nan for v in values], dtype=np.float64)
     points = flat.reshape(rows, 5, 2) + np.asarray(offset, dtype=np.float64)
     with np.errstate(all="ignore"):
@@ -158,29 +157,18 @@ def _parse_points(values: list[str], rows: int, offset: tuple[float, float]) -> 
         within = np.abs(points).max(axis=(1, 2), initial=0.0) < MAX_COORDINATE * (1 - 1e-9)
         centred = points - points.mean(axis=1, keepdims=True)
         spread = np.sqrt((centred**2).sum(axis=2).mean(axis=1))
-    clear = numeric & finite & within & (spread > MIN_SPREAD * (1 + 1e-9))
-    usable = clear.copy()
-    for i in np.flatnonzero(numeric & ~clear):  # near a limit, or bad: the one-row check decides
-        try:
+    reasons: dict[int, str] = {}
+    for i in np.flatnonzero(~(finite & within & (spread > MIN_SPREAD * (1 + 1e-9)))).tolist():
+        row = values[10 * i : 10 * i + 10]
+        bad = next((k for k, v in enumerate(row) if not _is_number(v)), None)
+        if bad is not None:
+            reasons[i] = f"{LANDMARK_COLUMNS[bad]}={row[bad]!r} is not a number"
+            continue
+        try:  # near a limit, or bad: the one-row check decides
             check_landmarks(points[i])
-            usable[i] = True
-        except LandmarksError:
-            pass
-    return points, usable
-
-
-def _row_problem(values: list[str], offset: tuple[float, float]) -> str:
-    """Why one row's ten values cannot define an alignment (its first non-number, or the landmark check)."""
-    bad = next((i for i, v in enumerate(values) if not _is_number(v)), None)
-    if bad is not None:
-        return f"{LANDMARK_COLUMNS[bad]}={values[bad]!r} is not a number"
-    try:
-        check_landmarks(
-            np.array([float(v) for v in values], dtype=np.float64).reshape(5, 2) + np.asarray(offset)
-        )
-    except LandmarksError as exc:
-        return str(exc)
-    raise AssertionError("a row the landmark check rejected passed it the second time")  # pragma: no cover
+        except LandmarksError as exc:
+            reasons[i] = str(exc)
+    return points, reasons
 
 
 def _is_number(text: str) -> bool:
