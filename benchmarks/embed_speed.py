@@ -5,9 +5,12 @@ which gets random weights: its parity is then not a trained network's) and each 
 
 - ``bare``: the network's forward pass on one batch of real aligned faces already preprocessed in memory
   (``batch_size`` faces in passes of the embedder's ``forward_batch``, 32 on a CPU, channels_last, under the
-  precision's autocast; the same network the command runs, BatchNorms folded): the limit, measured before and
-  after the commands, the larger kept; and at each of ``--forward-batches`` faces per pass (the sweep that chose
-  the CPU default);
+  precision's autocast; the same network the command runs, BatchNorms folded), measured before and after the
+  commands, the larger kept: once one pass at a time on all the threads (``bare_one_pass_at_a_time``) and once
+  with the passes dealt to the embedder's forward streams (``bare_in_streams``: on a CPU with 2 threads, two
+  passes at once on one thread each, :class:`~faceforge.embedders.checkpoint.ForwardStreams`). The limit
+  (``bare``) is the faster of the two; ``ratio_flip_to_one_pass_at_a_time`` compares with the first alone. And
+  one pass at a time at each of ``--forward-batches`` faces per pass (the sweep that chose the CPU default);
 - ``reading``: seconds per image to read, sha1-hash and decode the files on one thread, and the **ceiling with
   reading**, ``1 / (1 / bare + t_read / passes_per_image)``: the most a command that must read JPEG files can
   reach on the same cores. For a network whose forward pass is cheap (the dlib import, ~1 ms a face) reading
@@ -117,6 +120,34 @@ def bare_rate(emb: CheckpointEmbedder, faces: np.ndarray, precision: str, repeat
     return best
 
 
+def bare_streams_rate(
+    emb: CheckpointEmbedder, faces: np.ndarray, precision: str, repeats: int
+) -> float | None:
+    """Forward passes/s of the same passes dealt to the embedder's :class:`ForwardStreams` (its workers
+    each run ``repeats`` rounds of their share under one context, as a long command does; best of 3 after a
+    warm-up), or None where it runs one pass at a time: the limit of the way the command runs the network."""
+    pool = emb.forward_streams()
+    if pool is None:
+        return None
+    x = emb.preprocess(torch.from_numpy(faces), emb.device)
+    starts = list(range(0, len(x), emb.forward_batch))
+    n = min(pool.n, len(starts))
+
+    def run(share: list[int], rounds: int) -> None:
+        with torch.inference_mode(), autocast(emb.device, precision):
+            for _ in range(rounds):
+                for i in share:
+                    emb.model(x[i : i + emb.forward_batch])
+
+    pool.map(lambda share: run(share, 1), [starts[k::n] for k in range(n)])
+    best = 0.0
+    for _ in range(3):
+        t0 = time.perf_counter()
+        pool.map(lambda share: run(share, repeats), [starts[k::n] for k in range(n)])
+        best = max(best, repeats * len(x) / (time.perf_counter() - t0))
+    return best
+
+
 def read_seconds(paths: list[str]) -> float:
     """Seconds per file to read, hash (sha1, the cache key) and decode, on one thread: what the command must
     do for every face besides the forward pass."""
@@ -171,11 +202,17 @@ def measure(
     half = tmp / "half.txt"
     half.write_text("".join(f"{p}\n" for p in lines[: n // 2]))
     # the bare pass before and after the commands, the larger kept: drift (other load) can only lower the ratio
-    bare_runs = [bare_rate(emb, faces[: args.batch_size], used, args.repeats)]
+    batch = faces[: args.batch_size]
+    bare_runs = [bare_rate(emb, batch, used, args.repeats)]
+    streams_runs = [bare_streams_rate(emb, batch, used, args.repeats)]
     no_flip = command_rates(ckpt, listing, half, n, precision, args.batch_size, False, tmp)
     flip = command_rates(ckpt, listing, half, n, precision, args.batch_size, True, tmp)
-    bare_runs.append(bare_rate(emb, faces[: args.batch_size], used, args.repeats))
-    bare = max(bare_runs)
+    bare_runs.append(bare_rate(emb, batch, used, args.repeats))
+    streams_runs.append(bare_streams_rate(emb, batch, used, args.repeats))
+    one_at_a_time = max(bare_runs)
+    in_streams = max(r for r in streams_runs) if streams_runs[0] is not None else None
+    # the limit: the faster of the two ways to run the bare network on these cores
+    bare = max(one_at_a_time, in_streams or 0.0)
     t_read = read_seconds(lines[:512])
     # the most a command that reads JPEG files can reach on these cores: reading adds t_read per image
     ceiling = {"no_flip": 1 / (1 / bare + t_read), "flip": 1 / (1 / bare + t_read / 2)}
@@ -190,7 +227,13 @@ def measure(
         "precision": used,
         "precision_note": emb.policy.note,
         "forward_batch": emb.forward_batch,
+        "streams": emb.streams,
+        "threads_per_stream": emb.stream_threads,
         "bare_forward_per_s": bare,
+        "bare_one_pass_at_a_time_per_s": one_at_a_time,
+        "bare_in_streams_per_s": in_streams,
+        "bare_in_streams_before_after": streams_runs,
+        "ratio_flip_to_one_pass_at_a_time": flip["whole"] / one_at_a_time,
         "bare_forward_per_s_by_forward_batch": sweep,
         "read_hash_decode_ms_per_image": 1000 * t_read,
         "ceiling_with_reading_per_s": ceiling,
@@ -245,8 +288,14 @@ def main() -> None:
             for precision in precisions:
                 row = measure(spec, precision, listing, faces, args, tmp)
                 rows.append(row)
+                streams = (
+                    f" (one pass at a time {row['bare_one_pass_at_a_time_per_s']:.1f}, {row['streams']} streams "
+                    f"{row['bare_in_streams_per_s']:.1f})"
+                    if row["bare_in_streams_per_s"]
+                    else ""
+                )
                 print(
-                    f"{spec} {row['precision']}: bare {row['bare_forward_per_s']:.1f}/s, embed "
+                    f"{spec} {row['precision']}: bare {row['bare_forward_per_s']:.1f}/s{streams}, embed "
                     f"{row['embed_no_flip_images_per_s']:.1f} img/s (x{row['ratio_no_flip']:.2f}), with flip "
                     f"{row['embed_flip_forward_per_s']:.1f} passes/s (x{row['ratio_flip']:.2f}); steady state "
                     f"x{row['steady_ratio_no_flip']:.2f} / x{row['steady_ratio_flip']:.2f} with flip, start-up "

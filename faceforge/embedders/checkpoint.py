@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import copy
+import math
+import os
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +24,75 @@ from faceforge.embedders.parity import PrecisionPolicy
 from faceforge.models.backbones import BACKBONES, build_backbone
 from faceforge.models.fusion import fold_batchnorm
 
-#: in-place ops that only write values (never shapes): weight initialisers call them
 #: faces per forward pass on a CPU (see :class:`CheckpointEmbedder`): MobileFaceNet and the SFace import are
 #: ~1.4x and ~1.2x faster than at 128, the dlib import ~0.9x, IResNet-50 ~1.1x
 CPU_FORWARD_BATCH = 32
 
+
+class ForwardStreams:
+    """``n`` worker threads that each run whole forward passes with ``threads`` intra-op threads of their own.
+
+    On a CPU a small network's forward pass on one slice of faces may not keep every core busy through
+    PyTorch's intra-op parallelism (each layer is split across the cores, with a barrier after every one).
+    Measured on this project's 2-core AMX machine in bf16, the whole ``faceforge embed`` command on 1,000
+    faces with flip, two passes at once on one thread each against one pass at a time on both threads (median
+    of 3 interleaved runs): the dlib import **1.19x**, IResNet-50 1.01x, MobileFaceNet 0.93x, the SFace import
+    0.93x; the bare passes on one hot batch gained 1.08-1.24x for all four (``benchmarks/embed_speed.py``
+    gives both). Hence a network opts in (:data:`STREAMS_ATTRIBUTE`). Each worker sets its own OpenMP thread
+    count once (a thread's count is its own; the process-wide default new threads start from is put back), so
+    the caller's threads keep theirs.
+    """
+
+    def __init__(self, n: int, threads: int) -> None:
+        self.n, self.threads, self.pid = n, threads, os.getpid()
+        self.pool = ThreadPoolExecutor(n, thread_name_prefix="faceforge-forward")
+        outer = torch.get_num_threads()
+        ready = threading.Barrier(n + 1)
+
+        def init() -> None:
+            torch.get_num_threads()  # this thread's lazy set-up first: run later, it would reset the count
+            torch.set_num_threads(threads)
+            ready.wait()
+
+        started = [self.pool.submit(init) for _ in range(n)]  # each blocks at the barrier: n threads start
+        ready.wait()
+        for f in started:
+            f.result()
+        torch.set_num_threads(outer)  # the default new threads take (the workers set it to theirs)
+
+    def map(self, fn, items):  # type: ignore[no-untyped-def]
+        return list(self.pool.map(fn, items))
+
+
+#: a backbone class attribute: True where concurrent forward passes beat intra-op threads on a CPU
+STREAMS_ATTRIBUTE = "cpu_forward_streams"
+
+
+def stream_plan(
+    device: torch.device,
+    streams: int | None,
+    slices: int,
+    compiled: bool,
+    threads: int | None = None,
+    network_opts_in: bool = True,
+) -> tuple[int, int]:
+    """``(streams, threads per stream)`` for forward passes of ``slices`` slices a batch.
+
+    ``streams=None`` (auto): on a CPU, for a network that opts in (``network_opts_in``, from
+    :data:`STREAMS_ATTRIBUTE`), one stream per intra-op thread up to the slices in a batch (2 cores and 4 slices
+    of 32 faces: 2 streams of 1 thread; 16 threads: 4 streams of 4); else 1, and 1 on a GPU or for a compiled
+    network. An explicit number is kept (at most the threads) on a CPU. ``threads``: the intra-op threads
+    shared out (default ``torch.get_num_threads()``)."""
+    threads = threads or torch.get_num_threads()
+    if device.type != "cpu" or compiled or (streams is None and not network_opts_in):
+        return 1, threads
+    n = min(threads, max(1, slices)) if streams is None else max(1, min(int(streams), threads))
+    return n, max(1, threads // n)
+
+
+_STREAMS_LOCK = threading.Lock()
+
+#: in-place ops that only write values (never shapes): weight initialisers call them
 _VALUE_INIT_OPS = frozenset(
     {"normal_", "uniform_", "fill_", "zero_", "erfinv_", "mul_", "add_", "clamp_", "copy_"}
 )
@@ -111,6 +180,12 @@ class CheckpointEmbedder:
     IResNet-50 88 / 98 / 94 / 92 / 84 (``benchmarks/embed_speed.py --forward-batches``). Each face's embedding
     is its own whatever the pass size, up to float rounding (bit-identical at 16 to 128 faces for the first
     three; oneDNN picks other IResNet-50 kernels below 64).
+
+    ``streams`` (``--model-option streams=N``): forward passes run at once, each on its own share of the
+    intra-op threads (None: :func:`stream_plan`: on a CPU, for a network that opts in, as the dlib import
+    does, one per thread up to the passes in a batch, 2 of one thread each on 2 cores; else 1);
+    :class:`ForwardStreams` gives the measurements. Each face's embedding is the one a single stream gives, up
+    to float rounding.
     """
 
     def __init__(
@@ -121,6 +196,7 @@ class CheckpointEmbedder:
         batch_size: int = 128,
         compile: bool | None = None,
         forward_batch: int | None = None,
+        streams: int | None = None,
     ):
         self.path = Path(source)
         ckpt = load_checkpoint(self.path)
@@ -142,6 +218,14 @@ class CheckpointEmbedder:
             raise ValueError(f"forward_batch must be a positive number of faces, not {forward_batch}")
         default = CPU_FORWARD_BATCH if self.device.type == "cpu" else batch_size
         self.forward_batch = max(1, min(batch_size, forward_batch or default))
+        if streams is not None and int(streams) < 1:
+            raise ValueError(f"streams must be a positive number of forward passes at once, not {streams}")
+        slices = math.ceil(batch_size / self.forward_batch)
+        opts_in = bool(getattr(model, STREAMS_ATTRIBUTE, False))
+        self.streams, self.stream_threads = stream_plan(
+            self.device, streams, slices, self.compiled, None, opts_in
+        )
+        self._shared: dict[str, ForwardStreams | None] = {"pool": None}  # twins (with_precision) share it
         self._sha256: str | None = None
         self.policy = PrecisionPolicy(precision, self.device, self.sha256, self.embedding_size > 1)
 
@@ -176,25 +260,57 @@ class CheckpointEmbedder:
         twin.policy = PrecisionPolicy(precision, self.device, self.sha256, self.embedding_size > 1)
         return twin
 
-    @torch.inference_mode()
+    def forward_streams(self) -> ForwardStreams | None:
+        """The worker threads (started on first use), or None to run every pass in the calling thread."""
+        if self.streams <= 1:
+            return None
+        with _STREAMS_LOCK:
+            pool = self._shared["pool"]
+            if pool is None or pool.pid != os.getpid():  # a forked child has the object, not the threads
+                self._shared["pool"] = ForwardStreams(self.streams, self.stream_threads)
+        return self._shared["pool"]
+
     def _embed_at(self, faces: np.ndarray, precision: str, flip_sum: bool = False) -> np.ndarray:
         """Raw embeddings of uint8 faces ``[N, H, W, 3]``, ``forward_batch`` faces at a time: each slice is
         preprocessed just before its pass (and, with ``flip_sum``, mirrored for the second pass), so the
         network reads an input still in the cache instead of a whole batch's (19 MB for 128 faces at 112 px
-        in fp32): ~5 % faster for the dlib import in bf16, identical numbers."""
+        in fp32): ~5 % faster for the dlib import in bf16, identical numbers. With ``streams`` > 1 the workers of
+        :class:`ForwardStreams` take the slices from one queue (a worker slowed by other work takes fewer:
+        1.03x over a fixed round-robin share for the dlib import), each under one ``inference_mode`` and
+        autocast context of its own (both are per thread; the weights are cast once per worker and call)."""
         if len(faces) == 0:
             return np.zeros((0, self.embedding_size), dtype=np.float32)
         batch = torch.from_numpy(np.ascontiguousarray(faces))
-        out = []
-        with autocast(self.device, precision):
-            for i in range(0, len(batch), self.forward_batch):
-                x = self.preprocess(batch[i : i + self.forward_batch], self.device)
-                emb = self.model(x).float()
-                # mirror(preprocess(face)) == preprocess(mirror(face)): one preprocessing for both
-                if flip_sum:
-                    emb = emb + self.model(x.flip(3).contiguous(memory_format=torch.channels_last)).float()
-                out.append(emb)
-        return torch.cat(out).cpu().numpy().astype(np.float32, copy=False)
+        starts = list(range(0, len(batch), self.forward_batch))
+        pool = self.forward_streams() if len(starts) > 1 else None
+        n = min(pool.n, len(starts)) if pool is not None else 1
+        parts: list[torch.Tensor] = [torch.empty(0)] * len(starts)
+        todo: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for j in range(len(starts)):
+            todo.put(j)
+
+        def run(_: int = 0) -> None:
+            """Take the next slice until none is left (a worker slowed by other work takes fewer)."""
+            with torch.inference_mode(), autocast(self.device, precision):
+                while True:
+                    try:
+                        j = todo.get_nowait()
+                    except queue.Empty:
+                        return
+                    x = self.preprocess(batch[starts[j] : starts[j] + self.forward_batch], self.device)
+                    emb = self.model(x).float()
+                    # mirror(preprocess(face)) == preprocess(mirror(face)): one preprocessing for both
+                    if flip_sum:
+                        emb = (
+                            emb + self.model(x.flip(3).contiguous(memory_format=torch.channels_last)).float()
+                        )
+                    parts[j] = emb
+
+        if pool is None:
+            run()
+        else:
+            pool.map(run, range(n))
+        return torch.cat(parts).cpu().numpy().astype(np.float32, copy=False)
 
     def embed(self, faces: np.ndarray) -> np.ndarray:
         self.settle_precision(faces, "the first faces embed() was given")
@@ -220,6 +336,8 @@ class CheckpointEmbedder:
                 "folded_into_conv": len(self.folded),
                 "compiled": self.compiled,
                 "forward_batch": self.forward_batch,
+                "streams": self.streams,
+                "threads_per_stream": self.stream_threads,
                 "folding": "eval-mode BatchNorms (and channel_affine layers) that read only a conv/linear "
                 "output are folded into it (equal up to float rounding, about 1e-6 relative)",
             },

@@ -206,3 +206,59 @@ def test_forward_batch_splits_the_passes_and_keeps_each_face_its_embedding(
         CheckpointEmbedder(model_file, forward_batch=0)
     with pytest.raises(OptionError):
         embedder_from_spec(str(model_file), forward_batch="many")
+
+
+def test_forward_streams_give_each_face_its_embedding_and_keep_the_callers_threads(
+    model_file: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two forward passes at once on one thread each (asked for, or the CPU default of a network that opts in)
+    give the embeddings of one pass at a time, in order, with and without the flip sum; the caller's thread
+    count and the default new threads start from are what they were; the plan follows the threads, the slices
+    and the network's choice."""
+    import threading
+
+    import cv2
+
+    from faceforge.embedders import embedder_from_spec
+    from faceforge.embedders.checkpoint import stream_plan
+    from faceforge.models.backbones import MobileFaceNet
+
+    files = sorted((data_dir / "lfw" / "images").rglob("*.jpg"))[:11]
+    faces = np.stack([cv2.resize(read_image_rgb(f)[69:181, 69:181], (112, 112)) for f in files])
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        one = CheckpointEmbedder(model_file, precision="fp32", forward_batch=3, streams=1)
+        two = embedder_from_spec(str(model_file), precision="fp32", forward_batch=3, streams=2)
+        assert one.streams == 1 and two.streams == 2 and two.stream_threads == 1
+        assert two.describe()["inference"]["streams"] == 2
+        for flip in (False, True):
+            a = one.embed_flip_sum(faces) if flip else one.embed(faces)
+            b = two.embed_flip_sum(faces) if flip else two.embed(faces)
+            np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * np.abs(a).max())
+            assert (
+                np.abs(a[:-1] - a[1:]).max() > 1e-3 * np.abs(a).max()
+            )  # different faces: the order is checked
+        assert torch.get_num_threads() == 2
+        assert CheckpointEmbedder(model_file).streams == 1  # MobileFaceNet does not opt in
+        monkeypatch.setattr(MobileFaceNet, "cpu_forward_streams", True, raising=False)
+        assert CheckpointEmbedder(model_file).streams == 2  # one that does, on 2 threads
+        monkeypatch.undo()
+        seen: list[int] = []
+        t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        t.start()
+        t.join()
+        assert seen == [2]  # a new thread still starts from the process default, not the workers' 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="streams must be a positive"):
+        CheckpointEmbedder(model_file, streams=0)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert stream_plan(cpu, None, 4, False, threads=2) == (2, 1)
+    assert stream_plan(cpu, None, 4, False, threads=16) == (4, 4)
+    assert stream_plan(cpu, None, 1, False, threads=16) == (1, 16)
+    assert stream_plan(cpu, 8, 4, False, threads=2) == (2, 1)
+    assert stream_plan(cpu, None, 4, False, threads=2, network_opts_in=False) == (1, 2)
+    assert stream_plan(cpu, 2, 4, False, threads=2, network_opts_in=False) == (2, 1)  # asked for
+    assert stream_plan(cpu, None, 4, True, threads=2) == (1, 2)  # compiled
+    assert stream_plan(cuda, None, 4, False, threads=2) == (1, 2)
