@@ -223,7 +223,7 @@ def measure(
     bare_runs.append(bare_rate(emb, batch, used, args.repeats))
     streams_runs.append(bare_streams_rate(emb, batch, used, args.repeats))
     one_at_a_time = max(bare_runs)
-    in_streams = max(r for r in streams_runs) if streams_runs[0] is not None else None
+    in_streams = max(streams_runs) if streams_runs[0] is not None else None
     # the limit: the faster of the two ways to run the bare network on these cores
     bare = max(one_at_a_time, in_streams or 0.0)
     t_read = read_seconds(lines[:512])
